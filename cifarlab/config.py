@@ -1,0 +1,245 @@
+"""Typed configuration: a dataclass schema merged with OmegaConf.
+
+Resolution order: schema defaults <- ``--config FILE.yaml`` <- ``key=value`` overrides.
+The schema defaults *are* the default preset (``configs/default.yaml`` mirrors them and a
+test keeps the two equal), so ``accelerate launch -m cifarlab.train`` needs no file.
+
+Unknown keys, wrong types and bad choices are rejected by OmegaConf itself; cross-field
+rules live in ``__post_init__`` and name the dotted key. Every failure surfaces as a
+:class:`ConfigError` whose message is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cifarlab.errors import UsageError
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+
+
+class ConfigError(UsageError):
+    """A configuration value the user has to change."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    name: Literal["cifar10", "imagefolder", "fake"] = "cifar10"
+    """Dataset: torchvision CIFAR-10, an image folder with train/ and test/, or synthetic FakeData."""
+    root: str = "data"
+    """Where the dataset lives (cifar10: holds cifar-10-batches-py; imagefolder: holds train/ and test/)."""
+    download: bool = True
+    """cifar10 only: download into data.root when missing (main process first)."""
+    train_size: Optional[int] = None
+    """Training images to use: a fixed random subset of this size (fake: the dataset size); null = all."""
+    test_size: Optional[int] = None
+    """Test images to use, as train_size (fake: the dataset size); null = all."""
+    image_size: int = 32
+    """fake only: height and width of the synthetic images, in pixels."""
+    augment: Literal["none", "flip", "flip_crop"] = "flip_crop"
+    """Training augmentation: none, random horizontal flip, or flip + random 32px crop with 4px padding."""
+    mean: list[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
+    """Per-channel mean subtracted after ToTensor (the tutorial uses 0.5)."""
+    std: list[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
+    """Per-channel standard deviation divided out after ToTensor (the tutorial uses 0.5)."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process (0 = load in the training process)."""
+
+    def __post_init__(self) -> None:
+        for key in ("train_size", "test_size"):
+            size = getattr(self, key)
+            _require(size is None or size > 0, f"data.{key}={size} must be a positive integer or null (all)")
+        _require(self.image_size > 0, f"data.image_size={self.image_size} must be positive")
+        _require(len(self.mean) == 3 and len(self.std) == 3, "data.mean and data.std need 3 values (R, G, B)")
+        _require(all(s > 0 for s in self.std), f"data.std={list(self.std)} must be positive")
+        _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["lenet", "convnet_bn", "resnet18"] = "lenet"
+    """Network: the tutorial's LeNet-style Net, a small ConvNet with BatchNorm2d, or a CIFAR ResNet-18."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.05
+    """SGD learning rate (the peak rate for the onecycle schedule)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = True
+    """Use Nesterov momentum (needs momentum > 0)."""
+    weight_decay: float = 5e-4
+    """L2 weight decay applied by SGD."""
+    label_smoothing: float = 0.0
+    """CrossEntropyLoss label smoothing, in [0, 1)."""
+    schedule: Literal["none", "cosine", "onecycle"] = "onecycle"
+    """Learning-rate schedule over the whole run, stepped once per optimizer step."""
+    warmup_epochs: float = 0.0
+    """Epochs of linear warmup to optim.lr (none/cosine); for onecycle its rising phase (0 = 25 % of the run)."""
+    grad_clip: Optional[float] = None
+    """Clip the gradient norm to this value; null = no clipping."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr={self.lr} must be positive")
+        _require(0 <= self.momentum < 1, f"optim.momentum={self.momentum} must be in [0, 1)")
+        _require(not self.nesterov or self.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
+        _require(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay} must be >= 0")
+        _require(0 <= self.label_smoothing < 1, f"optim.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        _require(self.warmup_epochs >= 0, f"optim.warmup_epochs={self.warmup_epochs} must be >= 0")
+        _require(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip={self.grad_clip} must be positive or null")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Passes over the training set."""
+    batch_size: int = 128
+    """Global batch size per step, split across processes (must divide by the process count)."""
+    eval_batch_size: int = 500
+    """Global batch size for evaluation (must divide by the process count)."""
+    grad_accum_steps: int = 1
+    """Batches whose gradients are summed before each optimizer step."""
+    seed: int = 0
+    """Seed for weights, data order and augmentation: same seed, same numbers on 1 or N processes."""
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
+    """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
+    resume: Optional[str] = None
+    """null = new run; auto = continue from the run directory's latest checkpoint if any; or a checkpoint path."""
+    output_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: Optional[str] = None
+    """Run directory name under train.output_dir; null = '<model>-<date>-<time>'."""
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1")
+        _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
+        _require(self.eval_batch_size >= 1, f"train.eval_batch_size={self.eval_batch_size} must be >= 1")
+        _require(self.grad_accum_steps >= 1, f"train.grad_accum_steps={self.grad_accum_steps} must be >= 1")
+        _require(self.run_name is None or (self.run_name and "/" not in self.run_name),
+                 f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: Optional[int] = None
+    """Also save every this many training steps (besides every epoch end); null = epoch ends only."""
+    keep_last: int = 3
+    """Checkpoints to keep; older ones are deleted."""
+
+    def __post_init__(self) -> None:
+        _require(self.every_n_steps is None or self.every_n_steps >= 1,
+                 f"checkpoint.every_n_steps={self.every_n_steps} must be >= 1 or null")
+        _require(self.keep_last >= 1, f"checkpoint.keep_last={self.keep_last} must be >= 1")
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto = online when W&B credentials exist (WANDB_API_KEY or netrc), else offline; disabled = no W&B."""
+    project: str = "cifarlab"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (user or team); null = your default."""
+    name: Optional[str] = None
+    """W&B run name; null = train.run_name."""
+    group: Optional[str] = None
+    """W&B run group."""
+    tags: list[str] = field(default_factory=list)
+    """W&B run tags."""
+
+
+@dataclass
+class LoggingConfig:
+    every_n_steps: int = 50
+    """Log the running training loss every this many steps."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases settings."""
+
+    def __post_init__(self) -> None:
+        _require(self.every_n_steps >= 1, f"logging.every_n_steps={self.every_n_steps} must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.optim.warmup_epochs < self.train.epochs,
+                 f"optim.warmup_epochs={self.optim.warmup_epochs} must be less than train.epochs={self.train.epochs}")
+
+
+def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`Config`."""
+    try:
+        merged = OmegaConf.structured(Config)
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"--config {config_file}: no such file; presets live in configs/ (e.g. configs/smoke.yaml)")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    assert isinstance(config, Config)
+    return config
+
+
+def with_run_name(config: Config, run_name: str) -> Config:
+    """A copy of ``config`` whose run name is filled in (the loaded config is never mutated)."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, run_name=run_name))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested containers: for YAML files, W&B's run config and checkpoints."""
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    """OmegaConf's messages span several lines; keep the reason and name the dotted key."""
+    reason = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    if "not in" in reason and key:
+        section, _, leaf = str(key).rpartition(".")
+        allowed = _allowed_keys(section)
+        return f"unknown config key '{key}'" + (f"; keys in '{section or 'top level'}': {', '.join(allowed)}" if allowed else "")
+    return f"{key}: {reason}" if key else reason
+
+
+def _allowed_keys(section: str) -> list[str]:
+    node: Any = Config
+    for part in [p for p in section.split(".") if p]:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return []
+        node = fields[part].default_factory  # type: ignore[assignment]
+        node = type(node()) if callable(node) else node
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []

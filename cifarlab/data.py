@@ -1,0 +1,166 @@
+"""Datasets and loaders: CIFAR-10, an image folder, or FakeData, with class names attached.
+
+Augmentation randomness is a pure function of (train.seed, epoch, sample index): each sample
+draws its crop and flip from its own seeded generator state, whichever process or worker loads
+it. That is what lets one run give the same numbers on 1 or N processes, with any
+``data.num_workers``, and after a mid-epoch resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from cifarlab.config import CIFAR10_CLASSES, DataConfig
+from cifarlab.errors import UsageError
+
+# Fixed seed for choosing data.train_size / data.test_size subsets: the subset is a property of
+# the data config, not of train.seed, so runs with different seeds see the same images.
+_SUBSET_SEED = 1234
+# FakeData seeds image i with i + random_offset; the test split must not repeat training images.
+_FAKE_TEST_OFFSET = 10_000_000
+
+
+class SeededTransform(Dataset):
+    """Applies ``transform`` to ``base[index]`` under an RNG seeded by (seed, epoch, index).
+
+    torchvision's random transforms draw from torch's global generator, so the draw is
+    wrapped in ``fork_rng``: the caller's generator state is left untouched.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor], seed: int, random: bool) -> None:
+        self.base = base
+        self.transform = transform
+        self.seed = seed
+        self.random = random
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # Set before each epoch's iterator is created: workers receive a copy of this object then.
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        if not self.random:
+            return self.transform(image), int(label)
+        with torch.random.fork_rng(devices=[]):
+            # A tuple of ints hashes the same in every process (no hash randomisation for ints).
+            torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF)
+            return self.transform(image), int(label)
+
+
+@dataclass
+class Datasets:
+    train: SeededTransform
+    test: SeededTransform
+    classes: tuple[str, ...]
+    """Class names by label index, so every report says 'cat', not 3."""
+
+    def input_shape(self) -> tuple[int, int, int]:
+        image, _ = self.test[0]
+        channels, height, width = image.shape
+        return channels, height, width
+
+
+def _transforms(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
+    steps: list[Callable[[Any], Any]] = []
+    if train and config.augment == "flip_crop":
+        steps.append(transforms.RandomCrop(32, padding=4))
+    if train and config.augment in ("flip", "flip_crop"):
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(list(config.mean), list(config.std))]
+    return transforms.Compose(steps)
+
+
+def _subset(base: Dataset, size: int | None, key: str) -> Dataset:
+    total = len(base)  # type: ignore[arg-type]
+    if size is None or size == total:
+        return base
+    if size > total:
+        raise UsageError(f"{key}={size} exceeds the {total} images available; lower it or set {key}=null (all)")
+    # Random, not the first N: image folders are sorted by class.
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))
+    return Subset(base, sorted(order[:size].tolist()))
+
+
+def _cifar10(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
+    try:
+        dataset = datasets.CIFAR10(config.root, train=train, download=config.download)
+    except (OSError, RuntimeError) as error:
+        why = "is not there" if not config.download else f"could not be downloaded ({type(error).__name__}: {error})"
+        raise UsageError(
+            f"data.name=cifar10: CIFAR-10 in data.root={config.root} {why}; point data.root at a folder holding "
+            f"cifar-10-batches-py, or use an image-folder copy (data.name=imagefolder data.root=PATH with train/ "
+            f"and test/) or synthetic data (data.name=fake)"
+        ) from None
+    return dataset, dataset.classes
+
+
+def _imagefolder(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
+    split = Path(config.root) / ("train" if train else "test")
+    fix = "set data.root to a folder holding train/<class>/*.jpg and test/<class>/*.jpg"
+    if not split.is_dir():
+        raise UsageError(f"data.name=imagefolder: {split} does not exist; {fix}")
+    try:
+        dataset = datasets.ImageFolder(str(split))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise UsageError(f"data.name=imagefolder: {split} holds no images ({error}); {fix}") from None
+    return dataset, dataset.classes
+
+
+def _fake(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
+    size = (config.train_size or 50_000) if train else (config.test_size or 10_000)
+    dataset = datasets.FakeData(
+        size=size,
+        image_size=(3, config.image_size, config.image_size),
+        num_classes=len(CIFAR10_CLASSES),
+        random_offset=0 if train else _FAKE_TEST_OFFSET,
+    )
+    return dataset, CIFAR10_CLASSES
+
+
+_SOURCES = {"cifar10": _cifar10, "imagefolder": _imagefolder, "fake": _fake}
+
+
+def build_datasets(config: DataConfig, seed: int, main_process_first: ContextManager[Any] | None = None) -> Datasets:
+    """Both splits with transforms; ``main_process_first`` lets rank 0 download before the others read."""
+    source = _SOURCES[config.name]
+    with main_process_first or contextlib.nullcontext():
+        train_base, classes = source(config, True)
+        test_base, test_classes = source(config, False)
+    if list(classes) != list(test_classes):
+        raise UsageError(
+            f"data.root={config.root}: train classes {list(classes)} differ from test classes {list(test_classes)}; "
+            f"both splits need the same class folders"
+        )
+    train = SeededTransform(_subset(train_base, config.train_size, "data.train_size"), _transforms(config, True),
+                            seed, random=config.augment != "none")
+    test = SeededTransform(_subset(test_base, config.test_size, "data.test_size"), _transforms(config, False),
+                           seed, random=False)
+    return Datasets(train=train, test=test, classes=tuple(classes))
+
+
+def build_loaders(data: Datasets, config: DataConfig, batch_size: int, eval_batch_size: int) -> tuple[DataLoader, DataLoader]:
+    """Loaders over *global* batches: Accelerate (split_batches=True) slices them per process.
+
+    Training drops the last partial batch so every step has the same size at any process
+    count; evaluation keeps every image (gather_for_metrics removes Accelerate's padding).
+    """
+    if len(data.train) < batch_size:
+        raise UsageError(
+            f"train.batch_size={batch_size} exceeds the {len(data.train)} training images; lower train.batch_size "
+            f"or raise data.train_size"
+        )
+    common: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, **common)
+    test = DataLoader(data.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
+    return train, test

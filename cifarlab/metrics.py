@@ -1,0 +1,49 @@
+"""Classification metrics from gathered (prediction, label, loss) tensors.
+
+Per-class numbers are computed from the gathered pairs, never by summing per-rank counts:
+Accelerate pads the last batch with duplicates, which only ``gather_for_metrics`` removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    count: int
+    """Test images counted (each exactly once, whatever the process count)."""
+    accuracy: float
+    """Fraction of test images classified correctly."""
+    loss: float
+    """Mean cross-entropy over the test images (no label smoothing)."""
+    per_class: dict[str, float]
+    """Accuracy per class name (NaN for a class absent from the test set)."""
+    per_class_count: dict[str, int]
+    """Test images per class name."""
+
+    @classmethod
+    def from_predictions(cls, preds: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
+                         classes: tuple[str, ...]) -> "EvalResult":
+        preds, labels, losses = preds.cpu(), labels.cpu(), losses.cpu().double()
+        correct = preds == labels
+        num = len(classes)
+        totals = torch.bincount(labels, minlength=num)
+        hits = torch.bincount(labels[correct], minlength=num)
+        count = int(labels.numel())
+        return cls(
+            count=count,
+            accuracy=float(correct.sum()) / max(count, 1),
+            loss=float(losses.sum()) / max(count, 1),
+            per_class={name: (float(hits[i]) / int(totals[i]) if totals[i] else float("nan"))
+                       for i, name in enumerate(classes)},
+            per_class_count={name: int(totals[i]) for i, name in enumerate(classes)},
+        )
+
+    def wandb_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"test/acc": self.accuracy, "test/loss": self.loss}
+        values.update({f"test/acc/{name}": acc for name, acc in self.per_class.items()})
+        return values

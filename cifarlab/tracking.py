@@ -1,0 +1,84 @@
+"""Experiment records: W&B through Accelerate's tracker API, and metrics.jsonl on disk.
+
+Both are written by the main process only (Accelerate's ``log`` is a no-op elsewhere;
+``MetricsFile`` checks itself). metrics.jsonl is the local record that survives without W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from accelerate import Accelerator
+
+from cifarlab.config import WandbConfig
+
+
+def wandb_mode(config: WandbConfig) -> Optional[str]:
+    """The W&B mode to run in, or None for no W&B at all."""
+    if config.mode == "disabled":
+        return None
+    if config.mode != "auto":
+        return config.mode
+    return "online" if _has_wandb_credentials() else "offline"
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path, run_name: str,
+                   run_id: str, run_config: dict[str, Any]) -> None:
+    """Start (or, with the same ``run_id``, continue) the W&B run whose files live in ``run_dir``."""
+    mode = wandb_mode(config)
+    if mode is None:
+        return
+    accelerator.init_trackers(
+        config.project,
+        config=run_config,
+        init_kwargs={
+            "wandb": {
+                "mode": mode,
+                "dir": str(run_dir),
+                "id": run_id,
+                "resume": "allow",
+                "name": config.name or run_name,
+                "entity": config.entity,
+                "group": config.group,
+                "tags": list(config.tags) or None,
+            }
+        },
+    )
+
+
+class MetricsFile:
+    """Appends one JSON object per evaluation to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, global_step: int) -> None:
+        """Drop records past ``global_step``: on resume they belong to progress that was lost."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["global_step"] <= global_step]
+        tmp = self.path.with_name(f".tmp-{self.path.name}")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,231 @@
+"""Train an image classifier with Accelerate: one loop for CPU, one or many GPUs, and mixed precision.
+
+    accelerate launch -m cifarlab.train                                      # default preset, CIFAR-10
+    accelerate launch -m cifarlab.train --config configs/smoke.yaml          # fake data, seconds on a CPU
+    accelerate launch -m cifarlab.train --config configs/tutorial.yaml data.name=imagefolder data.root=/data/cifar10-jpeg
+    accelerate launch --multi_gpu --num_processes 2 -m cifarlab.train --config configs/smoke.yaml
+    accelerate launch -m cifarlab.train train.run_name=exp1 train.resume=auto   # continue a run
+    python -m cifarlab.train --config configs/resnet18.yaml --print-config    # resolved config, then exit
+
+Configuration: schema defaults <- --config FILE.yaml <- key=value overrides (see cifarlab/config.py).
+User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from torch import nn
+
+from cifarlab import checkpoint, console, data, engine, models, tracking
+from cifarlab.config import Config, load_config, to_dict, to_yaml, with_run_name
+from cifarlab.errors import UsageError
+
+
+def build_accelerator(config: Config) -> Accelerator:
+    train = config.train
+    accelerator = Accelerator(
+        # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        # train.batch_size is the global batch: the same run on 1 or N processes sees the same batches.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
+        log_with="wandb" if tracking.wandb_mode(config.logging.wandb) else None,
+        project_config=ProjectConfiguration(project_dir=train.output_dir),
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
+                         "use train.mixed_precision=bf16 or no")
+    for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
+        if size % accelerator.num_processes:
+            raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
+                             f"processes; use a multiple of {accelerator.num_processes}")
+    return accelerator
+
+
+def resolve_run(config: Config) -> tuple[Config, str]:
+    """Fill in the run name (chosen on the main process, shared with all) and a new W&B run id."""
+    chosen = [config.train.run_name or f"{config.model.name}-{datetime.now():%Y%m%d-%H%M%S}", uuid.uuid4().hex[:12]]
+    broadcast_object_list(chosen)
+    return with_run_name(config, chosen[0]), chosen[1]
+
+
+def resume_point(resume: Optional[str], run_dir: Path) -> Optional[Path]:
+    """The checkpoint to continue from, or None for a fresh start. Never trains over a finished run."""
+    if resume is None:
+        if checkpoint.list_checkpoints(run_dir) or (run_dir / "model.safetensors").exists():
+            raise UsageError(f"run directory {run_dir} already holds a run; continue it with train.resume=auto "
+                             f"or start another with a new train.run_name")
+        return None
+    if resume == "auto":
+        return checkpoint.latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not path.is_dir():
+        raise UsageError(f"train.resume={resume}: no such checkpoint directory; use train.resume=auto or a "
+                         f"folder under <run>/checkpoints/")
+    return path
+
+
+def train(config: Config) -> Path:
+    accelerator = build_accelerator(config)
+    config, new_wandb_id = resolve_run(config)
+    run_dir = Path(config.train.output_dir) / config.train.run_name  # type: ignore[operator]
+    out = console.Console(accelerator.is_main_process)
+    resume_from = resume_point(config.train.resume, run_dir)
+    accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(config))
+    out.log(f"run directory {run_dir}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+            f"mixed precision {accelerator.mixed_precision}")
+
+    # --- data and model ---
+    set_seed(config.train.seed)
+    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first())
+    models.check_input_size(config.model.name, *datasets.input_shape())
+    train_loader, test_loader = data.build_loaders(datasets, config.data, config.train.batch_size,
+                                                   config.train.eval_batch_size)
+    model = models.build_model(config.model, num_classes=len(datasets.classes))
+    optimizer = engine.build_optimizer(config.optim, model)
+    # Built from the unprepared loader: its length is the number of global batches per epoch.
+    optimizer_steps_per_epoch = -(-len(train_loader) // config.train.grad_accum_steps)
+    scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
+    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, test_loader, scheduler)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+
+    # --- resume ---
+    state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
+    if resume_from is not None:
+        state = checkpoint.load_checkpoint(accelerator, resume_from)
+        out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
+    metrics_file = tracking.MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    metrics_file.truncate_after(state.global_step)
+    tracking.start_tracking(accelerator, config.logging.wandb, run_dir, config.train.run_name,  # type: ignore[arg-type]
+                            state.wandb_run_id or new_wandb_id, to_dict(config))
+
+    steps_per_epoch = len(train_loader)
+    batch_size = config.train.batch_size
+    log_every = config.logging.every_n_steps
+    save_every = config.checkpoint.every_n_steps
+    for epoch in range(state.epoch, config.train.epochs):
+        # --- train one epoch ---
+        train_loader.set_epoch(epoch)
+        datasets.train.set_epoch(epoch)
+        skipped = state.step_in_epoch
+        loader = accelerator.skip_first_batches(train_loader, skipped) if skipped else train_loader
+        model.train()
+        window_loss = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
+        epoch_loss = torch.zeros((), device=accelerator.device)
+        window_steps, window_start = 0, time.perf_counter()
+        epoch_start = time.perf_counter()
+        for images, labels in loader:
+            with accelerator.accumulate(model):
+                loss = loss_fn(model(images), labels)
+                accelerator.backward(loss)
+                if config.optim.grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.global_step += 1
+            state.step_in_epoch += 1
+            window_loss += loss.detach()
+            epoch_loss += loss.detach()
+            window_steps += 1
+
+            if state.global_step % log_every == 0:
+                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                images_per_s = window_steps * batch_size / (time.perf_counter() - window_start)
+                lr = scheduler.get_last_lr()[0]
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
+                                 "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
+                                step=state.global_step)
+                out.log(f"epoch {epoch + 1} step {state.step_in_epoch}/{steps_per_epoch} loss {mean_loss:.4f} "
+                        f"lr {lr:.5f} {images_per_s:,.0f} images/s")
+                window_loss.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+
+            # Mid-epoch checkpoint; the last batch is covered by the epoch-end save just below.
+            if (save_every and state.global_step % save_every == 0 and state.step_in_epoch < steps_per_epoch
+                    and accelerator.sync_gradients):
+                checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from)
+        train_seconds = time.perf_counter() - epoch_start
+        trained = state.step_in_epoch - skipped
+        train_loss = accelerator.reduce(epoch_loss, reduction="mean").item() / max(trained, 1)
+        images_per_s = trained * batch_size / train_seconds
+
+        # --- evaluate ---
+        result = engine.evaluate(model, test_loader, accelerator, datasets.classes)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        if result.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
+        accelerator.log({**result.wandb_values(), "train/epoch_loss": train_loss,
+                         "train/epoch_images_per_s": images_per_s, "train/epoch": float(epoch + 1)},
+                        step=state.global_step)
+        metrics_file.append({
+            "epoch": epoch + 1, "global_step": state.global_step, "test_images": result.count,
+            "accuracy": result.accuracy, "per_class_accuracy": result.per_class, "test_loss": result.loss,
+            "train_loss": train_loss, "train_images_per_s": images_per_s, "train_seconds": train_seconds,
+        })
+        out.eval_table(epoch + 1, config.train.epochs, result)
+        out.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, {images_per_s:,.0f} images/s over "
+                f"{train_seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %")
+
+        # --- checkpoint ---
+        checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from)
+
+    # --- finish ---
+    accelerator.wait_for_everyone()
+    accelerator.save_model(model, str(run_dir), safe_serialization=True)
+    out.log(f"done: best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}); "
+            f"weights in {run_dir / 'model.safetensors'}")
+    accelerator.end_training()
+    return run_dir
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cifarlab.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML preset merged over the defaults, e.g. configs/smoke.yaml")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
+    return parser.parse_args(argv)
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            sys.stdout.write(to_yaml(config))
+            return 0
+        train(config)
+    except UsageError as error:
+        # The same bad input fails on every rank: say it once.
+        if _is_rank_zero():
+            console.error(str(error))
+        return error.exit_code
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
