@@ -6,6 +6,7 @@ Accelerate pads the last batch with duplicates, which only ``gather_for_metrics`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,10 @@ class EvalResult:
                        for i, name in enumerate(classes)},
             per_class_count={name: int(totals[i]) for i, name in enumerate(classes)},
         )
+
+    def json_per_class(self) -> dict[str, float | None]:
+        """Per-class accuracy for JSON files: null for a class absent from the test set (JSON has no NaN)."""
+        return {name: (None if math.isnan(acc) else acc) for name, acc in self.per_class.items()}
 
     def wandb_values(self) -> dict[str, Any]:
         values: dict[str, Any] = {"test/acc": self.accuracy, "test/loss": self.loss}

@@ -34,7 +34,11 @@ from cifarlab.errors import UsageError
 
 def build_accelerator(config: Config) -> Accelerator:
     train = config.train
+    # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
+    # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_process_cpu,
         # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
@@ -82,12 +86,6 @@ def train(config: Config) -> Path:
     run_dir = Path(config.train.output_dir) / config.train.run_name  # type: ignore[operator]
     out = console.Console(accelerator.is_main_process)
     resume_from = resume_point(config.train.resume, run_dir)
-    accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(config))
-    out.log(f"run directory {run_dir}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}")
 
     # --- data and model ---
     set_seed(config.train.seed)
@@ -103,6 +101,15 @@ def train(config: Config) -> Path:
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+
+    # --- run directory: written only once the data and model are known to work ---
+    accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(config))
+    out.log(f"run directory {run_dir}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+            f"mixed precision {accelerator.mixed_precision}; {len(datasets.train)} training and "
+            f"{len(datasets.test)} test images")
 
     # --- resume ---
     state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
@@ -175,7 +182,7 @@ def train(config: Config) -> Path:
                         step=state.global_step)
         metrics_file.append({
             "epoch": epoch + 1, "global_step": state.global_step, "test_images": result.count,
-            "accuracy": result.accuracy, "per_class_accuracy": result.per_class, "test_loss": result.loss,
+            "accuracy": result.accuracy, "per_class_accuracy": result.json_per_class(), "test_loss": result.loss,
             "train_loss": train_loss, "train_images_per_s": images_per_s, "train_seconds": train_seconds,
         })
         out.eval_table(epoch + 1, config.train.epochs, result)

@@ -1,0 +1,90 @@
+"""Config: defaults <- file <- overrides, validation errors that name the key, presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifarlab.config import Config, ConfigError, load_config, to_dict, to_yaml
+from conftest import CONFIGS, error_lines, run_python
+
+PRESETS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_defaults_are_the_default_preset() -> None:
+    assert to_dict(load_config()) == to_dict(load_config(str(CONFIGS / "default.yaml")))
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text("optim:\n  lr: 0.3\ntrain:\n  epochs: 4\n")
+    config = load_config(str(preset), ["train.epochs=7", "data.train_size=100", "logging.wandb.tags=[a,b]"])
+    assert config.optim.lr == 0.3  # from the file
+    assert config.train.epochs == 7  # override beats file
+    assert config.data.train_size == 100
+    assert config.logging.wandb.tags == ["a", "b"]
+    assert config.optim.momentum == 0.9  # default
+    assert load_config(None, ["data.train_size=null"]).data.train_size is None
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; keys in 'optim': lr, momentum"),
+    (["optim.lr=fast"], "optim.lr: Value 'fast'"),
+    (["data.name=imagenet"], "data.name: Invalid value 'imagenet', expected one of ['cifar10', 'imagefolder', 'fake']"),
+    (["train.mixed_precision=fp8"], "train.mixed_precision: Invalid value 'fp8'"),
+    (["optim.warmup_epochs=3", "train.epochs=3"], "optim.warmup_epochs=3.0 must be less than train.epochs=3"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
+    (["train.batch_size=0"], "train.batch_size=0 must be >= 1"),
+    (["checkpoint.keep_last=0"], "checkpoint.keep_last=0 must be >= 1"),
+    (["bogus=1"], "unknown config key 'bogus'; keys in 'top level': data, model, optim"),
+    (["optim.lr"], "override 'optim.lr' is not key=value"),
+])
+def test_bad_values_fail_with_one_line_naming_the_key(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, overrides)
+    message = str(raised.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="--config nope.yaml: no such file"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_presets_load_and_start_with_their_launch_command(preset: Path) -> None:
+    assert isinstance(load_config(str(preset)), Config)
+    first_lines = preset.read_text().splitlines()[:4]
+    assert first_lines[0].startswith("# ")
+    assert any("accelerate launch" in line and f"configs/{preset.name}" in line for line in first_lines)
+
+
+def test_tutorial_preset_is_the_tutorial_recipe() -> None:
+    config = load_config(str(CONFIGS / "tutorial.yaml"))
+    assert (config.model.name, config.train.batch_size, config.train.epochs) == ("lenet", 4, 2)
+    assert (config.optim.lr, config.optim.momentum, config.optim.nesterov, config.optim.weight_decay) == (1e-3, 0.9, False, 0.0)
+    assert (config.optim.schedule, config.optim.label_smoothing, config.data.augment) == ("none", 0.0, "none")
+    assert config.data.mean == config.data.std == [0.5, 0.5, 0.5]
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    config = load_config(str(CONFIGS / "resnet18.yaml"), ["train.run_name=x"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(config))
+    assert yaml.safe_load(saved.read_text())["train"]["run_name"] == "x"
+    assert to_dict(load_config(str(saved))) == to_dict(config)
+
+
+def test_cli_print_config_and_errors(tmp_path: Path) -> None:
+    shown = run_python(["--config", str(CONFIGS / "smoke.yaml"), "--print-config", "optim.lr=0.5"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["optim"]["lr"] == 0.5
+    assert not (tmp_path / "runs").exists()
+
+    bad = run_python(["optim.lrr=0.5"], tmp_path)
+    assert bad.returncode == 2
+    assert error_lines(bad.stderr) == [bad.stderr.strip()]
+    assert "optim.lrr" in bad.stderr
