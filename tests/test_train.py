@@ -1,0 +1,167 @@
+"""The trainer end to end through its real CLI (``accelerate launch -m cifarlab.train``) on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
+from conftest import CONFIGS, check, error_lines, run_cli, run_python, smoke, weights
+from wandb_offline import find_run_files, read_config, read_history
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        if atol == 0.0:
+            assert torch.equal(first[key], second[key]), key
+        else:
+            torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
+
+
+def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path) -> None:
+    result = check(run_cli(smoke(tmp_path, "smoke", "logging.wandb.mode=offline"), tmp_path))
+    run_dir = tmp_path / "runs" / "smoke"
+    assert (run_dir / "model.safetensors").is_file()
+    assert "cat" in result.stdout and "test accuracy" in result.stdout  # the per-class table
+
+    # The resolved config, with the run name filled in, loads back as the same config.
+    saved = load_config(str(run_dir / "config.yaml"))
+    assert saved.train.run_name == "smoke"
+    assert saved.data.name == "fake"
+
+    # Checkpoints: epoch ends and every 5 steps, the last checkpoint.keep_last=2 kept.
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert steps == ["step_00000015", "step_00000016"]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000016"
+    assert json.loads((run_dir / "checkpoints" / "step_00000016" / "trainer_state.json").read_text())["epoch"] == 2
+
+    metrics = _metrics(run_dir)
+    assert [(m["epoch"], m["global_step"], m["test_images"]) for m in metrics] == [(1, 8, 100), (2, 16, 100)]
+    assert set(metrics[-1]["per_class_accuracy"]) == set(CIFAR10_CLASSES)
+    assert all(m["train_images_per_s"] > 0 for m in metrics)
+
+    # The offline W&B run holds the same numbers, per class, at increasing steps.
+    (run_file,) = find_run_files(run_dir / "wandb")
+    rows = read_history(run_file)
+    evals = [row for row in rows if "test/acc" in row]
+    assert [row["_step"] for row in evals] == [8, 16]
+    for row, record in zip(evals, metrics):
+        assert row["test/acc"] == pytest.approx(record["accuracy"])
+        assert row["test/loss"] == pytest.approx(record["test_loss"])
+        for name in CIFAR10_CLASSES:
+            assert row[f"test/acc/{name}"] == pytest.approx(record["per_class_accuracy"][name])
+    train_rows = [row for row in rows if "train/loss" in row]
+    assert [row["_step"] for row in train_rows] == [4, 8, 12, 16]
+    assert all({"train/lr", "train/images_per_s", "train/epoch"} <= row.keys() for row in train_rows)
+    steps_logged = [row["_step"] for row in rows]
+    assert steps_logged == sorted(steps_logged)
+    assert read_config(run_file)["optim"] == to_dict(saved)["optim"]
+
+
+def test_two_processes_match_one_and_count_every_test_image(tmp_path: Path) -> None:
+    # 37 test images in global batches of 8 over 2 processes: Accelerate pads the last batch.
+    overrides = ("data.test_size=37", "train.eval_batch_size=8")
+    one = check(run_cli(smoke(tmp_path, "one", *overrides), tmp_path, processes=1))
+    two = check(run_cli(smoke(tmp_path, "two", *overrides), tmp_path, processes=2))
+    assert "1 process(es)" in one.stdout and "2 process(es)" in two.stdout
+    assert two.stdout.count("test accuracy") == one.stdout.count("test accuracy")  # main process prints only
+    for name in ("one", "two"):
+        assert [m["test_images"] for m in _metrics(tmp_path / "runs" / name)] == [37, 37]
+    _assert_same_weights(tmp_path / "runs" / "one" / "model.safetensors",
+                         tmp_path / "runs" / "two" / "model.safetensors", atol=1e-6)
+    accuracies = [[m["accuracy"] for m in _metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
+    assert accuracies[0] == accuracies[1]
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    keep_all = "checkpoint.keep_last=100"
+    check(run_python(smoke(tmp_path, "full", keep_all), tmp_path))
+    full = tmp_path / "runs" / "full"
+    mid_epoch = full / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
+    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
+
+    # Resume from an explicit checkpoint path into a new run.
+    resumed = check(run_python(smoke(tmp_path, "from-path", keep_all, f"train.resume={mid_epoch}"), tmp_path))
+    assert "resumed from" in resumed.stdout
+    _assert_same_weights(full / "model.safetensors", tmp_path / "runs" / "from-path" / "model.safetensors")
+
+    # A run that died after its step-10 checkpoint (mid-epoch 2), continued with train.resume=auto.
+    crashed = tmp_path / "runs" / "crashed"
+    shutil.copytree(full, crashed)
+    (crashed / "model.safetensors").unlink()
+    for later in ("step_00000015", "step_00000016"):
+        shutil.rmtree(crashed / "checkpoints" / later)
+    (crashed / "checkpoints" / "latest").write_text("step_00000010")
+    check(run_python(smoke(tmp_path, "crashed", keep_all, "train.resume=auto"), tmp_path))
+    _assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
+    # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
+    exact = ("epoch", "global_step", "test_images", "accuracy", "per_class_accuracy", "test_loss")
+    assert [[m[k] for k in exact] for m in _metrics(crashed)] == [[m[k] for k in exact] for m in _metrics(full)]
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
+    check(run_python(smoke(tmp_path, "once", "train.epochs=1"), tmp_path))
+    final = tmp_path / "runs" / "once" / "model.safetensors"
+    before = final.read_bytes()
+    again = run_python(smoke(tmp_path, "once", "train.epochs=1"), tmp_path)
+    assert again.returncode == 2
+    assert error_lines(again.stderr) == [again.stderr.strip()]
+    assert "already holds a run; continue it with train.resume=auto" in again.stderr
+    assert final.read_bytes() == before
+    missing = run_python(smoke(tmp_path, "other", f"train.resume={tmp_path / 'nope'}"), tmp_path)
+    assert missing.returncode == 2 and "no such checkpoint directory" in missing.stderr
+
+
+def test_bf16_runs_on_cpu_and_fp16_is_refused(tmp_path: Path) -> None:
+    bf16 = check(run_cli(smoke(tmp_path, "bf16", "train.mixed_precision=bf16", "train.epochs=1"), tmp_path))
+    assert "mixed precision bf16" in bf16.stdout
+    assert (tmp_path / "runs" / "bf16" / "model.safetensors").is_file()
+    fp16 = run_python(smoke(tmp_path, "fp16", "train.mixed_precision=fp16"), tmp_path)
+    assert fp16.returncode == 2
+    assert error_lines(fp16.stderr) == ["cifarlab: error: train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch "
+                                        "would silently train in fp32); use train.mixed_precision=bf16 or no"]
+    assert not (tmp_path / "runs" / "fp16").exists()
+
+
+def test_training_reduces_the_loss(tmp_path: Path) -> None:
+    # Overfit 32 fixed images: the loss must fall from chance (ln 10 = 2.30) to near zero.
+    check(run_python(smoke(tmp_path, "overfit", "data.train_size=32", "data.test_size=10", "data.augment=none",
+                           "train.epochs=30", "train.batch_size=8", "optim.lr=0.03", "optim.warmup_epochs=0",
+                           "checkpoint.every_n_steps=null"), tmp_path))
+    losses = [m["train_loss"] for m in _metrics(tmp_path / "runs" / "overfit")]
+    assert losses[0] > 2.0
+    assert losses[-1] < 0.1
+
+
+def test_launch_errors_are_one_clear_line(tmp_path: Path) -> None:
+    missing = run_cli(smoke(tmp_path, "nodata", "data.name=cifar10", f"data.root={tmp_path / 'none'}",
+                            "data.download=false"), tmp_path)
+    assert missing.returncode != 0
+    (line,) = error_lines(missing.stderr)
+    assert "data.root=" in line and "data.name=fake" in line
+    uneven = run_cli(smoke(tmp_path, "uneven", "train.batch_size=33"), tmp_path, processes=2)
+    assert uneven.returncode != 0
+    assert error_lines(uneven.stderr) == ["cifarlab: error: train.batch_size=33 is the global batch and must divide "
+                                          "by the 2 processes; use a multiple of 2"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_default_preset_learns_cifar10_in_one_epoch(tmp_path: Path, cifar10_jpeg: Path) -> None:
+    check(run_cli(["--config", str(CONFIGS / "default.yaml"), "data.name=imagefolder", f"data.root={cifar10_jpeg}",
+                   "train.epochs=1", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=real",
+                   "logging.wandb.mode=disabled"], tmp_path, timeout=600))
+    (record,) = _metrics(tmp_path / "runs" / "real")
+    assert record["test_images"] == 10_000
+    assert record["accuracy"] > 0.35
+    assert yaml.safe_load((tmp_path / "runs" / "real" / "config.yaml").read_text())["data"]["name"] == "imagefolder"
