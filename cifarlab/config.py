@@ -186,6 +186,10 @@ class Config:
     def __post_init__(self) -> None:
         _require(self.optim.warmup_epochs < self.train.epochs,
                  f"optim.warmup_epochs={self.optim.warmup_epochs} must be less than train.epochs={self.train.epochs}")
+        every, accum = self.checkpoint.every_n_steps, self.train.grad_accum_steps
+        # A checkpoint in the middle of an accumulation would drop the gradients summed so far.
+        _require(every is None or every % accum == 0,
+                 f"checkpoint.every_n_steps={every} must be a multiple of train.grad_accum_steps={accum}")
 
 
 def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:

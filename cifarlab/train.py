@@ -81,7 +81,15 @@ def resume_point(resume: Optional[str], run_dir: Path) -> Optional[Path]:
 
 
 def train(config: Config) -> Path:
+    """Train as configured; return the run directory."""
     accelerator = build_accelerator(config)
+    try:
+        return run(accelerator, config)
+    finally:
+        accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
+
+
+def run(accelerator: Accelerator, config: Config) -> Path:
     config, new_wandb_id = resolve_run(config)
     run_dir = Path(config.train.output_dir) / config.train.run_name  # type: ignore[operator]
     out = console.Console(accelerator.is_main_process)
@@ -197,7 +205,6 @@ def train(config: Config) -> Path:
     accelerator.save_model(model, str(run_dir), safe_serialization=True)
     out.log(f"done: best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}); "
             f"weights in {run_dir / 'model.safetensors'}")
-    accelerator.end_training()
     return run_dir
 
 

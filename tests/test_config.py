@@ -38,6 +38,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
     (["train.batch_size=0"], "train.batch_size=0 must be >= 1"),
     (["checkpoint.keep_last=0"], "checkpoint.keep_last=0 must be >= 1"),
+    (["checkpoint.every_n_steps=3", "train.grad_accum_steps=2"],
+     "checkpoint.every_n_steps=3 must be a multiple of train.grad_accum_steps=2"),
     (["bogus=1"], "unknown config key 'bogus'; keys in 'top level': data, model, optim"),
     (["optim.lr"], "override 'optim.lr' is not key=value"),
 ])

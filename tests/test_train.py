@@ -110,6 +110,15 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> No
     assert [[m[k] for k in exact] for m in _metrics(crashed)] == [[m[k] for k in exact] for m in _metrics(full)]
 
 
+def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
+    options = ("checkpoint.keep_last=100", "train.grad_accum_steps=2", "checkpoint.every_n_steps=6")
+    check(run_python(smoke(tmp_path, "full", *options), tmp_path))
+    mid_epoch = tmp_path / "runs" / "full" / "checkpoints" / "step_00000006"
+    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
+    _assert_same_weights(tmp_path / "runs" / "full" / "model.safetensors",
+                         tmp_path / "runs" / "resumed" / "model.safetensors")
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
     check(run_python(smoke(tmp_path, "once", "train.epochs=1"), tmp_path))
     final = tmp_path / "runs" / "once" / "model.safetensors"
