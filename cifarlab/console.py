@@ -22,9 +22,9 @@ class Console:
             elapsed = time.perf_counter() - self._start
             self._rich.print(f"[{elapsed:7.1f}s] {message}", markup=False)
 
-    def print_text(self, text: str) -> None:
+    def warn(self, message: str) -> None:
         if self._rich is not None:
-            self._rich.print(text, markup=False)
+            print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
 
     def eval_table(self, epoch: int, epochs: int, result: EvalResult) -> None:
         if self._rich is None:

@@ -60,6 +60,29 @@ def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path,
     )
 
 
+class StepLog:
+    """``accelerator.log`` that never goes back in steps within a W&B run.
+
+    W&B drops points logged at a step lower than one it already has. After a resume the run
+    redoes the steps since its checkpoint, which it had logged before it was stopped; those are
+    skipped (an exact resume recomputes the same values). The highest step logged is kept in
+    ``wandb_step`` in the run directory, written by the main process.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, continuing: bool) -> None:
+        self.accelerator = accelerator
+        self.path = run_dir / "wandb_step"
+        self.last = int(self.path.read_text()) if continuing and self.path.is_file() else -1
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        if step < self.last:
+            return
+        self.accelerator.log(values, step=step)
+        if step > self.last and self.accelerator.is_main_process:
+            self.path.write_text(str(step))
+        self.last = step
+
+
 class MetricsFile:
     """Appends one JSON object per evaluation to ``metrics.jsonl`` (main process only)."""
 

@@ -20,14 +20,14 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import checkpoint, console, data, engine, models, tracking
+from cifarlab import checkpoint, console, data, engine, models, preemption, tracking
 from cifarlab.config import Config, load_config, to_dict, to_yaml, with_run_name
 from cifarlab.errors import UsageError
 
@@ -64,19 +64,41 @@ def resolve_run(config: Config) -> tuple[Config, str]:
     return with_run_name(config, chosen[0]), chosen[1]
 
 
-def resume_point(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    """The checkpoint to continue from, or None for a fresh start. Never trains over a finished run."""
+def resume_point(accelerator: Accelerator, resume: Optional[str], run_dir: Path,
+                 warn: Callable[[str], None]) -> Optional[Path]:
+    """The checkpoint to continue from, or None for a fresh start. Never trains over a finished run.
+
+    Decided on the main process (verifying a checkpoint reads all of it) and shared with the others.
+    """
+    decision: list[Optional[str]] = [None, None]  # checkpoint path, error
+    if accelerator.is_main_process:
+        try:
+            found = _find_resume_point(resume, run_dir, warn)
+            decision[0] = str(found) if found else None
+        except UsageError as error:
+            decision[1] = str(error)
+    broadcast_object_list(decision)
+    if decision[1] is not None:
+        raise UsageError(decision[1])
+    return Path(decision[0]) if decision[0] else None
+
+
+def _find_resume_point(resume: Optional[str], run_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
     if resume is None:
         if checkpoint.list_checkpoints(run_dir) or (run_dir / "model.safetensors").exists():
             raise UsageError(f"run directory {run_dir} already holds a run; continue it with train.resume=auto "
                              f"or start another with a new train.run_name")
         return None
     if resume == "auto":
-        return checkpoint.latest_checkpoint(run_dir)
+        return checkpoint.resumable_checkpoint(run_dir, warn)
     path = Path(resume)
     if not path.is_dir():
         raise UsageError(f"train.resume={resume}: no such checkpoint directory; use train.resume=auto or a "
                          f"folder under <run>/checkpoints/")
+    reason = checkpoint.problem(path)
+    if reason is not None:
+        raise UsageError(f"train.resume={resume}: this checkpoint is damaged ({reason}); use train.resume=auto "
+                         f"to take the newest intact one, or another folder under <run>/checkpoints/")
     return path
 
 
@@ -90,10 +112,11 @@ def train(config: Config) -> Path:
 
 
 def run(accelerator: Accelerator, config: Config) -> Path:
+    stop = preemption.StopRequest()  # from here on SIGUSR1/SIGTERM mean "checkpoint and exit"
     config, new_wandb_id = resolve_run(config)
     run_dir = Path(config.train.output_dir) / config.train.run_name  # type: ignore[operator]
     out = console.Console(accelerator.is_main_process)
-    resume_from = resume_point(config.train.resume, run_dir)
+    resume_from = resume_point(accelerator, config.train.resume, run_dir, out.warn)
 
     # --- data and model ---
     set_seed(config.train.seed)
@@ -126,6 +149,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
     metrics_file = tracking.MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process)
     metrics_file.truncate_after(state.global_step)
+    step_log = tracking.StepLog(accelerator, run_dir, continuing=resume_from is not None)
     tracking.start_tracking(accelerator, config.logging.wandb, run_dir, config.train.run_name,  # type: ignore[arg-type]
                             state.wandb_run_id or new_wandb_id, to_dict(config))
 
@@ -133,6 +157,18 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     batch_size = config.train.batch_size
     log_every = config.logging.every_n_steps
     save_every = config.checkpoint.every_n_steps
+
+    def save(best: bool = False) -> Path:
+        return checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from, best)
+
+    def stop_now(saved: Optional[Path]) -> None:
+        """After a stop signal: make sure this step is checkpointed, requeue under SLURM, exit."""
+        path = saved or save()
+        out.log(f"stopping on {stop.received or 'a signal to another process'}: checkpoint {path} saved")
+        if accelerator.is_main_process:
+            preemption.requeue_slurm_job(out.log)
+        raise preemption.Preempted()
+
     for epoch in range(state.epoch, config.train.epochs):
         # --- train one epoch ---
         train_loader.set_epoch(epoch)
@@ -163,7 +199,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                 mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
                 images_per_s = window_steps * batch_size / (time.perf_counter() - window_start)
                 lr = scheduler.get_last_lr()[0]
-                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
+                step_log.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
                                  "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
                                 step=state.global_step)
                 out.log(f"epoch {epoch + 1} step {state.step_in_epoch}/{steps_per_epoch} loss {mean_loss:.4f} "
@@ -172,9 +208,12 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                 window_steps, window_start = 0, time.perf_counter()
 
             # Mid-epoch checkpoint; the last batch is covered by the epoch-end save just below.
-            if (save_every and state.global_step % save_every == 0 and state.step_in_epoch < steps_per_epoch
-                    and accelerator.sync_gradients):
-                checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from)
+            mid_epoch = state.step_in_epoch < steps_per_epoch
+            saved = save() if save_every and state.global_step % save_every == 0 and mid_epoch else None
+            # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
+            # signal during the last batch is handled after the epoch-end checkpoint instead.
+            if mid_epoch and accelerator.sync_gradients and stop.agreed(accelerator):
+                stop_now(saved)
         train_seconds = time.perf_counter() - epoch_start
         trained = state.step_in_epoch - skipped
         train_loss = accelerator.reduce(epoch_loss, reduction="mean").item() / max(trained, 1)
@@ -185,7 +224,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if result.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
-        accelerator.log({**result.wandb_values(), "train/epoch_loss": train_loss,
+        step_log.log({**result.wandb_values(), "train/epoch_loss": train_loss,
                          "train/epoch_images_per_s": images_per_s, "train/epoch": float(epoch + 1)},
                         step=state.global_step)
         metrics_file.append({
@@ -198,7 +237,9 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                 f"{train_seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %")
 
         # --- checkpoint ---
-        checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from)
+        saved = save(best=state.best_epoch == epoch + 1)
+        if stop.agreed(accelerator):  # a signal during evaluation: the epoch is saved, stop here
+            stop_now(saved)
 
     # --- finish ---
     accelerator.wait_for_everyone()
@@ -234,6 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if _is_rank_zero():
             console.error(str(error))
         return error.exit_code
+    except preemption.Preempted as stopped:
+        return stopped.exit_code
     return 0
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
+import time
 import sys
 import tarfile
 from pathlib import Path
@@ -20,18 +24,25 @@ SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 def run_cli(args: list[str], cwd: Path, processes: int = 1, module: str = "cifarlab.train",
             timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """``accelerate launch -m MODULE ARGS`` with 1 process, or N gloo processes on the CPU."""
+    return subprocess.run([*launch_command(processes, module), *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def launch_command(processes: int, module: str = "cifarlab.train") -> list[str]:
     launch = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *args]
-    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("WANDB_API_KEY", None)  # tests never go online
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
 
 
 def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m cifarlab.train ARGS``: the trainer's own exit code, without a launcher around it."""
-    env = {**os.environ, "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "cifarlab.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "cifarlab.train", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -48,6 +59,63 @@ def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    """Bitwise equal final weights (atol=0), or equal within ``atol``."""
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        if atol == 0.0:
+            assert torch.equal(first[key], second[key]), key
+        else:
+            torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
+
+
+class Background:
+    """A CLI run in its own process group, its output in a file, for tests that interrupt it."""
+
+    def __init__(self, command: list[str], cwd: Path, log: Path, **env: str) -> None:
+        self.log = log
+        self.handle = open(log, "w")
+        self.process = subprocess.Popen(command, cwd=cwd, env=cli_env(**env), stdout=self.handle,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.output())
+            if found:
+                return found
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} not seen (exit {self.process.poll()}):\n{self.output()[-3000:]}")
+
+    def signal(self, signum: int, group: bool = False) -> None:
+        if group:
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                pass  # the whole group is gone already
+        else:
+            self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 120) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+        finally:
+            self.handle.close()
 
 
 def error_lines(stderr: str) -> list[str]:

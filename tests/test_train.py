@@ -11,22 +11,8 @@ import torch
 import yaml
 
 from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
-from conftest import CONFIGS, check, error_lines, run_cli, run_python, smoke, weights
+from conftest import CONFIGS, assert_same_weights, check, error_lines, metrics, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_config, read_history
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
-    first, second = weights(a), weights(b)
-    assert first.keys() == second.keys()
-    for key in first:
-        if atol == 0.0:
-            assert torch.equal(first[key], second[key]), key
-        else:
-            torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
 
 
 def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path) -> None:
@@ -46,7 +32,7 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000016"
     assert json.loads((run_dir / "checkpoints" / "step_00000016" / "trainer_state.json").read_text())["epoch"] == 2
 
-    metrics = _metrics(run_dir)
+    metrics = metrics(run_dir)
     assert [(m["epoch"], m["global_step"], m["test_images"]) for m in metrics] == [(1, 8, 100), (2, 16, 100)]
     assert set(metrics[-1]["per_class_accuracy"]) == set(CIFAR10_CLASSES)
     assert all(m["train_images_per_s"] > 0 for m in metrics)
@@ -77,10 +63,10 @@ def test_two_processes_match_one_and_count_every_test_image(tmp_path: Path) -> N
     assert "1 process(es)" in one.stdout and "2 process(es)" in two.stdout
     assert two.stdout.count("test accuracy") == one.stdout.count("test accuracy")  # main process prints only
     for name in ("one", "two"):
-        assert [m["test_images"] for m in _metrics(tmp_path / "runs" / name)] == [37, 37]
-    _assert_same_weights(tmp_path / "runs" / "one" / "model.safetensors",
+        assert [m["test_images"] for m in metrics(tmp_path / "runs" / name)] == [37, 37]
+    assert_same_weights(tmp_path / "runs" / "one" / "model.safetensors",
                          tmp_path / "runs" / "two" / "model.safetensors", atol=1e-6)
-    accuracies = [[m["accuracy"] for m in _metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
+    accuracies = [[m["accuracy"] for m in metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
     assert accuracies[0] == accuracies[1]
 
 
@@ -94,7 +80,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> No
     # Resume from an explicit checkpoint path into a new run.
     resumed = check(run_python(smoke(tmp_path, "from-path", keep_all, f"train.resume={mid_epoch}"), tmp_path))
     assert "resumed from" in resumed.stdout
-    _assert_same_weights(full / "model.safetensors", tmp_path / "runs" / "from-path" / "model.safetensors")
+    assert_same_weights(full / "model.safetensors", tmp_path / "runs" / "from-path" / "model.safetensors")
 
     # A run that died after its step-10 checkpoint (mid-epoch 2), continued with train.resume=auto.
     crashed = tmp_path / "runs" / "crashed"
@@ -104,10 +90,10 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> No
         shutil.rmtree(crashed / "checkpoints" / later)
     (crashed / "checkpoints" / "latest").write_text("step_00000010")
     check(run_python(smoke(tmp_path, "crashed", keep_all, "train.resume=auto"), tmp_path))
-    _assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
+    assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
     # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
     exact = ("epoch", "global_step", "test_images", "accuracy", "per_class_accuracy", "test_loss")
-    assert [[m[k] for k in exact] for m in _metrics(crashed)] == [[m[k] for k in exact] for m in _metrics(full)]
+    assert [[m[k] for k in exact] for m in metrics(crashed)] == [[m[k] for k in exact] for m in metrics(full)]
 
 
 def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
@@ -115,7 +101,7 @@ def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
     check(run_python(smoke(tmp_path, "full", *options), tmp_path))
     mid_epoch = tmp_path / "runs" / "full" / "checkpoints" / "step_00000006"
     check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
-    _assert_same_weights(tmp_path / "runs" / "full" / "model.safetensors",
+    assert_same_weights(tmp_path / "runs" / "full" / "model.safetensors",
                          tmp_path / "runs" / "resumed" / "model.safetensors")
 
 
@@ -148,7 +134,7 @@ def test_training_reduces_the_loss(tmp_path: Path) -> None:
     check(run_python(smoke(tmp_path, "overfit", "data.train_size=32", "data.test_size=10", "data.augment=none",
                            "train.epochs=30", "train.batch_size=8", "optim.lr=0.03", "optim.warmup_epochs=0",
                            "checkpoint.every_n_steps=null"), tmp_path))
-    losses = [m["train_loss"] for m in _metrics(tmp_path / "runs" / "overfit")]
+    losses = [m["train_loss"] for m in metrics(tmp_path / "runs" / "overfit")]
     assert losses[0] > 2.0
     assert losses[-1] < 0.1
 
@@ -170,7 +156,7 @@ def test_default_preset_learns_cifar10_in_one_epoch(tmp_path: Path, cifar10_jpeg
     check(run_cli(["--config", str(CONFIGS / "default.yaml"), "data.name=imagefolder", f"data.root={cifar10_jpeg}",
                    "train.epochs=1", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=real",
                    "logging.wandb.mode=disabled"], tmp_path, timeout=600))
-    (record,) = _metrics(tmp_path / "runs" / "real")
+    (record,) = metrics(tmp_path / "runs" / "real")
     assert record["test_images"] == 10_000
     assert record["accuracy"] > 0.35
     assert yaml.safe_load((tmp_path / "runs" / "real" / "config.yaml").read_text())["data"]["name"] == "imagefolder"

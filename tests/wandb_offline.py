@@ -58,7 +58,9 @@ def _payloads(data: bytes) -> Iterator[bytes]:
         pos += length
         if kind == 0 and length == 0:
             continue  # zero-filled padding
-        if len(chunk) != length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+        if len(chunk) != length:
+            break  # the writer was killed mid-record: what came before is complete
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
             raise ValueError(f"corrupt record at byte {pos - length - _RECORD_HEADER.size}")
         if kind in (_FULL, _FIRST):
             parts = [chunk]

@@ -1,0 +1,73 @@
+"""Stopping on a signal: SIGUSR1 / SIGTERM -> agreed stop at a step boundary -> checkpoint -> requeue.
+
+SLURM warns a job with a signal before a preemption or its time limit (``--signal``), then sends
+SIGTERM. Either signal only sets a flag here; the train loop asks at each optimizer-step boundary
+whether *any* rank got one (an all-reduce, so every rank stops at the same step), saves a
+checkpoint, and exits with :data:`EXIT_PREEMPTED`. Under SLURM the main process first requeues the
+job, and the requeued job resumes from that checkpoint (``train.resume=auto``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from types import FrameType
+from typing import Callable, Optional
+
+from accelerate import Accelerator
+
+EXIT_PREEMPTED = 75
+"""Exit code after a signal-triggered checkpoint (EX_TEMPFAIL: run again to continue)."""
+
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class Preempted(Exception):
+    """Raised once the run has saved its checkpoint after a stop signal."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class StopRequest:
+    """Records SIGUSR1/SIGTERM; :meth:`agreed` turns it into a decision all ranks share."""
+
+    def __init__(self) -> None:
+        self.received: Optional[str] = None
+        for signum in SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.received = signal.Signals(signum).name
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every rank once any rank has received a signal. Call on all ranks at the same point."""
+        if self.received:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
+
+
+def slurm_job_id() -> Optional[str]:
+    """The id ``scontrol requeue`` needs: ``<array job>_<task>`` for an array task, else the job id."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job(log: Callable[[str], None]) -> None:
+    """Ask SLURM to run this job again (call on the main process only). Outside SLURM: nothing."""
+    job = slurm_job_id()
+    if job is None:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log(f"could not requeue SLURM job {job}: {error}")
+        return
+    if result.returncode == 0:
+        log(f"requeued SLURM job {job}")
+    else:
+        # A preemption with PreemptMode=REQUEUE requeues the job itself; scontrol may then refuse.
+        log(f"scontrol requeue {job} failed ({(result.stderr or result.stdout).strip()}); "
+            f"SLURM may requeue it itself (preemption), else resubmit with train.resume=auto")

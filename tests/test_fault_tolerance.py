@@ -1,0 +1,168 @@
+"""Fault tolerance through the real CLI: kills at any moment, damaged checkpoints, stop signals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifarlab.checkpoint import problem
+from conftest import (Background, assert_same_weights, check, error_lines, launch_command, metrics, run_python,
+                      smoke)
+from wandb_offline import find_run_files, read_history, read_run_id
+
+# 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps.
+SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=3", "logging.every_n_steps=1")
+EXACT = ("epoch", "global_step", "test_images", "accuracy", "per_class_accuracy", "test_loss")
+
+
+def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "cifarlab.train", *smoke(tmp_path, name, *SMALL, *overrides)]
+
+
+def _evals(run_dir: Path) -> list[list[object]]:
+    return [[record[key] for key in EXACT] for record in metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("reference")
+    check(run_python(smoke(tmp_path, "reference", *SMALL), tmp_path))
+    return tmp_path / "runs" / "reference"
+
+
+def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path: Path, uninterrupted: Path) -> None:
+    run_dir = tmp_path / "runs" / "chain"
+    latest = run_dir / "checkpoints" / "latest"
+
+    # 1. SIGKILL mid-epoch 1, wherever the run is (possibly inside a save).
+    first = Background(_python(tmp_path, "chain", "logging.wandb.mode=offline"), tmp_path, tmp_path / "1.log")
+    first.wait_for(r"epoch 1 step 10/16")
+    first.signal(signal.SIGKILL, group=True)
+    assert first.finish() == -signal.SIGKILL
+
+    # 2. SIGKILL inside this process's second save, after Accelerate wrote its files.
+    second = Background(_python(tmp_path, "chain", "logging.wandb.mode=offline", "train.resume=auto"),
+                        tmp_path, tmp_path / "2.log", CIFARLAB_TEST_KILL_IN_SAVE="2")
+    resumed_at = int(second.wait_for(r"resumed from \S+: epoch 1, step (\d+)").group(1))
+    assert 4 <= resumed_at <= 12
+    assert second.finish() == -signal.SIGKILL
+    half_written = [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-step_")]
+    assert len(half_written) == 1  # the killed save never became a checkpoint ...
+    published = latest.read_text()
+    assert int(published.removeprefix("step_")) == resumed_at + 4  # ... latest is the save before it
+    assert problem(run_dir / "checkpoints" / published) is None
+
+    # 3. SIGTERM mid-epoch 2: a graceful stop with a checkpoint at the step it stopped, exit code 75.
+    third = Background(_python(tmp_path, "chain", "logging.wandb.mode=offline", "train.resume=auto"),
+                       tmp_path, tmp_path / "3.log")
+    third.wait_for(r"epoch 2 step 6/16")
+    third.signal(signal.SIGTERM)
+    assert third.finish() == 75
+    stopped_at = int(third.wait_for(r"stopping on SIGTERM: checkpoint \S+step_(\d+) saved").group(1))
+    assert latest.read_text() == f"step_{stopped_at:08d}"
+
+    # 4. Finish.
+    last = check(run_python(smoke(tmp_path, "chain", *SMALL, "logging.wandb.mode=offline", "train.resume=auto"),
+                            tmp_path))
+    assert f"epoch 2, step {stopped_at}" in last.stdout
+    assert_same_weights(uninterrupted / "model.safetensors", run_dir / "model.safetensors")
+    assert _evals(run_dir) == _evals(uninterrupted)
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+
+    # One W&B run across the four processes, never logging a step below one already logged. (SIGKILL
+    # also takes W&B's writer down before it flushes: the killed sessions' files may hold nothing.)
+    files = find_run_files(run_dir / "wandb")
+    assert len(files) == 4
+    assert {f.parent.name.rsplit("-", 1)[1] for f in files} == {read_run_id(files[-1])}
+    highest = -1
+    for file in files:
+        steps = [row["_step"] for row in read_history(file)]
+        assert all(step >= highest for step in steps)
+        highest = max(steps, default=highest)
+    assert highest == 32
+    expected = {record["global_step"]: record["accuracy"] for record in metrics(uninterrupted)}
+    evals = {row["_step"]: row["test/acc"] for f in files for row in read_history(f) if "test/acc" in row}
+    assert 32 in evals and all(evals[step] == expected[step] for step in evals)
+
+
+def test_damaged_checkpoints_are_detected(tmp_path: Path, uninterrupted: Path) -> None:
+    run_dir = tmp_path / "runs" / "damaged"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "model.safetensors").unlink()
+    last = run_dir / "checkpoints" / "step_00000032"
+    optimizer = last / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # a truncated copy
+
+    explicit = run_python(smoke(tmp_path, "other", *SMALL, f"train.resume={last}"), tmp_path)
+    assert explicit.returncode == 2
+    (line,) = error_lines(explicit.stderr)
+    assert f"train.resume={last}: this checkpoint is damaged (optimizer.bin has 100 bytes" in line
+
+    # auto says so in one line and falls back to the newest intact checkpoint, losing nothing else.
+    fallback = check(run_python(smoke(tmp_path, "damaged", *SMALL, "train.resume=auto"), tmp_path))
+    warnings = [l for l in fallback.stderr.splitlines() if l.startswith("cifarlab: warning:")]
+    assert warnings == [f"cifarlab: warning: checkpoint {last} is damaged (optimizer.bin has 100 bytes, expected "
+                        f"{(uninterrupted / 'checkpoints/step_00000032/optimizer.bin').stat().st_size}); "
+                        f"falling back to an older one"]
+    assert "resumed from" in fallback.stdout and "step_00000028" in fallback.stdout
+    assert_same_weights(uninterrupted / "model.safetensors", run_dir / "model.safetensors")
+
+    (run_dir / "checkpoints" / "step_00000024" / "manifest.json").unlink()
+    assert problem(run_dir / "checkpoints" / "step_00000024") == "no manifest.json"
+
+
+def test_retention_keeps_best_and_the_resumed_checkpoint(tmp_path: Path, uninterrupted: Path) -> None:
+    names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    assert names == ["best", "latest", "step_00000024", "step_00000028", "step_00000032"]
+    best = uninterrupted / "checkpoints" / "best"
+    assert problem(best) is None
+    records = metrics(uninterrupted)
+    best_epoch = max(records, key=lambda r: r["accuracy"])["epoch"]
+    state = json.loads((best / "trainer_state.json").read_text())
+    assert state["best_epoch"] == best_epoch and state["epoch"] == best_epoch
+
+    run_dir = tmp_path / "runs" / "kept"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "model.safetensors").unlink()
+    for name in ("step_00000028", "step_00000032"):
+        shutil.rmtree(run_dir / "checkpoints" / name)
+    (run_dir / "checkpoints" / "latest").write_text("step_00000024")
+    check(run_python(smoke(tmp_path, "kept", *SMALL, "train.resume=auto", "checkpoint.keep_last=1"), tmp_path))
+    left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert left == ["best", "latest", "step_00000024", "step_00000032"]  # 24: resumed from, never pruned
+
+
+def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path, uninterrupted: Path) -> None:
+    # Without SIGUSR1 in PET_SIGNALS_TO_HANDLE, torchrun's agent dies of it and the trainer never hears of it.
+    bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *SMALL)], tmp_path, tmp_path / "bare.log",
+                      PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT")
+    bare.wait_for(r"epoch 1 step 6/16")
+    bare.signal(signal.SIGUSR1)
+    assert bare.finish() == -signal.SIGUSR1
+    bare.signal(signal.SIGKILL, group=True)  # any workers left behind
+    assert "stopping on" not in bare.output()
+
+    handled = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    run = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL)], tmp_path, tmp_path / "agent.log",
+                     PET_SIGNALS_TO_HANDLE=handled)
+    run.wait_for(r"epoch 1 step 6/16")
+    run.signal(signal.SIGUSR1)  # the agent only: it must pass the signal on
+    assert run.finish() != 0
+    step = int(run.wait_for(r"stopping on SIGUSR1: checkpoint \S+step_(\d+) saved").group(1))
+    saved = tmp_path / "runs" / "agent" / "checkpoints" / f"step_{step:08d}"
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["global_step"] == step  # both ranks stopped at this step and wrote their RNG state:
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
+    assert (tmp_path / "runs" / "agent" / "checkpoints" / "latest").read_text() == saved.name
+
+    resumed = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL, "train.resume=auto")], tmp_path,
+                         tmp_path / "resumed.log")
+    assert resumed.finish() == 0, resumed.output()[-2000:]
+    assert f"step {step}" in resumed.output()
+    assert_same_weights(uninterrupted / "model.safetensors", tmp_path / "runs" / "agent" / "model.safetensors",
+                        atol=1e-6)
