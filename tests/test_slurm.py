@@ -1,0 +1,111 @@
+"""slurm/train.sbatch under a real SLURM controller (tests/slurm_cluster.sh), and the multi-node script.
+
+Each job trains the smoke preset for 256 steps on one CPU process and is interrupted mid-run: by a
+real preemption (a job in the higher-priority partition takes the node) or by the warning signal that
+`--signal=B:USR1@90` sends before a time limit. It must checkpoint, requeue itself, resume and finish
+with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke
+
+SBATCH = REPO / "slurm" / "train.sbatch"
+DEFAULT_CONF = Path("/tmp/cifarlab-slurm/slurm.conf")  # where tests/slurm_cluster.sh puts it
+# 4096 images in batches of 32: 128 steps per epoch, 256 in all.
+OVERRIDES = ("data.train_size=4096", "checkpoint.every_n_steps=16", "logging.every_n_steps=8",
+             "logging.wandb.mode=disabled")
+
+
+@pytest.fixture(scope="module")
+def slurm_env() -> dict[str, str]:
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch not found: install and start a local SLURM with tests/slurm_cluster.sh install "
+                    "&& tests/slurm_cluster.sh start (.ci/run does)")
+    env = dict(os.environ)
+    if "SLURM_CONF" not in env and DEFAULT_CONF.is_file():
+        env["SLURM_CONF"] = str(DEFAULT_CONF)
+    ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True)
+    if "UP" not in ping.stdout:
+        pytest.skip(f"no SLURM controller answers ({ping.stdout.strip() or ping.stderr.strip()}): "
+                    f"start one with tests/slurm_cluster.sh start")
+    return env
+
+
+def _slurm(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(list(args), env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _state(env: dict[str, str], job: str) -> tuple[str, int]:
+    shown = _slurm(env, "scontrol", "show", "job", job)
+    return re.search(r"JobState=(\S+)", shown).group(1), int(re.search(r"Restarts=(\d+)", shown).group(1))
+
+
+def _wait(condition, what: str, timeout: float = 180) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _submit(env: dict[str, str], tmp_path: Path) -> tuple[str, Path]:
+    job = _slurm(env, "sbatch", "--parsable", "--cpus-per-task=2", f"--chdir={tmp_path}",
+                 "--export=ALL," + ",".join([f"CIFARLAB_PYTHON={sys.executable}",
+                                             f"CIFARLAB_CONFIG={CONFIGS / 'smoke.yaml'}",
+                                             f"CIFARLAB_OUTPUT_DIR={tmp_path / 'runs'}", "WANDB_SILENT=true"]),
+                 str(SBATCH), *OVERRIDES)
+    return job, tmp_path / f"slurm-cifarlab-{job}.out"
+
+
+def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> None:  # type: ignore[no-untyped-def]
+    job, log = _submit(env, tmp_path)
+    _wait(lambda: log.is_file() and "epoch 1 step 40/" in log.read_text(), "the job to train 40 steps")
+    interrupt(job)
+    _wait(lambda: "launcher exited with status" in log.read_text(), "the trainer to stop")
+    stopped = re.search(r"stopping on SIGUSR1: checkpoint \S+step_(\d+) saved", log.read_text())
+    assert stopped, log.read_text()
+    step = int(stopped.group(1))
+    assert 40 <= step < 256
+    _wait(lambda: _state(env, job) == ("PENDING", 1), "the job to be requeued")
+    _slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the requeue's 120 s hold
+    _wait(lambda: _state(env, job)[0] == "COMPLETED", "the requeued job to finish", timeout=300)
+    assert _state(env, job) == ("COMPLETED", 1)
+    text = log.read_text()
+    assert "restart 1" in text and f"resumed from {tmp_path / 'runs' / f'slurm-{job}'}" in text
+    assert f"epoch 1, step {step}" in text or f"epoch 2, step {step}" in text
+
+    check(run_python(smoke(tmp_path, "reference", *OVERRIDES), tmp_path))
+    assert_same_weights(tmp_path / "runs" / "reference" / "model.safetensors",
+                        tmp_path / "runs" / f"slurm-{job}" / "model.safetensors")
+
+
+def test_preemption_checkpoints_requeues_and_resumes_exactly(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    def preempt(job: str) -> None:
+        # Needs the whole node, in a partition of higher priority: SLURM preempts our job (USR1 to the
+        # batch shell at once, TERM after the 10 s grace time, then requeue).
+        urgent = _slurm(slurm_env, "sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2",
+                        f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 2")
+        _wait(lambda: _state(slurm_env, urgent)[0] == "COMPLETED", "the urgent job", timeout=120)
+
+    _interrupt_and_finish(slurm_env, tmp_path, preempt)
+
+
+def test_time_limit_warning_checkpoints_requeues_and_resumes_exactly(slurm_env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    def warn(job: str) -> None:
+        # What --signal=B:USR1@90 sends 90 s before the time limit: USR1 to the batch shell only.
+        _slurm(slurm_env, "scancel", "--batch", "--signal=USR1", job)
+
+    _interrupt_and_finish(slurm_env, tmp_path, warn)
