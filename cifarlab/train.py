@@ -200,8 +200,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                 images_per_s = window_steps * batch_size / (time.perf_counter() - window_start)
                 lr = scheduler.get_last_lr()[0]
                 step_log.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
-                                 "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
-                                step=state.global_step)
+                              "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
+                             step=state.global_step)
                 out.log(f"epoch {epoch + 1} step {state.step_in_epoch}/{steps_per_epoch} loss {mean_loss:.4f} "
                         f"lr {lr:.5f} {images_per_s:,.0f} images/s")
                 window_loss.zero_()
@@ -225,8 +225,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         if result.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
         step_log.log({**result.wandb_values(), "train/epoch_loss": train_loss,
-                         "train/epoch_images_per_s": images_per_s, "train/epoch": float(epoch + 1)},
-                        step=state.global_step)
+                      "train/epoch_images_per_s": images_per_s, "train/epoch": float(epoch + 1)},
+                     step=state.global_step)
         metrics_file.append({
             "epoch": epoch + 1, "global_step": state.global_step, "test_images": result.count,
             "accuracy": result.accuracy, "per_class_accuracy": result.json_per_class(), "test_loss": result.loss,
@@ -238,7 +238,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
 
         # --- checkpoint ---
         saved = save(best=state.best_epoch == epoch + 1)
-        if stop.agreed(accelerator):  # a signal during evaluation: the epoch is saved, stop here
+        # A signal during evaluation: the epoch is saved, stop here (after the last epoch: just finish).
+        if epoch + 1 < config.train.epochs and stop.agreed(accelerator):
             stop_now(saved)
 
     # --- finish ---

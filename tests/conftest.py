@@ -12,6 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -99,20 +100,29 @@ class Background:
             time.sleep(0.02)
         raise AssertionError(f"{pattern!r} not seen (exit {self.process.poll()}):\n{self.output()[-3000:]}")
 
-    def signal(self, signum: int, group: bool = False) -> None:
-        if group:
+    def signal(self, signum: int, tree: bool = False) -> None:
+        """Signal the launched process, or (``tree``) it and every process below it: torchrun starts
+        its workers in sessions of their own, so a process group does not reach them."""
+        targets = [self.process.pid]
+        if tree:
+            targets += self.descendants()
+        for pid in targets:
             try:
-                os.killpg(self.process.pid, signum)
+                os.kill(pid, signum)
             except ProcessLookupError:
-                pass  # the whole group is gone already
-        else:
-            self.process.send_signal(signum)
+                pass  # already gone
+
+    def descendants(self) -> list[int]:
+        try:
+            return [child.pid for child in psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def finish(self, timeout: float = 120) -> int:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL, tree=True)
             raise
         finally:
             self.handle.close()

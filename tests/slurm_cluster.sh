@@ -2,7 +2,7 @@
 # A real single-node SLURM cluster on this machine, for the SLURM tests: munged + slurmctld + slurmd on
 # 127.0.0.1 with their own config, sockets and state under one directory.
 #
-#   tests/slurm_cluster.sh install    # apt-get the Debian packages (slurmctld slurmd slurm-client munge)
+# Needs Debian's slurmctld slurmd slurm-client munge (.ci/run installs them).
 #   tests/slurm_cluster.sh start      # prints `export SLURM_CONF=...`; clients need it
 #   tests/slurm_cluster.sh stop       # cancel all jobs, stop the daemons it started
 #
@@ -17,15 +17,6 @@ SOCK=$DIR/munge/munge.socket.2
 export SLURM_CONF=$CONF
 
 log() { echo "slurm_cluster: $*" >&2; }
-
-install_packages() {
-  if command -v sbatch >/dev/null && command -v slurmctld >/dev/null && command -v munged >/dev/null; then
-    return
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge >/dev/null
-}
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2
@@ -129,8 +120,7 @@ stop() {
 }
 
 case ${1:-} in
-  install) install_packages ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

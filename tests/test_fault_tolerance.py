@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -42,7 +43,7 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     # 1. SIGKILL mid-epoch 1, wherever the run is (possibly inside a save).
     first = Background(_python(tmp_path, "chain", "logging.wandb.mode=offline"), tmp_path, tmp_path / "1.log")
     first.wait_for(r"epoch 1 step 10/16")
-    first.signal(signal.SIGKILL, group=True)
+    first.signal(signal.SIGKILL, tree=True)
     assert first.finish() == -signal.SIGKILL
 
     # 2. SIGKILL inside this process's second save, after Accelerate wrote its files.
@@ -142,9 +143,14 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *SMALL)], tmp_path, tmp_path / "bare.log",
                       PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT")
     bare.wait_for(r"epoch 1 step 6/16")
+    workers = bare.descendants()
     bare.signal(signal.SIGUSR1)
     assert bare.finish() == -signal.SIGUSR1
-    bare.signal(signal.SIGKILL, group=True)  # any workers left behind
+    for pid in workers:  # left behind by their dead agent: they would train on
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert "stopping on" not in bare.output()
 
     handled = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
@@ -166,3 +172,24 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     assert f"step {step}" in resumed.output()
     assert_same_weights(uninterrupted / "model.safetensors", tmp_path / "runs" / "agent" / "model.safetensors",
                         atol=1e-6)
+
+
+def test_two_processes_killed_mid_epoch_and_mid_save_then_resumed(tmp_path: Path, uninterrupted: Path) -> None:
+    command = [*launch_command(2), *smoke(tmp_path, "two", *SMALL, "train.resume=auto")]
+    killed = Background(command, tmp_path, tmp_path / "1.log")
+    killed.wait_for(r"epoch 1 step 7/16")
+    killed.signal(signal.SIGKILL, tree=True)  # launcher and both ranks, wherever they are
+    killed.finish()
+    # Rank 0 dies inside its first save, after every rank wrote its files; the agent takes rank 1 down.
+    in_save = Background(command, tmp_path, tmp_path / "2.log", CIFARLAB_TEST_KILL_IN_SAVE="1")
+    assert in_save.finish() != 0
+    checkpoints = tmp_path / "runs" / "two" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-step_")]
+    finished = Background(command, tmp_path, tmp_path / "3.log")
+    assert finished.finish() == 0, finished.output()[-2000:]
+    assert "2 process(es)" in finished.output() and "resumed from" in finished.output()
+    assert_same_weights(uninterrupted / "model.safetensors", tmp_path / "runs" / "two" / "model.safetensors",
+                        atol=1e-6)
+    for got, want in zip(metrics(tmp_path / "runs" / "two"), metrics(uninterrupted), strict=True):
+        assert (got["epoch"], got["global_step"], got["test_images"]) == (want["epoch"], want["global_step"], 100)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], abs=1e-5)

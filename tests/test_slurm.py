@@ -30,8 +30,8 @@ OVERRIDES = ("data.train_size=4096", "checkpoint.every_n_steps=16", "logging.eve
 @pytest.fixture(scope="module")
 def slurm_env() -> dict[str, str]:
     if shutil.which("sbatch") is None:
-        pytest.skip("sbatch not found: install and start a local SLURM with tests/slurm_cluster.sh install "
-                    "&& tests/slurm_cluster.sh start (.ci/run does)")
+        pytest.skip("sbatch not found: apt-get install slurmctld slurmd slurm-client munge, then "
+                    "tests/slurm_cluster.sh start (.ci/run does both)")
     env = dict(os.environ)
     if "SLURM_CONF" not in env and DEFAULT_CONF.is_file():
         env["SLURM_CONF"] = str(DEFAULT_CONF)

@@ -26,23 +26,23 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     assert saved.train.run_name == "smoke"
     assert saved.data.name == "fake"
 
-    # Checkpoints: epoch ends and every 5 steps, the last checkpoint.keep_last=2 kept.
+    # Checkpoints: epoch ends and every 5 steps, the last checkpoint.keep_last=2 kept, and best/.
     steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
-    assert steps == ["step_00000015", "step_00000016"]
+    assert steps == ["best", "step_00000015", "step_00000016"]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000016"
     assert json.loads((run_dir / "checkpoints" / "step_00000016" / "trainer_state.json").read_text())["epoch"] == 2
 
-    metrics = metrics(run_dir)
-    assert [(m["epoch"], m["global_step"], m["test_images"]) for m in metrics] == [(1, 8, 100), (2, 16, 100)]
-    assert set(metrics[-1]["per_class_accuracy"]) == set(CIFAR10_CLASSES)
-    assert all(m["train_images_per_s"] > 0 for m in metrics)
+    records = metrics(run_dir)
+    assert [(m["epoch"], m["global_step"], m["test_images"]) for m in records] == [(1, 8, 100), (2, 16, 100)]
+    assert set(records[-1]["per_class_accuracy"]) == set(CIFAR10_CLASSES)
+    assert all(m["train_images_per_s"] > 0 for m in records)
 
     # The offline W&B run holds the same numbers, per class, at increasing steps.
     (run_file,) = find_run_files(run_dir / "wandb")
     rows = read_history(run_file)
     evals = [row for row in rows if "test/acc" in row]
     assert [row["_step"] for row in evals] == [8, 16]
-    for row, record in zip(evals, metrics):
+    for row, record in zip(evals, records):
         assert row["test/acc"] == pytest.approx(record["accuracy"])
         assert row["test/loss"] == pytest.approx(record["test_loss"])
         for name in CIFAR10_CLASSES:

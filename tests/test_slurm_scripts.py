@@ -1,0 +1,60 @@
+"""The sbatch scripts without a cluster: syntax, shellcheck, and the multi-node command per node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = sorted([*(REPO / "slurm").iterdir(), REPO / "tests" / "slurm_cluster.sh", REPO / ".ci" / "run"])
+
+# A two-node allocation, simulated: `scontrol show hostnames` expands the node list and `srun` runs its
+# command once per node with that node's SLURM_NODEID, as SLURM would on each host.
+FAKE_SCONTROL = """#!/bin/bash
+[[ $1 == show && $2 == hostnames && $3 == 'gpu[07-08]' ]] && printf 'gpu07\\ngpu08\\n'
+"""
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done
+for node in 0 1; do SLURM_NODEID=$node SLURMD_NODENAME=gpu0$((7 + node)) "$@"; done
+"""
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_scripts_parse_and_pass_shellcheck(script: Path) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_multinode_script_builds_one_command_per_node(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "31337", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_GPUS_ON_NODE": "4", "CIFARLAB_DRY_RUN": "1",
+           "CIFARLAB_REPO": str(REPO), "CIFARLAB_CONFIG": "configs/resnet18.yaml"}
+    result = subprocess.run(["bash", str(REPO / "slurm" / "train_multinode.sbatch"), "train.epochs=3"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, check=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("node ")]
+    assert [line.split(":")[0] for line in lines] == ["node gpu07 rank 0", "node gpu08 rank 1"]
+    for rank, line in enumerate(lines):
+        words = line.split(": ", 1)[1].split()
+        option = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+        assert option["--machine_rank"] == str(rank)
+        assert option["--num_machines"] == "2" and option["--num_processes"] == "8"  # 2 nodes x 4 GPUs
+        assert option["--main_process_ip"] == "gpu07"  # the first host, on every node
+        assert option["--main_process_port"] == str(20000 + 31337 % 20000)
+        assert option["--rdzv_backend"] == "c10d"
+        assert words[words.index("-m", words.index("--dynamo_backend")) + 1] == "cifarlab.train"
+        assert words[-4:] == ["train.output_dir=runs", "train.run_name=slurm-31337", "train.resume=auto",
+                              "train.epochs=3"]
+    assert f"rendezvous gpu07:{20000 + 31337 % 20000}" in result.stdout
