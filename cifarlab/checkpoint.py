@@ -30,7 +30,6 @@ from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
 
-from cifarlab.errors import UsageError
 
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"

@@ -119,7 +119,7 @@ class TrainConfig:
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
     resume: Optional[str] = None
-    """null = new run; auto = continue from the run directory's latest checkpoint if any; or a checkpoint path."""
+    """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: Optional[str] = None
@@ -139,7 +139,7 @@ class CheckpointConfig:
     every_n_steps: Optional[int] = None
     """Also save every this many training steps (besides every epoch end); null = epoch ends only."""
     keep_last: int = 3
-    """Checkpoints to keep; older ones are deleted."""
+    """Step checkpoints to keep (besides best/ and the one resumed from); older ones are deleted."""
 
     def __post_init__(self) -> None:
         _require(self.every_n_steps is None or self.every_n_steps >= 1,
@@ -161,12 +161,16 @@ class WandbConfig:
     """W&B run group."""
     tags: list[str] = field(default_factory=list)
     """W&B run tags."""
+    notes: Optional[str] = None
+    """W&B run notes (a description shown with the run)."""
 
 
 @dataclass
 class LoggingConfig:
     every_n_steps: int = 50
     """Log the running training loss every this many steps."""
+    level: Literal["info", "warning"] = "info"
+    """Console output: info = config, progress, tables and summary; warning = warnings and errors only (--quiet)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases settings."""
 
@@ -247,3 +251,45 @@ def _allowed_keys(section: str) -> list[str]:
         node = fields[part].default_factory  # type: ignore[assignment]
         node = type(node()) if callable(node) else node
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def field_docs() -> list[tuple[str, str, str]]:
+    """(dotted key, default, docstring) for every leaf field, read from this module's attribute docstrings."""
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for field_node, doc_node in zip(node.body, node.body[1:]):
+                if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                        and isinstance(doc_node, ast.Expr) and isinstance(doc_node.value, ast.Constant)):
+                    docs[(node.name, field_node.target.id)] = str(doc_node.value.value)
+
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(cls: type, prefix: str, instance: Any) -> None:
+        for item in dataclasses.fields(cls):
+            value = getattr(instance, item.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), f"{prefix}{item.name}.", value)
+            else:
+                shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+                rows.append((f"{prefix}{item.name}", shown, docs.get((cls.__name__, item.name), "")))
+
+    walk(Config, "", Config())
+    return rows
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated from the schema (a test keeps the README in sync)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {doc.replace('|', '/')} |" for key, default, doc in field_docs()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m cifarlab.config: print the config reference (paste it into README.md).
+    print(reference_markdown())

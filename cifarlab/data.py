@@ -71,6 +71,12 @@ class Datasets:
         return channels, height, width
 
 
+def first_images(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` samples as one batch (for pictures: what the model sees)."""
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]  # type: ignore[arg-type]
+    return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
+
+
 def _transforms(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
     steps: list[Callable[[Any], Any]] = []
     if train and config.augment == "flip_crop":
@@ -160,7 +166,13 @@ def build_loaders(data: Datasets, config: DataConfig, batch_size: int, eval_batc
             f"train.batch_size={batch_size} exceeds the {len(data.train)} training images; lower train.batch_size "
             f"or raise data.train_size"
         )
-    common: dict[str, Any] = {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, **common)
-    test = DataLoader(data.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
-    return train, test
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, **_loader_options(config))
+    return train, build_test_loader(data, config, eval_batch_size)
+
+
+def build_test_loader(data: Datasets, config: DataConfig, eval_batch_size: int) -> DataLoader:
+    return DataLoader(data.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **_loader_options(config))
+
+
+def _loader_options(config: DataConfig) -> dict[str, Any]:
+    return {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}

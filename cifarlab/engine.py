@@ -1,19 +1,49 @@
-"""Optimizer, learning-rate schedule and evaluation: the pieces the train loop calls."""
+"""Accelerator, optimizer, learning-rate schedule and evaluation: the pieces the train loop calls."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.utils.data import DataLoader
 
-from cifarlab.config import OptimConfig
+from cifarlab.config import Config, OptimConfig
+from cifarlab.errors import UsageError
 from cifarlab.metrics import EvalResult
+from cifarlab.tracking import wandb_mode
+
+
+def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
+    """The Accelerator for ``config``; ``trackers`` turns on W&B as configured (training only)."""
+    train = config.train
+    # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
+    # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=multi_process_cpu,
+        # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        # train.batch_size is the global batch: the same run on 1 or N processes sees the same batches.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
+        log_with="wandb" if trackers and wandb_mode(config.logging.wandb) else None,
+        project_config=ProjectConfiguration(project_dir=train.output_dir),
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
+                         "use train.mixed_precision=bf16 or no")
+    for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
+        if size % accelerator.num_processes:
+            raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
+                             f"processes; use a multiple of {accelerator.num_processes}")
+    return accelerator
 
 
 def build_optimizer(config: OptimConfig, model: nn.Module) -> Optimizer:

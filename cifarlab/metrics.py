@@ -25,6 +25,8 @@ class EvalResult:
     """Accuracy per class name (NaN for a class absent from the test set)."""
     per_class_count: dict[str, int]
     """Test images per class name."""
+    confusion: list[list[int]]
+    """confusion[true][predicted]: image counts, rows and columns in class order."""
 
     @classmethod
     def from_predictions(cls, preds: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
@@ -35,6 +37,7 @@ class EvalResult:
         totals = torch.bincount(labels, minlength=num)
         hits = torch.bincount(labels[correct], minlength=num)
         count = int(labels.numel())
+        confusion = torch.bincount(labels * num + preds, minlength=num * num).reshape(num, num)
         return cls(
             count=count,
             accuracy=float(correct.sum()) / max(count, 1),
@@ -42,6 +45,7 @@ class EvalResult:
             per_class={name: (float(hits[i]) / int(totals[i]) if totals[i] else float("nan"))
                        for i, name in enumerate(classes)},
             per_class_count={name: int(totals[i]) for i, name in enumerate(classes)},
+            confusion=confusion.tolist(),
         )
 
     def json_per_class(self) -> dict[str, float | None]:

@@ -107,15 +107,24 @@ _ACCEPTED: dict[str, tuple[int, int | None, str]] = {
 }
 
 
+def accepted_inputs(name: str) -> str:
+    """The inputs model ``name`` takes, in words."""
+    return f"3-channel {_ACCEPTED[name][2]}"
+
+
+def input_size_error(name: str, channels: int, height: int, width: int, where: str = "") -> UsageError:
+    """``where``: optionally, which layer breaks (e.g. 'it breaks at fc1 (...); ')."""
+    return UsageError(f"model.name={name} cannot take {channels}x{height}x{width} inputs: {where}it accepts "
+                      f"{accepted_inputs(name)}; resize the data (data.image_size for fake data) or pick another "
+                      f"model.name")
+
+
 def check_input_size(name: str, channels: int, height: int, width: int) -> None:
     """Fail with the sizes ``name`` accepts when it cannot take ``channels`` x ``height`` x ``width``."""
-    low, high, accepted = _ACCEPTED[name]
+    low, high, _ = _ACCEPTED[name]
     fits = low <= min(height, width) and (high is None or max(height, width) <= high)
     if channels != 3 or not fits:
-        raise UsageError(
-            f"model.name={name} cannot take {channels}x{height}x{width} inputs: it accepts 3-channel {accepted}; "
-            f"resize the data (data.image_size for fake data) or pick another model.name"
-        )
+        raise input_size_error(name, channels, height, width)
 
 
 def build_model(config: ModelConfig, num_classes: int) -> nn.Module:

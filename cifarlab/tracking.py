@@ -38,7 +38,10 @@ def _has_wandb_credentials() -> bool:
 
 def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path, run_name: str,
                    run_id: str, run_config: dict[str, Any]) -> None:
-    """Start (or, with the same ``run_id``, continue) the W&B run whose files live in ``run_dir``."""
+    """Start (or, with the same ``run_id``, continue) the W&B run whose files live in ``run_dir``.
+
+    Test metrics are charted against ``train/epoch`` (logged with them), training ones against the step.
+    """
     mode = wandb_mode(config)
     if mode is None:
         return
@@ -55,9 +58,39 @@ def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path,
                 "entity": config.entity,
                 "group": config.group,
                 "tags": list(config.tags) or None,
+                "notes": config.notes,
             }
         },
     )
+    run = wandb_run(accelerator)
+    if run is not None:
+        run.define_metric("train/epoch")
+        run.define_metric("test/*", step_metric="train/epoch")
+
+
+def wandb_run(accelerator: Accelerator) -> Any:
+    """The live W&B run on the main process, else None."""
+    if not accelerator.is_main_process or not any(t.name == "wandb" for t in accelerator.trackers):
+        return None
+    return accelerator.get_tracker("wandb", unwrap=True)
+
+
+def log_images(step_log: "StepLog", key: str, image: Any, caption: str, step: int) -> None:
+    """A PIL image as W&B media (main process; call only when :func:`wandb_run` is not None)."""
+    import wandb  # only once W&B is in use
+
+    step_log.log({key: wandb.Image(image, caption=caption)}, step=step)
+
+
+def log_confusion(step_log: "StepLog", confusion: list[list[int]], classes: tuple[str, ...], step: int) -> None:
+    """W&B's interactive confusion matrix, from counts (rows: true class, columns: predicted)."""
+    import wandb
+
+    truth = [i for i, row in enumerate(confusion) for j, count in enumerate(row) for _ in range(count)]
+    predicted = [j for row in confusion for j, count in enumerate(row) for _ in range(count)]
+    chart = wandb.plot.confusion_matrix(y_true=truth, preds=predicted, class_names=list(classes),
+                                        title="test confusion matrix")
+    step_log.log({"test/confusion_matrix": chart}, step=step)
 
 
 class StepLog:

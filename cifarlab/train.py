@@ -14,7 +14,7 @@ User errors print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 import time
 import uuid
@@ -23,38 +23,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import checkpoint, console, data, engine, models, preemption, tracking
+from cifarlab import checkpoint, console, data, engine, loading, models, plots, preemption, tracking
 from cifarlab.config import Config, load_config, to_dict, to_yaml, with_run_name
 from cifarlab.errors import UsageError
-
-
-def build_accelerator(config: Config) -> Accelerator:
-    train = config.train
-    # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
-    # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
-    multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=multi_process_cpu,
-        # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
-        mixed_precision=train.mixed_precision,
-        gradient_accumulation_steps=train.grad_accum_steps,
-        # train.batch_size is the global batch: the same run on 1 or N processes sees the same batches.
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
-        log_with="wandb" if tracking.wandb_mode(config.logging.wandb) else None,
-        project_config=ProjectConfiguration(project_dir=train.output_dir),
-    )
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
-                         "use train.mixed_precision=bf16 or no")
-    for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
-        if size % accelerator.num_processes:
-            raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
-                             f"processes; use a multiple of {accelerator.num_processes}")
-    return accelerator
+from cifarlab.metrics import EvalResult
 
 
 def resolve_run(config: Config) -> tuple[Config, str]:
@@ -104,7 +80,7 @@ def _find_resume_point(resume: Optional[str], run_dir: Path, warn: Callable[[str
 
 def train(config: Config) -> Path:
     """Train as configured; return the run directory."""
-    accelerator = build_accelerator(config)
+    accelerator = engine.build_accelerator(config, trackers=True)
     try:
         return run(accelerator, config)
     finally:
@@ -113,9 +89,10 @@ def train(config: Config) -> Path:
 
 def run(accelerator: Accelerator, config: Config) -> Path:
     stop = preemption.StopRequest()  # from here on SIGUSR1/SIGTERM mean "checkpoint and exit"
+    started = time.perf_counter()
     config, new_wandb_id = resolve_run(config)
     run_dir = Path(config.train.output_dir) / config.train.run_name  # type: ignore[operator]
-    out = console.Console(accelerator.is_main_process)
+    out = console.Console(accelerator.is_main_process, quiet=config.logging.level == "warning")
     resume_from = resume_point(accelerator, config.train.resume, run_dir, out.warn)
 
     # --- data and model ---
@@ -138,6 +115,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(config))
+        (run_dir / loading.CLASSES_FILE).write_text(json.dumps(list(datasets.classes)))
+    out.print_config(to_yaml(config))
     out.log(f"run directory {run_dir}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
             f"mixed precision {accelerator.mixed_precision}; {len(datasets.train)} training and "
             f"{len(datasets.test)} test images")
@@ -152,6 +131,13 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     step_log = tracking.StepLog(accelerator, run_dir, continuing=resume_from is not None)
     tracking.start_tracking(accelerator, config.logging.wandb, run_dir, config.train.run_name,  # type: ignore[arg-type]
                             state.wandb_run_id or new_wandb_id, to_dict(config))
+    wandb_run = tracking.wandb_run(accelerator)  # None but on the main process with W&B on
+    if wandb_run is not None:
+        datasets.train.set_epoch(state.epoch)
+        images, labels = data.first_images(datasets.train, 32)
+        tracking.log_images(step_log, "media/train_images",
+                            plots.labelled_grid(images, labels, datasets.classes, config.data.mean, config.data.std),
+                            "training images after augmentation: what the model sees", state.global_step)
 
     steps_per_epoch = len(train_loader)
     batch_size = config.train.batch_size
@@ -169,6 +155,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
             preemption.requeue_slurm_job(out.log)
         raise preemption.Preempted()
 
+    previous: Optional[EvalResult] = None  # the last evaluation, for the change per class
     for epoch in range(state.epoch, config.train.epochs):
         # --- train one epoch ---
         train_loader.set_epoch(epoch)
@@ -180,40 +167,43 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         epoch_loss = torch.zeros((), device=accelerator.device)
         window_steps, window_start = 0, time.perf_counter()
         epoch_start = time.perf_counter()
-        for images, labels in loader:
-            with accelerator.accumulate(model):
-                loss = loss_fn(model(images), labels)
-                accelerator.backward(loss)
-                if config.optim.grad_clip is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state.global_step += 1
-            state.step_in_epoch += 1
-            window_loss += loss.detach()
-            epoch_loss += loss.detach()
-            window_steps += 1
+        with out.epoch_bar(f"epoch {epoch + 1}/{config.train.epochs}", steps_per_epoch, skipped) as bar:
+            for images, labels in loader:
+                with accelerator.accumulate(model):
+                    loss = loss_fn(model(images), labels)
+                    accelerator.backward(loss)
+                    if config.optim.grad_clip is not None and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                state.global_step += 1
+                state.step_in_epoch += 1
+                window_loss += loss.detach()
+                epoch_loss += loss.detach()
+                window_steps += 1
+                bar.update(state.step_in_epoch)
 
-            if state.global_step % log_every == 0:
-                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
-                images_per_s = window_steps * batch_size / (time.perf_counter() - window_start)
-                lr = scheduler.get_last_lr()[0]
-                step_log.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
-                              "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
-                             step=state.global_step)
-                out.log(f"epoch {epoch + 1} step {state.step_in_epoch}/{steps_per_epoch} loss {mean_loss:.4f} "
-                        f"lr {lr:.5f} {images_per_s:,.0f} images/s")
-                window_loss.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+                if state.global_step % log_every == 0:
+                    mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                    images_per_s = window_steps * batch_size / (time.perf_counter() - window_start)
+                    lr = scheduler.get_last_lr()[0]
+                    step_log.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
+                                  "train/epoch": epoch + state.step_in_epoch / steps_per_epoch},
+                                 step=state.global_step)
+                    stats = f"loss {mean_loss:.4f} lr {lr:.5f} {images_per_s:,.0f} images/s"
+                    out.progress_line(f"epoch {epoch + 1} step {state.step_in_epoch}/{steps_per_epoch} {stats}")
+                    bar.update(state.step_in_epoch, stats)
+                    window_loss.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
 
-            # Mid-epoch checkpoint; the last batch is covered by the epoch-end save just below.
-            mid_epoch = state.step_in_epoch < steps_per_epoch
-            saved = save() if save_every and state.global_step % save_every == 0 and mid_epoch else None
-            # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
-            # signal during the last batch is handled after the epoch-end checkpoint instead.
-            if mid_epoch and accelerator.sync_gradients and stop.agreed(accelerator):
-                stop_now(saved)
+                # Mid-epoch checkpoint; the last batch is covered by the epoch-end save just below.
+                mid_epoch = state.step_in_epoch < steps_per_epoch
+                saved = save() if save_every and state.global_step % save_every == 0 and mid_epoch else None
+                # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
+                # signal during the last batch is handled after the epoch-end checkpoint instead.
+                if mid_epoch and accelerator.sync_gradients and stop.agreed(accelerator):
+                    stop_now(saved)
         train_seconds = time.perf_counter() - epoch_start
         trained = state.step_in_epoch - skipped
         train_loss = accelerator.reduce(epoch_loss, reduction="mean").item() / max(trained, 1)
@@ -232,7 +222,11 @@ def run(accelerator: Accelerator, config: Config) -> Path:
             "accuracy": result.accuracy, "per_class_accuracy": result.json_per_class(), "test_loss": result.loss,
             "train_loss": train_loss, "train_images_per_s": images_per_s, "train_seconds": train_seconds,
         })
-        out.eval_table(epoch + 1, config.train.epochs, result)
+        out.eval_table(f"epoch {epoch + 1}/{config.train.epochs}: test accuracy {100 * result.accuracy:.2f} % "
+                       f"({result.count} images), loss {result.loss:.4f}", result, previous)
+        previous = result
+        if wandb_run is not None:
+            wandb_run.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
         out.log(f"epoch {epoch + 1}: train loss {train_loss:.4f}, {images_per_s:,.0f} images/s over "
                 f"{train_seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %")
 
@@ -243,10 +237,22 @@ def run(accelerator: Accelerator, config: Config) -> Path:
             stop_now(saved)
 
     # --- finish ---
+    if wandb_run is not None and previous is not None:
+        images, labels = data.first_images(datasets.test, 32)
+        with torch.no_grad():
+            preds = accelerator.unwrap_model(model).eval()(images.to(accelerator.device)).argmax(dim=1)
+        tracking.log_images(step_log, "media/test_predictions",
+                            plots.labelled_grid(images, labels, datasets.classes, config.data.mean, config.data.std,
+                                                preds=preds),
+                            "test images: prediction (true class), red where wrong", state.global_step)
+        tracking.log_confusion(step_log, previous.confusion, datasets.classes, state.global_step)
+        tracking.log_images(step_log, "media/confusion_matrix", plots.confusion_image(previous.confusion, datasets.classes),
+                            "rows: true class, columns: predicted", state.global_step)
     accelerator.wait_for_everyone()
     accelerator.save_model(model, str(run_dir), safe_serialization=True)
-    out.log(f"done: best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}); "
-            f"weights in {run_dir / 'model.safetensors'}")
+    out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
+            f"(epoch {state.best_epoch}); weights in {run_dir / 'model.safetensors'}, checkpoints in "
+            f"{checkpoint.checkpoint_dir(run_dir)}")
     return run_dir
 
 
@@ -255,25 +261,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset merged over the defaults, e.g. configs/smoke.yaml")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--quiet", action="store_true", help="print only warnings and errors (logging.level=warning)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
     return parser.parse_args(argv)
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, [*args.overrides, *(["logging.level=warning"] if args.quiet else [])])
         if args.print_config:
             sys.stdout.write(to_yaml(config))
             return 0
         train(config)
     except UsageError as error:
         # The same bad input fails on every rank: say it once.
-        if _is_rank_zero():
+        if console.is_rank_zero():
             console.error(str(error))
         return error.exit_code
     except preemption.Preempted as stopped:

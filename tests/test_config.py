@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifarlab.config import Config, ConfigError, load_config, to_dict, to_yaml
+from cifarlab.config import Config, ConfigError, field_docs, load_config, reference_markdown, to_dict, to_yaml
 from conftest import CONFIGS, error_lines, run_python
 
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
@@ -90,3 +90,11 @@ def test_cli_print_config_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert error_lines(bad.stderr) == [bad.stderr.strip()]
     assert "optim.lrr" in bad.stderr
+
+
+def test_readme_config_reference_matches_the_schema() -> None:
+    readme = (CONFIGS.parent / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
+    documented = readme[readme.index(start) + len(start):readme.index(end)]
+    assert documented == reference_markdown(), "README config reference is stale: paste `python -m cifarlab.config`"
+    assert all(doc for _, _, doc in field_docs()), "every config field needs a docstring"

@@ -52,4 +52,5 @@ def test_eval_result_counts_per_class() -> None:
     assert result.per_class["cat"] == pytest.approx(2 / 3) and result.per_class["dog"] == pytest.approx(2 / 3)
     assert math.isnan(result.per_class["frog"]) and result.per_class_count["frog"] == 0
     assert result.loss == pytest.approx(0.5)
+    assert result.confusion == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]  # rows: true class, columns: predicted
     assert set(result.wandb_values()) == {"test/acc", "test/loss", "test/acc/cat", "test/acc/dog", "test/acc/frog"}

@@ -7,12 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
 from conftest import CONFIGS, assert_same_weights, check, error_lines, metrics, run_cli, run_python, smoke
-from wandb_offline import find_run_files, read_config, read_history
+from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
 
 
 def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path) -> None:
@@ -53,6 +52,22 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     steps_logged = [row["_step"] for row in rows]
     assert steps_logged == sorted(steps_logged)
     assert read_config(run_file)["optim"] == to_dict(saved)["optim"]
+
+    # Media: the augmented training images at the start; predictions and the confusion matrix at the end.
+    media = {key: (row["_step"], value) for row in rows for key, value in row.items()
+             if isinstance(value, dict) and "_type" in value}
+    assert media["media/train_images"][0] == 0
+    assert {media[key][0] for key in ("media/test_predictions", "media/confusion_matrix",
+                                      "test/confusion_matrix_table")} == {16}
+    assert media["test/confusion_matrix_table"][1]["_type"] == "table-file"
+    assert media["test/confusion_matrix_table"][1]["nrows"] == 100  # one row per test image
+    for key in ("media/train_images", "media/test_predictions", "media/confusion_matrix"):
+        assert media[key][1]["_type"] == "image-file"
+        assert (run_file.parent / "files" / media[key][1]["path"]).is_file()
+    summary = read_summary(run_file)
+    best = max(records, key=lambda r: r["accuracy"])
+    assert (summary["best/accuracy"], summary["best/epoch"]) == (pytest.approx(best["accuracy"]), best["epoch"])
+    assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch"}
 
 
 def test_two_processes_match_one_and_count_every_test_image(tmp_path: Path) -> None:

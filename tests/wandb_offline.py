@@ -32,6 +32,8 @@ __all__ = [
     "read_history",
     "read_run_id",
     "read_config",
+    "read_summary",
+    "read_metric_definitions",
 ]
 
 _FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
@@ -148,3 +150,22 @@ def read_config(path: Path) -> dict[str, object]:
                 target.pop(last, None)
     config.pop("_wandb", None)
     return config
+
+
+def read_summary(path: Path) -> dict[str, object]:
+    """The run summary as last updated in the file (wandb.run.summary), values json-decoded."""
+    summary: dict[str, Any] = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                _insert(summary, _path(item), json.loads(item.value_json))
+    return summary
+
+
+def read_metric_definitions(path: Path) -> dict[str, str]:
+    """``define_metric`` calls: metric name (or glob) -> its step metric ('' when none)."""
+    defined: dict[str, str] = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "metric":
+            defined[record.metric.name or record.metric.glob_name] = record.metric.step_metric
+    return defined

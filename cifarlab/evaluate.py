@@ -1,0 +1,75 @@
+"""Evaluate a trained model: overall and per-class accuracy, test loss and the confusion matrix.
+
+    python -m cifarlab.evaluate --checkpoint runs/exp1                          # the run's final weights
+    python -m cifarlab.evaluate --checkpoint runs/exp1/checkpoints/best --png confusion.png
+    accelerate launch --multi_gpu --num_processes 2 -m cifarlab.evaluate --checkpoint runs/exp1 data.root=/data/cifar10-jpeg
+
+The run's config.yaml (next to the checkpoint) says which data and model; --config replaces it and
+key=value overrides adjust it (e.g. data.root). Weights are read with safetensors only. Every test
+image counts exactly once at any process count. User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cifarlab import console, data, engine, loading, models, plots
+from cifarlab.errors import UsageError
+from cifarlab.metrics import EvalResult
+
+
+def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: Sequence[str],
+                        png: Optional[Path]) -> EvalResult:
+    trained = loading.load_trained(checkpoint, config_file, overrides)
+    config = trained.config
+    accelerator = engine.build_accelerator(config)
+    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first())
+    if datasets.classes != trained.classes:
+        raise UsageError(f"the data has classes {list(datasets.classes)} but the model was trained on "
+                         f"{list(trained.classes)}; point data.name / data.root at the data it was trained on")
+    models.check_input_size(config.model.name, *datasets.input_shape())
+    loader = data.build_test_loader(datasets, config.data, config.train.eval_batch_size)
+    model, loader = accelerator.prepare(trained.model, loader)
+    result = engine.evaluate(model, loader, accelerator, datasets.classes)
+
+    out = console.Console(accelerator.is_main_process)
+    out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")
+    out.eval_table(f"test accuracy {100 * result.accuracy:.2f} % ({result.count} images), loss {result.loss:.4f}",
+                   result)
+    out.confusion_table(result)
+    if png is not None and accelerator.is_main_process:
+        plots.confusion_image(result.confusion, datasets.classes).save(png)
+        out.log(f"confusion matrix written to {png}")
+    accelerator.end_training()
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="cifarlab.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory, its model.safetensors, or a folder under <run>/checkpoints/")
+    parser.add_argument("--config", help="config to use instead of the run's config.yaml")
+    parser.add_argument("--png", type=Path, help="also write the confusion matrix as a PNG image here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
+    args = parser.parse_args(argv)
+    try:
+        if args.png is not None and not args.png.parent.is_dir():
+            raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
+        evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.png)
+    except UsageError as error:
+        if console.is_rank_zero():
+            console.error(str(error))
+        return error.exit_code
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,138 @@
+"""Classify image files with a trained model: the top-k classes and their softmax probabilities.
+
+    python -m cifarlab.predict --checkpoint runs/exp1 cat.png dog.jpg                 # a run directory
+    python -m cifarlab.predict --checkpoint runs/exp1/checkpoints/best --top-k 3 *.png # a checkpoint folder
+    python -m cifarlab.predict --checkpoint model.safetensors --config configs/tutorial.yaml photo.jpg
+
+Weights are read from safetensors only (no pickle). Any image PIL reads works: it is converted to
+RGB and resized to the size the model was trained on (32x32; data.image_size for data.name=fake),
+without keeping the aspect ratio, then normalised with the run's data.mean and data.std.
+One line per image on stdout, ``PATH: cat 63.1 %, dog 20.2 %, ...``; notes on conversions on stderr.
+User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+from torchvision import transforms
+
+from cifarlab import console, loading
+from cifarlab.config import DataConfig
+from cifarlab.errors import UsageError
+
+
+@dataclass
+class Picture:
+    path: str
+    """As the user gave it: the output names images the way they were passed."""
+    image: Image.Image
+    """Decoded, EXIF-rotated, in its original mode and size."""
+
+
+def read_images(paths: Sequence[str]) -> list[Picture]:
+    """Decode every image, failing on the first bad path before anything slow (the model) is loaded."""
+    pictures = []
+    for name in paths:
+        path = Path(name)
+        if not path.exists():
+            raise UsageError(f"image {name}: no such file; check the path (images are the last arguments)")
+        if path.is_dir():
+            raise UsageError(f"image {name}: is a directory; pass image files, e.g. {name.rstrip('/')}/*.png")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not halfway through the output
+                # Phone photos store their rotation in EXIF; the model should see them upright.
+                image = ImageOps.exif_transpose(opened)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UsageError(f"image {name}: not an image PIL can read ({reason}); pass PNG, JPEG or other "
+                             f"image files") from None
+        pictures.append(Picture(path=name, image=image))
+    return pictures
+
+
+def input_size(data: DataConfig) -> int:
+    """Side length (pixels) the model was trained on: CIFAR-10 and the JPEG copy are 32x32;
+    data.image_size only sizes synthetic FakeData."""
+    return data.image_size if data.name == "fake" else 32
+
+
+def prepare(picture: Picture, data: DataConfig) -> tuple[torch.Tensor, list[str]]:
+    """The 3xSxS tensor the model expects, and notes on what was changed to get it."""
+    image, notes = picture.image, []
+    if image.mode != "RGB":
+        notes.append(f"converted from mode {image.mode} to RGB")
+        image = image.convert("RGB")
+    size = input_size(data)
+    if image.size != (size, size):
+        width, height = image.size
+        notes.append(f"resized from {width}x{height} to {size}x{size}")
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    # The test-time transform of cifarlab.data: ToTensor, then the run's normalisation.
+    tensor = transforms.Normalize(list(data.mean), list(data.std))(transforms.ToTensor()(image))
+    return tensor, notes
+
+
+@torch.no_grad()
+def top_k(model: nn.Module, batch: torch.Tensor, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per image, the ``k`` most probable classes with their probabilities in percent, most probable first."""
+    model.eval()
+    probabilities = torch.softmax(model(batch).float(), dim=1) * 100
+    values, indices = probabilities.topk(k, dim=1)
+    return [[(classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
+            for row_p, row_i in zip(values, indices)]
+
+
+def format_line(path: str, ranked: Sequence[tuple[str, float]]) -> str:
+    return f"{path}: " + ", ".join(f"{name} {percent:.1f} %" for name, percent in ranked)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cifarlab.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory, its model.safetensors, or a folder under <run>/checkpoints/")
+    parser.add_argument("--config", help="the YAML config the model was trained with (default: the run's config.yaml)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), any size or mode")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.top_k < 1:  # the upper bound, the number of classes, is known once the run is loaded
+            raise UsageError(f"--top-k {args.top_k}: pass --top-k 1 or more (at most the number of classes)")
+        pictures = read_images(args.images)
+        trained = loading.load_trained(args.checkpoint, args.config)
+        if args.top_k > len(trained.classes):
+            raise UsageError(f"--top-k {args.top_k}: the model has {len(trained.classes)} classes; pass "
+                             f"--top-k between 1 and {len(trained.classes)}")
+        prepared = [prepare(picture, trained.config.data) for picture in pictures]
+    except UsageError as error:
+        console.error(str(error))
+        return error.exit_code
+    for picture, (_, notes) in zip(pictures, prepared):
+        if notes:
+            sys.stderr.write(f"cifarlab: note: {picture.path}: {'; '.join(notes)}\n")
+    sys.stderr.flush()  # notes before predictions when both streams go to one terminal
+    ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, args.top_k)
+    for picture, row in zip(pictures, ranked):
+        sys.stdout.write(format_line(picture.path, row) + "\n")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
