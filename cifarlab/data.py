@@ -71,9 +71,11 @@ class Datasets:
         return channels, height, width
 
 
-def first_images(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``count`` samples as one batch (for pictures: what the model sees)."""
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]  # type: ignore[arg-type]
+def sample_images(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` samples spread evenly over the dataset, as one batch (for pictures of what the model
+    sees; image folders are sorted by class, so the first ones would all be airplanes)."""
+    total = len(dataset)  # type: ignore[arg-type]
+    samples = [dataset[i * total // min(count, total)] for i in range(min(count, total))]
     return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
 
 

@@ -44,7 +44,7 @@ def labelled_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[
             guess = classes[int(preds[i])]
             text, colour = (guess, _GREEN) if guess == true else (f"{guess} ({true})", _RED)
         ImageDraw.Draw(tile).text((1, 0), text, fill=colour, font=font)
-        tiles.append(torch.from_numpy(np.asarray(tile)).permute(2, 0, 1))
+        tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
     grid = make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=255)
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 

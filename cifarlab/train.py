@@ -134,7 +134,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     wandb_run = tracking.wandb_run(accelerator)  # None but on the main process with W&B on
     if wandb_run is not None:
         datasets.train.set_epoch(state.epoch)
-        images, labels = data.first_images(datasets.train, 32)
+        images, labels = data.sample_images(datasets.train, 32)
         tracking.log_images(step_log, "media/train_images",
                             plots.labelled_grid(images, labels, datasets.classes, config.data.mean, config.data.std),
                             "training images after augmentation: what the model sees", state.global_step)
@@ -238,7 +238,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
 
     # --- finish ---
     if wandb_run is not None and previous is not None:
-        images, labels = data.first_images(datasets.test, 32)
+        images, labels = data.sample_images(datasets.test, 32)
         with torch.no_grad():
             preds = accelerator.unwrap_model(model).eval()(images.to(accelerator.device)).argmax(dim=1)
         tracking.log_images(step_log, "media/test_predictions",
