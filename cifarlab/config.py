@@ -58,6 +58,8 @@ class DataConfig:
     """Per-channel standard deviation divided out after ToTensor (the tutorial uses 0.5)."""
     num_workers: int = 2
     """DataLoader worker processes per training process (0 = load in the training process)."""
+    loader: Literal["torchvision", "tensor"] = "torchvision"
+    """torchvision = decode and augment each image in workers; tensor = decode once (cached), augment batches on the device."""
 
     def __post_init__(self) -> None:
         for key in ("train_size", "test_size"):
@@ -118,6 +120,8 @@ class TrainConfig:
     """Seed for weights, data order and augmentation: same seed, same numbers on 1 or N processes."""
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
+    cpu_threads: Optional[int] = None
+    """Threads per process when training on CPU; null = physical cores / processes on the machine (accelerate launch would leave 1)."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
@@ -130,6 +134,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
         _require(self.eval_batch_size >= 1, f"train.eval_batch_size={self.eval_batch_size} must be >= 1")
         _require(self.grad_accum_steps >= 1, f"train.grad_accum_steps={self.grad_accum_steps} must be >= 1")
+        _require(self.cpu_threads is None or self.cpu_threads >= 1,
+                 f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (all cores)")
         _require(self.run_name is None or (self.run_name and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
+from cifarlab import tensor_data
 from cifarlab.errors import UsageError
+from cifarlab.tensor_data import TensorImages
 
 # Fixed seed for choosing data.train_size / data.test_size subsets: the subset is a property of
 # the data config, not of train.seed, so runs with different seeds see the same images.
@@ -60,22 +62,37 @@ class SeededTransform(Dataset):
 
 @dataclass
 class Datasets:
-    train: SeededTransform
-    test: SeededTransform
+    train: SeededTransform | TensorImages
+    test: SeededTransform | TensorImages
     classes: tuple[str, ...]
     """Class names by label index, so every report says 'cat', not 3."""
+    config: DataConfig
+    seed: int
 
     def input_shape(self) -> tuple[int, int, int]:
-        image, _ = self.test[0]
-        channels, height, width = image.shape
+        channels, height, width = self.test[0][0].shape
         return channels, height, width
 
+    def to_model(self, batch: Any, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch as (normalised images, labels). The tensor path augments (training) and
+        normalises here, on the batch's device; the torchvision path did both in its workers."""
+        if not isinstance(self.train, TensorImages):
+            return batch[0], batch[1]
+        images, labels, indices = batch
+        if train and self.config.augment != "none":
+            images = tensor_data.augment(images, indices, self.seed, self.train.epoch, self.config.augment)
+        return tensor_data.normalize(images, self.config.mean, self.config.std), labels
 
-def sample_images(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` samples spread evenly over the dataset, as one batch (for pictures of what the model
-    sees; image folders are sorted by class, so the first ones would all be airplanes)."""
-    total = len(dataset)  # type: ignore[arg-type]
-    samples = [dataset[i * total // min(count, total)] for i in range(min(count, total))]
+
+def sample_images(data: Datasets, train: bool, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` samples spread evenly over a split, as the model sees them (augmented for training),
+    for pictures. Evenly spread: image folders are sorted by class, the first ones are all airplanes."""
+    dataset = data.train if train else data.test
+    total = len(dataset)
+    indices = [i * total // min(count, total) for i in range(min(count, total))]
+    if isinstance(dataset, TensorImages):
+        return data.to_model(dataset.__getitems__(indices), train)
+    samples = [dataset[i] for i in indices]
     return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
 
 
@@ -89,15 +106,29 @@ def _transforms(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor
     return transforms.Compose(steps)
 
 
-def _subset(base: Dataset, size: int | None, key: str) -> Dataset:
-    total = len(base)  # type: ignore[arg-type]
+def _subset_indices(total: int, size: int | None, key: str) -> Optional[list[int]]:
+    """Indices of the data.train_size / data.test_size subset; None for all."""
     if size is None or size == total:
-        return base
+        return None
     if size > total:
         raise UsageError(f"{key}={size} exceeds the {total} images available; lower it or set {key}=null (all)")
     # Random, not the first N: image folders are sorted by class.
     order = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))
-    return Subset(base, sorted(order[:size].tolist()))
+    return sorted(order[:size].tolist())
+
+
+def _subset(base: Dataset, size: int | None, key: str) -> Dataset:
+    indices = _subset_indices(len(base), size, key)  # type: ignore[arg-type]
+    return base if indices is None else Subset(base, indices)
+
+
+def _in_memory(base: Dataset, config: DataConfig, split: str, size: int | None, key: str,
+               warn: Callable[[str], None]) -> TensorImages:
+    images, labels = tensor_data.load_tensors(base, config.root, split, warn)
+    indices = _subset_indices(len(labels), size, key)
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    return TensorImages(images, labels)
 
 
 def _cifar10(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
@@ -139,25 +170,33 @@ def _fake(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
 _SOURCES = {"cifar10": _cifar10, "imagefolder": _imagefolder, "fake": _fake}
 
 
-def build_datasets(config: DataConfig, seed: int, main_process_first: ContextManager[Any] | None = None) -> Datasets:
-    """Both splits with transforms; ``main_process_first`` lets rank 0 download before the others read."""
+def build_datasets(config: DataConfig, seed: int, main_process_first: ContextManager[Any] | None = None,
+                   warn: Callable[[str], None] = lambda message: None) -> Datasets:
+    """Both splits, ready for loaders. ``main_process_first`` lets rank 0 download (and, for the tensor
+    path, decode and cache) before the others read."""
     source = _SOURCES[config.name]
     with main_process_first or contextlib.nullcontext():
         train_base, classes = source(config, True)
         test_base, test_classes = source(config, False)
-    if list(classes) != list(test_classes):
-        raise UsageError(
-            f"data.root={config.root}: train classes {list(classes)} differ from test classes {list(test_classes)}; "
-            f"both splits need the same class folders"
-        )
+        if list(classes) != list(test_classes):
+            raise UsageError(
+                f"data.root={config.root}: train classes {list(classes)} differ from test classes "
+                f"{list(test_classes)}; both splits need the same class folders"
+            )
+        if config.loader == "tensor":
+            train: SeededTransform | TensorImages = _in_memory(train_base, config, "train", config.train_size,
+                                                               "data.train_size", warn)
+            test: SeededTransform | TensorImages = _in_memory(test_base, config, "test", config.test_size,
+                                                              "data.test_size", warn)
+            return Datasets(train=train, test=test, classes=tuple(classes), config=config, seed=seed)
     train = SeededTransform(_subset(train_base, config.train_size, "data.train_size"), _transforms(config, True),
                             seed, random=config.augment != "none")
     test = SeededTransform(_subset(test_base, config.test_size, "data.test_size"), _transforms(config, False),
                            seed, random=False)
-    return Datasets(train=train, test=test, classes=tuple(classes))
+    return Datasets(train=train, test=test, classes=tuple(classes), config=config, seed=seed)
 
 
-def build_loaders(data: Datasets, config: DataConfig, batch_size: int, eval_batch_size: int) -> tuple[DataLoader, DataLoader]:
+def build_loaders(data: Datasets, batch_size: int, eval_batch_size: int) -> tuple[DataLoader, DataLoader]:
     """Loaders over *global* batches: Accelerate (split_batches=True) slices them per process.
 
     Training drops the last partial batch so every step has the same size at any process
@@ -168,13 +207,16 @@ def build_loaders(data: Datasets, config: DataConfig, batch_size: int, eval_batc
             f"train.batch_size={batch_size} exceeds the {len(data.train)} training images; lower train.batch_size "
             f"or raise data.train_size"
         )
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, **_loader_options(config))
-    return train, build_test_loader(data, config, eval_batch_size)
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, **_loader_options(data))
+    return train, build_test_loader(data, eval_batch_size)
 
 
-def build_test_loader(data: Datasets, config: DataConfig, eval_batch_size: int) -> DataLoader:
-    return DataLoader(data.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **_loader_options(config))
+def build_test_loader(data: Datasets, eval_batch_size: int) -> DataLoader:
+    return DataLoader(data.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **_loader_options(data))
 
 
-def _loader_options(config: DataConfig) -> dict[str, Any]:
-    return {"num_workers": config.num_workers, "pin_memory": torch.cuda.is_available()}
+def _loader_options(data: Datasets) -> dict[str, Any]:
+    if isinstance(data.train, TensorImages):
+        # Whole batches are sliced out of memory in the training process: workers would only copy them.
+        return {"num_workers": 0, "collate_fn": tensor_data.batch_as_is}
+    return {"num_workers": data.config.num_workers, "pin_memory": torch.cuda.is_available()}

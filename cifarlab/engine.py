@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, Callable
 
+import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -39,6 +41,11 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
                          "use train.mixed_precision=bf16 or no")
+    if accelerator.device.type == "cpu":
+        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, halving a 2-core laptop's speed.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        torch.set_num_threads(train.cpu_threads or max(1, cores // local_processes))
     for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
         if size % accelerator.num_processes:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
@@ -73,11 +80,14 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, classes: tuple[str, ...]) -> EvalResult:
-    """Accuracy, per-class accuracy and loss over the whole test set, every image counted once."""
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, classes: tuple[str, ...],
+             to_model: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
+    """Accuracy, per-class accuracy and loss over the whole test set, every image counted once.
+    ``to_model`` turns a loader batch into (images, labels) (see ``data.Datasets.to_model``)."""
     model.eval()
     preds, labels, losses = [], [], []
-    for images, targets in loader:
+    for batch in loader:
+        images, targets = to_model(batch)
         logits = model(images)
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         # Gathered on every batch through to the end, so the last batch's padding is dropped.

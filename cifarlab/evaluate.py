@@ -31,9 +31,10 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
         raise UsageError(f"the data has classes {list(datasets.classes)} but the model was trained on "
                          f"{list(trained.classes)}; point data.name / data.root at the data it was trained on")
     models.check_input_size(config.model.name, *datasets.input_shape())
-    loader = data.build_test_loader(datasets, config.data, config.train.eval_batch_size)
+    loader = data.build_test_loader(datasets, config.train.eval_batch_size)
     model, loader = accelerator.prepare(trained.model, loader)
-    result = engine.evaluate(model, loader, accelerator, datasets.classes)
+    result = engine.evaluate(model, loader, accelerator, datasets.classes,
+                             lambda batch: datasets.to_model(batch, train=False))
 
     out = console.Console(accelerator.is_main_process)
     out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")
@@ -55,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", help="config to use instead of the run's config.yaml")
     parser.add_argument("--png", type=Path, help="also write the confusion matrix as a PNG image here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         if args.png is not None and not args.png.parent.is_dir():
             raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")

@@ -103,7 +103,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", help="the YAML config the model was trained with (default: the run's config.yaml)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), any size or mode")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,6 +21,8 @@ EXIT_PREEMPTED = 75
 """Exit code after a signal-triggered checkpoint (EX_TEMPFAIL: run again to continue)."""
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+CHECK_EVERY = 8
+"""With several processes, steps between checks for a stop signal (a signal waits at most this long)."""
 
 
 class Preempted(Exception):
@@ -40,8 +42,17 @@ class StopRequest:
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.received = signal.Signals(signum).name
 
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """True on every rank once any rank has received a signal. Call on all ranks at the same point."""
+    def agreed(self, accelerator: Accelerator, step: Optional[int] = None) -> bool:
+        """True on every rank once any rank has received a signal. Call on all ranks at the same points.
+
+        Several processes agree through an all-reduce whose result the host must wait for; so that
+        this does not stall the GPU queue every step, they compare notes only every
+        ``CHECK_EVERY`` steps (always when ``step`` is None). One process just looks at its flag.
+        """
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        if step is not None and step % CHECK_EVERY:
+            return False
         if self.received:
             accelerator.set_trigger()
         return accelerator.check_trigger()

@@ -200,7 +200,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset merged over the defaults, e.g. configs/tutorial.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.name=resnet18")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -97,10 +97,9 @@ def run(accelerator: Accelerator, config: Config) -> Path:
 
     # --- data and model ---
     set_seed(config.train.seed)
-    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first())
+    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first(), out.warn)
     models.check_input_size(config.model.name, *datasets.input_shape())
-    train_loader, test_loader = data.build_loaders(datasets, config.data, config.train.batch_size,
-                                                   config.train.eval_batch_size)
+    train_loader, test_loader = data.build_loaders(datasets, config.train.batch_size, config.train.eval_batch_size)
     model = models.build_model(config.model, num_classes=len(datasets.classes))
     optimizer = engine.build_optimizer(config.optim, model)
     # Built from the unprepared loader: its length is the number of global batches per epoch.
@@ -134,7 +133,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     wandb_run = tracking.wandb_run(accelerator)  # None but on the main process with W&B on
     if wandb_run is not None:
         datasets.train.set_epoch(state.epoch)
-        images, labels = data.sample_images(datasets.train, 32)
+        images, labels = data.sample_images(datasets, train=True, count=32)
         tracking.log_images(step_log, "media/train_images",
                             plots.labelled_grid(images, labels, datasets.classes, config.data.mean, config.data.std),
                             "training images after augmentation: what the model sees", state.global_step)
@@ -168,7 +167,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         window_steps, window_start = 0, time.perf_counter()
         epoch_start = time.perf_counter()
         with out.epoch_bar(f"epoch {epoch + 1}/{config.train.epochs}", steps_per_epoch, skipped) as bar:
-            for images, labels in loader:
+            for batch in loader:
+                images, labels = datasets.to_model(batch, train=True)
                 with accelerator.accumulate(model):
                     loss = loss_fn(model(images), labels)
                     accelerator.backward(loss)
@@ -202,7 +202,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                 saved = save() if save_every and state.global_step % save_every == 0 and mid_epoch else None
                 # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
                 # signal during the last batch is handled after the epoch-end checkpoint instead.
-                if mid_epoch and accelerator.sync_gradients and stop.agreed(accelerator):
+                if mid_epoch and accelerator.sync_gradients and stop.agreed(accelerator, state.global_step):
                     stop_now(saved)
         train_seconds = time.perf_counter() - epoch_start
         trained = state.step_in_epoch - skipped
@@ -210,7 +210,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         images_per_s = trained * batch_size / train_seconds
 
         # --- evaluate ---
-        result = engine.evaluate(model, test_loader, accelerator, datasets.classes)
+        result = engine.evaluate(model, test_loader, accelerator, datasets.classes,
+                                 lambda batch: datasets.to_model(batch, train=False))
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if result.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
@@ -238,7 +239,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
 
     # --- finish ---
     if wandb_run is not None and previous is not None:
-        images, labels = data.sample_images(datasets.test, 32)
+        images, labels = data.sample_images(datasets, train=False, count=32)
         with torch.no_grad():
             preds = accelerator.unwrap_model(model).eval()(images.to(accelerator.device)).argmax(dim=1)
         tracking.log_images(step_log, "media/test_predictions",
@@ -263,7 +264,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors (logging.level=warning)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

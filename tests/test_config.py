@@ -84,6 +84,12 @@ def test_cli_print_config_and_errors(tmp_path: Path) -> None:
     shown = run_python(["--config", str(CONFIGS / "smoke.yaml"), "--print-config", "optim.lr=0.5"], tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert yaml.safe_load(shown.stdout)["optim"]["lr"] == 0.5
+    # Options and overrides may come in any order.
+    mixed = run_python(["optim.lr=0.5", "--print-config", "train.epochs=3", "--config", str(CONFIGS / "smoke.yaml")],
+                       tmp_path)
+    assert mixed.returncode == 0, mixed.stderr
+    resolved = yaml.safe_load(mixed.stdout)
+    assert (resolved["optim"]["lr"], resolved["train"]["epochs"], resolved["data"]["name"]) == (0.5, 3, "fake")
     assert not (tmp_path / "runs").exists()
 
     bad = run_python(["optim.lrr=0.5"], tmp_path)

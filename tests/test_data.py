@@ -87,8 +87,8 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index() -> None:
 def test_loaders_use_global_batches() -> None:
     config = DataConfig(name="fake", train_size=70, test_size=9, num_workers=0)
     data = build_datasets(config, seed=0)
-    train, test = build_loaders(data, config, batch_size=32, eval_batch_size=4)
+    train, test = build_loaders(data, batch_size=32, eval_batch_size=4)
     assert len(train) == 2  # the partial batch is dropped: every step has 32 images
     assert sum(len(labels) for _, labels in test) == 9
     with pytest.raises(UsageError, match="train.batch_size=128 exceeds the 70 training images"):
-        build_loaders(data, config, batch_size=128, eval_batch_size=4)
+        build_loaders(data, batch_size=128, eval_batch_size=4)

@@ -1,0 +1,173 @@
+"""The tensor data path (``data.loader=tensor``): decode the dataset once into uint8 tensors, keep it in
+memory, and augment whole batches on the device with pure tensor functions.
+
+Each sample's crop offset and flip come from a counter-based hash of (train.seed, epoch, sample index),
+like the torchvision path's per-sample seeding: the same numbers at any process count, batch split or
+resume point, on CPU or GPU. The decoded tensors are cached next to the data (safetensors, keyed by a
+fingerprint of the source files, so a changed source is decoded again).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from torchvision import datasets
+
+_CACHE_DIR = ".cifarlab-cache"
+_PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, 3, H, W) and labels in memory. Batches are fetched whole (``__getitems__``)
+    as (images, labels, sample indices); the indices seed each sample's augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.images[index], int(self.labels[index]), index
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[rows], self.labels[rows], rows
+
+
+def batch_as_is(batch: Any) -> Any:
+    """collate_fn for :class:`TensorImages`: ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+# --- decoding and the cache -------------------------------------------------------------------------
+
+def _fingerprint(base: Dataset) -> Optional[str]:
+    """A key that changes when the source files change; None when there is nothing on disk to key."""
+    digest = hashlib.sha256()
+    if isinstance(base, datasets.ImageFolder):
+        for path, label in base.samples:
+            stat = os.stat(path)
+            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    elif isinstance(base, datasets.CIFAR10):
+        folder = Path(base.root) / base.base_folder
+        for file in sorted(folder.iterdir()):
+            stat = file.stat()
+            digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(b"train" if base.train else b"test")
+    else:
+        return None
+    return digest.hexdigest()[:16]
+
+
+def _decode(base: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(base, datasets.CIFAR10):  # already decoded by torchvision: (N, 32, 32, 3) uint8
+        return torch.from_numpy(base.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)
+    images, labels = [], []
+    for index in range(len(base)):  # type: ignore[arg-type]
+        image, label = base[index]
+        images.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+        labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def load_tensors(base: Dataset, root: str, split: str, warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded (images, labels) of ``base``: from the cache under ``root`` when it is current."""
+    key = _fingerprint(base)
+    cache = Path(root) / _CACHE_DIR / f"{split}-{key}.safetensors" if key else None
+    if cache is not None and cache.is_file():
+        tensors = load_file(str(cache))
+        return tensors["images"], tensors["labels"]
+    images, labels = _decode(base)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
+            save_file({"images": images, "labels": labels}, str(tmp))
+            tmp.chmod(0o644)  # a shared data folder: other users may read the cache too
+            os.replace(tmp, cache)
+            for stale in cache.parent.glob(f"{split}-*.safetensors"):
+                if stale != cache:
+                    stale.unlink()  # decoded from files that have changed since
+        except OSError as error:
+            warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
+    return images, labels
+
+
+# --- batched augmentation ---------------------------------------------------------------------------
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _bits(seed: int, epoch: int, indices: torch.Tensor, stream: int) -> torch.Tensor:
+    """31 pseudo-random bits per sample from (seed, epoch, index, stream): splitmix64's finaliser on
+    int64 tensors (wrapping arithmetic, so CPU and GPU agree)."""
+    salt = _signed((((seed * 1_000_003 + epoch) * 4 + stream) * 0xBF58476D1CE4E5B9) % (1 << 64))
+    x = indices.to(torch.int64) * _GOLDEN + salt
+    x = (x ^ (x >> 30)) * _MIX1
+    x = (x ^ (x >> 27)) * _MIX2
+    x = x ^ (x >> 31)
+    return (x >> 16) & 0x7FFF_FFFF
+
+
+def flip_lr(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images where ``flip`` (bool, per sample) is set."""
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+
+def translate(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift each image by (dy, dx) pixels within [-4, 4], filling with zeros: a random crop of the
+    4-pixel zero-padded image."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (_PAD, _PAD, _PAD, _PAD))
+    rows = (dy + _PAD).view(-1, 1) + torch.arange(height, device=images.device)
+    cols = (dx + _PAD).view(-1, 1) + torch.arange(width, device=images.device)
+    picked = padded[torch.arange(batch, device=images.device).view(-1, 1, 1), :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2)  # advanced indexing put the channel last
+
+
+def augment(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, mode: str) -> torch.Tensor:
+    """``data.augment`` on a batch: 'flip' and/or 'flip_crop', drawn per sample as the torchvision path does
+    (crop offset uniform over the 9 x 9 positions, flip with probability 1/2)."""
+    indices = indices.to(images.device)
+    if mode == "flip_crop":
+        span = 2 * _PAD + 1
+        dy = _bits(seed, epoch, indices, 1) % span - _PAD
+        dx = _bits(seed, epoch, indices, 2) % span - _PAD
+        images = translate(images, dy, dx)
+    if mode in ("flip", "flip_crop"):
+        images = flip_lr(images, _bits(seed, epoch, indices, 0) % 2 == 1)
+    return images
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 -> float in [0, 1] (as ToTensor) -> (x - mean) / std (as Normalize), as one multiply-add
+    per pixel on a single new tensor: x * (1 / (255 std)) - mean / std."""
+    scale, shift = _affine(tuple(mean), tuple(std), images.device)
+    return torch.addcmul(shift, images.float(), scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1).to(device)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).float().view(1, -1, 1, 1).to(device)
+    return scale, shift

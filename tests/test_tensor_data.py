@@ -1,0 +1,127 @@
+"""The tensor data path: cache, equivalence with the torchvision path, seeded batched augmentation,
+and the foundation's guarantees (sharding, exact evaluation counts, exact resume) through the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cifarlab.config import DataConfig
+from cifarlab.data import SeededTransform, _transforms, build_datasets, build_loaders
+from cifarlab.tensor_data import augment
+from conftest import assert_same_weights, check, metrics, run_cli, run_python, smoke
+
+
+def _folder(root: Path, per_class: int = 4) -> Path:
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog", "frog")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(100 * c + i))
+                Image.fromarray(pixels.to(torch.uint8).numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    config = DataConfig(name="imagefolder", root=str(root), loader="tensor", augment="none")
+    first = build_datasets(config, seed=0)
+    cache = sorted((root / ".cifarlab-cache").glob("*.safetensors"))
+    assert [p.name.split("-")[0] for p in cache] == ["test", "train"]
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    again = build_datasets(config, seed=0)
+    assert [p.stat().st_mtime_ns for p in cache] == stamps  # read back, not decoded again
+    assert torch.equal(first.train.images, again.train.images)
+
+    changed = root / "train" / "cat" / "0.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    third = build_datasets(config, seed=0)
+    train_cache = list((root / ".cifarlab-cache").glob("train-*.safetensors"))
+    assert len(train_cache) == 1 and train_cache[0] not in cache  # the stale one is gone
+    assert torch.equal(third.train.images[0], torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
+
+
+def test_tensor_and_torchvision_paths_see_the_same_images(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    base = DataConfig(name="imagefolder", root=str(root), augment="none", num_workers=0, train_size=7, test_size=5)
+    plain = build_datasets(base, seed=0)
+    tensor = build_datasets(DataConfig(**{**base.__dict__, "loader": "tensor"}), seed=0)
+    _, plain_test = build_loaders(plain, batch_size=4, eval_batch_size=4)
+    _, tensor_test = build_loaders(tensor, batch_size=4, eval_batch_size=4)
+    for batch_a, batch_b in zip(plain_test, tensor_test, strict=True):
+        images_a, labels_a = plain.to_model(batch_a, train=False)
+        images_b, labels_b = tensor.to_model(batch_b, train=False)
+        torch.testing.assert_close(images_a, images_b, atol=1e-6, rtol=0)
+        assert torch.equal(labels_a, labels_b)
+    for index in range(len(plain.train)):  # the same training subset, image by image
+        image, label = plain.train[index]
+        images, labels = tensor.to_model(tensor.train.__getitems__([index]), train=True)
+        torch.testing.assert_close(image, images[0], atol=1e-6, rtol=0)
+        assert label == int(labels[0])
+
+
+class _Repeated(Dataset):
+    def __init__(self, image: Image.Image, count: int) -> None:
+        self.image, self.count = image, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.image, 0
+
+
+def _positions(images: torch.Tensor) -> list[tuple[int, int]]:
+    """Where the one bright pixel of each image went."""
+    flat = images[:, 0].flatten(1).argmax(dim=1)
+    return [(int(i) // 32, int(i) % 32) for i in flat]
+
+
+def test_batched_augmentation_matches_torchvision_statistically() -> None:
+    count = 6000
+    pixels = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    pixels[:, 10, 5] = 255  # one marker, off-centre so flips and shifts are told apart
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    config = DataConfig(augment="flip_crop", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    reference = SeededTransform(_Repeated(image, count), _transforms(config, True), seed=0, random=True)
+    theirs = _positions(torch.stack([reference[i][0] for i in range(count)]))
+    ours = _positions(augment(pixels.expand(count, 3, 32, 32), torch.arange(count), seed=0, epoch=0,
+                              mode="flip_crop"))
+    support = {(10 + dy, c) for dy in range(-4, 5) for c in [*range(1, 10), *range(22, 31)]}
+    assert set(theirs) == set(ours) == support  # 9 x 9 shifts, each plain or mirrored
+    histogram = [{cell: 0 for cell in support} for _ in range(2)]
+    for h, positions in zip(histogram, (theirs, ours)):
+        for cell in positions:
+            h[cell] += 1
+    distance = sum(abs(histogram[0][c] - histogram[1][c]) for c in support) / (2 * count)
+    assert distance < 0.1  # total variation between two samples of the same uniform law
+    for positions in (theirs, ours):
+        assert 0.46 < sum(col > 16 for _, col in positions) / count < 0.54  # flip rate 1/2
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    indices = torch.arange(100, 110)
+    whole = augment(images, indices, seed=1, epoch=2, mode="flip_crop")
+    order = torch.tensor([7, 2, 9])
+    assert torch.equal(augment(images[order], indices[order], seed=1, epoch=2, mode="flip_crop"), whole[order])
+    assert not torch.equal(augment(images, indices, seed=1, epoch=3, mode="flip_crop"), whole)
+    assert not torch.equal(augment(images, indices, seed=2, epoch=2, mode="flip_crop"), whole)
+    assert torch.equal(augment(images, indices, seed=1, epoch=2, mode="none"), images)
+
+
+def test_tensor_loader_keeps_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
+    options = ("data.loader=tensor", "data.test_size=37", "train.eval_batch_size=8", "checkpoint.keep_last=100")
+    check(run_python(smoke(tmp_path, "one", *options), tmp_path))
+    check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert [m["test_images"] for m in metrics(one)] == [m["test_images"] for m in metrics(two)] == [37, 37]
+    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+    mid_epoch = one / "checkpoints" / "step_00000005"
+    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
+    assert_same_weights(one / "model.safetensors", tmp_path / "runs" / "resumed" / "model.safetensors")
