@@ -121,7 +121,7 @@ class TrainConfig:
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
     cpu_threads: Optional[int] = None
-    """Threads per process when training on CPU; null = physical cores / processes on the machine (accelerate launch would leave 1)."""
+    """Threads per process when training on CPU; null = physical cores / processes, less data.num_workers (accelerate launch would leave 1)."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"

@@ -42,10 +42,12 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
                          "use train.mixed_precision=bf16 or no")
     if accelerator.device.type == "cpu":
-        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, halving a 2-core laptop's speed.
+        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, halving a 2-core laptop's
+        # speed on the tensor path; DataLoader workers (torchvision path) need cores of their own.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        torch.set_num_threads(train.cpu_threads or max(1, cores // local_processes))
+        workers = 0 if config.data.loader == "tensor" else config.data.num_workers
+        torch.set_num_threads(train.cpu_threads or max(1, cores // local_processes - workers))
     for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
         if size % accelerator.num_processes:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
