@@ -79,8 +79,21 @@ def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> Non
     step = int(stopped.group(1))
     assert 40 <= step < 256
     _wait(lambda: _state(env, job) == ("PENDING", 1), "the job to be requeued")
-    _slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the requeue's 120 s hold
-    _wait(lambda: _state(env, job)[0] == "COMPLETED", "the requeued job to finish", timeout=300)
+
+    def finished() -> bool:
+        state = _state(env, job)[0]
+        if state == "PENDING":
+            # Skip the requeue's 120 s hold. Repeated: SLURM may set the hold again once the old run has
+            # completed, after an early update.
+            _slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+            time.sleep(1)
+        return state == "COMPLETED"
+
+    try:
+        _wait(finished, "the requeued job to finish", timeout=300)
+    except AssertionError:
+        raise AssertionError(f"{_slurm(env, 'scontrol', 'show', 'job', job)}\n{_slurm(env, 'sinfo')}\n"
+                             f"{log.read_text()[-3000:]}") from None
     assert _state(env, job) == ("COMPLETED", 1)
     text = log.read_text()
     assert "restart 1" in text and f"resumed from {tmp_path / 'runs' / f'slurm-{job}'}" in text
