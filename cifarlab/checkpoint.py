@@ -13,7 +13,7 @@ updates ``latest``. A process killed at any moment therefore leaves the previous
 untouched, and a checkpoint damaged later (truncated copy, full disk) fails its manifest check.
 
 The trainer's state is JSON, not a ``register_for_checkpointing`` object: Accelerate loads those
-with ``torch.load(weights_only=False)``, which would execute pickled code from the checkpoint.
+with weights_only=False, i.e. by unpickling, which can execute code stored in the checkpoint.
 Accelerate's own files are loaded with ``weights_only=True`` (its ``load`` default).
 """
 

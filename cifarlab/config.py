@@ -297,5 +297,7 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
+    import sys
+
     # python -m cifarlab.config: print the config reference (paste it into README.md).
-    print(reference_markdown())
+    sys.stdout.write(reference_markdown() + "\n")
