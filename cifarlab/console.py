@@ -124,5 +124,6 @@ def is_rank_zero() -> bool:
 
 
 def error(message: str) -> None:
-    """A user error: one line on stderr."""
-    print(f"cifarlab: error: {message}", file=sys.stderr)
+    """A user error: one line on stderr, from rank 0 only (the same bad input fails on every rank)."""
+    if is_rank_zero():
+        print(f"cifarlab: error: {message}", file=sys.stderr)

@@ -96,7 +96,7 @@ def sample_images(data: Datasets, train: bool, count: int) -> tuple[torch.Tensor
     return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
 
 
-def _transforms(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
+def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
     steps: list[Callable[[Any], Any]] = []
     if train and config.augment == "flip_crop":
         steps.append(transforms.RandomCrop(32, padding=4))
@@ -189,9 +189,9 @@ def build_datasets(config: DataConfig, seed: int, main_process_first: ContextMan
             test: SeededTransform | TensorImages = _in_memory(test_base, config, "test", config.test_size,
                                                               "data.test_size", warn)
             return Datasets(train=train, test=test, classes=tuple(classes), config=config, seed=seed)
-    train = SeededTransform(_subset(train_base, config.train_size, "data.train_size"), _transforms(config, True),
+    train = SeededTransform(_subset(train_base, config.train_size, "data.train_size"), build_transform(config, True),
                             seed, random=config.augment != "none")
-    test = SeededTransform(_subset(test_base, config.test_size, "data.test_size"), _transforms(config, False),
+    test = SeededTransform(_subset(test_base, config.test_size, "data.test_size"), build_transform(config, False),
                            seed, random=False)
     return Datasets(train=train, test=test, classes=tuple(classes), config=config, seed=seed)
 

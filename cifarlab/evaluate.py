@@ -62,8 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
         evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.png)
     except UsageError as error:
-        if console.is_rank_zero():
-            console.error(str(error))
+        console.error(str(error))
         return error.exit_code
     return 0
 

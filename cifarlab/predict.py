@@ -22,10 +22,10 @@ from typing import Optional, Sequence
 import torch
 from PIL import Image, ImageOps
 from torch import nn
-from torchvision import transforms
 
 from cifarlab import console, loading
 from cifarlab.config import DataConfig
+from cifarlab.data import build_transform
 from cifarlab.errors import UsageError
 
 
@@ -76,8 +76,7 @@ def prepare(picture: Picture, data: DataConfig) -> tuple[torch.Tensor, list[str]
         width, height = image.size
         notes.append(f"resized from {width}x{height} to {size}x{size}")
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    # The test-time transform of cifarlab.data: ToTensor, then the run's normalisation.
-    tensor = transforms.Normalize(list(data.mean), list(data.std))(transforms.ToTensor()(image))
+    tensor = build_transform(data, train=False)(image)  # what evaluation does: ToTensor, the run's Normalize
     return tensor, notes
 
 

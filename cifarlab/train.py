@@ -276,9 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         train(config)
     except UsageError as error:
-        # The same bad input fails on every rank: say it once.
-        if console.is_rank_zero():
-            console.error(str(error))
+        console.error(str(error))
         return error.exit_code
     except preemption.Preempted as stopped:
         return stopped.exit_code

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cifarlab.config import DataConfig
-from cifarlab.data import SeededTransform, _transforms, build_datasets, build_loaders
+from cifarlab.data import SeededTransform, build_datasets, build_loaders, build_transform
 from cifarlab.tensor_data import augment
 from conftest import assert_same_weights, check, metrics, run_cli, run_python, smoke
 
@@ -88,7 +88,7 @@ def test_batched_augmentation_matches_torchvision_statistically() -> None:
     pixels[:, 10, 5] = 255  # one marker, off-centre so flips and shifts are told apart
     image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     config = DataConfig(augment="flip_crop", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-    reference = SeededTransform(_Repeated(image, count), _transforms(config, True), seed=0, random=True)
+    reference = SeededTransform(_Repeated(image, count), build_transform(config, True), seed=0, random=True)
     theirs = _positions(torch.stack([reference[i][0] for i in range(count)]))
     ours = _positions(augment(pixels.expand(count, 3, 32, 32), torch.arange(count), seed=0, epoch=0,
                               mode="flip_crop"))
