@@ -3,7 +3,7 @@
 Layout under the run directory::
 
     checkpoints/step_00001200/   model.safetensors, optimizer.bin, scheduler.bin, random_states_{rank}.pkl,
-                                 trainer_state.json, manifest.json
+                                 trainer_state.json, [ema.safetensors,] manifest.json
     checkpoints/best/            hard-linked copy of the epoch-end checkpoint with the best test accuracy
     checkpoints/latest           name of the newest complete checkpoint, updated last
 
@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from cifarlab.errors import UsageError
 
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -164,11 +167,13 @@ def _maybe_die_mid_save() -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep_last: int,
-                    protect: Optional[Path] = None, best: bool = False) -> Path:
+                    protect: Optional[Path] = None, best: bool = False,
+                    extra: Optional[dict[str, nn.Module]] = None) -> Path:
     """Save on every rank (each writes its RNG state), then seal, publish and prune on the main process.
 
     ``protect`` (the checkpoint this run resumed from) is never pruned; ``best`` also makes this
-    checkpoint ``checkpoints/best``.
+    checkpoint ``checkpoints/best``. ``extra`` modules that Accelerate does not know (the EMA) are
+    saved as ``<name>.safetensors`` (identical on every rank: written by the main process).
     """
     root = checkpoint_dir(run_dir)
     final = root / f"{_PREFIX}{state.global_step:08d}"
@@ -180,6 +185,10 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         _write_atomic(tmp / STATE_FILE, json.dumps(state.state_dict(), indent=2))
+        for name, module in (extra or {}).items():
+            # safetensors stores contiguous tensors only (channels_last weights are not).
+            save_file({key: value.contiguous() for key, value in module.state_dict().items()},
+                      str(tmp / f"{name}.safetensors"))
         _maybe_die_mid_save()
     accelerator.wait_for_everyone()  # save_state has no barrier: every rank's files must be in tmp
     if accelerator.is_main_process:
@@ -211,9 +220,16 @@ def _publish_best(source: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainState:
-    """Restore model, optimizer, scheduler, scaler and RNG from a verified checkpoint; return the trainer state."""
+def load_checkpoint(accelerator: Accelerator, path: Path, extra: Optional[dict[str, nn.Module]] = None) -> TrainState:
+    """Restore model, optimizer, scheduler, scaler, RNG and ``extra`` modules (as saved) from a verified
+    checkpoint; return the trainer state."""
     accelerator.load_state(str(path))
+    for name, module in (extra or {}).items():
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume with the "
+                             f"config it was saved with, or start a new run")
+        module.load_state_dict(load_file(str(file), device=str(accelerator.device)))
     state = TrainState()
     state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
     return state

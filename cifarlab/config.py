@@ -50,7 +50,7 @@ class DataConfig:
     """Test images to use, as train_size (fake: the dataset size); null = all."""
     image_size: int = 32
     """fake only: height and width of the synthetic images, in pixels."""
-    augment: Literal["none", "flip", "flip_crop"] = "flip_crop"
+    augment: Literal["none", "flip", "flip_crop"] = "flip"
     """Training augmentation: none, random horizontal flip, or flip + random 32px crop with 4px padding."""
     mean: list[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     """Per-channel mean subtracted after ToTensor (the tutorial uses 0.5)."""
@@ -58,8 +58,10 @@ class DataConfig:
     """Per-channel standard deviation divided out after ToTensor (the tutorial uses 0.5)."""
     num_workers: int = 2
     """DataLoader worker processes per training process (0 = load in the training process)."""
-    loader: Literal["torchvision", "tensor"] = "torchvision"
-    """torchvision = decode and augment each image in workers; tensor = decode once (cached), augment batches on the device."""
+    loader: Literal["torchvision", "tensor"] = "tensor"
+    """torchvision = decode and augment each image in workers; tensor = decode once (cached), keep in memory (on the GPU when there is one), augment batches there."""
+    cutout: int = 0
+    """Cutout: set a random square of this side (pixels) of each training image to the mean colour (after the crop and flip); 0 = off."""
 
     def __post_init__(self) -> None:
         for key in ("train_size", "test_size"):
@@ -69,12 +71,13 @@ class DataConfig:
         _require(len(self.mean) == 3 and len(self.std) == 3, "data.mean and data.std need 3 values (R, G, B)")
         _require(all(s > 0 for s in self.std), f"data.std={list(self.std)} must be positive")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
+        _require(self.cutout >= 0, f"data.cutout={self.cutout} must be >= 0 (0 = off)")
 
 
 @dataclass
 class ModelConfig:
-    name: Literal["lenet", "convnet_bn", "resnet18"] = "lenet"
-    """Network: the tutorial's LeNet-style Net, a small ConvNet with BatchNorm2d, or a CIFAR ResNet-18."""
+    name: Literal["lenet", "convnet_bn", "resnet18", "fastnet"] = "lenet"
+    """Network: the tutorial's LeNet-style Net, a small ConvNet with BatchNorm2d, a CIFAR ResNet-18, or fastnet (airbench94-style: a frozen 2x2 whitening stem set from training images, three conv-pool-conv blocks)."""
 
 
 @dataclass
@@ -108,7 +111,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 3
     """Passes over the training set."""
     batch_size: int = 128
     """Global batch size per step, split across processes (must divide by the process count)."""
@@ -122,6 +125,14 @@ class TrainConfig:
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
     cpu_threads: Optional[int] = None
     """Threads per process when training on CPU; null = physical cores / processes, less data.num_workers (accelerate launch would leave 1)."""
+    channels_last: bool = False
+    """Keep weights and images in channels-last memory order (faster convolutions with tensor cores in bf16/fp16)."""
+    compile: bool = False
+    """torch.compile the model (faster steps after a one-off compile of tens of seconds; needs a C++ compiler on CPU)."""
+    ema: Optional[float] = 0.99
+    """Decay of an exponential moving average of the weights, updated every optimizer step (e.g. 0.99); the average is evaluated and saved. null = off."""
+    tta: Literal["none", "flip", "flip_translate"] = "flip"
+    """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
@@ -136,6 +147,7 @@ class TrainConfig:
         _require(self.grad_accum_steps >= 1, f"train.grad_accum_steps={self.grad_accum_steps} must be >= 1")
         _require(self.cpu_threads is None or self.cpu_threads >= 1,
                  f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (all cores)")
+        _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
         _require(self.run_name is None or (self.run_name and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 
@@ -210,17 +222,24 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]
             path = Path(config_file)
             if not path.is_file():
                 raise ConfigError(f"--config {config_file}: no such file; presets live in configs/ (e.g. configs/smoke.yaml)")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _yaml_no(OmegaConf.load(path)))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
         if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(merged, _yaml_no(OmegaConf.from_dotlist(list(overrides))))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
     assert isinstance(config, Config)
     return config
+
+
+def _yaml_no(node: Any) -> Any:
+    """YAML reads a bare ``no`` as false; ``train.mixed_precision: no`` means the choice "no"."""
+    if OmegaConf.select(node, "train.mixed_precision") is False:
+        node.train.mixed_precision = "no"
+    return node
 
 
 def with_run_name(config: Config, run_name: str) -> Config:

@@ -81,19 +81,45 @@ class Datasets:
         images, labels, indices = batch
         if train and self.config.augment != "none":
             images = tensor_data.augment(images, indices, self.seed, self.train.epoch, self.config.augment)
-        return tensor_data.normalize(images, self.config.mean, self.config.std), labels
+        images = tensor_data.normalize(images, self.config.mean, self.config.std)
+        if train and self.config.cutout:
+            images = tensor_data.cutout(images, indices, self.seed, self.train.epoch, self.config.cutout)
+        return images, labels
 
 
-def sample_images(data: Datasets, train: bool, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` samples spread evenly over a split, as the model sees them (augmented for training),
-    for pictures. Evenly spread: image folders are sorted by class, the first ones are all airplanes."""
+def sample_images(data: Datasets, train: bool, count: int, augmented: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` normalised samples spread evenly over a split, on the CPU: as the model sees them (training
+    images augmented unless not ``augmented``). Evenly spread: image folders are sorted by class, the
+    first ones are all airplanes."""
     dataset = data.train if train else data.test
     total = len(dataset)
     indices = [i * total // min(count, total) for i in range(min(count, total))]
     if isinstance(dataset, TensorImages):
-        return data.to_model(dataset.__getitems__(indices), train)
-    samples = [dataset[i] for i in indices]
+        images, labels = data.to_model(dataset.__getitems__(indices), train and augmented)
+        return images.cpu(), labels.cpu()
+    if train and not augmented:
+        plain = build_transform(data.config, train=False)
+        samples = [(plain(image), label) for image, label in (dataset.base[i] for i in indices)]
+    else:
+        samples = [dataset[i] for i in indices]
     return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
+
+
+class Cutout:
+    """Zero a ``size`` x ``size`` square of a normalised (C, H, W) image, centred on a uniformly drawn pixel
+    and clipped at the border (DeVries & Taylor, 2017). Draws from torch's generator, which
+    :class:`SeededTransform` seeds per sample."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        top = int(torch.randint(height, ())) - self.size // 2
+        left = int(torch.randint(width, ())) - self.size // 2
+        image = image.clone()
+        image[:, max(top, 0):max(top + self.size, 0), max(left, 0):max(left + self.size, 0)] = 0.0
+        return image
 
 
 def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
@@ -103,6 +129,8 @@ def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Te
     if train and config.augment in ("flip", "flip_crop"):
         steps.append(transforms.RandomHorizontalFlip())
     steps += [transforms.ToTensor(), transforms.Normalize(list(config.mean), list(config.std))]
+    if train and config.cutout:
+        steps.append(Cutout(config.cutout))
     return transforms.Compose(steps)
 
 
@@ -123,12 +151,14 @@ def _subset(base: Dataset, size: int | None, key: str) -> Dataset:
 
 
 def _in_memory(base: Dataset, config: DataConfig, split: str, size: int | None, key: str,
-               warn: Callable[[str], None]) -> TensorImages:
+               warn: Callable[[str], None], device: Optional[torch.device]) -> TensorImages:
     images, labels = tensor_data.load_tensors(base, config.root, split, warn)
     indices = _subset_indices(len(labels), size, key)
     if indices is not None:
         images, labels = images[indices], labels[indices]
-    return TensorImages(images, labels)
+    # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches are
+    # sliced and augmented there, with no host-to-device copy per step.
+    return TensorImages(images.to(device), labels.to(device)) if device is not None else TensorImages(images, labels)
 
 
 def _cifar10(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:
@@ -171,9 +201,11 @@ _SOURCES = {"cifar10": _cifar10, "imagefolder": _imagefolder, "fake": _fake}
 
 
 def build_datasets(config: DataConfig, seed: int, main_process_first: ContextManager[Any] | None = None,
-                   warn: Callable[[str], None] = lambda message: None) -> Datasets:
+                   warn: Callable[[str], None] = lambda message: None,
+                   device: Optional[torch.device] = None) -> Datasets:
     """Both splits, ready for loaders. ``main_process_first`` lets rank 0 download (and, for the tensor
-    path, decode and cache) before the others read."""
+    path, decode and cache) before the others read. ``device``: where the tensor path keeps the images
+    (the training device; None = CPU memory)."""
     source = _SOURCES[config.name]
     with main_process_first or contextlib.nullcontext():
         train_base, classes = source(config, True)
@@ -185,9 +217,9 @@ def build_datasets(config: DataConfig, seed: int, main_process_first: ContextMan
             )
         if config.loader == "tensor":
             train: SeededTransform | TensorImages = _in_memory(train_base, config, "train", config.train_size,
-                                                               "data.train_size", warn)
+                                                               "data.train_size", warn, device)
             test: SeededTransform | TensorImages = _in_memory(test_base, config, "test", config.test_size,
-                                                              "data.test_size", warn)
+                                                              "data.test_size", warn, device)
             return Datasets(train=train, test=test, classes=tuple(classes), config=config, seed=seed)
     train = SeededTransform(_subset(train_base, config.train_size, "data.train_size"), build_transform(config, True),
                             seed, random=config.augment != "none")

@@ -14,6 +14,7 @@ from accelerate.utils import ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from cifarlab.config import Config, OptimConfig
@@ -68,6 +69,11 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
     if config.schedule == "onecycle":
         # Momentum stays at optim.momentum: OneCycleLR would otherwise cycle it between 0.85 and 0.95.
         rise = warmup / total if warmup else 0.25
+        # OneCycleLR divides by each phase's length in steps (the rise's less one): both need >= 1 step.
+        if total < 3:
+            raise UsageError(f"optim.schedule=onecycle needs at least 3 optimizer steps and this run has {total}; "
+                             f"train longer (train.epochs, data.train_size) or use optim.schedule=cosine")
+        rise = min(max(rise, 2 / total), (total - 1) / total)
         return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=rise, cycle_momentum=False)
 
     def factor(step: int) -> float:
@@ -81,16 +87,46 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
     return LambdaLR(optimizer, factor)
 
 
+def build_ema(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics on ``device``
+    (``update_parameters`` after each optimizer step). Built from the bare model: a copy made after
+    ``accelerator.prepare`` would share the prepared model's mixed-precision forward."""
+    return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move the image content by (dy, dx) pixels (|d| <= 1), filling the uncovered border with zeros
+    (the mean colour of normalised images)."""
+    height, width = images.shape[2:]
+    padded = F.pad(images, (1, 1, 1, 1))
+    return padded[:, :, 1 - dy:1 - dy + height, 1 - dx:1 - dx + width]
+
+
+def tta_logits(model: nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """``model``'s logits averaged over the test-time views of ``images`` (``train.tta``): the image itself
+    (none); and its mirror image (flip); and both shifted by one pixel up-left and down-right
+    (flip_translate, 6 views)."""
+    if tta == "none":
+        return model(images)
+    views = [images, images.flip(3)]
+    if tta == "flip_translate":
+        views += [_shift(view, d, d) for d in (-1, 1) for view in views]
+    return torch.stack([model(view).float() for view in views]).mean(dim=0)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, classes: tuple[str, ...],
-             to_model: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
+             to_model: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], tta: str = "none") -> EvalResult:
     """Accuracy, per-class accuracy and loss over the whole test set, every image counted once.
-    ``to_model`` turns a loader batch into (images, labels) (see ``data.Datasets.to_model``)."""
+    ``to_model`` turns a loader batch into (images, labels) (see ``data.Datasets.to_model``); ``tta``
+    as :func:`tta_logits`. ``model`` may be the prepared model or a bare one (an EMA): both run
+    under the accelerator's mixed precision."""
     model.eval()
     preds, labels, losses = [], [], []
     for batch in loader:
         images, targets = to_model(batch)
-        logits = model(images)
+        with accelerator.autocast():
+            logits = tta_logits(model, images, tta)
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         # Gathered on every batch through to the end, so the last batch's padding is dropped.
         pred, target, loss = accelerator.gather_for_metrics((logits.argmax(dim=1), targets, loss))

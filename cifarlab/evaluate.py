@@ -34,7 +34,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     loader = data.build_test_loader(datasets, config.train.eval_batch_size)
     model, loader = accelerator.prepare(trained.model, loader)
     result = engine.evaluate(model, loader, accelerator, datasets.classes,
-                             lambda batch: datasets.to_model(batch, train=False))
+                             lambda batch: datasets.to_model(batch, train=False), config.train.tta)
 
     out = console.Console(accelerator.is_main_process)
     out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")

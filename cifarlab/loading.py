@@ -2,7 +2,9 @@
 
 A checkpoint argument may be a run's final ``model.safetensors``, a run directory, or a checkpoint
 folder (``<run>/checkpoints/step_N`` or ``<run>/checkpoints/best``). The run's ``config.yaml`` and
-``classes.json`` are found next to it unless ``--config`` says otherwise.
+``classes.json`` are found next to it unless ``--config`` says otherwise. A checkpoint folder of a run
+with ``train.ema`` holds the average in ``ema.safetensors``: that is what the run evaluated (and what
+its final ``model.safetensors`` holds), so it is loaded instead of the raw weights.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cifarlab.models import build_model
 
 CLASSES_FILE = "classes.json"
 WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -37,6 +40,8 @@ def _locate(checkpoint: str) -> tuple[Path, Path]:
     path = Path(checkpoint)
     if path.is_file():
         weights = path
+    elif (path / EMA_FILE).is_file():
+        weights = path / EMA_FILE
     elif (path / WEIGHTS_FILE).is_file():
         weights = path / WEIGHTS_FILE
     else:
@@ -60,6 +65,8 @@ def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: 
     model = build_model(config.model, num_classes=len(classes))
     try:
         state = load_file(str(weights))
+        if weights.name == EMA_FILE:  # torch's AveragedModel: the model under module., plus a step count
+            state = {key.removeprefix("module."): value for key, value in state.items() if key != "n_averaged"}
     except (SafetensorError, OSError) as error:
         raise UsageError(f"--checkpoint {checkpoint}: {weights} is not a readable safetensors file ({error})") from None
     try:

@@ -158,6 +158,21 @@ def augment(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, 
     return images
 
 
+def cutout(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, size: int) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square of each (normalised, so zero is the mean colour) image, centred on a
+    pixel drawn uniformly per sample and clipped at the border, as :class:`cifarlab.data.Cutout` does."""
+    indices = indices.to(images.device)
+    _, _, height, width = images.shape
+    top = (_bits(seed, epoch, indices, 3) % height - size // 2).view(-1, 1)
+    left = (_bits(seed, epoch, indices, 4) % width - size // 2).view(-1, 1)
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    inside_rows = (rows >= top) & (rows < top + size)  # (batch, height)
+    inside_cols = (cols >= left) & (cols < left + size)  # (batch, width)
+    square = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
+    return images.masked_fill(square, 0.0)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 -> float in [0, 1] (as ToTensor) -> (x - mean) / std (as Normalize), as one multiply-add
     per pixel on a single new tensor: x * (1 / (255 std)) - mean / std."""

@@ -97,17 +97,31 @@ def run(accelerator: Accelerator, config: Config) -> Path:
 
     # --- data and model ---
     set_seed(config.train.seed)
-    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first(), out.warn)
+    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
+                                   device=accelerator.device)
     models.check_input_size(config.model.name, *datasets.input_shape())
     train_loader, test_loader = data.build_loaders(datasets, config.train.batch_size, config.train.eval_batch_size)
     model = models.build_model(config.model, num_classes=len(datasets.classes))
+    if models.has_whitening(model):  # fastnet's first layer is computed from the data, not trained
+        models.init_whitening(model, data.sample_images(datasets, train=True, count=5000, augmented=False)[0])
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
+    ema = engine.build_ema(model, config.train.ema, accelerator.device) if config.train.ema else None
+    extra_state = {"ema": ema} if ema is not None else {}  # saved in checkpoints beside Accelerate's state
     optimizer = engine.build_optimizer(config.optim, model)
     # Built from the unprepared loader: its length is the number of global batches per epoch.
     optimizer_steps_per_epoch = -(-len(train_loader) // config.train.grad_accum_steps)
     scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, test_loader, scheduler)
+    if config.train.compile:
+        accelerator.unwrap_model(model).compile()  # in place: parameter names and checkpoints stay the same
+    evaluated = ema.module if ema is not None else model  # what is tested, picked as best and saved at the end
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+
+    def inputs(batch: object, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = datasets.to_model(batch, train)
+        return images.contiguous(memory_format=memory_format), labels
 
     # --- run directory: written only once the data and model are known to work ---
     accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
@@ -123,7 +137,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     # --- resume ---
     state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(accelerator, resume_from)
+        state = checkpoint.load_checkpoint(accelerator, resume_from, extra_state)
         out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
     metrics_file = tracking.MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process)
     metrics_file.truncate_after(state.global_step)
@@ -144,7 +158,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     save_every = config.checkpoint.every_n_steps
 
     def save(best: bool = False) -> Path:
-        return checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from, best)
+        return checkpoint.save_checkpoint(accelerator, run_dir, state, config.checkpoint.keep_last, resume_from, best,
+                                          extra_state)
 
     def stop_now(saved: Optional[Path]) -> None:
         """After a stop signal: make sure this step is checkpointed, requeue under SLURM, exit."""
@@ -168,7 +183,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         epoch_start = time.perf_counter()
         with out.epoch_bar(f"epoch {epoch + 1}/{config.train.epochs}", steps_per_epoch, skipped) as bar:
             for batch in loader:
-                images, labels = datasets.to_model(batch, train=True)
+                images, labels = inputs(batch, train=True)
                 with accelerator.accumulate(model):
                     loss = loss_fn(model(images), labels)
                     accelerator.backward(loss)
@@ -177,6 +192,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
+                if ema is not None and accelerator.sync_gradients:  # once per optimizer step
+                    ema.update_parameters(accelerator.unwrap_model(model))
                 state.global_step += 1
                 state.step_in_epoch += 1
                 window_loss += loss.detach()
@@ -210,8 +227,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         images_per_s = trained * batch_size / train_seconds
 
         # --- evaluate ---
-        result = engine.evaluate(model, test_loader, accelerator, datasets.classes,
-                                 lambda batch: datasets.to_model(batch, train=False))
+        result = engine.evaluate(evaluated, test_loader, accelerator, datasets.classes,
+                                 lambda batch: inputs(batch, train=False), config.train.tta)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if result.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
@@ -241,7 +258,9 @@ def run(accelerator: Accelerator, config: Config) -> Path:
     if wandb_run is not None and previous is not None:
         images, labels = data.sample_images(datasets, train=False, count=32)
         with torch.no_grad():
-            preds = accelerator.unwrap_model(model).eval()(images.to(accelerator.device)).argmax(dim=1)
+            views = images.to(accelerator.device).contiguous(memory_format=memory_format)
+            with accelerator.autocast():
+                preds = engine.tta_logits(accelerator.unwrap_model(evaluated).eval(), views, config.train.tta).argmax(dim=1)
         tracking.log_images(step_log, "media/test_predictions",
                             plots.labelled_grid(images, labels, datasets.classes, config.data.mean, config.data.std,
                                                 preds=preds),
@@ -250,7 +269,7 @@ def run(accelerator: Accelerator, config: Config) -> Path:
         tracking.log_images(step_log, "media/confusion_matrix", plots.confusion_image(previous.confusion, datasets.classes),
                             "rows: true class, columns: predicted", state.global_step)
     accelerator.wait_for_everyone()
-    accelerator.save_model(model, str(run_dir), safe_serialization=True)
+    accelerator.save_model(evaluated, str(run_dir), safe_serialization=True)
     out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
             f"(epoch {state.best_epoch}); weights in {run_dir / 'model.safetensors'}, checkpoints in "
             f"{checkpoint.checkpoint_dir(run_dir)}")

@@ -104,3 +104,10 @@ def test_readme_config_reference_matches_the_schema() -> None:
     documented = readme[readme.index(start) + len(start):readme.index(end)]
     assert documented == reference_markdown(), "README config reference is stale: paste `python -m cifarlab.config`"
     assert all(doc for _, _, doc in field_docs()), "every config field needs a docstring"
+
+
+def test_yaml_no_is_the_mixed_precision_choice_no(tmp_path: Path) -> None:
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(preset)).train.mixed_precision == "no"

@@ -23,7 +23,7 @@ def _folder(root: Path, classes: dict[str, list[str]]) -> Path:
 
 
 def test_fake_data_sizes_names_and_determinism() -> None:
-    data = build_datasets(DataConfig(name="fake", train_size=20, test_size=7, augment="none"), seed=0)
+    data = build_datasets(DataConfig(name="fake", train_size=20, test_size=7, augment="none", loader="torchvision"), seed=0)
     assert (len(data.train), len(data.test)) == (20, 7)
     assert data.classes == CIFAR10_CLASSES
     assert data.input_shape() == (3, 32, 32)
@@ -69,7 +69,7 @@ def test_subsets_are_fixed_and_checked(tmp_path: Path) -> None:
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index() -> None:
-    config = DataConfig(name="fake", train_size=16, test_size=4, augment="flip_crop")
+    config = DataConfig(name="fake", train_size=16, test_size=4, augment="flip_crop", loader="torchvision")
     data = build_datasets(config, seed=3)
     before = torch.get_rng_state()
     first = [data.train[i][0] for i in range(16)]
@@ -85,7 +85,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index() -> None:
 
 
 def test_loaders_use_global_batches() -> None:
-    config = DataConfig(name="fake", train_size=70, test_size=9, num_workers=0)
+    config = DataConfig(name="fake", train_size=70, test_size=9, num_workers=0, loader="torchvision")
     data = build_datasets(config, seed=0)
     train, test = build_loaders(data, batch_size=32, eval_batch_size=4)
     assert len(train) == 2  # the partial batch is dropped: every step has 32 images

@@ -1,4 +1,4 @@
-"""Schedules and metrics."""
+"""Schedules, metrics, test-time augmentation and the weight average."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cifarlab.config import OptimConfig
-from cifarlab.engine import build_optimizer, build_scheduler
+from cifarlab.engine import build_ema, build_optimizer, build_scheduler, tta_logits
+from cifarlab.errors import UsageError
 from cifarlab.metrics import EvalResult
 
 
@@ -54,3 +55,46 @@ def test_eval_result_counts_per_class() -> None:
     assert result.loss == pytest.approx(0.5)
     assert result.confusion == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]  # rows: true class, columns: predicted
     assert set(result.wandb_values()) == {"test/acc", "test/loss", "test/acc/cat", "test/acc/dog", "test/acc/frog"}
+
+
+class _Probe(torch.nn.Module):
+    """Logits that reveal which view they saw: the mean of the left half and of the top row."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, :, :16].mean(dim=(1, 2)), x[:, 0, 0, :].mean(dim=1)], dim=1)
+
+
+def test_tta_averages_the_mirror_image_and_one_pixel_shifts() -> None:
+    images = torch.rand(3, 3, 32, 32)
+    probe = _Probe()
+    assert torch.equal(tta_logits(probe, images, "none"), probe(images))
+    torch.testing.assert_close(tta_logits(probe, images, "flip"), (probe(images) + probe(images.flip(3))) / 2)
+    views = [images, images.flip(3)]
+    down = [torch.nn.functional.pad(v, (1, 0, 1, 0))[:, :, :32, :32] for v in views]  # content moved down-right
+    up = [torch.nn.functional.pad(v, (0, 1, 0, 1))[:, :, 1:, 1:] for v in views]  # content moved up-left
+    expected = torch.stack([probe(v) for v in views + up + down]).mean(dim=0)
+    torch.testing.assert_close(tta_logits(probe, images, "flip_translate"), expected)
+
+
+def test_ema_follows_the_weights_with_the_configured_decay() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = build_ema(model, 0.9, torch.device("cpu"))
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update_parameters(model)  # the first update copies the weights
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module[0].weight, 0.9 * (start + 1) + 0.1 * (start + 2))
+    model(torch.randn(8, 2))  # BatchNorm statistics are averaged as well
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module[1].running_mean, 0.1 * model[1].running_mean)
+
+
+def test_onecycle_works_for_short_runs_and_refuses_too_short_ones() -> None:
+    for steps in (3, 4, 5):  # 25 % of 4 steps once made OneCycleLR divide by zero
+        lrs = _lrs(OptimConfig(lr=0.1, schedule="onecycle"), epochs=1, steps=steps)
+        assert max(lrs) == pytest.approx(0.1) and all(math.isfinite(lr) for lr in lrs)
+    with pytest.raises(UsageError, match="optim.schedule=onecycle needs at least 3 optimizer steps"):
+        _lrs(OptimConfig(lr=0.1, schedule="onecycle"), epochs=1, steps=2)

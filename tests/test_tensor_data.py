@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from cifarlab.config import DataConfig
 from cifarlab.data import SeededTransform, build_datasets, build_loaders, build_transform
-from cifarlab.tensor_data import augment
+from cifarlab.tensor_data import augment, cutout
 from conftest import assert_same_weights, check, metrics, run_cli, run_python, smoke
 
 
@@ -48,7 +48,8 @@ def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path:
 
 def test_tensor_and_torchvision_paths_see_the_same_images(tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
-    base = DataConfig(name="imagefolder", root=str(root), augment="none", num_workers=0, train_size=7, test_size=5)
+    base = DataConfig(name="imagefolder", root=str(root), augment="none", num_workers=0, train_size=7, test_size=5,
+                      loader="torchvision")
     plain = build_datasets(base, seed=0)
     tensor = build_datasets(DataConfig(**{**base.__dict__, "loader": "tensor"}), seed=0)
     _, plain_test = build_loaders(plain, batch_size=4, eval_batch_size=4)
@@ -125,3 +126,31 @@ def test_tensor_loader_keeps_sharding_counts_and_resume_exact(tmp_path: Path) ->
     mid_epoch = one / "checkpoints" / "step_00000005"
     check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
     assert_same_weights(one / "model.safetensors", tmp_path / "runs" / "resumed" / "model.safetensors")
+
+
+def _holes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: how many pixels cutout zeroed, and the centre row of the hole (images of ones)."""
+    zero = images[:, 0] == 0
+    rows = zero.any(dim=2).float()
+    centre = (rows * torch.arange(32)).sum(dim=1) / rows.sum(dim=1).clamp(min=1)
+    return zero.sum(dim=(1, 2)), centre
+
+
+def test_cutout_matches_the_torchvision_path_statistically() -> None:
+    count, size = 4000, 8
+    config = DataConfig(augment="none", cutout=size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    reference = SeededTransform(_Repeated(image, count), build_transform(config, True), seed=0, random=True)
+    theirs = torch.stack([reference[i][0] for i in range(count)])
+    ours = cutout(torch.ones(count, 3, 32, 32), torch.arange(count), seed=0, epoch=0, size=size)
+    for images in (theirs, ours):
+        area, centre = _holes(images)
+        assert int(area.max()) == size * size and int(area.min()) >= size * size // 4  # clipped at a corner
+        assert 0.85 < area.float().mean() / (size * size) < 0.91  # 7.5 of 8 rows/columns on average: 0.879
+        assert 14.5 < float(centre.mean()) < 16.5  # centres uniform over the image
+        assert torch.equal(images[:, 0] == 0, images[:, 2] == 0)  # all channels
+    area_theirs, area_ours = _holes(theirs)[0].float(), _holes(ours)[0].float()
+    assert abs(float(area_theirs.mean() - area_ours.mean())) < 1.5
+    again = cutout(torch.ones(count, 3, 32, 32), torch.arange(count), seed=0, epoch=0, size=size)
+    assert torch.equal(again, ours)  # a function of (seed, epoch, index) only
+    assert not torch.equal(cutout(torch.ones(count, 3, 32, 32), torch.arange(count), seed=0, epoch=1, size=size), ours)

@@ -1,0 +1,69 @@
+"""The speed and accuracy switches (channels_last, EMA, TTA, cutout, torch.compile) through the real CLI:
+they keep the foundation's guarantees (1 vs 2 processes, exact evaluation counts, exact resume), and the
+weights the run evaluated are the ones it saves and the ones evaluate loads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import CONFIGS, assert_same_weights, check, metrics, run_cli, run_python, smoke
+
+SWITCHES = ("data.loader=tensor", "data.cutout=8", "train.channels_last=true", "train.ema=0.9",
+            "train.tta=flip_translate", "data.test_size=37", "train.eval_batch_size=8", "checkpoint.keep_last=100")
+
+
+def test_all_switches_keep_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
+    check(run_python(smoke(tmp_path, "one", *SWITCHES), tmp_path))
+    check(run_cli(smoke(tmp_path, "two", *SWITCHES), tmp_path, processes=2))
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert [m["test_images"] for m in metrics(one)] == [m["test_images"] for m in metrics(two)] == [37, 37]
+    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+
+    # The saved model is the average, as in every checkpoint's ema.safetensors.
+    last = one / "checkpoints" / "step_00000016"
+    average = {k.removeprefix("module."): v for k, v in load_file(str(last / "ema.safetensors")).items()
+               if k != "n_averaged"}
+    final = load_file(str(one / "model.safetensors"))
+    assert final.keys() == average.keys()
+    assert all((final[k] == average[k]).all() for k in final)
+    raw = load_file(str(last / "model.safetensors"))
+    assert any(not (raw[k] == final[k]).all() for k in final)  # not the raw weights
+
+    # Resumed mid-epoch (EMA included), the run ends bitwise where the uninterrupted one did.
+    mid_epoch = one / "checkpoints" / "step_00000005"
+    check(run_python(smoke(tmp_path, "resumed", *SWITCHES, f"train.resume={mid_epoch}"), tmp_path))
+    resumed = tmp_path / "runs" / "resumed"
+    assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
+    assert [m["accuracy"] for m in metrics(resumed)] == [m["accuracy"] for m in metrics(one)]
+
+    # evaluate loads the average from a checkpoint folder and applies the run's TTA: the run's figure.
+    result = check(run_cli(["--checkpoint", str(last)], tmp_path, module="cifarlab.evaluate"))
+    reported = float(re.search(r"test accuracy ([\d.]+) %", result.stdout).group(1))  # type: ignore[union-attr]
+    assert reported == round(100 * metrics(one)[-1]["accuracy"], 2)
+
+
+def test_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
+    options = ("data.loader=tensor", "train.epochs=1", "checkpoint.every_n_steps=null")
+    check(run_python(smoke(tmp_path, "eager", *options), tmp_path))
+    check(run_python(smoke(tmp_path, "compiled", *options, "train.compile=true"), tmp_path))
+    runs = tmp_path / "runs"
+    assert_same_weights(runs / "eager" / "model.safetensors", runs / "compiled" / "model.safetensors", atol=1e-4)
+    assert metrics(runs / "eager")[0]["test_images"] == metrics(runs / "compiled")[0]["test_images"] == 100
+
+
+def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path) -> None:
+    options = ("--config", str(CONFIGS / "fast.yaml"), "data.name=fake", "data.train_size=128", "data.test_size=37",
+               "train.batch_size=32", "train.eval_batch_size=8", "train.epochs=1", "optim.warmup_epochs=0",
+               f"train.output_dir={tmp_path / 'runs'}", "logging.wandb.mode=disabled")
+    check(run_python([*options, "train.run_name=one"], tmp_path))
+    # BatchNorm statistics are per process (no SyncBatchNorm), so 2 processes are checked for counts only.
+    check(run_cli([*options, "train.run_name=two"], tmp_path, processes=2))
+    runs = tmp_path / "runs"
+    assert metrics(runs / "one")[0]["test_images"] == metrics(runs / "two")[0]["test_images"] == 37
+    stem = load_file(str(runs / "one" / "model.safetensors"))["stem.weight"]
+    assert stem.shape == (24, 3, 2, 2)
+    assert torch.equal(stem[12:], -stem[:12])  # set by init_whitening (filters and their negatives), and frozen
