@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Callable
@@ -23,9 +24,21 @@ from cifarlab.metrics import EvalResult
 from cifarlab.tracking import wandb_mode
 
 
+def _cache_accelerate_package_checks() -> None:
+    """Accelerate 1.15's ``AcceleratedOptimizer.step`` asks importlib whether ``lomo_optim`` is installed,
+    twice per step: a sys.path search of ~0.1 ms each, 15 % of a batch-4 LeNet step on a CPU. Installed
+    packages do not change during a run, so the answer is cached."""
+    import accelerate.optimizer
+
+    check = accelerate.optimizer.is_lomo_available
+    if not hasattr(check, "cache_info"):
+        accelerate.optimizer.is_lomo_available = functools.lru_cache(maxsize=None)(check)
+
+
 def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     """The Accelerator for ``config``; ``trackers`` turns on W&B as configured (training only)."""
     train = config.train
+    _cache_accelerate_package_checks()
     # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
     # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()

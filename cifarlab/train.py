@@ -191,7 +191,8 @@ def run(accelerator: Accelerator, config: Config) -> Path:
                         accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
                     optimizer.step()
                     scheduler.step()
-                    optimizer.zero_grad()
+                    if accelerator.sync_gradients:  # what Accelerate's zero_grad does, less its per-call
+                        optimizer.optimizer.zero_grad(set_to_none=True)  # signature inspection (~0.1 ms)
                 if ema is not None and accelerator.sync_gradients:  # once per optimizer step
                     ema.update_parameters(accelerator.unwrap_model(model))
                 state.global_step += 1
