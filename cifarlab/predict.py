@@ -6,7 +6,8 @@
 
 Weights are read from safetensors only (no pickle). Any image PIL reads works: it is converted to
 RGB and resized to the size the model was trained on (32x32; data.image_size for data.name=fake),
-without keeping the aspect ratio, then normalised with the run's data.mean and data.std.
+without keeping the aspect ratio, then normalised with the run's data.mean and data.std; the run's
+train.tta (test-time augmentation) applies, as in its evaluation.
 One line per image on stdout, ``PATH: cat 63.1 %, dog 20.2 %, ...``; notes on conversions on stderr.
 User errors print one line and exit with code 2.
 """
@@ -23,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from cifarlab import console, loading
+from cifarlab import console, engine, loading
 from cifarlab.config import DataConfig
 from cifarlab.data import build_transform
 from cifarlab.errors import UsageError
@@ -81,10 +82,12 @@ def prepare(picture: Picture, data: DataConfig) -> tuple[torch.Tensor, list[str]
 
 
 @torch.no_grad()
-def top_k(model: nn.Module, batch: torch.Tensor, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """Per image, the ``k`` most probable classes with their probabilities in percent, most probable first."""
+def top_k(model: nn.Module, batch: torch.Tensor, classes: Sequence[str], k: int,
+          tta: str = "none") -> list[list[tuple[str, float]]]:
+    """Per image, the ``k`` most probable classes with their probabilities in percent, most probable first;
+    ``tta`` as the run's ``train.tta``, so a prediction agrees with the run's evaluation."""
     model.eval()
-    probabilities = torch.softmax(model(batch).float(), dim=1) * 100
+    probabilities = torch.softmax(engine.tta_logits(model, batch, tta).float(), dim=1) * 100
     values, indices = probabilities.topk(k, dim=1)
     return [[(classes[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
             for row_p, row_i in zip(values, indices)]
@@ -123,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if notes:
             sys.stderr.write(f"cifarlab: note: {picture.path}: {'; '.join(notes)}\n")
     sys.stderr.flush()  # notes before predictions when both streams go to one terminal
-    ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, args.top_k)
+    ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, args.top_k,
+                   trained.config.train.tta)
     for picture, row in zip(pictures, ranked):
         sys.stdout.write(format_line(picture.path, row) + "\n")
     return 0

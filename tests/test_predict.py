@@ -164,3 +164,14 @@ def test_a_file_that_is_not_safetensors_is_refused(run_dir: Path, images: Path,
     assert predict.main(["--checkpoint", str(pickle_file), str(images / "rgb.png")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "is not a readable safetensors file" in line
+
+
+def test_top_k_applies_the_runs_test_time_augmentation() -> None:
+    model = build_model(ModelConfig(name="lenet"), 10)
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = torch.softmax((model.eval()(batch) + model(batch.flip(3))) / 2, dim=1) * 100
+    ranked = predict.top_k(model, batch, [str(i) for i in range(10)], k=10, tta="flip")
+    for row, probabilities in zip(ranked, expected):
+        for name, percent in row:
+            assert percent == pytest.approx(float(probabilities[int(name)]), abs=1e-4)
