@@ -77,6 +77,23 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
             torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
 
 
+def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
+    """Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2
+    processes agree within 1e-6 and count 37 test images per evaluation, and a run resumed mid-epoch
+    (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
+    check(run_python(smoke(tmp_path, "one", *options), tmp_path))
+    check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert [m["test_images"] for m in metrics(one)] == [m["test_images"] for m in metrics(two)] == [37, 37]
+    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+    mid_epoch = one / "checkpoints" / "step_00000005"
+    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
+    resumed = tmp_path / "runs" / "resumed"
+    assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
+    assert [m["accuracy"] for m in metrics(resumed)] == [m["accuracy"] for m in metrics(one)]
+    return one
+
+
 class Background:
     """A CLI run in its own process group, its output in a file, for tests that interrupt it."""
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from cifarlab.config import DataConfig
 from cifarlab.data import SeededTransform, build_datasets, build_loaders, build_transform
 from cifarlab.tensor_data import augment, cutout
-from conftest import assert_same_weights, check, metrics, run_cli, run_python, smoke
+from conftest import assert_sharded_counted_and_resumable
 
 
 def _folder(root: Path, per_class: int = 4) -> Path:
@@ -117,15 +117,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
 
 
 def test_tensor_loader_keeps_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
-    options = ("data.loader=tensor", "data.test_size=37", "train.eval_batch_size=8", "checkpoint.keep_last=100")
-    check(run_python(smoke(tmp_path, "one", *options), tmp_path))
-    check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
-    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
-    assert [m["test_images"] for m in metrics(one)] == [m["test_images"] for m in metrics(two)] == [37, 37]
-    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
-    mid_epoch = one / "checkpoints" / "step_00000005"
-    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
-    assert_same_weights(one / "model.safetensors", tmp_path / "runs" / "resumed" / "model.safetensors")
+    assert_sharded_counted_and_resumable(tmp_path, "data.loader=tensor", "data.test_size=37", "train.eval_batch_size=8",
+                                         "checkpoint.keep_last=100")
 
 
 def _holes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
