@@ -115,13 +115,14 @@ def paired_round(data_root: str, out_dir: Path, name: str, raw_core: int) -> tup
     finally:
         raw.kill()
         raw.wait()
-    seconds = last_record(out_dir, name)["train_seconds"]
+    record = last_record(out_dir, name)
+    seconds = record["train_seconds"]
     marks = [tuple(map(float, line.split())) for line in progress.read_text().splitlines()]
     inside = [(t, n) for t, n in marks if ended - seconds <= t <= ended]
     if len(inside) < 2:
         sys.exit(f"the raw loop did not run through cifarlab's training window in {name}")
     (t0, n0), (t1, n1) = inside[0], inside[-1]
-    return (n1 - n0) / (t1 - t0), last_record(out_dir, name)["train_images_per_s"]
+    return (n1 - n0) / (t1 - t0), record["train_images_per_s"]
 
 
 def main() -> None:

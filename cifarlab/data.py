@@ -156,9 +156,11 @@ def _in_memory(base: Dataset, config: DataConfig, split: str, size: int | None, 
     indices = _subset_indices(len(labels), size, key)
     if indices is not None:
         images, labels = images[indices], labels[indices]
-    # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches are
-    # sliced and augmented there, with no host-to-device copy per step.
-    return TensorImages(images.to(device), labels.to(device)) if device is not None else TensorImages(images, labels)
+    if device is not None:
+        # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches
+        # are sliced and augmented there, with no host-to-device copy per step.
+        images, labels = images.to(device), labels.to(device)
+    return TensorImages(images, labels)
 
 
 def _cifar10(config: DataConfig, train: bool) -> tuple[Dataset, Sequence[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,8 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from cifarlab.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -92,6 +95,18 @@ def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
     assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
     assert [m["accuracy"] for m in metrics(resumed)] == [m["accuracy"] for m in metrics(one)]
     return one
+
+
+def crashed_copy(run_dir: Path, copy: Path, last: str) -> Path:
+    """A copy of the finished run ``run_dir`` at ``copy`` as if its process had died right after saving
+    checkpoint ``last`` (e.g. "step_00000010"): no final weights, no later checkpoints, ``latest`` on it."""
+    shutil.copytree(run_dir, copy)
+    (copy / "model.safetensors").unlink()
+    for later in list_checkpoints(copy):
+        if later.name > last:  # zero-padded step numbers sort as text
+            shutil.rmtree(later)
+    (copy / "checkpoints" / "latest").write_text(last)
+    return copy
 
 
 class Background:

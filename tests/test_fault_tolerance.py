@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cifarlab.checkpoint import problem
-from conftest import (Background, assert_same_weights, check, error_lines, launch_command, metrics, run_python,
-                      smoke)
+from conftest import (Background, assert_same_weights, check, crashed_copy, error_lines, launch_command, metrics,
+                      run_python, smoke)
 from wandb_offline import find_run_files, read_history, read_run_id
 
 # 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps.
@@ -127,12 +127,7 @@ def test_retention_keeps_best_and_the_resumed_checkpoint(tmp_path: Path, uninter
     state = json.loads((best / "trainer_state.json").read_text())
     assert state["best_epoch"] == best_epoch and state["epoch"] == best_epoch
 
-    run_dir = tmp_path / "runs" / "kept"
-    shutil.copytree(uninterrupted, run_dir)
-    (run_dir / "model.safetensors").unlink()
-    for name in ("step_00000028", "step_00000032"):
-        shutil.rmtree(run_dir / "checkpoints" / name)
-    (run_dir / "checkpoints" / "latest").write_text("step_00000024")
+    run_dir = crashed_copy(uninterrupted, tmp_path / "runs" / "kept", "step_00000024")
     check(run_python(smoke(tmp_path, "kept", *SMALL, "train.resume=auto", "checkpoint.keep_last=1"), tmp_path))
     left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert left == ["best", "latest", "step_00000024", "step_00000032"]  # 24: resumed from, never pruned

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
-from conftest import CONFIGS, assert_same_weights, check, error_lines, metrics, run_cli, run_python, smoke
+from conftest import CONFIGS, assert_same_weights, check, crashed_copy, error_lines, metrics, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
 
 
@@ -98,12 +97,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> No
     assert_same_weights(full / "model.safetensors", tmp_path / "runs" / "from-path" / "model.safetensors")
 
     # A run that died after its step-10 checkpoint (mid-epoch 2), continued with train.resume=auto.
-    crashed = tmp_path / "runs" / "crashed"
-    shutil.copytree(full, crashed)
-    (crashed / "model.safetensors").unlink()
-    for later in ("step_00000015", "step_00000016"):
-        shutil.rmtree(crashed / "checkpoints" / later)
-    (crashed / "checkpoints" / "latest").write_text("step_00000010")
+    crashed = crashed_copy(full, tmp_path / "runs" / "crashed", "step_00000010")
     check(run_python(smoke(tmp_path, "crashed", keep_all, "train.resume=auto"), tmp_path))
     assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
     # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
