@@ -1,6 +1,6 @@
 """Checkpoints: Accelerate's state plus the trainer's own position, written atomically and verified.
 
-Layout under the run directory::
+Layout under the run directory (names in :mod:`cifarlab.rundir`)::
 
     checkpoints/step_00001200/   model.safetensors, optimizer.bin, scheduler.bin, random_states_{rank}.pkl,
                                  trainer_state.json, [ema.safetensors,] manifest.json
@@ -15,6 +15,9 @@ untouched, and a checkpoint damaged later (truncated copy, full disk) fails its 
 The trainer's state is JSON, not a ``register_for_checkpointing`` object: Accelerate loads those
 with weights_only=False, i.e. by unpickling, which can execute code stored in the checkpoint.
 Accelerate's own files are loaded with ``weights_only=True`` (its ``load`` default).
+
+:class:`Checkpointer` owns the cadence (every ``checkpoint.every_n_steps`` steps and every epoch end),
+retention and ``best/``; the train loop only tells it where training is.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,16 +34,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cifarlab.config import CheckpointConfig
 from cifarlab.errors import UsageError
-
-STATE_FILE = "trainer_state.json"
-MANIFEST = "manifest.json"
-LATEST = "latest"
-BEST = "best"
-_PREFIX = "step_"
-# Test hook: SIGKILL this process in the middle of its N-th save (after Accelerate wrote its files,
-# before the manifest and the rename), to prove that a crash mid-save loses nothing.
-_KILL_IN_SAVE = "CIFARLAB_TEST_KILL_IN_SAVE"
+from cifarlab.rundir import BEST, MANIFEST, TRAINER_STATE, RunDir
 
 
 @dataclass
@@ -68,18 +63,11 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Published step checkpoints, oldest first (temporary folders and best/ are not listed)."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    def end_epoch(self, accuracy: float) -> None:
+        """The epoch in progress has been trained and evaluated at ``accuracy``."""
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, self.epoch
 
 
 def _sha256(path: Path) -> str:
@@ -110,12 +98,11 @@ def problem(path: Path) -> Optional[str]:
     return None
 
 
-def resumable_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
-    """The newest intact checkpoint of ``run_dir`` (``latest`` first), warning about damaged ones."""
-    candidates = list(reversed(list_checkpoints(run_dir)))
-    pointer = checkpoint_dir(run_dir) / LATEST
-    if pointer.is_file():
-        named = checkpoint_dir(run_dir) / pointer.read_text().strip()
+def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
+    """The newest intact checkpoint of ``run`` (``latest`` first), warning about damaged ones."""
+    candidates = list(reversed(run.step_checkpoints()))
+    if run.latest.is_file():
+        named = run.checkpoints / run.latest.read_text().strip()
         candidates = [named] + [c for c in candidates if c != named]
     for candidate in candidates:
         if not candidate.is_dir():
@@ -156,57 +143,6 @@ def _seal(folder: Path, state: TrainState) -> None:
     _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
-_saves = 0
-
-
-def _maybe_die_mid_save() -> None:
-    global _saves
-    _saves += 1
-    if os.environ.get(_KILL_IN_SAVE) == str(_saves):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep_last: int,
-                    protect: Optional[Path] = None, best: bool = False,
-                    extra: Optional[dict[str, nn.Module]] = None) -> Path:
-    """Save on every rank (each writes its RNG state), then seal, publish and prune on the main process.
-
-    ``protect`` (the checkpoint this run resumed from) is never pruned; ``best`` also makes this
-    checkpoint ``checkpoints/best``. ``extra`` modules that Accelerate does not know (the EMA) are
-    saved as ``<name>.safetensors`` (identical on every rank: written by the main process).
-    """
-    root = checkpoint_dir(run_dir)
-    final = root / f"{_PREFIX}{state.global_step:08d}"
-    tmp = root / f".tmp-{final.name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        _write_atomic(tmp / STATE_FILE, json.dumps(state.state_dict(), indent=2))
-        for name, module in (extra or {}).items():
-            # safetensors stores contiguous tensors only (channels_last weights are not).
-            save_file({key: value.contiguous() for key, value in module.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
-        _maybe_die_mid_save()
-    accelerator.wait_for_everyone()  # save_state has no barrier: every rank's files must be in tmp
-    if accelerator.is_main_process:
-        _seal(tmp, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
-        _write_atomic(root / LATEST, final.name)
-        if best:
-            _publish_best(final)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            if protect is None or old.resolve() != protect.resolve():
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()  # nobody moves on before the checkpoint is published
-    return final
-
-
 def _publish_best(source: Path) -> None:
     """Make ``checkpoints/best`` a hard-linked copy of ``source`` (no extra disk space)."""
     root = source.parent
@@ -220,16 +156,83 @@ def _publish_best(source: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, extra: Optional[dict[str, nn.Module]] = None) -> TrainState:
-    """Restore model, optimizer, scheduler, scaler, RNG and ``extra`` modules (as saved) from a verified
-    checkpoint; return the trainer state."""
-    accelerator.load_state(str(path))
-    for name, module in (extra or {}).items():
-        file = path / f"{name}.safetensors"
-        if not file.is_file():
-            raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume with the "
-                             f"config it was saved with, or start a new run")
-        module.load_state_dict(load_file(str(file), device=str(accelerator.device)))
-    state = TrainState()
-    state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
-    return state
+class Checkpointer:
+    """Saves the run's checkpoints at its own cadence and loads them back.
+
+    ``extra`` modules that Accelerate does not know (the EMA) are saved beside its state as
+    ``<name>.safetensors`` (identical on every rank: written by the main process). ``protect`` (the
+    checkpoint the run resumed from) is never pruned. Call every method on all ranks.
+    """
+
+    def __init__(self, accelerator: Accelerator, run: RunDir, config: CheckpointConfig, steps_per_epoch: int,
+                 extra: Optional[dict[str, nn.Module]] = None, protect: Optional[Path] = None) -> None:
+        self.accelerator = accelerator
+        self.run = run
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.extra = extra or {}
+        self.protect = protect
+        self._last: Optional[tuple[int, Path]] = None  # (global step, folder) of the newest save
+
+    def after_step(self, state: TrainState) -> None:
+        """Save every ``checkpoint.every_n_steps`` steps; the last batch of an epoch is left to :meth:`after_epoch`."""
+        every = self.config.every_n_steps
+        if every and state.global_step % every == 0 and state.step_in_epoch < self.steps_per_epoch:
+            self.save(state)
+
+    def after_epoch(self, state: TrainState) -> Path:
+        """Every epoch end is saved; it becomes ``best/`` when it set the best accuracy."""
+        return self.save(state, best=state.best_epoch == state.epoch)
+
+    def ensure_saved(self, state: TrainState) -> Path:
+        """A checkpoint of exactly this step: the one just saved, or a new one."""
+        if self._last is not None and self._last[0] == state.global_step:
+            return self._last[1]
+        return self.save(state)
+
+    def save(self, state: TrainState, best: bool = False) -> Path:
+        """Save on every rank (each writes its RNG state), then seal, publish and prune on the main process."""
+        accelerator = self.accelerator
+        final = self.run.checkpoint(state.global_step)
+        tmp = final.with_name(f".tmp-{final.name}")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            _write_atomic(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2))
+            for name, module in self.extra.items():
+                # safetensors stores contiguous tensors only (channels_last weights are not).
+                save_file({key: value.contiguous() for key, value in module.state_dict().items()},
+                          str(tmp / f"{name}.safetensors"))
+        accelerator.wait_for_everyone()  # save_state has no barrier: every rank's files must be in tmp
+        if accelerator.is_main_process:
+            _seal(tmp, state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync(final.parent)
+            _write_atomic(self.run.latest, final.name)
+            if best:
+                _publish_best(final)
+            for old in self.run.step_checkpoints()[:-self.config.keep_last]:
+                if self.protect is None or old.resolve() != self.protect.resolve():
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()  # nobody moves on before the checkpoint is published
+        self._last = (state.global_step, final)
+        return final
+
+    def load(self, path: Path) -> TrainState:
+        """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
+        return the trainer state."""
+        self.accelerator.load_state(str(path))
+        for name, module in self.extra.items():
+            file = path / f"{name}.safetensors"
+            if not file.is_file():
+                raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume with "
+                                 f"the config it was saved with, or start a new run")
+            module.load_state_dict(load_file(str(file), device=str(self.accelerator.device)))
+        state = TrainState()
+        state.load_state_dict(json.loads((path / TRAINER_STATE).read_text()))
+        return state

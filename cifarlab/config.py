@@ -256,6 +256,22 @@ def to_yaml(config: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
 
 
+def differences(config: Config, base: Config) -> list[str]:
+    """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order."""
+    def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+    ours, theirs = leaves(to_dict(config)), leaves(to_dict(base))
+    return [f"{key}={_shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written in an override: null, true/false, 0.05, [a, b]."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _one_line(error: OmegaConfBaseException) -> str:
     """OmegaConf's messages span several lines; keep the reason and name the dotted key."""
     reason = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
@@ -301,8 +317,7 @@ def field_docs() -> list[tuple[str, str, str]]:
             if dataclasses.is_dataclass(value):
                 walk(type(value), f"{prefix}{item.name}.", value)
             else:
-                shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-                rows.append((f"{prefix}{item.name}", shown, docs.get((cls.__name__, item.name), "")))
+                rows.append((f"{prefix}{item.name}", _shown(value), docs.get((cls.__name__, item.name), "")))
 
     walk(Config, "", Config())
     return rows

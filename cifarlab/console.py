@@ -6,13 +6,14 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cifarlab.metrics import EvalResult
+if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
+    from cifarlab.metrics import EvalResult
 
 
 class Console:
@@ -43,13 +44,6 @@ class Console:
     def warn(self, message: str) -> None:
         if self._warnings:
             print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
-
-    def print_config(self, text: str) -> None:
-        """The resolved config, at the start of a run."""
-        if self._rich is not None:
-            self._rich.rule("resolved config")
-            self._rich.print(text.rstrip(), markup=False)
-            self._rich.rule()
 
     def epoch_bar(self, title: str, total: int, done: int) -> "EpochBar":
         return EpochBar(self._rich if self.interactive else None, title, total, done)

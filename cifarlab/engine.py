@@ -1,11 +1,12 @@
-"""Accelerator, optimizer, learning-rate schedule and evaluation: the pieces the train loop calls."""
+"""The pieces the train loop calls: accelerator, optimizer, schedule, one training epoch, evaluation."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from typing import Any, Callable
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import psutil
 import torch
@@ -16,29 +17,22 @@ from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
 
+from cifarlab import workarounds
+from cifarlab.checkpoint import Checkpointer, TrainState
 from cifarlab.config import Config, OptimConfig
+from cifarlab.data import Batch, DataPath
 from cifarlab.errors import UsageError
 from cifarlab.metrics import EvalResult
+from cifarlab.preemption import StopRequest
+from cifarlab.recorder import Recorder
 from cifarlab.tracking import wandb_mode
-
-
-def _cache_accelerate_package_checks() -> None:
-    """Accelerate 1.15's ``AcceleratedOptimizer.step`` asks importlib whether ``lomo_optim`` is installed,
-    twice per step: a sys.path search of ~0.1 ms each, 15 % of a batch-4 LeNet step on a CPU. Installed
-    packages do not change during a run, so the answer is cached."""
-    import accelerate.optimizer
-
-    check = accelerate.optimizer.is_lomo_available
-    if not hasattr(check, "cache_info"):
-        accelerate.optimizer.is_lomo_available = functools.lru_cache(maxsize=None)(check)
 
 
 def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     """The Accelerator for ``config``; ``trackers`` turns on W&B as configured (training only)."""
     train = config.train
-    _cache_accelerate_package_checks()
+    workarounds.apply()
     # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
     # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -127,19 +121,103 @@ def tta_logits(model: nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor
     return torch.stack([model(view).float() for view in views]).mean(dim=0)
 
 
+@dataclass
+class Learner:
+    """The prepared model and what updates it: one optimizer step per :meth:`step` (or per
+    ``train.grad_accum_steps`` batches)."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    loss_fn: nn.Module
+    ema: Optional[AveragedModel] = None
+    grad_clip: Optional[float] = None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is tested, picked as best and saved at the end: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and (at accumulation boundaries) an optimizer step; the detached loss."""
+        accelerator = self.accelerator
+        images = images.contiguous(memory_format=self.memory_format)
+        with accelerator.accumulate(self.model):
+            loss = self.loss_fn(self.model(images), labels)
+            accelerator.backward(loss)
+            if self.grad_clip is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            workarounds.zero_grad(self.optimizer, accelerator)
+        if self.ema is not None and accelerator.sync_gradients:  # once per optimizer step
+            self.ema.update_parameters(accelerator.unwrap_model(self.model))
+        return loss.detach()
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    """Mean training loss over the batches trained in this epoch by this run (all ranks)."""
+    batches: int
+    """Training batches taken in this epoch by this run (fewer than an epoch after a mid-epoch resume)."""
+    seconds: float
+    """Wall seconds of training (not evaluation) in this epoch."""
+    images_per_s: float
+    """Training images per second (global batch x batches / seconds)."""
+
+    def values(self) -> dict[str, float]:
+        return {"train/epoch_loss": self.loss, "train/epoch_images_per_s": self.images_per_s,
+                "train/epoch_seconds": self.seconds}
+
+
+def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: Recorder,
+                checkpointer: Checkpointer, stop: StopRequest) -> EpochStats:
+    """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left), advancing
+    ``state`` batch by batch. The recorder, the checkpointer and the stop request each decide for
+    themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
+    accelerator = learner.accelerator
+    steps_per_epoch = checkpointer.steps_per_epoch
+    skipped = state.step_in_epoch
+    total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
+    learner.model.train()
+    start = time.perf_counter()
+    with recorder.epoch_bar(state, steps_per_epoch):
+        for images, labels in data.train_batches(state.epoch, skip=skipped):
+            loss = learner.step(images, labels)
+            state.global_step += 1
+            state.step_in_epoch += 1
+            total += loss
+            recorder.train_step(state, loss, learner.lr())
+            checkpointer.after_step(state)
+            # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
+            # signal during the last batch is handled after the epoch-end checkpoint instead.
+            if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
+                stop.stop_if_agreed(state, checkpointer, step=state.global_step)
+    seconds = time.perf_counter() - start
+    trained = state.step_in_epoch - skipped
+    loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)
+    return EpochStats(loss=loss_mean, batches=trained, seconds=seconds,
+                      images_per_s=trained * recorder.batch_size / seconds)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, classes: tuple[str, ...],
-             to_model: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], tta: str = "none") -> EvalResult:
+def evaluate(model: nn.Module, batches: Iterable[Batch], accelerator: Accelerator, classes: tuple[str, ...],
+             tta: str = "none", memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
     """Accuracy, per-class accuracy and loss over the whole test set, every image counted once.
-    ``to_model`` turns a loader batch into (images, labels) (see ``data.Datasets.to_model``); ``tta``
+    ``batches``: (images, labels) from a prepared loader, to its end (``DataPath.test_batches``); ``tta``
     as :func:`tta_logits`. ``model`` may be the prepared model or a bare one (an EMA): both run
     under the accelerator's mixed precision."""
     model.eval()
     preds, labels, losses = [], [], []
-    for batch in loader:
-        images, targets = to_model(batch)
+    for images, targets in batches:
         with accelerator.autocast():
-            logits = tta_logits(model, images, tta)
+            logits = tta_logits(model, images.contiguous(memory_format=memory_format), tta)
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         # Gathered on every batch through to the end, so the last batch's padding is dropped.
         pred, target, loss = accelerator.gather_for_metrics((logits.argmax(dim=1), targets, loss))

@@ -8,3 +8,10 @@ class UsageError(Exception):
     what is wrong and how to fix it."""
 
     exit_code = 2
+
+
+class Preempted(Exception):
+    """Raised once a run has saved its checkpoint after a stop signal (see cifarlab.preemption)."""
+
+    exit_code = 75
+    """EX_TEMPFAIL: run again (train.resume=auto) to continue."""

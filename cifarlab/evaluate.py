@@ -26,15 +26,15 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     trained = loading.load_trained(checkpoint, config_file, overrides)
     config = trained.config
     accelerator = engine.build_accelerator(config)
-    datasets = data.build_datasets(config.data, config.train.seed, accelerator.main_process_first())
+    datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(),
+                               device=accelerator.device)
     if datasets.classes != trained.classes:
         raise UsageError(f"the data has classes {list(datasets.classes)} but the model was trained on "
                          f"{list(trained.classes)}; point data.name / data.root at the data it was trained on")
     models.check_input_size(config.model.name, *datasets.input_shape())
-    loader = data.build_test_loader(datasets, config.train.eval_batch_size)
-    model, loader = accelerator.prepare(trained.model, loader)
-    result = engine.evaluate(model, loader, accelerator, datasets.classes,
-                             lambda batch: datasets.to_model(batch, train=False), config.train.tta)
+    datasets.prepare(accelerator, batch_size=None, eval_batch_size=config.train.eval_batch_size)
+    model = accelerator.prepare(trained.model)
+    result = engine.evaluate(model, datasets.test_batches(), accelerator, datasets.classes, config.train.tta)
 
     out = console.Console(accelerator.is_main_process)
     out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")

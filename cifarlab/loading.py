@@ -21,10 +21,7 @@ from torch import nn
 from cifarlab.config import CIFAR10_CLASSES, Config, load_config
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
-
-CLASSES_FILE = "classes.json"
-WEIGHTS_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
+from cifarlab.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
 
 
 @dataclass
@@ -35,37 +32,34 @@ class Trained:
     weights: Path
 
 
-def _locate(checkpoint: str) -> tuple[Path, Path]:
+def _locate(checkpoint: str) -> tuple[Path, RunDir]:
     """(weights file, run directory) for a checkpoint argument."""
     path = Path(checkpoint)
     if path.is_file():
         weights = path
-    elif (path / EMA_FILE).is_file():
-        weights = path / EMA_FILE
-    elif (path / WEIGHTS_FILE).is_file():
-        weights = path / WEIGHTS_FILE
+    elif (path / EMA_WEIGHTS).is_file():
+        weights = path / EMA_WEIGHTS
+    elif (path / WEIGHTS).is_file():
+        weights = path / WEIGHTS
     else:
-        raise UsageError(f"--checkpoint {checkpoint}: no {WEIGHTS_FILE} there; pass a run directory, its "
-                         f"{WEIGHTS_FILE}, or a folder under <run>/checkpoints/")
-    folder = weights.parent
-    run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-    return weights, run_dir
+        raise UsageError(f"--checkpoint {checkpoint}: no {WEIGHTS} there; pass a run directory, its "
+                         f"{WEIGHTS}, or a folder under <run>/checkpoints/")
+    return weights, of_checkpoint(weights.parent) or RunDir(weights.parent)
 
 
 def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: Sequence[str] = ()) -> Trained:
-    weights, run_dir = _locate(checkpoint)
+    weights, run = _locate(checkpoint)
     if config_file is None:
-        if not (run_dir / "config.yaml").is_file():
-            raise UsageError(f"--checkpoint {checkpoint}: no config.yaml in its run directory {run_dir}; "
+        if not run.config.is_file():
+            raise UsageError(f"--checkpoint {checkpoint}: no {run.config.name} in its run directory {run.root}; "
                              f"pass --config FILE.yaml with the config it was trained with")
-        config_file = str(run_dir / "config.yaml")
+        config_file = str(run.config)
     config = load_config(config_file, list(overrides))
-    classes_file = run_dir / CLASSES_FILE
-    classes = tuple(json.loads(classes_file.read_text())) if classes_file.is_file() else CIFAR10_CLASSES
+    classes = tuple(json.loads(run.classes.read_text())) if run.classes.is_file() else CIFAR10_CLASSES
     model = build_model(config.model, num_classes=len(classes))
     try:
         state = load_file(str(weights))
-        if weights.name == EMA_FILE:  # torch's AveragedModel: the model under module., plus a step count
+        if weights.name == EMA_WEIGHTS:  # torch's AveragedModel: the model under module., plus a step count
             state = {key.removeprefix("module."): value for key, value in state.items() if key != "n_averaged"}
     except (SafetensorError, OSError) as error:
         raise UsageError(f"--checkpoint {checkpoint}: {weights} is not a readable safetensors file ({error})") from None

@@ -6,7 +6,6 @@ Accelerate pads the last batch with duplicates, which only ``gather_for_metrics`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +47,8 @@ class EvalResult:
             confusion=confusion.tolist(),
         )
 
-    def json_per_class(self) -> dict[str, float | None]:
-        """Per-class accuracy for JSON files: null for a class absent from the test set (JSON has no NaN)."""
-        return {name: (None if math.isnan(acc) else acc) for name, acc in self.per_class.items()}
-
-    def wandb_values(self) -> dict[str, Any]:
-        values: dict[str, Any] = {"test/acc": self.accuracy, "test/loss": self.loss}
+    def values(self) -> dict[str, Any]:
+        """The evaluation's metrics under their recorded names (see cifarlab.recorder)."""
+        values: dict[str, Any] = {"test/acc": self.accuracy, "test/loss": self.loss, "test/images": self.count}
         values.update({f"test/acc/{name}": acc for name, acc in self.per_class.items()})
         return values

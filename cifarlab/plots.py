@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 _RED, _GREEN, _BLACK, _WHITE = (220, 30, 30), (20, 140, 40), (0, 0, 0), (255, 255, 255)
 
@@ -31,7 +30,7 @@ def labelled_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[
     pictures = unnormalize(images.detach().float().cpu(), mean, std)
     pictures = torch.nn.functional.interpolate(pictures, scale_factor=scale, mode="nearest")
     caption_height = 12
-    tiles = []
+    tiles: list[Image.Image] = []
     font = ImageFont.load_default()
     for i, picture in enumerate(pictures):
         pixels = (picture.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
@@ -44,9 +43,19 @@ def labelled_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[
             guess = classes[int(preds[i])]
             text, colour = (guess, _GREEN) if guess == true else (f"{guess} ({true})", _RED)
         ImageDraw.Draw(tile).text((1, 0), text, fill=colour, font=font)
-        tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
-    grid = make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=255)
-    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+        tiles.append(tile)
+    return _grid(tiles, columns)
+
+
+def _grid(tiles: Sequence[Image.Image], columns: int, padding: int = 2) -> Image.Image:
+    """Equal-sized tiles in rows of ``columns``, ``padding`` white pixels around and between them."""
+    width, height = tiles[0].size
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (columns * (width + padding) + padding, rows * (height + padding) + padding), _WHITE)
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (padding + (i % columns) * (width + padding), padding + (i // columns) * (height + padding)))
+    return grid
 
 
 def confusion_image(confusion: Sequence[Sequence[int]], classes: Sequence[str], cell: int = 44) -> Image.Image:

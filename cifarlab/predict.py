@@ -26,7 +26,7 @@ from torch import nn
 
 from cifarlab import console, engine, loading
 from cifarlab.config import DataConfig
-from cifarlab.data import build_transform
+from cifarlab.image_data import build_transform
 from cifarlab.errors import UsageError
 
 

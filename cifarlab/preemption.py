@@ -13,11 +13,14 @@ import os
 import signal
 import subprocess
 from types import FrameType
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
 
-EXIT_PREEMPTED = 75
+from cifarlab.checkpoint import Checkpointer, TrainState
+from cifarlab.errors import Preempted
+
+EXIT_PREEMPTED = Preempted.exit_code
 """Exit code after a signal-triggered checkpoint (EX_TEMPFAIL: run again to continue)."""
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -25,37 +28,55 @@ CHECK_EVERY = 8
 """With several processes, steps between checks for a stop signal (a signal waits at most this long)."""
 
 
-class Preempted(Exception):
-    """Raised once the run has saved its checkpoint after a stop signal."""
-
-    exit_code = EXIT_PREEMPTED
-
-
 class StopRequest:
-    """Records SIGUSR1/SIGTERM; :meth:`agreed` turns it into a decision all ranks share."""
+    """Records SIGUSR1/SIGTERM while active (a context manager: the previous handlers come back on exit,
+    so a run can be started in-process from tests or a notebook) and turns it into a stop all ranks agree on.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, accelerator: Accelerator, log: Callable[[str], None]) -> None:
+        self.accelerator = accelerator
+        self.log = log
         self.received: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
         for signum in SIGNALS:
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.received = signal.Signals(signum).name
 
-    def agreed(self, accelerator: Accelerator, step: Optional[int] = None) -> bool:
+    def agreed(self, step: Optional[int] = None) -> bool:
         """True on every rank once any rank has received a signal. Call on all ranks at the same points.
 
         Several processes agree through an all-reduce whose result the host must wait for; so that
         this does not stall the GPU queue every step, they compare notes only every
         ``CHECK_EVERY`` steps (always when ``step`` is None). One process just looks at its flag.
         """
-        if accelerator.num_processes == 1:
+        if self.accelerator.num_processes == 1:
             return self.received is not None
         if step is not None and step % CHECK_EVERY:
             return False
         if self.received:
-            accelerator.set_trigger()
-        return accelerator.check_trigger()
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
+    def stop_if_agreed(self, state: TrainState, checkpointer: Checkpointer, step: Optional[int] = None) -> None:
+        """After a stop signal: make sure this step is checkpointed, requeue under SLURM, raise :class:`Preempted`.
+        Call between optimizer steps, where the state is complete (``step``: see :meth:`agreed`)."""
+        if not self.agreed(step):
+            return
+        path = checkpointer.ensure_saved(state)
+        self.log(f"stopping on {self.received or 'a signal to another process'}: checkpoint {path} saved")
+        if self.accelerator.is_main_process:
+            requeue_slurm_job(self.log)
+        raise Preempted()
 
 
 def slurm_job_id() -> Optional[str]:

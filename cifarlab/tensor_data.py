@@ -4,7 +4,8 @@ memory, and augment whole batches on the device with pure tensor functions.
 Each sample's crop offset and flip come from a counter-based hash of (train.seed, epoch, sample index),
 like the torchvision path's per-sample seeding: the same numbers at any process count, batch split or
 resume point, on CPU or GPU. The decoded tensors are cached next to the data (safetensors, keyed by a
-fingerprint of the source files, so a changed source is decoded again).
+fingerprint of the source files, so a changed source is decoded again). A run that finds its cache
+imports no torchvision.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
-from torchvision import datasets
+
+from cifarlab.config import CIFAR10_CLASSES, DataConfig
+from cifarlab.data import (Batch, DataPath, check_same_classes, list_image_folder, open_source, split_size, spread,
+                           subset_indices)
 
 _CACHE_DIR = ".cifarlab-cache"
 _PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
+_CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's layout under data.root
 
 
 class TensorImages(Dataset):
@@ -33,10 +37,6 @@ class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images = images
         self.labels = labels
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,29 +54,81 @@ def batch_as_is(batch: Any) -> Any:
     return batch
 
 
+class TensorData(DataPath):
+    """Whole batches are sliced out of memory and augmented and normalised on their device."""
+
+    train: TensorImages
+    test: TensorImages
+
+    @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
+              device: Optional[torch.device] = None) -> "TensorData":
+        (train, classes), (test, test_classes) = (_in_memory(config, split, warn, device) for split in ("train", "test"))
+        check_same_classes(config, classes, test_classes)
+        return cls(config, seed, classes, train, test)
+
+    def to_model(self, batch: Any, train: bool) -> Batch:
+        images, labels, indices = batch
+        config = self.config
+        if train and config.augment != "none":
+            images = augment(images, indices, self.seed, self.epoch, config.augment)
+        images = normalize(images, config.mean, config.std)
+        if train and config.cutout:
+            images = cutout(images, indices, self.seed, self.epoch, config.cutout)
+        return images, labels
+
+    def loader_options(self) -> dict[str, Any]:
+        # Whole batches are sliced out of memory in the training process: workers would only copy them.
+        return {"num_workers": 0, "collate_fn": batch_as_is}
+
+    def sample(self, train: bool, count: int, augmented: bool = True) -> Batch:
+        dataset = self.train if train else self.test
+        images, labels = self.to_model(dataset.__getitems__(spread(len(dataset), count)), train and augmented)
+        return images.cpu(), labels.cpu()
+
+
+def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
+               device: Optional[torch.device]) -> tuple[TensorImages, list[str]]:
+    images, labels, classes = load_tensors(config, split, warn)
+    key = "data.train_size" if split == "train" else "data.test_size"
+    indices = subset_indices(len(labels), split_size(config, split), key)
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    if device is not None:
+        # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches
+        # are sliced and augmented there, with no host-to-device copy per step.
+        images, labels = images.to(device), labels.to(device)
+    return TensorImages(images, labels), classes
+
+
 # --- decoding and the cache -------------------------------------------------------------------------
 
-def _fingerprint(base: Dataset) -> Optional[str]:
-    """A key that changes when the source files change; None when there is nothing on disk to key."""
+def _fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str]]]:
+    """(a key that changes when the source files change, class names), without opening the dataset;
+    None when there is nothing on disk to key (fake data, CIFAR-10 not downloaded yet)."""
     digest = hashlib.sha256()
-    if isinstance(base, datasets.ImageFolder):
-        for path, label in base.samples:
+    if config.name == "imagefolder":
+        classes, samples = list_image_folder(config, split)
+        for path, label in samples:
             stat = os.stat(path)
             digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    elif isinstance(base, datasets.CIFAR10):
-        folder = Path(base.root) / base.base_folder
-        for file in sorted(folder.iterdir()):
+    elif config.name == "cifar10" and (Path(config.root) / _CIFAR10_FOLDER).is_dir():
+        classes = list(CIFAR10_CLASSES)
+        for file in sorted((Path(config.root) / _CIFAR10_FOLDER).iterdir()):
             stat = file.stat()
             digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        digest.update(b"train" if base.train else b"test")
+        digest.update(split.encode())
     else:
         return None
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:16], classes
 
 
 def _decode(base: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(base, datasets.CIFAR10):  # already decoded by torchvision: (N, 32, 32, 3) uint8
-        return torch.from_numpy(base.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)
+    import numpy as np
+
+    data = getattr(base, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4:  # torchvision's CIFAR: decoded already, (N, 32, 32, 3)
+        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)  # type: ignore[attr-defined]
     images, labels = [], []
     for index in range(len(base)):  # type: ignore[arg-type]
         image, label = base[index]
@@ -85,14 +137,18 @@ def _decode(base: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.tensor(labels)
 
 
-def load_tensors(base: Dataset, root: str, split: str, warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded (images, labels) of ``base``: from the cache under ``root`` when it is current."""
-    key = _fingerprint(base)
-    cache = Path(root) / _CACHE_DIR / f"{split}-{key}.safetensors" if key else None
-    if cache is not None and cache.is_file():
+def load_tensors(config: DataConfig, split: str, warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decoded (images, labels, class names) of ``split``: from the cache under ``data.root`` when it is current."""
+    found = _fingerprint(config, split)
+    cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
+    if found is not None and cache is not None and cache.is_file():
         tensors = load_file(str(cache))
-        return tensors["images"], tensors["labels"]
+        return tensors["images"], tensors["labels"], found[1]
+    base, classes = open_source(config, split)
     images, labels = _decode(base)
+    if cache is None:
+        found = _fingerprint(config, split)  # CIFAR-10 may have been downloaded just now
+        cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
     if cache is not None:
         try:
             cache.parent.mkdir(exist_ok=True)
@@ -105,7 +161,7 @@ def load_tensors(base: Dataset, root: str, split: str, warn: Callable[[str], Non
                     stale.unlink()  # decoded from files that have changed since
         except OSError as error:
             warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
-    return images, labels
+    return images, labels, classes
 
 
 # --- batched augmentation ---------------------------------------------------------------------------

@@ -1,12 +1,11 @@
-"""Experiment records: W&B through Accelerate's tracker API, and metrics.jsonl on disk.
+"""Weights & Biases through Accelerate's tracker API: which mode, starting or continuing a run, media.
 
-Both are written by the main process only (Accelerate's ``log`` is a no-op elsewhere;
-``MetricsFile`` checks itself). metrics.jsonl is the local record that survives without W&B.
+Everything here runs on the main process only (Accelerate's ``log`` is a no-op elsewhere). wandb itself
+is imported only when a run uses it. :mod:`cifarlab.recorder` decides what is logged.
 """
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
 from pathlib import Path
@@ -59,6 +58,9 @@ def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path,
                 "group": config.group,
                 "tags": list(config.tags) or None,
                 "notes": config.notes,
+                # W&B's banner and its history/summary at exit stay off the console: cifarlab prints one
+                # line on where the files are. (Its offline banner ignores `quiet`: only `silent` stops it.)
+                "settings": _silent_settings(),
             }
         },
     )
@@ -68,6 +70,20 @@ def start_tracking(accelerator: Accelerator, config: WandbConfig, run_dir: Path,
         run.define_metric("test/*", step_metric="train/epoch")
 
 
+def _silent_settings() -> Any:
+    import wandb
+
+    return wandb.Settings(silent=True)
+
+
+def where(run: Any) -> str:
+    """One line on where a W&B run lives and how to upload it."""
+    if run.offline:
+        folder = Path(run.dir).parent  # run.dir is the run's files/ folder
+        return f"W&B run files in {folder}; upload them with `wandb sync {folder}`"
+    return f"W&B run {run.url}"
+
+
 def wandb_run(accelerator: Accelerator) -> Any:
     """The live W&B run on the main process, else None."""
     if not accelerator.is_main_process or not any(t.name == "wandb" for t in accelerator.trackers):
@@ -75,66 +91,18 @@ def wandb_run(accelerator: Accelerator) -> Any:
     return accelerator.get_tracker("wandb", unwrap=True)
 
 
-def log_images(step_log: "StepLog", key: str, image: Any, caption: str, step: int) -> None:
-    """A PIL image as W&B media (main process; call only when :func:`wandb_run` is not None)."""
-    import wandb  # only once W&B is in use
+def image(picture: Any, caption: str) -> Any:
+    """A PIL image as W&B media (call only when W&B is in use)."""
+    import wandb
 
-    step_log.log({key: wandb.Image(image, caption=caption)}, step=step)
+    return wandb.Image(picture, caption=caption)
 
 
-def log_confusion(step_log: "StepLog", confusion: list[list[int]], classes: tuple[str, ...], step: int) -> None:
+def confusion_chart(confusion: list[list[int]], classes: tuple[str, ...]) -> Any:
     """W&B's interactive confusion matrix, from counts (rows: true class, columns: predicted)."""
     import wandb
 
     truth = [i for i, row in enumerate(confusion) for j, count in enumerate(row) for _ in range(count)]
     predicted = [j for row in confusion for j, count in enumerate(row) for _ in range(count)]
-    chart = wandb.plot.confusion_matrix(y_true=truth, preds=predicted, class_names=list(classes),
-                                        title="test confusion matrix")
-    step_log.log({"test/confusion_matrix": chart}, step=step)
-
-
-class StepLog:
-    """``accelerator.log`` that never goes back in steps within a W&B run.
-
-    W&B drops points logged at a step lower than one it already has. After a resume the run
-    redoes the steps since its checkpoint, which it had logged before it was stopped; those are
-    skipped (an exact resume recomputes the same values). The highest step logged is kept in
-    ``wandb_step`` in the run directory, written by the main process.
-    """
-
-    def __init__(self, accelerator: Accelerator, run_dir: Path, continuing: bool) -> None:
-        self.accelerator = accelerator
-        self.path = run_dir / "wandb_step"
-        self.last = int(self.path.read_text()) if continuing and self.path.is_file() else -1
-
-    def log(self, values: dict[str, Any], step: int) -> None:
-        if step < self.last:
-            return
-        self.accelerator.log(values, step=step)
-        if step > self.last and self.accelerator.is_main_process:
-            self.path.write_text(str(step))
-        self.last = step
-
-
-class MetricsFile:
-    """Appends one JSON object per evaluation to ``metrics.jsonl`` (main process only)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-
-    def truncate_after(self, global_step: int) -> None:
-        """Drop records past ``global_step``: on resume they belong to progress that was lost."""
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["global_step"] <= global_step]
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
-
-    def append(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    return wandb.plot.confusion_matrix(y_true=truth, preds=predicted, class_names=list(classes),
+                                       title="test confusion matrix")

@@ -12,13 +12,14 @@ import time
 import sys
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab.checkpoint import list_checkpoints
+from cifarlab.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -33,9 +34,15 @@ def run_cli(args: list[str], cwd: Path, processes: int = 1, module: str = "cifar
 
 
 def launch_command(processes: int, module: str = "cifarlab.train") -> list[str]:
+    """``accelerate launch`` of ``module`` (a module name, or a script path ending in .py)."""
     launch = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
+    target = [module] if module.endswith(".py") else ["-m", module]
     return [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module]
+            "--mixed_precision", "no", "--dynamo_backend", "no", *target]
+
+
+KILL_IN_SAVE = str(Path(__file__).with_name("kill_in_save.py"))
+"""A trainer that dies in its N-th save: ``python KILL_IN_SAVE N ARGS`` (see that file)."""
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -65,8 +72,19 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def metrics(run_dir: Path) -> list[dict]:
+def records(run_dir: Path) -> list[dict]:
+    """Every record of a run's metrics.jsonl: logged steps and evaluations."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """The evaluation records of a run's metrics.jsonl (the ones with test/acc), in order."""
+    return [record for record in records(run_dir) if "test/acc" in record]
+
+
+def per_class(record: dict) -> dict[str, float]:
+    """An evaluation record's per-class accuracy by class name."""
+    return {key.removeprefix("test/acc/"): value for key, value in record.items() if key.startswith("test/acc/")}
 
 
 def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
@@ -87,13 +105,13 @@ def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
     check(run_python(smoke(tmp_path, "one", *options), tmp_path))
     check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
-    assert [m["test_images"] for m in metrics(one)] == [m["test_images"] for m in metrics(two)] == [37, 37]
+    assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
     assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
     mid_epoch = one / "checkpoints" / "step_00000005"
     check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
     resumed = tmp_path / "runs" / "resumed"
     assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
-    assert [m["accuracy"] for m in metrics(resumed)] == [m["accuracy"] for m in metrics(one)]
+    assert [m["test/acc"] for m in metrics(resumed)] == [m["test/acc"] for m in metrics(one)]
     return one
 
 
@@ -102,7 +120,7 @@ def crashed_copy(run_dir: Path, copy: Path, last: str) -> Path:
     checkpoint ``last`` (e.g. "step_00000010"): no final weights, no later checkpoints, ``latest`` on it."""
     shutil.copytree(run_dir, copy)
     (copy / "model.safetensors").unlink()
-    for later in list_checkpoints(copy):
+    for later in RunDir(copy).step_checkpoints():
         if later.name > last:  # zero-padded step numbers sort as text
             shutil.rmtree(later)
     (copy / "checkpoints" / "latest").write_text(last)
@@ -162,6 +180,18 @@ class Background:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("cifarlab: error:")]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate() -> Iterator[None]:
+    """In-process tests build Accelerators with different settings: Accelerate keeps one state per process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import yaml
 from cifarlab.config import Config, ConfigError, field_docs, load_config, reference_markdown, to_dict, to_yaml
 from conftest import CONFIGS, error_lines, run_python
 
+pytestmark = pytest.mark.unit
+
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import check, cli_env, launch_command, run_cli, run_python, smoke
 
+pytestmark = pytest.mark.integration
+
 
 def test_two_process_run_prints_once_in_plain_lines_off_a_terminal(tmp_path: Path) -> None:
     result = check(run_cli(smoke(tmp_path, "plain"), tmp_path, processes=2))

@@ -12,6 +12,8 @@ from cifarlab.engine import build_ema, build_optimizer, build_scheduler, tta_log
 from cifarlab.errors import UsageError
 from cifarlab.metrics import EvalResult
 
+pytestmark = pytest.mark.unit
+
 
 def _lrs(config: OptimConfig, epochs: int = 4, steps: int = 10) -> list[float]:
     model = torch.nn.Linear(2, 2)
@@ -54,7 +56,8 @@ def test_eval_result_counts_per_class() -> None:
     assert math.isnan(result.per_class["frog"]) and result.per_class_count["frog"] == 0
     assert result.loss == pytest.approx(0.5)
     assert result.confusion == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]  # rows: true class, columns: predicted
-    assert set(result.wandb_values()) == {"test/acc", "test/loss", "test/acc/cat", "test/acc/dog", "test/acc/frog"}
+    assert result.values() == {"test/acc": result.accuracy, "test/loss": 0.5, "test/images": 6, "test/acc/cat": 2 / 3,
+                               "test/acc/dog": 2 / 3, "test/acc/frog": result.per_class["frog"]}
 
 
 class _Probe(torch.nn.Module):

@@ -10,6 +10,8 @@ from PIL import Image
 
 from conftest import check, error_lines, metrics, run_cli, run_python, smoke
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -29,8 +31,8 @@ def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp
     result = check(run_cli(["--checkpoint", str(run_dir), "--png", str(png)], tmp_path, module="cifarlab.evaluate"))
     accuracy, count = _accuracy(result.stdout)
     final = metrics(run_dir)[-1]
-    assert count == final["test_images"] == 100
-    assert accuracy == pytest.approx(100 * final["accuracy"], abs=0.01)
+    assert count == final["test/images"] == 100
+    assert accuracy == pytest.approx(100 * final["test/acc"], abs=0.01)
     assert "confusion matrix (rows: true class, columns: predicted)" in result.stdout
     assert all(name in result.stdout for name in ("airplane", "truck"))
     with Image.open(png) as image:

@@ -12,13 +12,17 @@ from pathlib import Path
 import pytest
 
 from cifarlab.checkpoint import problem
-from conftest import (Background, assert_same_weights, check, crashed_copy, error_lines, launch_command, metrics,
-                      run_python, smoke)
+from conftest import (KILL_IN_SAVE, Background, assert_same_weights, check, crashed_copy, error_lines, launch_command, metrics,
+                      per_class, run_python, smoke)
 from wandb_offline import find_run_files, read_history, read_run_id
+
+pytestmark = pytest.mark.integration
 
 # 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps.
 SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=3", "logging.every_n_steps=1")
-EXACT = ("epoch", "global_step", "test_images", "accuracy", "per_class_accuracy", "test_loss")
+# What an exact resume reproduces: every evaluation value (the epoch's training loss and speed cover only the
+# batches a resumed process ran).
+EXACT = ("train/epoch", "step", "test/images", "test/acc", "test/loss")
 
 
 def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
@@ -26,7 +30,7 @@ def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
 
 
 def _evals(run_dir: Path) -> list[list[object]]:
-    return [[record[key] for key in EXACT] for record in metrics(run_dir)]
+    return [[record[key] for key in EXACT] + [per_class(record)] for record in metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +51,9 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     assert first.finish() == -signal.SIGKILL
 
     # 2. SIGKILL inside this process's second save, after Accelerate wrote its files.
-    second = Background(_python(tmp_path, "chain", "logging.wandb.mode=offline", "train.resume=auto"),
-                        tmp_path, tmp_path / "2.log", CIFARLAB_TEST_KILL_IN_SAVE="2")
+    second = Background([sys.executable, KILL_IN_SAVE, "2", *_python(tmp_path, "chain", "logging.wandb.mode=offline",
+                                                                     "train.resume=auto")[3:]],
+                        tmp_path, tmp_path / "2.log")
     resumed_at = int(second.wait_for(r"resumed from \S+: epoch 1, step (\d+)").group(1))
     assert 4 <= resumed_at <= 12
     assert second.finish() == -signal.SIGKILL
@@ -86,7 +91,7 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
         assert all(step >= highest for step in steps)
         highest = max(steps, default=highest)
     assert highest == 32
-    expected = {record["global_step"]: record["accuracy"] for record in metrics(uninterrupted)}
+    expected = {record["step"]: record["test/acc"] for record in metrics(uninterrupted)}
     evals = {row["_step"]: row["test/acc"] for f in files for row in read_history(f) if "test/acc" in row}
     assert 32 in evals and all(evals[step] == expected[step] for step in evals)
 
@@ -123,7 +128,7 @@ def test_retention_keeps_best_and_the_resumed_checkpoint(tmp_path: Path, uninter
     best = uninterrupted / "checkpoints" / "best"
     assert problem(best) is None
     records = metrics(uninterrupted)
-    best_epoch = max(records, key=lambda r: r["accuracy"])["epoch"]
+    best_epoch = max(records, key=lambda r: r["test/acc"])["train/epoch"]
     state = json.loads((best / "trainer_state.json").read_text())
     assert state["best_epoch"] == best_epoch and state["epoch"] == best_epoch
 
@@ -176,7 +181,8 @@ def test_two_processes_killed_mid_epoch_and_mid_save_then_resumed(tmp_path: Path
     killed.signal(signal.SIGKILL, tree=True)  # launcher and both ranks, wherever they are
     killed.finish()
     # Rank 0 dies inside its first save, after every rank wrote its files; the agent takes rank 1 down.
-    in_save = Background(command, tmp_path, tmp_path / "2.log", CIFARLAB_TEST_KILL_IN_SAVE="1")
+    in_save = Background([*launch_command(2, KILL_IN_SAVE), "1", *smoke(tmp_path, "two", *SMALL, "train.resume=auto")],
+                         tmp_path, tmp_path / "2.log")
     assert in_save.finish() != 0
     checkpoints = tmp_path / "runs" / "two" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-step_")]
@@ -186,5 +192,5 @@ def test_two_processes_killed_mid_epoch_and_mid_save_then_resumed(tmp_path: Path
     assert_same_weights(uninterrupted / "model.safetensors", tmp_path / "runs" / "two" / "model.safetensors",
                         atol=1e-6)
     for got, want in zip(metrics(tmp_path / "runs" / "two"), metrics(uninterrupted), strict=True):
-        assert (got["epoch"], got["global_step"], got["test_images"]) == (want["epoch"], want["global_step"], 100)
-        assert got["test_loss"] == pytest.approx(want["test_loss"], abs=1e-5)
+        assert (got["train/epoch"], got["step"], got["test/images"]) == (want["train/epoch"], want["step"], 100)
+        assert got["test/loss"] == pytest.approx(want["test/loss"], abs=1e-5)

@@ -12,6 +12,8 @@ from cifarlab.engine import build_optimizer
 from cifarlab.errors import UsageError
 from cifarlab.models import MODELS, FastNet, Whitening, build_model, check_input_size, init_whitening
 
+pytestmark = pytest.mark.unit
+
 
 def test_lenet_is_the_tutorial_net() -> None:
     model = build_model(ModelConfig(name="lenet"), num_classes=10)

@@ -62,6 +62,7 @@ def classes(run_dir: Path) -> list[str]:
     return json.loads((run_dir / "classes.json").read_text())
 
 
+@pytest.mark.integration
 def test_cli_on_a_run_directory(run_dir: Path, images: Path) -> None:
     result = check(run_predict("--checkpoint", str(run_dir), "rgb.png", "gray.png", cwd=images))
     parsed = parse(result.stdout)
@@ -75,6 +76,7 @@ def test_cli_on_a_run_directory(run_dir: Path, images: Path) -> None:
         "cifarlab: note: gray.png: converted from mode L to RGB; resized from 100x60 to 32x32"]
 
 
+@pytest.mark.integration
 def test_every_checkpoint_form_gives_the_same_answer(run_dir: Path, images: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     outputs = {}
@@ -89,6 +91,7 @@ def test_every_checkpoint_form_gives_the_same_answer(run_dir: Path, images: Path
     assert len(parse(outputs["run"])[str(images / "rgb.png")]) == 5
 
 
+@pytest.mark.integration
 def test_top_10_covers_every_class_and_sums_to_100(run_dir: Path, images: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     paths = [str(images / "rgb.png"), str(images / "gray.png")]
@@ -98,6 +101,7 @@ def test_top_10_covers_every_class_and_sums_to_100(run_dir: Path, images: Path,
         assert sum(p for _, p in ranked) == pytest.approx(100, abs=0.5)  # ten values rounded to 0.1
 
 
+@pytest.mark.integration
 def test_probabilities_are_the_trained_models(run_dir: Path, images: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """Recompute by hand from the safetensors weights and the run's normalisation."""
@@ -114,6 +118,7 @@ def test_probabilities_are_the_trained_models(run_dir: Path, images: Path,
         assert percent == pytest.approx(float(expected[classes(run_dir).index(name)]), abs=0.051)
 
 
+@pytest.mark.unit
 def test_prepare_converts_and_resizes() -> None:
     picture = predict.Picture("a.png", Image.new("RGBA", (40, 20), (255, 0, 0, 128)))
     tensor, notes = predict.prepare(picture, DataConfig(mean=[0.5] * 3, std=[0.5] * 3))
@@ -134,6 +139,7 @@ def test_prepare_converts_and_resizes() -> None:
     (["--top-k", "0", "rgb.png"], "--top-k 0: pass --top-k 1 or more"),
     (["--top-k", "11", "rgb.png"], "--top-k 11: the model has 10 classes; pass --top-k between 1 and 10"),
 ])
+@pytest.mark.integration
 def test_bad_arguments_are_one_line(run_dir: Path, images: Path, args: list[str], message: str,
                                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(images)
@@ -144,6 +150,7 @@ def test_bad_arguments_are_one_line(run_dir: Path, images: Path, args: list[str]
     assert line.startswith(f"cifarlab: error: {message}"), line
 
 
+@pytest.mark.integration
 def test_cli_errors_exit_2_with_one_line(run_dir: Path, images: Path) -> None:
     result = run_predict("--checkpoint", str(images / "nowhere"), "rgb.png", cwd=images)
     assert result.returncode == 2 and result.stdout == ""
@@ -158,6 +165,7 @@ def test_cli_errors_exit_2_with_one_line(run_dir: Path, images: Path) -> None:
     assert line.startswith("cifarlab: error: image x.png: not an image PIL can read")
 
 
+@pytest.mark.integration
 def test_a_file_that_is_not_safetensors_is_refused(run_dir: Path, images: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     pickle_file = run_dir / "checkpoints" / "best" / "optimizer.bin"
@@ -166,6 +174,7 @@ def test_a_file_that_is_not_safetensors_is_refused(run_dir: Path, images: Path,
     assert "is not a readable safetensors file" in line
 
 
+@pytest.mark.unit
 def test_top_k_applies_the_runs_test_time_augmentation() -> None:
     model = build_model(ModelConfig(name="lenet"), 10)
     batch = torch.randn(2, 3, 32, 32)

@@ -20,6 +20,8 @@ import pytest
 
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke
 
+pytestmark = pytest.mark.slurm
+
 SBATCH = REPO / "slurm" / "train.sbatch"
 DEFAULT_CONF = Path("/tmp/cifarlab-slurm/slurm.conf")  # where tests/slurm_cluster.sh puts it
 # 4096 images in batches of 32: 128 steps per epoch, 256 in all.

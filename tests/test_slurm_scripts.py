@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.integration
+
 SCRIPTS = sorted([*(REPO / "slurm").iterdir(), REPO / "tests" / "slurm_cluster.sh", REPO / ".ci" / "run"])
 
 # A two-node allocation, simulated: `scontrol show hostnames` expands the node list and `srun` runs its

@@ -4,6 +4,7 @@ weights the run evaluated are the ones it saves and the ones evaluate loads."""
 
 from __future__ import annotations
 
+import pytest
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import (CONFIGS, assert_same_weights, assert_sharded_counted_and_resumable, check, metrics,
                       run_cli, run_python, smoke)
+
+pytestmark = pytest.mark.integration
 
 SWITCHES = ("data.loader=tensor", "data.cutout=8", "train.channels_last=true", "train.ema=0.9",
             "train.tta=flip_translate", "data.test_size=37", "train.eval_batch_size=8", "checkpoint.keep_last=100")
@@ -33,7 +36,7 @@ def test_all_switches_keep_sharding_counts_and_resume_exact(tmp_path: Path) -> N
     # evaluate loads the average from a checkpoint folder and applies the run's TTA: the run's figure.
     result = check(run_cli(["--checkpoint", str(last)], tmp_path, module="cifarlab.evaluate"))
     reported = float(re.search(r"test accuracy ([\d.]+) %", result.stdout).group(1))  # type: ignore[union-attr]
-    assert reported == round(100 * metrics(one)[-1]["accuracy"], 2)
+    assert reported == round(100 * metrics(one)[-1]["test/acc"], 2)
 
 
 def test_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
@@ -42,7 +45,7 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
     check(run_python(smoke(tmp_path, "compiled", *options, "train.compile=true"), tmp_path))
     runs = tmp_path / "runs"
     assert_same_weights(runs / "eager" / "model.safetensors", runs / "compiled" / "model.safetensors", atol=1e-4)
-    assert metrics(runs / "eager")[0]["test_images"] == metrics(runs / "compiled")[0]["test_images"] == 100
+    assert metrics(runs / "eager")[0]["test/images"] == metrics(runs / "compiled")[0]["test/images"] == 100
 
 
 def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path) -> None:
@@ -53,7 +56,7 @@ def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path) -> None:
     # BatchNorm statistics are per process (no SyncBatchNorm), so 2 processes are checked for counts only.
     check(run_cli([*options, "train.run_name=two"], tmp_path, processes=2))
     runs = tmp_path / "runs"
-    assert metrics(runs / "one")[0]["test_images"] == metrics(runs / "two")[0]["test_images"] == 37
+    assert metrics(runs / "one")[0]["test/images"] == metrics(runs / "two")[0]["test/images"] == 37
     stem = load_file(str(runs / "one" / "model.safetensors"))["stem.weight"]
     assert stem.shape == (24, 3, 2, 2)
     assert torch.equal(stem[12:], -stem[:12])  # set by init_whitening (filters and their negatives), and frozen

@@ -35,6 +35,7 @@ def lenet() -> nn.Module:
     return build_model(ModelConfig(name="lenet"), 10)
 
 
+@pytest.mark.unit
 def test_lenet_rows_are_the_tutorial_numbers() -> None:
     rows = summary.layer_summary(lenet(), (1, 3, 32, 32))
     assert [(r.name, r.call) for r in rows] == [("conv1", 1), ("pool", 1), ("conv2", 1), ("pool", 2),
@@ -53,6 +54,7 @@ def test_lenet_rows_are_the_tutorial_numbers() -> None:
     assert total.tensors == 10
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_rows_add_up_and_formulas_match_the_shapes(name: str) -> None:
     model = build_model(ModelConfig(name=name), 10)
@@ -69,6 +71,7 @@ def test_rows_add_up_and_formulas_match_the_shapes(name: str) -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+@pytest.mark.unit
 def test_strided_conv_formula_says_it_rounds_down() -> None:
     rows = summary.layer_summary(build_model(ModelConfig(name="resnet18"), 10), (1, 3, 32, 32))
     strided = next(r for r in rows if r.name == "layers.2.conv1")
@@ -76,6 +79,7 @@ def test_strided_conv_formula_says_it_rounds_down() -> None:
     assert strided.output_shape == (1, 128, 16, 16)
 
 
+@pytest.mark.unit
 def test_too_large_input_breaks_at_fc1() -> None:
     with pytest.raises(summary.BrokenAt) as caught:
         summary.layer_summary(lenet(), (1, 3, 64, 64))
@@ -84,6 +88,7 @@ def test_too_large_input_breaks_at_fc1() -> None:
     assert caught.value.rows[-1].output_shape == (1, 16, 13, 13)  # the last layer that ran: pool, 2nd call
 
 
+@pytest.mark.unit
 def test_too_small_input_breaks_where_the_formula_reaches_zero() -> None:
     with pytest.raises(summary.BrokenAt) as caught:
         summary.layer_summary(lenet(), (1, 3, 4, 4))
@@ -93,6 +98,7 @@ def test_too_small_input_breaks_where_the_formula_reaches_zero() -> None:
         summary.layer_summary(build_model(ModelConfig(name="convnet_bn"), 10), (1, 3, 2, 2))
 
 
+@pytest.mark.integration
 def test_cli_tutorial_table() -> None:
     result = check(run_summary("--config", str(CONFIGS / "tutorial.yaml")))
     assert result.stderr == ""
@@ -104,6 +110,7 @@ def test_cli_tutorial_table() -> None:
     assert "parameters: 62,006\ntrainable: 62,006\ntensors: 10" in result.stdout
 
 
+@pytest.mark.integration
 def test_cli_input_size_error_is_one_line() -> None:
     result = run_summary("--config", str(CONFIGS / "smoke.yaml"), "data.image_size=64")
     assert result.returncode == 2 and result.stdout == ""
@@ -124,6 +131,7 @@ def test_cli_input_size_error_is_one_line() -> None:
      "floor((1 - 2 + 2*0)/2) + 1 = 0); it accepts 3-channel square images of at least 4x4"),
     (["model.nam=lenet"], "unknown config key 'model.nam'"),
 ])
+@pytest.mark.unit
 def test_main_reports_user_errors(overrides: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert summary.main(overrides) == 2
     out, err = capsys.readouterr()
@@ -132,6 +140,7 @@ def test_main_reports_user_errors(overrides: list[str], message: str, capsys: py
     assert line.startswith(f"cifarlab: error: {message}")
 
 
+@pytest.mark.unit
 def test_main_other_sizes_and_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary.main(["data.name=fake", "data.image_size=33"]) == 0  # lenet's other accepted size
     rows = table_rows(capsys.readouterr().out)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from cifarlab.config import DataConfig
-from cifarlab.data import SeededTransform, build_datasets, build_loaders, build_transform
+from cifarlab.data import build_data
+from cifarlab.image_data import SeededTransform, build_transform
 from cifarlab.tensor_data import augment, cutout
 from conftest import assert_sharded_counted_and_resumable
 
@@ -26,34 +28,36 @@ def _folder(root: Path, per_class: int = 4) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
     config = DataConfig(name="imagefolder", root=str(root), loader="tensor", augment="none")
-    first = build_datasets(config, seed=0)
+    first = build_data(config, seed=0)
     cache = sorted((root / ".cifarlab-cache").glob("*.safetensors"))
     assert [p.name.split("-")[0] for p in cache] == ["test", "train"]
     stamps = [p.stat().st_mtime_ns for p in cache]
-    again = build_datasets(config, seed=0)
+    again = build_data(config, seed=0)
     assert [p.stat().st_mtime_ns for p in cache] == stamps  # read back, not decoded again
     assert torch.equal(first.train.images, again.train.images)
 
     changed = root / "train" / "cat" / "0.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(changed)
     os.utime(changed, ns=(1, 1))
-    third = build_datasets(config, seed=0)
+    third = build_data(config, seed=0)
     train_cache = list((root / ".cifarlab-cache").glob("train-*.safetensors"))
     assert len(train_cache) == 1 and train_cache[0] not in cache  # the stale one is gone
     assert torch.equal(third.train.images[0], torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
 
 
+@pytest.mark.unit
 def test_tensor_and_torchvision_paths_see_the_same_images(tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
     base = DataConfig(name="imagefolder", root=str(root), augment="none", num_workers=0, train_size=7, test_size=5,
                       loader="torchvision")
-    plain = build_datasets(base, seed=0)
-    tensor = build_datasets(DataConfig(**{**base.__dict__, "loader": "tensor"}), seed=0)
-    _, plain_test = build_loaders(plain, batch_size=4, eval_batch_size=4)
-    _, tensor_test = build_loaders(tensor, batch_size=4, eval_batch_size=4)
+    plain = build_data(base, seed=0)
+    tensor = build_data(DataConfig(**{**base.__dict__, "loader": "tensor"}), seed=0)
+    _, plain_test = plain.loaders(batch_size=4, eval_batch_size=4)
+    _, tensor_test = tensor.loaders(batch_size=4, eval_batch_size=4)
     for batch_a, batch_b in zip(plain_test, tensor_test, strict=True):
         images_a, labels_a = plain.to_model(batch_a, train=False)
         images_b, labels_b = tensor.to_model(batch_b, train=False)
@@ -83,6 +87,7 @@ def _positions(images: torch.Tensor) -> list[tuple[int, int]]:
     return [(int(i) // 32, int(i) % 32) for i in flat]
 
 
+@pytest.mark.unit
 def test_batched_augmentation_matches_torchvision_statistically() -> None:
     count = 6000
     pixels = torch.zeros(3, 32, 32, dtype=torch.uint8)
@@ -105,6 +110,7 @@ def test_batched_augmentation_matches_torchvision_statistically() -> None:
         assert 0.46 < sum(col > 16 for _, col in positions) / count < 0.54  # flip rate 1/2
 
 
+@pytest.mark.unit
 def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     indices = torch.arange(100, 110)
@@ -116,6 +122,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
     assert torch.equal(augment(images, indices, seed=1, epoch=2, mode="none"), images)
 
 
+@pytest.mark.integration
 def test_tensor_loader_keeps_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
     assert_sharded_counted_and_resumable(tmp_path, "data.loader=tensor", "data.test_size=37", "train.eval_batch_size=8",
                                          "checkpoint.keep_last=100")
@@ -129,6 +136,7 @@ def _holes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return zero.sum(dim=(1, 2)), centre
 
 
+@pytest.mark.unit
 def test_cutout_matches_the_torchvision_path_statistically() -> None:
     count, size = 4000, 8
     config = DataConfig(augment="none", cutout=size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])

@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
-from conftest import CONFIGS, assert_same_weights, check, crashed_copy, error_lines, metrics, run_cli, run_python, smoke
+from conftest import (CONFIGS, assert_same_weights, check, crashed_copy, error_lines, metrics, per_class, run_cli,
+                      run_python, smoke)
 from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
+
+pytestmark = pytest.mark.integration
 
 
 def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path) -> None:
@@ -31,9 +34,9 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     assert json.loads((run_dir / "checkpoints" / "step_00000016" / "trainer_state.json").read_text())["epoch"] == 2
 
     records = metrics(run_dir)
-    assert [(m["epoch"], m["global_step"], m["test_images"]) for m in records] == [(1, 8, 100), (2, 16, 100)]
-    assert set(records[-1]["per_class_accuracy"]) == set(CIFAR10_CLASSES)
-    assert all(m["train_images_per_s"] > 0 for m in records)
+    assert [(m["train/epoch"], m["step"], m["test/images"]) for m in records] == [(1, 8, 100), (2, 16, 100)]
+    assert set(per_class(records[-1])) == set(CIFAR10_CLASSES)
+    assert all(m["train/epoch_images_per_s"] > 0 for m in records)
 
     # The offline W&B run holds the same numbers, per class, at increasing steps.
     (run_file,) = find_run_files(run_dir / "wandb")
@@ -41,10 +44,10 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     evals = [row for row in rows if "test/acc" in row]
     assert [row["_step"] for row in evals] == [8, 16]
     for row, record in zip(evals, records):
-        assert row["test/acc"] == pytest.approx(record["accuracy"])
-        assert row["test/loss"] == pytest.approx(record["test_loss"])
+        assert row["test/acc"] == pytest.approx(record["test/acc"])
+        assert row["test/loss"] == pytest.approx(record["test/loss"])
         for name in CIFAR10_CLASSES:
-            assert row[f"test/acc/{name}"] == pytest.approx(record["per_class_accuracy"][name])
+            assert row[f"test/acc/{name}"] == pytest.approx(per_class(record)[name])
     train_rows = [row for row in rows if "train/loss" in row]
     assert [row["_step"] for row in train_rows] == [4, 8, 12, 16]
     assert all({"train/lr", "train/images_per_s", "train/epoch"} <= row.keys() for row in train_rows)
@@ -64,8 +67,8 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
         assert media[key][1]["_type"] == "image-file"
         assert (run_file.parent / "files" / media[key][1]["path"]).is_file()
     summary = read_summary(run_file)
-    best = max(records, key=lambda r: r["accuracy"])
-    assert (summary["best/accuracy"], summary["best/epoch"]) == (pytest.approx(best["accuracy"]), best["epoch"])
+    best = max(records, key=lambda r: r["test/acc"])
+    assert (summary["best/accuracy"], summary["best/epoch"]) == (pytest.approx(best["test/acc"]), best["train/epoch"])
     assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch"}
 
 
@@ -77,10 +80,10 @@ def test_two_processes_match_one_and_count_every_test_image(tmp_path: Path) -> N
     assert "1 process(es)" in one.stdout and "2 process(es)" in two.stdout
     assert two.stdout.count("test accuracy") == one.stdout.count("test accuracy")  # main process prints only
     for name in ("one", "two"):
-        assert [m["test_images"] for m in metrics(tmp_path / "runs" / name)] == [37, 37]
+        assert [m["test/images"] for m in metrics(tmp_path / "runs" / name)] == [37, 37]
     assert_same_weights(tmp_path / "runs" / "one" / "model.safetensors",
                          tmp_path / "runs" / "two" / "model.safetensors", atol=1e-6)
-    accuracies = [[m["accuracy"] for m in metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
+    accuracies = [[m["test/acc"] for m in metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
     assert accuracies[0] == accuracies[1]
 
 
@@ -101,8 +104,10 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> No
     check(run_python(smoke(tmp_path, "crashed", keep_all, "train.resume=auto"), tmp_path))
     assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
     # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
-    exact = ("epoch", "global_step", "test_images", "accuracy", "per_class_accuracy", "test_loss")
-    assert [[m[k] for k in exact] for m in metrics(crashed)] == [[m[k] for k in exact] for m in metrics(full)]
+    def exact(run_dir: Path) -> list[dict]:  # every evaluation value (the epoch's loss and speed cover fewer batches)
+        return [{k: v for k, v in m.items() if k.startswith("test/") or k in ("step", "train/epoch")}
+                for m in metrics(run_dir)]
+    assert exact(crashed) == exact(full)
 
 
 def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
@@ -143,7 +148,7 @@ def test_training_reduces_the_loss(tmp_path: Path) -> None:
     check(run_python(smoke(tmp_path, "overfit", "data.train_size=32", "data.test_size=10", "data.augment=none",
                            "train.epochs=30", "train.batch_size=8", "optim.lr=0.03", "optim.warmup_epochs=0",
                            "checkpoint.every_n_steps=null"), tmp_path))
-    losses = [m["train_loss"] for m in metrics(tmp_path / "runs" / "overfit")]
+    losses = [m["train/epoch_loss"] for m in metrics(tmp_path / "runs" / "overfit")]
     assert losses[0] > 2.0
     assert losses[-1] < 0.1
 
@@ -166,6 +171,6 @@ def test_default_preset_learns_cifar10_in_one_epoch(tmp_path: Path, cifar10_jpeg
                    "train.epochs=1", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=real",
                    "logging.wandb.mode=disabled"], tmp_path, timeout=600))
     (record,) = metrics(tmp_path / "runs" / "real")
-    assert record["test_images"] == 10_000
-    assert record["accuracy"] > 0.35
+    assert record["test/images"] == 10_000
+    assert record["test/acc"] > 0.35
     assert yaml.safe_load((tmp_path / "runs" / "real" / "config.yaml").read_text())["data"]["name"] == "imagefolder"

@@ -1,0 +1,118 @@
+"""The per-image data path (``data.loader=torchvision``): decode and augment each image with torchvision
+transforms in DataLoader workers, each sample under its own seeded generator."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from cifarlab.config import DataConfig
+from cifarlab.data import Batch, DataPath, check_same_classes, open_source, split_size, spread, subset_indices
+
+
+class SeededTransform(Dataset):
+    """Applies ``transform`` to ``base[index]`` under an RNG seeded by (seed, epoch, index).
+
+    torchvision's random transforms draw from torch's global generator, so the draw is
+    wrapped in ``fork_rng``: the caller's generator state is left untouched.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor], seed: int, random: bool) -> None:
+        self.base = base
+        self.transform = transform
+        self.seed = seed
+        self.random = random
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # Set before each epoch's iterator is created: workers receive a copy of this object then.
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        if not self.random:
+            return self.transform(image), int(label)
+        with torch.random.fork_rng(devices=[]):
+            # A tuple of ints hashes the same in every process (no hash randomisation for ints).
+            torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF)
+            return self.transform(image), int(label)
+
+
+class Cutout:
+    """Zero a ``size`` x ``size`` square of a normalised (C, H, W) image, centred on a uniformly drawn pixel
+    and clipped at the border (DeVries & Taylor, 2017). Draws from torch's generator, which
+    :class:`SeededTransform` seeds per sample."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        top = int(torch.randint(height, ())) - self.size // 2
+        left = int(torch.randint(width, ())) - self.size // 2
+        image = image.clone()
+        image[:, max(top, 0):max(top + self.size, 0), max(left, 0):max(left + self.size, 0)] = 0.0
+        return image
+
+
+def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> normalised tensor, with ``data.augment`` and ``data.cutout`` for training."""
+    from torchvision import transforms
+
+    steps: list[Callable[[Any], Any]] = []
+    if train and config.augment == "flip_crop":
+        steps.append(transforms.RandomCrop(32, padding=4))
+    if train and config.augment in ("flip", "flip_crop"):
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(list(config.mean), list(config.std))]
+    if train and config.cutout:
+        steps.append(Cutout(config.cutout))
+    return transforms.Compose(steps)
+
+
+def _subset(base: Dataset, size: Optional[int], key: str) -> Dataset:
+    indices = subset_indices(len(base), size, key)  # type: ignore[arg-type]
+    return base if indices is None else Subset(base, indices)
+
+
+class ImageData(DataPath):
+    """Samples are transformed one at a time in the loader's workers; batches arrive normalised."""
+
+    train: SeededTransform
+    test: SeededTransform
+
+    @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
+              device: Optional[torch.device] = None) -> "ImageData":
+        (train_base, classes), (test_base, test_classes) = open_source(config, "train"), open_source(config, "test")
+        check_same_classes(config, classes, test_classes)
+        train = SeededTransform(_subset(train_base, split_size(config, "train"), "data.train_size"),
+                                build_transform(config, True), seed, random=config.augment != "none" or bool(config.cutout))
+        test = SeededTransform(_subset(test_base, split_size(config, "test"), "data.test_size"),
+                               build_transform(config, False), seed, random=False)
+        return cls(config, seed, classes, train, test)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.train.set_epoch(epoch)
+
+    def to_model(self, batch: Any, train: bool) -> Batch:
+        return batch[0], batch[1]  # the workers augmented and normalised each image
+
+    def loader_options(self) -> dict[str, Any]:
+        return {"num_workers": self.config.num_workers, "pin_memory": torch.cuda.is_available()}
+
+    def sample(self, train: bool, count: int, augmented: bool = True) -> Batch:
+        dataset = self.train if train else self.test
+        indices = spread(len(dataset), count)
+        if train and not augmented:
+            plain = build_transform(self.config, train=False)
+            samples = [(plain(image), label) for image, label in (dataset.base[i] for i in indices)]
+        else:
+            samples = [dataset[i] for i in indices]
+        return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])

@@ -1,0 +1,177 @@
+"""One recorder for every metric of a run: a dict with one set of names, fanned out to W&B, metrics.jsonl
+and the console.
+
+Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
+
+    every logging.every_n_steps   train/loss, train/lr, train/images_per_s, train/epoch (fractional)
+    after each evaluation         test/acc, test/loss, test/images, test/acc/<class>, train/epoch_loss,
+                                  train/epoch_images_per_s, train/epoch_seconds, train/epoch
+
+metrics.jsonl holds one JSON object per record: ``step`` (the global step), ``time`` (unix seconds when it
+was recorded) and the values (NaN as null). An evaluation record is the one with ``test/acc``. Adding a
+metric means adding it to the dict where it is computed (``EvalResult.values``, ``EpochStats.values`` or
+:meth:`Recorder.train_step`); every sink takes it from there. The recorder owns the logging cadence.
+
+Collectives (the loss average across ranks) run on every rank; writing happens on the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
+
+import torch
+from accelerate import Accelerator
+
+from cifarlab import console, plots, tracking
+from cifarlab.checkpoint import TrainState
+from cifarlab.config import Config, to_dict
+from cifarlab.metrics import EvalResult
+from cifarlab.rundir import RunDir
+
+if TYPE_CHECKING:
+    from cifarlab.data import DataPath
+    from cifarlab.engine import EpochStats, Learner
+
+
+class Recorder:
+    """Receives the run's metrics and media; see the module docstring for the names."""
+
+    def __init__(self, accelerator: Accelerator, run: RunDir, config: Config, out: console.Console,
+                 steps_per_epoch: int) -> None:
+        self.accelerator = accelerator
+        self.run = run
+        self.config = config
+        self.out = out
+        self.main = accelerator.is_main_process
+        self.batch_size = config.train.batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.wandb: Any = None
+        """The live W&B run on the main process; None elsewhere and with W&B off."""
+        self._wandb_step = -1  # highest step logged to W&B: it drops anything below
+        self._window = torch.zeros((), device=accelerator.device)  # loss summed on the device: no sync per step
+        self._window_steps, self._window_start = 0, time.perf_counter()
+        self._bar: Optional[console.EpochBar] = None
+        self._previous: Optional[EvalResult] = None
+
+    # --- start ----------------------------------------------------------------------------------------
+
+    def start(self, state: TrainState, wandb_run_id: str, continuing: bool) -> None:
+        """Drop metrics.jsonl records past ``state`` (progress a stopped run lost) and start, or continue,
+        the W&B run. After a resume the run redoes the steps since its checkpoint, which W&B may already
+        have: those are not logged to it again (an exact resume recomputes the same values)."""
+        if self.main and self.run.metrics.is_file():
+            kept = [line for line in self.run.metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= state.global_step]
+            tmp = self.run.metrics.with_name(f".tmp-{self.run.metrics.name}")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, self.run.metrics)
+        if continuing and self.run.wandb_step.is_file():
+            self._wandb_step = int(self.run.wandb_step.read_text())
+        tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
+                                self.config.train.run_name or self.run.root.name, wandb_run_id,
+                                to_dict(self.config))
+        self.wandb = tracking.wandb_run(self.accelerator)
+        if self.wandb is not None:
+            self.out.log(tracking.where(self.wandb))
+
+    # --- the fan-out ----------------------------------------------------------------------------------
+
+    def record(self, values: dict[str, Any], step: int) -> None:
+        """One record: to W&B (unless it already has this step's successors) and to metrics.jsonl."""
+        self._to_wandb(values, step)
+        if self.main:
+            line = {"step": step, "time": round(time.time(), 3), **{k: _json(v) for k, v in values.items()}}
+            with open(self.run.metrics, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+
+    def _to_wandb(self, values: dict[str, Any], step: int) -> None:
+        if self.wandb is None or step < self._wandb_step:
+            return
+        self.accelerator.log(values, step=step)
+        if step > self._wandb_step:
+            self.run.wandb_step.write_text(str(step))
+        self._wandb_step = step
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def epoch_bar(self, state: TrainState, steps_per_epoch: int) -> ContextManager[Any]:
+        """The epoch's progress bar (a terminal) and a fresh window for the running loss."""
+        self._window.zero_()
+        self._window_steps, self._window_start = 0, time.perf_counter()
+        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self.config.train.epochs}", steps_per_epoch,
+                                       state.step_in_epoch)
+        return self._bar
+
+    def train_step(self, state: TrainState, loss: torch.Tensor, lr: float) -> None:
+        """After each training batch; records every ``logging.every_n_steps`` steps (all ranks)."""
+        self._window += loss
+        self._window_steps += 1
+        if self._bar is not None:
+            self._bar.update(state.step_in_epoch)
+        if state.global_step % self.config.logging.every_n_steps:
+            return
+        mean_loss = self.accelerator.reduce(self._window, reduction="mean").item() / self._window_steps
+        images_per_s = self._window_steps * self.batch_size / (time.perf_counter() - self._window_start)
+        self.record({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
+                     "train/epoch": state.epoch + state.step_in_epoch / self.steps_per_epoch}, state.global_step)
+        stats = f"loss {mean_loss:.4f} lr {lr:.5f} {images_per_s:,.0f} images/s"
+        self.out.progress_line(f"epoch {state.epoch + 1} step {state.step_in_epoch}/{self.steps_per_epoch} {stats}")
+        if self._bar is not None:
+            self._bar.update(state.step_in_epoch, stats)
+        self._window.zero_()
+        self._window_steps, self._window_start = 0, time.perf_counter()
+
+    def evaluation(self, state: TrainState, result: EvalResult, stats: EpochStats) -> None:
+        """After each epoch's evaluation (``state`` already past the epoch)."""
+        self.record({"train/epoch": float(state.epoch), **result.values(), **stats.values()}, state.global_step)
+        epochs = self.config.train.epochs
+        self.out.eval_table(f"epoch {state.epoch}/{epochs}: test accuracy {100 * result.accuracy:.2f} % "
+                            f"({result.count} images), loss {result.loss:.4f}", result, self._previous)
+        self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
+                     f"{stats.seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %")
+        if self.wandb is not None:
+            self.wandb.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
+        self._previous = result
+
+    # --- pictures (W&B only) --------------------------------------------------------------------------
+
+    def training_images(self, data: DataPath, state: TrainState) -> None:
+        """A grid of training images after augmentation: what the model sees."""
+        if self.wandb is None:
+            return
+        data.set_epoch(state.epoch)
+        images, labels = data.sample(train=True, count=32)
+        grid = plots.labelled_grid(images, labels, data.classes, self.config.data.mean, self.config.data.std)
+        self._to_wandb({"media/train_images": tracking.image(
+            grid, "training images after augmentation: what the model sees")}, state.global_step)
+
+    def final_pictures(self, data: DataPath, learner: Learner, state: TrainState) -> None:
+        """Test predictions and the last evaluation's confusion matrix."""
+        if self.wandb is None or self._previous is None:
+            return
+        from cifarlab.engine import tta_logits
+
+        images, labels = data.sample(train=False, count=32)
+        model = self.accelerator.unwrap_model(learner.evaluated).eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            views = images.to(self.accelerator.device).contiguous(memory_format=learner.memory_format)
+            preds = tta_logits(model, views, self.config.train.tta).argmax(dim=1)
+        data_config, confusion, classes = self.config.data, self._previous.confusion, data.classes
+        self._to_wandb({
+            "media/test_predictions": tracking.image(
+                plots.labelled_grid(images, labels, classes, data_config.mean, data_config.std, preds=preds),
+                "test images: prediction (true class), red where wrong"),
+            "test/confusion_matrix": tracking.confusion_chart(confusion, classes),
+            "media/confusion_matrix": tracking.image(plots.confusion_image(confusion, classes),
+                                                     "rows: true class, columns: predicted"),
+        }, state.global_step)
+
+
+def _json(value: Any) -> Any:
+    """JSON has no NaN: a class absent from the test set has accuracy null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+

@@ -1,0 +1,100 @@
+"""The map of a run directory: every file and folder a run writes, named in one place.
+
+    runs/<run_name>/
+      config.yaml          the resolved config
+      classes.json         class names by label index
+      metrics.jsonl        one JSON object per logged step and per evaluation (see cifarlab.recorder)
+      model.safetensors    final weights
+      wandb/               the W&B run files
+      wandb_step           the highest step logged to W&B
+      checkpoints/         step_XXXXXXXX/ folders, best/ and `latest`
+
+A checkpoint folder holds Accelerate's files plus :data:`TRAINER_STATE`, :data:`EMA_WEIGHTS` (with
+``train.ema``) and :data:`MANIFEST`. Nothing here imports torch: the CLI's fast paths use it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+WEIGHTS = "model.safetensors"
+"""Final weights in a run directory; Accelerate's name for the model in a checkpoint folder too."""
+EMA_WEIGHTS = "ema.safetensors"
+"""The weight average (``train.ema``) in a checkpoint folder."""
+TRAINER_STATE = "trainer_state.json"
+"""The trainer's position (epoch, step, best accuracy, W&B run id) in a checkpoint folder."""
+MANIFEST = "manifest.json"
+"""Each file's size and SHA-256 in a checkpoint folder, written last."""
+STEP_PREFIX = "step_"
+LATEST = "latest"
+BEST = "best"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run. ``RunDir(Path("runs/exp1")).metrics`` etc.; creates nothing."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, output_dir: str, run_name: str) -> "RunDir":
+        return cls(Path(output_dir) / run_name)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "classes.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def wandb_step(self) -> Path:
+        return self.root / "wandb_step"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        """A text file naming the newest complete checkpoint folder."""
+        return self.checkpoints / LATEST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    def checkpoint(self, global_step: int) -> Path:
+        return self.checkpoints / f"{STEP_PREFIX}{global_step:08d}"
+
+    def step_checkpoints(self) -> list[Path]:
+        """Published step checkpoints, oldest first (temporary folders and best/ are not listed)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir()
+                 if p.is_dir() and p.name.startswith(STEP_PREFIX) and p.name[len(STEP_PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def holds_a_run(self) -> bool:
+        """Whether a run has saved anything here that a new run would overwrite."""
+        return bool(self.step_checkpoints()) or self.weights.exists()
+
+
+def of_checkpoint(folder: Path) -> Optional[RunDir]:
+    """The run a checkpoint folder (``<run>/checkpoints/<name>``) belongs to; None for any other folder."""
+    return RunDir(folder.parent.parent) if folder.parent.name == "checkpoints" else None

@@ -1,0 +1,83 @@
+"""Checkpoints in-process: sealed with a manifest, damage detected, retention, best/ as hard links, and
+everything restored on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from cifarlab.checkpoint import Checkpointer, TrainState, problem, resumable_checkpoint
+from cifarlab.config import CheckpointConfig
+from cifarlab.rundir import RunDir
+
+pytestmark = pytest.mark.unit
+
+
+def checkpointer(tmp_path: Path, keep_last: int = 2, protect: Path | None = None) -> tuple[Checkpointer, torch.nn.Module]:
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    average = torch.nn.Linear(3, 2)
+    config = CheckpointConfig(every_n_steps=2, keep_last=keep_last)
+    return Checkpointer(accelerator, RunDir(tmp_path / "run"), config, 4, {"ema": average}, protect), model
+
+
+def test_saves_are_sealed_pruned_and_restored(tmp_path: Path) -> None:
+    saver, model = checkpointer(tmp_path)
+    run, state = saver.run, TrainState(wandb_run_id="abc")
+    for step in range(1, 9):
+        state.global_step, state.step_in_epoch = step, (step - 1) % 4 + 1
+        saver.after_step(state)  # every 2 steps, but not the epoch's last batch
+        if state.step_in_epoch == 4:
+            state.end_epoch(accuracy=0.5 if step == 4 else 0.4)  # epoch 1 stays the best
+            saver.after_epoch(state)
+    assert [p.name for p in run.step_checkpoints()] == ["step_00000006", "step_00000008"]  # keep_last=2
+    assert run.latest.read_text() == "step_00000008"
+    assert all(problem(p) is None for p in [*run.step_checkpoints(), run.best])
+    best_state = (run.best / "trainer_state.json").read_text()
+    assert '"global_step": 4' in best_state and '"best_epoch": 1' in best_state
+    assert saver.ensure_saved(state) == run.checkpoint(8)  # no second save of the same step
+
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    restored = saver.load(run.checkpoint(8))
+    assert (restored.global_step, restored.epoch, restored.wandb_run_id) == (8, 2, "abc")
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_damage_is_detected_and_auto_falls_back(tmp_path: Path) -> None:
+    saver, _ = checkpointer(tmp_path, keep_last=3)
+    run, state = saver.run, TrainState()
+    for step in (2, 4, 6):
+        state.global_step = step
+        saver.save(state)
+    optimizer = run.checkpoint(6) / "optimizer.bin"
+    size = optimizer.stat().st_size
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    assert problem(run.checkpoint(6)) == f"optimizer.bin has 100 bytes, expected {size}"
+    warnings: list[str] = []
+    assert resumable_checkpoint(run, warnings.append) == run.checkpoint(4)
+    assert warnings == [f"checkpoint {run.checkpoint(6)} is damaged (optimizer.bin has 100 bytes, expected {size}); "
+                        f"falling back to an older one"]
+    (run.checkpoint(4) / "manifest.json").unlink()
+    assert problem(run.checkpoint(4)) == "no manifest.json"
+    (run.checkpoint(2) / "ema.safetensors").write_bytes(b"x" * (run.checkpoint(2) / "ema.safetensors").stat().st_size)
+    assert problem(run.checkpoint(2)) == "ema.safetensors does not match its checksum"
+    assert resumable_checkpoint(run, warnings.append) is None
+
+
+def test_the_checkpoint_resumed_from_is_never_pruned(tmp_path: Path) -> None:
+    saver, _ = checkpointer(tmp_path, keep_last=1)
+    state = TrainState(global_step=2)
+    saver.save(state)
+    saver.protect = saver.run.checkpoint(2)
+    for step in (4, 6):
+        state.global_step = step
+        saver.save(state)
+    assert [p.name for p in saver.run.step_checkpoints()] == ["step_00000002", "step_00000006"]

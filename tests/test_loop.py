@@ -1,0 +1,113 @@
+"""The training loop in-process: one epoch with the real recorder, checkpointer and stop request on a tiny
+model and fake data; and a whole run through ``cifarlab.loop.train``, as a notebook would call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarlab import engine, loop
+from cifarlab.checkpoint import Checkpointer, TrainState, problem
+from cifarlab.config import Config, load_config
+from cifarlab.console import Console
+from cifarlab.data import DataPath, build_data
+from cifarlab.errors import Preempted, UsageError
+from cifarlab.models import build_model
+from cifarlab.preemption import StopRequest
+from cifarlab.recorder import Recorder
+from cifarlab.rundir import RunDir
+from conftest import CONFIGS, records
+
+pytestmark = pytest.mark.unit
+
+# 64 images in global batches of 16: 4 steps per epoch; logged and checkpointed every 2 steps.
+TINY = ("data.train_size=64", "data.test_size=20", "data.loader=tensor", "train.batch_size=16",
+        "train.eval_batch_size=10", "logging.every_n_steps=2", "checkpoint.every_n_steps=2", "train.ema=0.9",
+        "logging.wandb.mode=disabled", "logging.level=warning")
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    return load_config(str(CONFIGS / "smoke.yaml"), [*TINY, f"train.output_dir={tmp_path}", "train.run_name=tiny",
+                                                    *overrides])
+
+
+def parts(config: Config) -> tuple[engine.Learner, DataPath, Recorder, Checkpointer, RunDir]:
+    accelerator = engine.build_accelerator(config)
+    data = build_data(config.data, config.train.seed, device=accelerator.device)
+    steps = data.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
+    model = build_model(config.model, len(data.classes))
+    ema = engine.build_ema(model, 0.9, accelerator.device)
+    optimizer = engine.build_optimizer(config.optim, model)
+    scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    learner = engine.Learner(accelerator, model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), ema)
+    run = RunDir(Path(config.train.output_dir) / "tiny")
+    run.root.mkdir(parents=True)
+    recorder = Recorder(accelerator, run, config, Console(True, quiet=True), steps)
+    return learner, data, recorder, Checkpointer(accelerator, run, config.checkpoint, steps, {"ema": ema}), run
+
+
+def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> None:
+    learner, data, recorder, checkpointer, run = parts(tiny_config(tmp_path))
+    state = TrainState()
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest(learner.accelerator, lambda message: None) as stop:
+        stats = engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+        assert (state.epoch, state.step_in_epoch, state.global_step) == (0, 4, 4)
+        assert stats.batches == 4 and 2.0 < stats.loss < 2.6 and stats.images_per_s > 0
+        # The recorder logged every 2 steps; the checkpointer saved step 2 (step 4 is the epoch end's to save).
+        logged = records(run.root)
+        assert [r["step"] for r in logged] == [2, 4]
+        assert [r["train/epoch"] for r in logged] == [0.5, 1.0]
+        assert all({"train/loss", "train/lr", "train/images_per_s", "time"} <= r.keys() for r in logged)
+        assert [p.name for p in run.step_checkpoints()] == ["step_00000002"]
+
+        state.end_epoch(0.5)
+        checkpointer.after_epoch(state)
+        assert run.latest.read_text() == "step_00000004" and problem(run.best) is None
+        # A stop signal mid-epoch: the next step is checkpointed, then Preempted.
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Preempted):
+            engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+    assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 1, 5)
+    assert problem(run.checkpoint(5)) is None and run.latest.read_text() == "step_00000005"
+    assert json.loads((run.checkpoint(5) / "trainer_state.json").read_text())["step_in_epoch"] == 1
+
+    # Resumed from step 5 in a fresh set of parts, the rest of the epoch gives the uninterrupted run's weights.
+    resumed, data2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
+    state2 = checkpointer2.load(run.checkpoint(5))
+    with StopRequest(resumed.accelerator, lambda message: None) as stop:
+        engine.train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop)
+        engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+    assert state2.global_step == state.global_step == 8
+    for a, b in zip(resumed.model.state_dict().values(), learner.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_evaluate_counts_every_test_image_once(tmp_path: Path) -> None:
+    learner, data, *_ = parts(tiny_config(tmp_path, "data.test_size=23", "train.eval_batch_size=5"))
+    result = engine.evaluate(learner.evaluated, data.test_batches(), learner.accelerator, data.classes, "flip")
+    assert result.count == 23 == sum(result.per_class_count.values())
+    assert 0.0 <= result.accuracy <= 1.0 and result.loss > 0
+
+
+def test_train_in_process_writes_the_run_and_restores_signal_handlers(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "train.epochs=3", "optim.lr=0.05", "data.augment=none", "train.ema=null")
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
+    run_dir = loop.train(config, preset=str(CONFIGS / "smoke.yaml"))
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+    run = RunDir(run_dir)
+    assert run.weights.is_file() and run.config.is_file() and json.loads(run.classes.read_text())[3] == "cat"
+    evaluations = [r for r in records(run_dir) if "test/acc" in r]
+    assert [(r["step"], r["train/epoch"], r["test/images"]) for r in evaluations] == [(4, 1.0, 20), (8, 2.0, 20),
+                                                                                     (12, 3.0, 20)]
+    losses = [r["train/epoch_loss"] for r in evaluations]
+    assert losses[-1] < losses[0]  # it learns (the same 64 images each epoch)
+    with pytest.raises(UsageError, match="already holds a run"):
+        loop.train(config)
