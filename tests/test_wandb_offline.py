@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import wandb
 
-from wandb_offline import find_run_files, read_config, read_history, read_run_id
+from wandb_offline import find_run_files, read_config, read_history, read_run_id, wait_for_exit
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
@@ -25,12 +27,16 @@ def test_round_trip_and_offline_resume(tmp_path: Path) -> None:
         run.log({"train/loss": 1.0 / (step + 1), "test/acc/cat": step / 10}, step=step)
     run.log({"img": wandb.Image(np.zeros((4, 4, 3), dtype=np.uint8))}, step=3)
     run.finish()
+    # wandb-core writes an offline run's records when it closes the run, which it does
+    # after run.finish() has returned: wait for the file's exit record before reading it.
+    wait_for_exit(Path(run.settings.sync_file))
 
     # An offline resume never merges into the old file: it writes a new run
     # folder (same id; "-1" suffix if started within the same second).
     run = wandb.init(mode="offline", dir=tmp_path, project="x", id="rt1", resume="allow")
     run.log({"train/loss": 0.05}, step=10)
     run.finish()
+    wait_for_exit(Path(run.settings.sync_file))
 
     first, second = find_run_files(tmp_path)
     assert first.parent != second.parent
