@@ -148,7 +148,7 @@ class TrainConfig:
         _require(self.cpu_threads is None or self.cpu_threads >= 1,
                  f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (all cores)")
         _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
-        _require(self.run_name is None or (self.run_name and "/" not in self.run_name),
+        _require(self.run_name is None or (self.run_name != "" and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 
 
@@ -277,7 +277,7 @@ def _one_line(error: OmegaConfBaseException) -> str:
     reason = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
     key = getattr(error, "full_key", None)
     if "not in" in reason and key:
-        section, _, leaf = str(key).rpartition(".")
+        section = str(key).rpartition(".")[0]
         allowed = _allowed_keys(section)
         return f"unknown config key '{key}'" + (f"; keys in '{section or 'top level'}': {', '.join(allowed)}" if allowed else "")
     return f"{key}: {reason}" if key else reason
@@ -289,7 +289,7 @@ def _allowed_keys(section: str) -> list[str]:
         fields = {f.name: f for f in dataclasses.fields(node)}
         if part not in fields:
             return []
-        node = fields[part].default_factory  # type: ignore[assignment]
+        node = fields[part].default_factory
         node = type(node()) if callable(node) else node
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 

@@ -45,7 +45,7 @@ class Console:
         if self._warnings:
             print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
 
-    def epoch_bar(self, title: str, total: int, done: int) -> "EpochBar":
+    def epoch_bar(self, title: str, total: int, done: int) -> EpochBar:
         return EpochBar(self._rich if self.interactive else None, title, total, done)
 
     def eval_table(self, title: str, result: EvalResult, previous: Optional[EvalResult] = None) -> None:
@@ -89,7 +89,7 @@ class EpochBar:
                                       TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console)
             self._task = self._progress.add_task(title, total=total, completed=done, stats="")
 
-    def __enter__(self) -> "EpochBar":
+    def __enter__(self) -> EpochBar:
         if self._progress is not None:
             self._progress.start()
         return self
@@ -100,8 +100,10 @@ class EpochBar:
 
     def update(self, done: int, stats: Optional[str] = None) -> None:
         if self._progress is not None:
-            fields = {"stats": stats} if stats is not None else {}
-            self._progress.update(self._task, completed=done, **fields)
+            if stats is None:
+                self._progress.update(self._task, completed=done)
+            else:
+                self._progress.update(self._task, completed=done, stats=stats)
 
 
 def _percent(fraction: float) -> str:

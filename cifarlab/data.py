@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -93,8 +94,8 @@ class DataPath(ABC):
         """
         train = None
         if batch_size is not None:
-            if len(self.train) < batch_size:  # type: ignore[arg-type]
-                raise UsageError(f"train.batch_size={batch_size} exceeds the {len(self.train)} training images; "  # type: ignore[arg-type]
+            if size(self.train) < batch_size:
+                raise UsageError(f"train.batch_size={batch_size} exceeds the {size(self.train)} training images; "
                                  f"lower train.batch_size or raise data.train_size")
             train = DataLoader(self.train, batch_size=batch_size, shuffle=True, drop_last=True, **self.loader_options())
         test = DataLoader(self.test, batch_size=eval_batch_size, shuffle=False, drop_last=False,
@@ -124,6 +125,11 @@ class DataPath(ABC):
         assert self._test_loader is not None, "prepare() first"
         for batch in self._test_loader:
             yield self.to_model(batch, train=False)
+
+
+def size(dataset: Dataset) -> int:
+    """``len(dataset)``: torch's Dataset type declares no ``__len__``, though every map-style dataset has one."""
+    return len(dataset)  # type: ignore[arg-type]
 
 
 def spread(total: int, count: int) -> list[int]:
@@ -217,7 +223,8 @@ def check_same_classes(config: DataConfig, train: Sequence[str], test: Sequence[
                          f"{list(test)}; both splits need the same class folders")
 
 
-def build_data(config: DataConfig, seed: int, main_process_first: Optional[ContextManager[Any]] = None,
+def build_data(config: DataConfig, seed: int,
+               main_process_first: Optional[contextlib.AbstractContextManager[Any]] = None,
                warn: Callable[[str], None] = lambda message: None,
                device: Optional[torch.device] = None) -> DataPath:
     """Both splits on the path ``data.loader`` names. ``main_process_first`` lets rank 0 download (and, for

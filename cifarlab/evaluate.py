@@ -2,7 +2,7 @@
 
     python -m cifarlab.evaluate --checkpoint runs/exp1                          # the run's final weights
     python -m cifarlab.evaluate --checkpoint runs/exp1/checkpoints/best --png confusion.png
-    accelerate launch --multi_gpu --num_processes 2 -m cifarlab.evaluate --checkpoint runs/exp1 data.root=/data/cifar10-jpeg
+    accelerate launch --multi_gpu --num_processes 2 -m cifarlab.evaluate --checkpoint runs/exp1 data.root=/data/c10
 
 The run's config.yaml (next to the checkpoint) says which data and model; --config replaces it and
 key=value overrides adjust it (e.g. data.root). Weights are read with safetensors only. Every test
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from cifarlab import console, data, engine, loading, models, plots
 from cifarlab.errors import UsageError

@@ -3,13 +3,14 @@ transforms in DataLoader workers, each sample under its own seeded generator."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import Dataset, Subset
 
 from cifarlab.config import DataConfig
-from cifarlab.data import Batch, DataPath, check_same_classes, open_source, split_size, spread, subset_indices
+from cifarlab.data import Batch, DataPath, check_same_classes, open_source, size, split_size, spread, subset_indices
 
 
 class SeededTransform(Dataset):
@@ -31,7 +32,7 @@ class SeededTransform(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return size(self.base)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[index]
@@ -75,8 +76,8 @@ def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Te
     return transforms.Compose(steps)
 
 
-def _subset(base: Dataset, size: Optional[int], key: str) -> Dataset:
-    indices = subset_indices(len(base), size, key)  # type: ignore[arg-type]
+def _subset(base: Dataset, subset_size: Optional[int], key: str) -> Dataset:
+    indices = subset_indices(size(base), subset_size, key)
     return base if indices is None else Subset(base, indices)
 
 
@@ -88,11 +89,13 @@ class ImageData(DataPath):
 
     @classmethod
     def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
-              device: Optional[torch.device] = None) -> "ImageData":
+              device: Optional[torch.device] = None) -> ImageData:
         (train_base, classes), (test_base, test_classes) = open_source(config, "train"), open_source(config, "test")
         check_same_classes(config, classes, test_classes)
+        # Random per sample with any augmentation or cutout; test images are never augmented.
+        random = config.augment != "none" or bool(config.cutout)
         train = SeededTransform(_subset(train_base, split_size(config, "train"), "data.train_size"),
-                                build_transform(config, True), seed, random=config.augment != "none" or bool(config.cutout))
+                                build_transform(config, True), seed, random=random)
         test = SeededTransform(_subset(test_base, split_size(config, "test"), "data.test_size"),
                                build_transform(config, False), seed, random=False)
         return cls(config, seed, classes, train, test)

@@ -10,9 +10,10 @@ its final ``model.safetensors`` holds), so it is loaded instead of the raw weigh
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -54,7 +55,7 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
     if models.has_whitening(model):  # fastnet's first layer is computed from the data, not trained
         models.init_whitening(model, datasets.sample(train=True, count=5000, augmented=False)[0])
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
+    model = model.to(memory_format=memory_format)
     ema = engine.build_ema(model, config.train.ema, accelerator.device) if config.train.ema else None
     steps_per_epoch = datasets.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
     optimizer = engine.build_optimizer(config.optim, model)
@@ -79,8 +80,8 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
     out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {len(datasets.train)} training and "  # type: ignore[arg-type]
-            f"{len(datasets.test)} test images")  # type: ignore[arg-type]
+            f"mixed precision {accelerator.mixed_precision}; {data.size(datasets.train)} training and "
+            f"{data.size(datasets.test)} test images")
 
     # --- resume ---
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,

@@ -29,7 +29,7 @@ class EvalResult:
 
     @classmethod
     def from_predictions(cls, preds: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
-                         classes: tuple[str, ...]) -> "EvalResult":
+                         classes: tuple[str, ...]) -> EvalResult:
         preds, labels, losses = preds.cpu(), labels.cpu(), losses.cpu().double()
         correct = preds == labels
         num = len(classes)

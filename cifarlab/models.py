@@ -105,6 +105,7 @@ class Whitening(nn.Conv2d):
     def __init__(self) -> None:
         super().__init__(3, 24, kernel_size=2, padding=0, bias=True)
         self.weight.requires_grad_(False)
+        assert self.bias is not None  # bias=True
         self.bias.requires_grad_(False)
 
 
@@ -186,6 +187,7 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) ->
     filters = (eigenvectors * signs).T / (eigenvalues.clamp(min=0) + eps).sqrt()[:, None]
     weight = torch.cat([filters, -filters])
     stem.weight.copy_(weight.reshape(24, 3, 2, 2))
+    assert stem.bias is not None  # Whitening has a bias
     stem.bias.copy_(-weight @ mean)
     return True
 

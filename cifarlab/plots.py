@@ -6,9 +6,9 @@ images unnormalised back to [0, 1], each labelled with its true and predicted cl
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from PIL import Image, ImageOps
@@ -26,8 +27,8 @@ from torch import nn
 
 from cifarlab import console, engine, loading
 from cifarlab.config import DataConfig
-from cifarlab.image_data import build_transform
 from cifarlab.errors import UsageError
+from cifarlab.image_data import build_transform
 
 
 @dataclass

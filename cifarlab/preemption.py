@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from accelerate import Accelerator
 
@@ -39,7 +40,7 @@ class StopRequest:
         self.received: Optional[str] = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self

@@ -21,7 +21,8 @@ import json
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, ContextManager, Optional
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from accelerate import Accelerator
@@ -98,7 +99,7 @@ class Recorder:
 
     # --- training -------------------------------------------------------------------------------------
 
-    def epoch_bar(self, state: TrainState, steps_per_epoch: int) -> ContextManager[Any]:
+    def epoch_bar(self, state: TrainState, steps_per_epoch: int) -> AbstractContextManager[Any]:
         """The epoch's progress bar (a terminal) and a fresh window for the running loss."""
         self._window.zero_()
         self._window_steps, self._window_start = 0, time.perf_counter()

@@ -39,7 +39,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def of(cls, output_dir: str, run_name: str) -> "RunDir":
+    def of(cls, output_dir: str, run_name: str) -> RunDir:
         return cls(Path(output_dir) / run_name)
 
     @property

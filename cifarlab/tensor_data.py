@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,17 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
-from cifarlab.data import (Batch, DataPath, check_same_classes, list_image_folder, open_source, split_size, spread,
-                           subset_indices)
+from cifarlab.data import (
+    Batch,
+    DataPath,
+    check_same_classes,
+    list_image_folder,
+    open_source,
+    size,
+    split_size,
+    spread,
+    subset_indices,
+)
 
 _CACHE_DIR = ".cifarlab-cache"
 _PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
@@ -62,8 +72,9 @@ class TensorData(DataPath):
 
     @classmethod
     def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
-              device: Optional[torch.device] = None) -> "TensorData":
-        (train, classes), (test, test_classes) = (_in_memory(config, split, warn, device) for split in ("train", "test"))
+              device: Optional[torch.device] = None) -> TensorData:
+        train, classes = _in_memory(config, "train", warn, device)
+        test, test_classes = _in_memory(config, "test", warn, device)
         check_same_classes(config, classes, test_classes)
         return cls(config, seed, classes, train, test)
 
@@ -123,21 +134,23 @@ def _fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str
     return digest.hexdigest()[:16], classes
 
 
-def _decode(base: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, H, W), labels) of a dataset of PIL images, or of torchvision's CIFAR."""
     import numpy as np
 
     data = getattr(base, "data", None)
     if isinstance(data, np.ndarray) and data.ndim == 4:  # torchvision's CIFAR: decoded already, (N, 32, 32, 3)
-        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)  # type: ignore[attr-defined]
+        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)
     images, labels = [], []
-    for index in range(len(base)):  # type: ignore[arg-type]
+    for index in range(size(base)):
         image, label = base[index]
         images.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
         labels.append(label)
     return torch.stack(images), torch.tensor(labels)
 
 
-def load_tensors(config: DataConfig, split: str, warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_tensors(config: DataConfig, split: str,
+                 warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decoded (images, labels, class names) of ``split``: from the cache under ``data.root`` when it is current."""
     found = _fingerprint(config, split)
     cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None

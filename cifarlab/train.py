@@ -2,7 +2,7 @@
 
     accelerate launch -m cifarlab.train                                      # default preset, CIFAR-10
     accelerate launch -m cifarlab.train --config configs/smoke.yaml          # fake data, seconds on a CPU
-    accelerate launch -m cifarlab.train --config configs/tutorial.yaml data.name=imagefolder data.root=/data/cifar10-jpeg
+    accelerate launch -m cifarlab.train --config configs/tutorial.yaml data.name=imagefolder data.root=/data/c10
     accelerate launch --multi_gpu --num_processes 2 -m cifarlab.train --config configs/smoke.yaml
     accelerate launch -m cifarlab.train train.run_name=exp1 train.resume=auto   # continue a run
     python -m cifarlab.train --config configs/resnet18.yaml --print-config    # resolved config, then exit
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from cifarlab import console
 from cifarlab.config import load_config, to_yaml

@@ -22,7 +22,7 @@ import functools
 import accelerate
 import accelerate.optimizer
 from accelerate import Accelerator
-from torch.optim import Optimizer
+from accelerate.optimizer import AcceleratedOptimizer
 
 TESTED = ("1.15",)
 """Accelerate major.minor versions whose AcceleratedOptimizer.step and zero_grad these were checked against."""
@@ -43,10 +43,10 @@ def apply() -> None:
         accelerate.optimizer.is_lomo_available = functools.lru_cache(maxsize=None)(check)
 
 
-def zero_grad(optimizer: Optimizer, accelerator: Accelerator) -> None:
+def zero_grad(optimizer: AcceleratedOptimizer, accelerator: Accelerator) -> None:
     """``optimizer.zero_grad()`` for a prepared (Accelerate-wrapped) optimizer, less its per-call signature
     inspection (2. above)."""
     if not ACTIVE:
         optimizer.zero_grad()
     elif accelerator.sync_gradients:
-        optimizer.optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        optimizer.optimizer.zero_grad(set_to_none=True)

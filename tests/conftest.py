@@ -8,11 +8,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import sys
 import tarfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -64,7 +64,8 @@ def smoke(tmp_path: Path, run_name: str, *overrides: str) -> list[str]:
 
 
 def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n"
+                                    f"stderr:\n{result.stderr[-3000:]}")
     return result
 
 

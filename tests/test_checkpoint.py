@@ -16,7 +16,8 @@ from cifarlab.rundir import RunDir
 pytestmark = pytest.mark.unit
 
 
-def checkpointer(tmp_path: Path, keep_last: int = 2, protect: Path | None = None) -> tuple[Checkpointer, torch.nn.Module]:
+def checkpointer(tmp_path: Path, keep_last: int = 2,
+                 protect: Path | None = None) -> tuple[Checkpointer, torch.nn.Module]:
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

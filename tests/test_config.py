@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONFIGS, error_lines, run_python
 
 from cifarlab.config import Config, ConfigError, field_docs, load_config, reference_markdown, to_dict, to_yaml
-from conftest import CONFIGS, error_lines, run_python
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +69,8 @@ def test_presets_load_and_start_with_their_launch_command(preset: Path) -> None:
 def test_tutorial_preset_is_the_tutorial_recipe() -> None:
     config = load_config(str(CONFIGS / "tutorial.yaml"))
     assert (config.model.name, config.train.batch_size, config.train.epochs) == ("lenet", 4, 2)
-    assert (config.optim.lr, config.optim.momentum, config.optim.nesterov, config.optim.weight_decay) == (1e-3, 0.9, False, 0.0)
+    optim = config.optim
+    assert (optim.lr, optim.momentum, optim.nesterov, optim.weight_decay) == (1e-3, 0.9, False, 0.0)
     assert (config.optim.schedule, config.optim.label_smoothing, config.data.augment) == ("none", 0.0, "none")
     assert config.data.mean == config.data.std == [0.5, 0.5, 0.5]
 

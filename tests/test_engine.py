@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def test_schedules() -> None:
     warm = _lrs(OptimConfig(lr=0.1, schedule="cosine", warmup_epochs=1))
     assert warm[0] == pytest.approx(0.01) and warm[9] == pytest.approx(0.1)
     assert warm[10] == pytest.approx(0.1) and warm[-1] < 0.001
-    assert all(a >= b for a, b in zip(warm[10:], warm[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(warm[10:]))
     cycle = _lrs(OptimConfig(lr=0.1, schedule="onecycle"))
     assert max(cycle) == pytest.approx(0.1) and cycle.index(max(cycle)) == 9  # rises over the first 25 %
     assert cycle[0] < 0.01 and cycle[-1] < 1e-4

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import check, error_lines, metrics, run_cli, run_python, smoke
+from PIL import Image
 
 pytestmark = pytest.mark.integration
 

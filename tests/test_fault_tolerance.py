@@ -10,11 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import (
+    KILL_IN_SAVE,
+    Background,
+    assert_same_weights,
+    check,
+    crashed_copy,
+    error_lines,
+    launch_command,
+    metrics,
+    per_class,
+    run_python,
+    smoke,
+)
+from wandb_offline import find_run_files, read_history, read_run_id
 
 from cifarlab.checkpoint import problem
-from conftest import (KILL_IN_SAVE, Background, assert_same_weights, check, crashed_copy, error_lines, launch_command, metrics,
-                      per_class, run_python, smoke)
-from wandb_offline import find_run_files, read_history, read_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +122,7 @@ def test_damaged_checkpoints_are_detected(tmp_path: Path, uninterrupted: Path) -
 
     # auto says so in one line and falls back to the newest intact checkpoint, losing nothing else.
     fallback = check(run_python(smoke(tmp_path, "damaged", *SMALL, "train.resume=auto"), tmp_path))
-    warnings = [l for l in fallback.stderr.splitlines() if l.startswith("cifarlab: warning:")]
+    warnings = [line for line in fallback.stderr.splitlines() if line.startswith("cifarlab: warning:")]
     assert warnings == [f"cifarlab: warning: checkpoint {last} is damaged (optimizer.bin has 100 bytes, expected "
                         f"{(uninterrupted / 'checkpoints/step_00000032/optimizer.bin').stat().st_size}); "
                         f"falling back to an older one"]

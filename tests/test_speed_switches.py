@@ -4,15 +4,22 @@ weights the run evaluated are the ones it saves and the ones evaluate loads."""
 
 from __future__ import annotations
 
-import pytest
 import re
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import (
+    CONFIGS,
+    assert_same_weights,
+    assert_sharded_counted_and_resumable,
+    check,
+    metrics,
+    run_cli,
+    run_python,
+    smoke,
+)
 from safetensors.torch import load_file
-
-from conftest import (CONFIGS, assert_same_weights, assert_sharded_counted_and_resumable, check, metrics,
-                      run_cli, run_python, smoke)
 
 pytestmark = pytest.mark.integration
 

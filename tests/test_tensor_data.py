@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_sharded_counted_and_resumable
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -15,7 +16,6 @@ from cifarlab.config import DataConfig
 from cifarlab.data import build_data
 from cifarlab.image_data import SeededTransform, build_transform
 from cifarlab.tensor_data import augment, cutout
-from conftest import assert_sharded_counted_and_resumable
 
 
 def _folder(root: Path, per_class: int = 4) -> Path:
@@ -46,7 +46,8 @@ def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path:
     third = build_data(config, seed=0)
     train_cache = list((root / ".cifarlab-cache").glob("train-*.safetensors"))
     assert len(train_cache) == 1 and train_cache[0] not in cache  # the stale one is gone
-    assert torch.equal(third.train.images[0], torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
+    red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32)
+    assert torch.equal(third.train.images[0], red)
 
 
 @pytest.mark.unit

@@ -7,11 +7,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import (
+    CONFIGS,
+    assert_same_weights,
+    check,
+    crashed_copy,
+    error_lines,
+    metrics,
+    per_class,
+    run_cli,
+    run_python,
+    smoke,
+)
+from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
 
 from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
-from conftest import (CONFIGS, assert_same_weights, check, crashed_copy, error_lines, metrics, per_class, run_cli,
-                      run_python, smoke)
-from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ def test_installed_accelerate_is_the_one_the_workarounds_were_checked_against() 
     step = inspect.getsource(AcceleratedOptimizer.step)
     assert "is_lomo_available()" in step, "AcceleratedOptimizer.step no longer checks for lomo: drop workaround 1"
     zero_grad = inspect.getsource(AcceleratedOptimizer.zero_grad)
-    assert "inspect.signature" in zero_grad and "sync_gradients" in zero_grad, "zero_grad changed: re-check workaround 2"
+    assert "inspect.signature" in zero_grad and "sync_gradients" in zero_grad, "zero_grad changed: re-check 2."
 
 
 def test_the_package_check_is_cached_and_zero_grad_matches_the_public_one() -> None:
