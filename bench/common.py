@@ -1,22 +1,21 @@
-"""What every benchmark script shares: the machine it ran on, the trainer's command line, and where
-results go (bench/results/<name>.json and .md)."""
+"""What every benchmark script shares: the machine it ran on, the trainer's command line, its evaluation
+records (read from the run's metrics.jsonl, never from console text), and where results go
+(bench/results/<name>.json and .md)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-# "[   20.2s] epoch 3: train loss 1.3722, 9,206 images/s over 5.4s; test accuracy 57.31 %"
-EPOCH_LINE = re.compile(r"epoch (\d+): train loss [\d.]+, ([\d,]+) images/s over [\d.]+s; test accuracy ([\d.]+) %")
 
 
 def cpu_model() -> str:
@@ -38,25 +37,38 @@ def launch(args: Sequence[str], module: str = "cifarlab.train") -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *args]
 
 
-def timed_epochs(command: Sequence[str], log: Optional[Path] = None) -> tuple[list[dict[str, float]], float]:
-    """Run ``command`` from a cold start; return each printed epoch (seconds since start, images/s,
-    accuracy in %) and the total wall seconds. Fails on a non-zero exit."""
-    start = time.perf_counter()
+def evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation records (those with ``test/acc``) of ``run_dir``'s metrics.jsonl, in order; [] when it has
+    none. Names as in W&B: train/epoch, test/acc (a fraction), train/epoch_images_per_s, train/epoch_seconds, ...;
+    ``time`` is unix seconds when the record was written."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        return []
+    records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    return [record for record in records if "test/acc" in record]
+
+
+def timed_epochs(command: Sequence[str], run_dir: Path,
+                 log: Optional[Path] = None) -> tuple[list[dict[str, float]], float]:
+    """Run ``command`` (whose train.output_dir/train.run_name is ``run_dir``) from a cold start; return each
+    evaluation record it wrote to ``run_dir``/metrics.jsonl (epoch, seconds since launch to the record's time,
+    training images/s, test accuracy in %) and the total wall seconds. Fails on a non-zero exit."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
-    epochs, lines = [], []
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        found = EPOCH_LINE.search(line)
-        if found:
-            epochs.append({"epoch": int(found[1]), "seconds": time.perf_counter() - start,
-                           "images_per_s": float(found[2].replace(",", "")), "accuracy": float(found[3])})
-    wall = time.perf_counter() - start
+    start, clock = time.time(), time.perf_counter()
+    process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
+                             check=False)
+    wall = time.perf_counter() - clock
     if log is not None:
-        log.write_text("".join(lines))
-    if process.wait() != 0:
-        sys.exit(f"{' '.join(command)} failed with exit {process.returncode}:\n{''.join(lines[-20:])}")
+        log.write_text(process.stdout)
+    if process.returncode != 0:
+        tail = "".join(process.stdout.splitlines(keepends=True)[-20:])
+        sys.exit(f"{' '.join(command)} failed with exit {process.returncode}:\n{tail}")
+    # Records from this launch only (a reused run directory keeps an earlier run's).
+    epochs = [{"epoch": int(r["train/epoch"]), "seconds": r["time"] - start,
+               "images_per_s": r["train/epoch_images_per_s"], "accuracy": 100 * r["test/acc"]}
+              for r in evaluations(run_dir) if r["time"] >= start]
+    if not epochs:
+        sys.exit(f"{' '.join(command)} wrote no evaluation record to {Path(run_dir) / 'metrics.jsonl'}")
     return epochs, wall
 
 

@@ -5,11 +5,13 @@
 
 Both train the tutorial's LeNet for one epoch of CIFAR-10 at batch 128 (Nesterov SGD, one-cycle; no augmentation,
 weight average or test-time augmentation) from uint8 tensors in memory (cifarlab's tensor cache, decoded once),
-each in a fresh process; cifarlab's figure is its own `train_images_per_s` (training only, as the raw loop's).
+each in a fresh process; cifarlab's figure is its own `train/epoch_images_per_s` from its metrics.jsonl (training
+only, as the raw loop's).
 The target is cifarlab >= 0.95x the raw loop's images/s.
 
 - paired (default): both run at the same time, one thread each, pinned to different cores (swapped every
-  round), and the raw loop's images/s are taken over cifarlab's training window. A shared VM's slow spells
+  round), and the raw loop's images/s are taken over cifarlab's training window (train/epoch_seconds up to the
+  `time` of its evaluation record, written ~0.3 s after training ends). A shared VM's slow spells
   (this one swings +-30 % between runs) then hit both sides alike.
 - alternate: raw, cifarlab, raw, ... one after the other with both cores each (2 threads): the machine as a
   user has it, but the ratio carries the machine's run-to-run noise.
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EPOCH_LINE, REPO, launch, machine, save  # noqa: E402
+from common import REPO, evaluations, launch, machine, save
 
 BATCH = 128
 
@@ -41,12 +43,12 @@ def raw_loop(data_root: str, epochs: int = 1, progress: Optional[Path] = None) -
     every 10 steps to that file (paired mode reads its throughput over cifarlab's training window)."""
     import torch
     import torch.nn.functional as F
-    from torchvision import datasets
 
+    from cifarlab.config import DataConfig
     from cifarlab.models import LeNet
     from cifarlab.tensor_data import load_tensors
 
-    images, labels = load_tensors(datasets.ImageFolder(f"{data_root}/train"), data_root, "train", print)
+    images, labels, _ = load_tensors(DataConfig(name="imagefolder", root=data_root), "train", print)
     torch.manual_seed(0)
     model = LeNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -56,7 +58,7 @@ def raw_loop(data_root: str, epochs: int = 1, progress: Optional[Path] = None) -
     # The same schedule as cifarlab's default (one-cycle, momentum held), as in the issue's raw-loop reference.
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=epochs * steps, pct_start=0.25,
                                                    cycle_momentum=False)
-    log = open(progress, "a") if progress else None
+    log = open(progress, "a") if progress else None  # noqa: SIM115 (flushed per line; the stream is killed, not closed)
     start = time.perf_counter()
     for epoch in range(epochs):
         order = torch.randperm(len(labels))
@@ -81,8 +83,11 @@ def cifarlab_command(data_root: str, out_dir: Path, name: str, *extra: str) -> l
                    "logging.wandb.mode=disabled", f"train.output_dir={out_dir}", f"train.run_name={name}", *extra])
 
 
-def last_record(out_dir: Path, name: str) -> dict[str, float]:
-    return json.loads((out_dir / name / "metrics.jsonl").read_text().splitlines()[-1])
+def last_evaluation(out_dir: Path, name: str) -> dict[str, float]:
+    records = evaluations(out_dir / name)
+    if not records:
+        sys.exit(f"cifarlab run {name} wrote no evaluation record")
+    return records[-1]
 
 
 def alternate_round(data_root: str, out_dir: Path, name: str) -> tuple[float, float]:
@@ -91,7 +96,7 @@ def alternate_round(data_root: str, out_dir: Path, name: str) -> tuple[float, fl
                             capture_output=True, text=True, cwd=REPO)
     raw = json.loads(result.stdout.splitlines()[-1])["images_per_s"]
     subprocess.run([*cifarlab_command(data_root, out_dir, name), "--quiet"], check=True, cwd=REPO)
-    return raw, last_record(out_dir, name)["train_images_per_s"]
+    return raw, last_evaluation(out_dir, name)["train/epoch_images_per_s"]
 
 
 def paired_round(data_root: str, out_dir: Path, name: str, raw_core: int) -> tuple[float, float]:
@@ -103,26 +108,24 @@ def paired_round(data_root: str, out_dir: Path, name: str, raw_core: int) -> tup
     try:
         while not (progress.exists() and progress.read_text().strip()):  # the raw loop is training
             time.sleep(0.2)
-        ours = subprocess.Popen(cifarlab_command(data_root, out_dir, name, "train.cpu_threads=1"), cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {1 - raw_core}))
-        ended = None
-        for line in ours.stdout or []:
-            if EPOCH_LINE.search(line):  # printed after the epoch's evaluation, ~0.3 s after training ends
-                ended = time.time()
-        if ours.wait() != 0 or ended is None:
-            sys.exit(f"cifarlab run {name} failed")
+        ours = subprocess.run(cifarlab_command(data_root, out_dir, name, "train.cpu_threads=1"), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {1 - raw_core}))
+        if ours.returncode != 0:
+            sys.exit(f"cifarlab run {name} failed (exit {ours.returncode}):\n{ours.stdout[-3000:]}")
     finally:
         raw.kill()
         raw.wait()
-    record = last_record(out_dir, name)
-    seconds = record["train_seconds"]
+    record = last_evaluation(out_dir, name)
+    # Unix time when the evaluation record was written, ~0.3 s after training ends (both processes read the
+    # same clock); the window is the epoch's training seconds up to it.
+    ended, seconds = record["time"], record["train/epoch_seconds"]
     marks = [tuple(map(float, line.split())) for line in progress.read_text().splitlines()]
     inside = [(t, n) for t, n in marks if ended - seconds <= t <= ended]
     if len(inside) < 2:
         sys.exit(f"the raw loop did not run through cifarlab's training window in {name}")
     (t0, n0), (t1, n1) = inside[0], inside[-1]
-    return (n1 - n0) / (t1 - t0), record["train_images_per_s"]
+    return (n1 - n0) / (t1 - t0), record["train/epoch_images_per_s"]
 
 
 def main() -> None:
@@ -158,7 +161,8 @@ def main() -> None:
     how = {"paired": "both at once, one thread each, pinned to separate cores (swapped every round); the raw loop's "
                      "images/s over cifarlab's training window",
            "alternate": "one after the other, each with both cores (2 threads)"}[args.mode]
-    rows = "\n".join(f"| {i + 1} | {raw:,.0f} | {ours:,.0f} | {ours / raw:.3f} |" for i, (raw, ours) in enumerate(pairs))
+    rows = "\n".join(f"| {i + 1} | {raw:,.0f} | {ours:,.0f} | {ours / raw:.3f} |"
+                     for i, (raw, ours) in enumerate(pairs))
     save(f"cpu_overhead_{args.mode}", summary,
          f"# CPU overhead: cifarlab vs a raw loop ({args.mode})\n\nMachine: {summary['machine']}; {summary['date']}.\n"
          f"`python bench/cpu_overhead.py --data-root ROOT --mode {args.mode} --rounds {args.rounds}`: LeNet, batch "

@@ -5,11 +5,13 @@
     python bench/gpu.py --data-root /data/cifar10-jpeg --dry-run               # print the commands, run nothing
     python bench/gpu.py --smoke --allow-cpu --seeds 2                          # check the parsing on a CPU
 
-Each run is a fresh `accelerate launch` process timed from its start; its console lines (`epoch 3: ... 7,937 images/s
-over 6.3s; test accuracy 60.06 %`, `done in 27s: ...`) are timestamped on arrival, its metrics.jsonl read after.
-a) The fast preset (--fast-config, bf16), seeds 0..K-1: final accuracy mean/std, train seconds, wall seconds from
-   process start to the final printed accuracy (the first run may also fill data.loader=tensor's cache). Then seed 0
-   with train.compile=true: compile cost = first epoch's train seconds minus the median of later epochs.
+Each run is a fresh `accelerate launch` process timed from its start (unix time); every figure comes from its
+metrics.jsonl evaluation records (test/acc, train/epoch_seconds, train/epoch_images_per_s, and `time`, when the
+record was written), none from console text; the console is kept as <run>.log, and read only for a failure's cause.
+a) The fast preset (--fast-config, bf16), seeds 0..K-1: final accuracy mean/std, train seconds (the sum of
+   train/epoch_seconds), wall seconds from process start to the final evaluation record's `time` (the first run may
+   also fill data.loader=tensor's cache). Then seed 0 with train.compile=true: compile cost = first epoch's train
+   seconds minus the median of later epochs.
 b) The resnet18 preset, one epoch in fp32 and in bf16 (`accelerate launch --mixed_precision no` / `bf16` with
    train.mixed_precision=null): train images/s (warm-up included).
 c) Optional airbench94 (github.com/KellerJordan/cifar10-airbench; obtained separately, never committed): `--airbench
@@ -17,7 +19,7 @@ c) Optional airbench94 (github.com/KellerJordan/cifar10-airbench; obtained separ
    shell command instead, `--airbench-cmd '...'` (run from this repository; e.g. your local copy with a loader for
    the JPEG folder). Its output is kept raw in gpu.json with its wall time; nothing in it is parsed.
 Results: bench/results/gpu.{json,md} (device, driver/CUDA/torch versions, date, every command); their step_times
-feed bench/multi_gpu_estimate.py. --smoke (fake data, 512/256 images, 1 epoch of batch 256) writes
+feed bench/multi_gpu_estimate.py. --smoke (fake data, 512/256 images, 1 epoch of batch 128) writes
 /tmp/cifarlab-gpu-smoke/ instead, so a CPU check never replaces real results.
 """
 
@@ -43,13 +45,12 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cpu_model  # noqa: E402
+from common import REPO, cpu_model, evaluations
 
-EPOCH = re.compile(r"epoch (\d+): train loss ([\d.]+), ([\d,.]+) images/s over ([\d.]+)s; test accuracy ([\d.]+) %")
-DONE = re.compile(r"done in (\d+)s: best test accuracy ([\d.]+) %")
+# A failed run's cause in its console output (only then): the trainer's error, not the launcher's traceback.
 ERROR = re.compile(r"cifarlab: error:|(?!subprocess\.)[\w.]*(Error|Exception): ")
 SMOKE = ["data.name=fake", "data.train_size=512", "data.test_size=256", "train.epochs=1",
-         "train.batch_size=256", "optim.warmup_epochs=0"]  # so that every preset fits one short epoch
+         "train.batch_size=128", "optim.warmup_epochs=0"]  # every preset: one short epoch, >= 3 steps (onecycle)
 
 
 def launch(mixed_precision: str) -> list[str]:
@@ -74,42 +75,30 @@ def plan(args: argparse.Namespace, runs: Path) -> list[tuple[str, list[str]]]:
 
 
 def run(name: str, command: list[str] | str, runs: Path, cwd: Path = REPO) -> dict[str, Any]:
-    """One fresh process: timestamps of its console lines, its exit code, its metrics.jsonl."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, shell=isinstance(command, str), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    epochs: list[dict[str, float]] = []
-    final_accuracy_wall_s: Optional[float] = None
-    done: Optional[dict[str, float]] = None
-    for line in proc.stdout or []:
-        lines.append(line.rstrip("\n"))
-        if match := EPOCH.search(line):
-            final_accuracy_wall_s = time.perf_counter() - start
-            epochs.append({"epoch": int(match[1]), "train_loss": float(match[2]),
-                           "images_per_s": float(match[3].replace(",", "")), "train_seconds": float(match[4]),
-                           "accuracy": float(match[5]) / 100, "wall_s": final_accuracy_wall_s})
-        elif match := DONE.search(line):
-            done = {"seconds": float(match[1]), "best_accuracy": float(match[2]) / 100}
-    rc = proc.wait()
-    wall = time.perf_counter() - start
-    metrics_file, config_file = runs / name / "metrics.jsonl", runs / name / "config.yaml"  # the resolved config
-    metrics = [json.loads(m) for m in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+    """One fresh process: its exit code, wall time and metrics.jsonl evaluation records (console kept as a log)."""
+    start, clock = time.time(), time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, shell=isinstance(command, str), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    rc, wall, lines = proc.returncode, time.perf_counter() - clock, proc.stdout.splitlines()
+    records = [r for r in evaluations(runs / name) if r["time"] >= start]  # this launch's evaluations
+    config_file = runs / name / "config.yaml"  # the resolved config
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
     (runs / f"{name}.log").write_text("\n".join(lines) + "\n")
+    metrics = [{"epoch": int(r["train/epoch"]), "test/acc": r["test/acc"], "train/epoch_loss": r["train/epoch_loss"],
+                "train/epoch_images_per_s": r["train/epoch_images_per_s"],
+                "train/epoch_seconds": r["train/epoch_seconds"], "wall_s": r["time"] - start} for r in records]
     result = {"name": name, "command": command if isinstance(command, str) else shlex.join(command), "rc": rc,
-              "wall_s": wall, "final_accuracy_wall_s": final_accuracy_wall_s, "console_epochs": epochs,
-              "done": done, "metrics": [{k: m[k] for k in ("epoch", "accuracy", "train_images_per_s", "train_seconds")}
-                                        for m in metrics],
-              "model": config.get("model", {}).get("name"),
+              "wall_s": wall, "final_accuracy_wall_s": metrics[-1]["wall_s"] if metrics else None,
+              "metrics": metrics, "model": config.get("model", {}).get("name"),
               "train": {k: config.get("train", {}).get(k) for k in ("batch_size", "mixed_precision", "compile")}}
     if rc != 0 or (not isinstance(command, str) and not metrics):
         # The trainer's own error, not the launcher's CalledProcessError traceback that follows it.
-        cause = next((line for line in lines if ERROR.match(line)), lines[-1] if lines else "no output")
+        cause = (f"no evaluation record in {runs / name / 'metrics.jsonl'}" if rc == 0 else
+                 next((line for line in lines if ERROR.match(line)), lines[-1] if lines else "no output"))
         result.update(error=cause, output_tail=lines[-30:])
         print(f"{name}: FAILED (exit {rc}): {cause}", flush=True)
     else:
-        last = f", accuracy {100 * metrics[-1]['accuracy']:.2f} %" if metrics else ""
+        last = f", accuracy {100 * metrics[-1]['test/acc']:.2f} %" if metrics else ""
         print(f"{name}: {wall:.1f}s wall{last}", flush=True)
     return result
 
@@ -117,7 +106,7 @@ def run(name: str, command: list[str] | str, runs: Path, cwd: Path = REPO) -> di
 def environment(smoke: bool) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                            text=True).stdout.strip() if cuda and shutil.which("nvidia-smi") else None
+                            text=True, check=False).stdout.strip() if cuda and shutil.which("nvidia-smi") else None
     cpu = cpu_model()
     device = torch.cuda.get_device_name(0) if cuda else f"CPU: {cpu}"
     return {"device": device, "device_type": "cuda" if cuda else "cpu", "driver": driver, "cuda": torch.version.cuda,
@@ -136,30 +125,30 @@ def mean(values: list[float]) -> Optional[float]:
 
 def summarize(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     seeds = [r for name, r in results.items() if name.startswith("fast-seed") and ok(r)]
-    accuracy = [r["metrics"][-1]["accuracy"] for r in seeds]
+    accuracy = [r["metrics"][-1]["test/acc"] for r in seeds]
     walls = [r["final_accuracy_wall_s"] for r in seeds if r["final_accuracy_wall_s"] is not None]
     fast = {"runs": len(seeds), "accuracy_mean": mean(accuracy),
             "accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else None,
-            "train_s_mean": mean([sum(m["train_seconds"] for m in r["metrics"]) for r in seeds]),
+            "train_s_mean": mean([sum(m["train/epoch_seconds"] for m in r["metrics"]) for r in seeds]),
             "final_accuracy_wall_s_mean": mean(walls)}
     compiled = results.get("fast-compile")
     if compiled and ok(compiled):
-        epoch_s = [m["train_seconds"] for m in compiled["metrics"]]
+        epoch_s = [m["train/epoch_seconds"] for m in compiled["metrics"]]
         later = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None
-        eager = [m["train_seconds"] for r in seeds for m in r["metrics"][1:]]
+        eager = [m["train/epoch_seconds"] for r in seeds for m in r["metrics"][1:]]
         fast["compile"] = {"first_epoch_s": epoch_s[0], "later_epochs_median_s": later,
                            "compile_cost_s": epoch_s[0] - later if later is not None else None,
                            "eager_later_epochs_median_s": statistics.median(eager) if eager else None}
     step_times = {}  # what bench/multi_gpu_estimate.py reads: steady-state train images/s at the run's batch
     if seeds:
-        speeds = [m["train_images_per_s"] for r in seeds for m in (r["metrics"][1:] or r["metrics"])]
+        speeds = [m["train/epoch_images_per_s"] for r in seeds for m in (r["metrics"][1:] or r["metrics"])]
         train = seeds[0]["train"]
         step_times[seeds[0]["model"]] = {"batch": train["batch_size"], "images_per_s": statistics.median(speeds),
                                          "mixed_precision": train["mixed_precision"] or "bf16 (launcher)",
                                          "source": f"fast preset (compile={train['compile']}), epochs 2+ if any"}
     if (r := results.get("resnet18-bf16")) and ok(r):
         step_times["resnet18"] = {"batch": r["train"]["batch_size"],
-                                  "images_per_s": r["metrics"][-1]["train_images_per_s"],
+                                  "images_per_s": r["metrics"][-1]["train/epoch_images_per_s"],
                                   "mixed_precision": "bf16", "source": "resnet18 preset, one epoch (warm-up included)"}
     return {**env, "fast": fast, "step_times": step_times, "runs": results}
 
@@ -170,28 +159,29 @@ def markdown(s: dict[str, Any]) -> str:
 
     fast, runs = s["fast"], s["runs"]
     out = [f"# Single-GPU benchmark{' (SMOKE: fake data, not a benchmark)' if s['smoke'] else ''}", "",
-           f"Device: **{s['device']}**; driver {s['driver']}, CUDA {s['cuda']}, cuDNN {s['cudnn']}, "
-           f"torch {s['torch']}, accelerate {s['accelerate']}, Python {s['python']}; host {s['host']}; {s['date']}.",
+           (f"Device: **{s['device']}**; driver {s['driver']}, CUDA {s['cuda']}, cuDNN {s['cudnn']}, "
+            f"torch {s['torch']}, accelerate {s['accelerate']}, Python {s['python']}; host {s['host']}; {s['date']}."),
            "",
            "## Fast preset", "", "| run | accuracy % | train s | wall s to final accuracy | wall s |",
            "|---|---|---|---|---|"]
     for name, r in runs.items():
         if name.startswith("fast"):
-            acc = 100 * r["metrics"][-1]["accuracy"] if ok(r) else None
-            train = sum(m["train_seconds"] for m in r["metrics"]) if ok(r) else None
+            acc = 100 * r["metrics"][-1]["test/acc"] if ok(r) else None
+            train = sum(m["train/epoch_seconds"] for m in r["metrics"]) if ok(r) else None
             out.append(f"| {name} | {num(acc, '.2f')} | {num(train)} | {num(r['final_accuracy_wall_s'])} "
                        f"| {num(r['wall_s'])} |")
     percent = {k: None if fast[k] is None else 100 * fast[k] for k in ("accuracy_mean", "accuracy_std")}
-    out += ["", f"Seeds: {fast['runs']}; accuracy {num(percent['accuracy_mean'], '.2f')} % "
-            f"+- {num(percent['accuracy_std'], '.2f')} (std); mean train "
-            f"{num(fast['train_s_mean'])} s; mean wall to final accuracy {num(fast['final_accuracy_wall_s_mean'])} s."]
+    out += ["", (f"Seeds: {fast['runs']}; accuracy {num(percent['accuracy_mean'], '.2f')} % "
+                 f"+- {num(percent['accuracy_std'], '.2f')} (std); mean train {num(fast['train_s_mean'])} s; "
+                 f"mean wall to final accuracy {num(fast['final_accuracy_wall_s_mean'])} s.")]
     if c := fast.get("compile"):
-        out += ["", f"train.compile=true: first epoch {num(c['first_epoch_s'])} s, later epochs median "
-                f"{num(c['later_epochs_median_s'])} s (eager: {num(c['eager_later_epochs_median_s'])} s); compile cost "
-                f"about {num(c['compile_cost_s'])} s."]
+        out += ["", (f"train.compile=true: first epoch {num(c['first_epoch_s'])} s, later epochs median "
+                     f"{num(c['later_epochs_median_s'])} s (eager: {num(c['eager_later_epochs_median_s'])} s); "
+                     f"compile cost about {num(c['compile_cost_s'])} s.")]
     out += ["", "## resnet18 preset, one epoch", "", "| mixed precision | train images/s | wall s |", "|---|---|---|"]
-    out += [f"| {name.split('-')[1]} | {num(r['metrics'][-1]['train_images_per_s'] if ok(r) else None, ',.0f')} | "
-            f"{num(r['wall_s'])} |" for name, r in runs.items() if name.startswith("resnet18")]
+    out += [f"| {name.split('-')[1]} "
+            f"| {num(r['metrics'][-1]['train/epoch_images_per_s'] if ok(r) else None, ',.0f')} | {num(r['wall_s'])} |"
+            for name, r in runs.items() if name.startswith("resnet18")]
     if a := runs.get("airbench"):
         out += ["", "## airbench94 (raw output in gpu.json)", "", f"Exit {a['rc']}, wall {a['wall_s']:.1f} s.", "",
                 "```", *a["output"][-15:], "```"]

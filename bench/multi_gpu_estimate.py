@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cifarlab.models import MODELS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cpu_model  # noqa: E402
+from common import REPO, cpu_model
 
 GRAD_BYTES = 4  # fp32 gradients
 FIRST_BUCKET, BUCKET = 1 << 20, 25 << 20  # torch DDP: _DEFAULT_FIRST_BUCKET_BYTES, bucket_cap_mb=25 (MiB)

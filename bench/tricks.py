@@ -11,15 +11,15 @@ more than here: bench/gpu.py measures the fast preset there. Results: bench/resu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import launch, machine, save, timed_epochs  # noqa: E402
+from common import evaluations, launch, machine, save, timed_epochs
 
 VARIANTS: dict[str, list[str]] = {
     "default preset (EMA 0.99, TTA flip)": [],
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():
             if args.only and name not in args.only:
@@ -49,20 +49,25 @@ def main() -> None:
             runs = []
             for seed in range(args.seeds):
                 run_name = f"{len(results)}-{seed}"
-                _, wall = timed_epochs(launch(["data.name=imagefolder", f"data.root={args.data_root}", f"train.seed={seed}",
-                                               "logging.wandb.mode=disabled", f"train.output_dir={tmp}",
-                                               f"train.run_name={run_name}", *overrides]))
-                records = [json.loads(line) for line in (Path(tmp) / run_name / "metrics.jsonl").read_text().splitlines()]
-                runs.append({"seed": seed, "accuracy": 100 * records[-1]["accuracy"], "wall_s": wall,
-                             "images_per_s": [r["train_images_per_s"] for r in records],
-                             "first_epoch_s": records[0]["train_seconds"]})
+                run_dir = Path(tmp) / run_name
+                _, wall = timed_epochs(launch(["data.name=imagefolder", f"data.root={args.data_root}",
+                                               f"train.seed={seed}", "logging.wandb.mode=disabled",
+                                               f"train.output_dir={tmp}", f"train.run_name={run_name}", *overrides]),
+                                       run_dir)
+                records = evaluations(run_dir)
+                runs.append({"seed": seed, "accuracy": 100 * records[-1]["test/acc"], "wall_s": wall,
+                             "images_per_s": [r["train/epoch_images_per_s"] for r in records],
+                             "first_epoch_s": records[0]["train/epoch_seconds"]})
             results[name] = {"overrides": overrides, "runs": runs,
                              "accuracy": statistics.mean(r["accuracy"] for r in runs),
-                             "images_per_s": statistics.median(x for r in runs for x in r["images_per_s"][1:] or r["images_per_s"])}
-            print(f"{name}: {results[name]['accuracy']:.2f} %, {results[name]['images_per_s']:,.0f} images/s", flush=True)
+                             "images_per_s": statistics.median(x for r in runs
+                                                               for x in r["images_per_s"][1:] or r["images_per_s"])}
+            print(f"{name}: {results[name]['accuracy']:.2f} %, {results[name]['images_per_s']:,.0f} images/s",
+                  flush=True)
     base = next(iter(results.values()))
     rows = "\n".join(
-        f"| {name} | `{' '.join(r['overrides']) or '-'}` | {r['accuracy']:.2f} % | {r['accuracy'] - base['accuracy']:+.2f} "
+        f"| {name} | `{' '.join(r['overrides']) or '-'}` | {r['accuracy']:.2f} % "
+        f"| {r['accuracy'] - base['accuracy']:+.2f} "
         f"| {r['images_per_s']:,.0f} | {r['images_per_s'] / base['images_per_s']:.2f}x "
         f"| {statistics.mean(x['wall_s'] for x in r['runs']):.0f} |" for name, r in results.items())
     summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "variants": results}

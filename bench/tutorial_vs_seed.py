@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, launch, machine, save, timed_epochs  # noqa: E402
+from common import REPO, evaluations, launch, machine, save, timed_epochs
 
 
 def seed_run(data_root: str) -> dict[str, float]:
@@ -33,14 +33,14 @@ def seed_run(data_root: str) -> dict[str, float]:
 
 
 def cifarlab_run(data_root: str, out_dir: Path, name: str) -> dict[str, float]:
-    epochs, wall = timed_epochs(launch(["--config", "configs/tutorial.yaml", "data.name=imagefolder",
-                                        f"data.root={data_root}", "logging.wandb.mode=disabled",
-                                        f"train.output_dir={out_dir}", f"train.run_name={name}"]))
-    records = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
-    train_seconds = sum(r["train_seconds"] for r in records)
-    images = sum(r["train_images_per_s"] * r["train_seconds"] for r in records)
+    _, wall = timed_epochs(launch(["--config", "configs/tutorial.yaml", "data.name=imagefolder",
+                                   f"data.root={data_root}", "logging.wandb.mode=disabled",
+                                   f"train.output_dir={out_dir}", f"train.run_name={name}"]), out_dir / name)
+    records = evaluations(out_dir / name)
+    train_seconds = sum(r["train/epoch_seconds"] for r in records)
+    images = sum(r["train/epoch_images_per_s"] * r["train/epoch_seconds"] for r in records)
     return {"train_seconds": train_seconds, "images_per_s": images / train_seconds,
-            "accuracy": 100 * records[-1]["accuracy"], "wall_s": wall}
+            "accuracy": 100 * records[-1]["test/acc"], "wall_s": wall}
 
 
 def main() -> None:
@@ -62,8 +62,9 @@ def main() -> None:
     summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "median_speedup": speedup,
                "median_accuracy_gap": gap, "met": met}
     rows = "\n".join(
-        f"| {i + 1} | {r['seed']['images_per_s']:,.0f} | {r['seed']['train_seconds']:.0f} | {r['seed']['accuracy']:.2f} % "
-        f"| {r['cifarlab']['images_per_s']:,.0f} | {r['cifarlab']['train_seconds']:.0f} | {r['cifarlab']['wall_s']:.0f} "
+        f"| {i + 1} | {r['seed']['images_per_s']:,.0f} | {r['seed']['train_seconds']:.0f} "
+        f"| {r['seed']['accuracy']:.2f} % | {r['cifarlab']['images_per_s']:,.0f} "
+        f"| {r['cifarlab']['train_seconds']:.0f} | {r['cifarlab']['wall_s']:.0f} "
         f"| {r['cifarlab']['accuracy']:.2f} % |" for i, r in enumerate(rounds))
     save("tutorial_vs_seed", summary, (
         f"# CPU: the tutorial preset vs the tutorial's script\n\nMachine: {summary['machine']}; {summary['date']}.\n"

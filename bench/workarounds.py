@@ -20,10 +20,10 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, save  # noqa: E402
+from cifarlab import workarounds
+from cifarlab.models import LeNet
 
-from cifarlab import workarounds  # noqa: E402
-from cifarlab.models import LeNet  # noqa: E402
+from common import machine, save
 
 
 def steps_per_s(accelerator: Accelerator, steps: int, bypass: bool) -> float:
@@ -61,7 +61,8 @@ def main() -> None:
     summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "accelerate": accelerate.__version__,
                "steps": args.steps, "public_steps_per_s": public, "workarounds_steps_per_s": patched,
                "ratios": ratios, "median_ratio": statistics.median(ratios)}
-    rows = "\n".join(f"| {i + 1} | {a:,.0f} | {b:,.0f} | {b / a:.3f} |" for i, (a, b) in enumerate(zip(public, patched)))
+    rows = "\n".join(f"| {i + 1} | {a:,.0f} | {b:,.0f} | {b / a:.3f} |"
+                     for i, (a, b) in enumerate(zip(public, patched)))
     save("workarounds", summary, (
         f"# Accelerate workarounds: batch-4 LeNet steps on the CPU\n\nMachine: {summary['machine']}; accelerate "
         f"{accelerate.__version__}; {summary['date']}. `python bench/workarounds.py --rounds {args.rounds} --steps "

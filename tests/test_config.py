@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, error_lines, run_python
 
 from cifarlab.config import Config, ConfigError, field_docs, load_config, reference_markdown, to_dict, to_yaml
+
+from conftest import CONFIGS, error_lines, run_python
 
 pytestmark = pytest.mark.unit
 

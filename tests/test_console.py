@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import check, cli_env, launch_command, run_cli, run_python, smoke
 
 pytestmark = pytest.mark.integration

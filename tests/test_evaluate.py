@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import check, error_lines, metrics, run_cli, run_python, smoke
 from PIL import Image
+
+from conftest import check, error_lines, metrics, run_cli, run_python, smoke
 
 pytestmark = pytest.mark.integration
 

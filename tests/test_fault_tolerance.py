@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from cifarlab.checkpoint import problem
+
 from conftest import (
     KILL_IN_SAVE,
     Background,
@@ -24,8 +27,6 @@ from conftest import (
     smoke,
 )
 from wandb_offline import find_run_files, read_history, read_run_id
-
-from cifarlab.checkpoint import problem
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, records
 
 from cifarlab import engine, loop
 from cifarlab.checkpoint import Checkpointer, TrainState, problem
@@ -22,6 +21,8 @@ from cifarlab.models import build_model
 from cifarlab.preemption import StopRequest
 from cifarlab.recorder import Recorder
 from cifarlab.rundir import RunDir
+
+from conftest import CONFIGS, records
 
 pytestmark = pytest.mark.unit
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import check, cli_env, error_lines, run_python, smoke
 from PIL import Image
 from safetensors.torch import load_file
 
 from cifarlab import predict
 from cifarlab.config import DataConfig, ModelConfig, load_config
 from cifarlab.models import build_model
+
+from conftest import check, cli_env, error_lines, run_python, smoke
 
 LINE = re.compile(r"^(?P<path>.+?): (?P<ranked>.+)$")
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke
 
 pytestmark = pytest.mark.slurm

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from conftest import (
     CONFIGS,
     assert_same_weights,
@@ -19,7 +21,6 @@ from conftest import (
     run_python,
     smoke,
 )
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, check, cli_env, error_lines
 from torch import nn
 
 from cifarlab import summary
 from cifarlab.config import ModelConfig
 from cifarlab.models import MODELS, build_model
+
+from conftest import CONFIGS, REPO, check, cli_env, error_lines
 
 
 def run_summary(*args: str) -> subprocess.CompletedProcess[str]:

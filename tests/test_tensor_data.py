@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_sharded_counted_and_resumable
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -16,6 +15,8 @@ from cifarlab.config import DataConfig
 from cifarlab.data import build_data
 from cifarlab.image_data import SeededTransform, build_transform
 from cifarlab.tensor_data import augment, cutout
+
+from conftest import assert_sharded_counted_and_resumable
 
 
 def _folder(root: Path, per_class: int = 4) -> Path:

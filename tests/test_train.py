@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
+
 from conftest import (
     CONFIGS,
     assert_same_weights,
@@ -20,8 +23,6 @@ from conftest import (
     smoke,
 )
 from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
-
-from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wandb
+
 from wandb_offline import find_run_files, read_config, read_history, read_run_id, wait_for_exit
 
 pytestmark = pytest.mark.integration

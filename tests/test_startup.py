@@ -1,0 +1,54 @@
+"""Start-up: the CLI's fast paths import no torch, and a training process imports torchvision and wandb only
+when the run uses them (bench/startup.py measures the times)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import cli_env
+
+# Runs the trainer's CLI; at exit (also after --help) prints which heavy modules the process imported.
+PROBE = ("import atexit, sys; from cifarlab.train import main; "
+         "atexit.register(lambda: print('imported:', ','.join(m for m in ('torch', 'torchvision', 'wandb') "
+         "if m in sys.modules))); sys.exit(main(sys.argv[1:]))")
+
+
+def probe(*args: str, cwd: Path) -> tuple[int, set[str], str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, env=cli_env(), capture_output=True,
+                            text=True, timeout=300)
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("imported:"), result.stdout + result.stderr
+    return result.returncode, set(filter(None, line.removeprefix("imported:").strip().split(","))), result.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["--print-config"], 0), (["optim.lrr=1"], 2),
+                                        (["--config", "nope.yaml"], 2), (["train.mixed_precision=fp8"], 2)])
+def test_help_print_config_and_config_errors_import_no_torch(args: list[str], code: int, tmp_path: Path) -> None:
+    returncode, imported, _ = probe(*args, cwd=tmp_path)
+    assert (returncode, imported) == (code, set())
+
+
+@pytest.mark.integration
+def test_a_training_process_imports_torchvision_and_wandb_only_when_used(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0)
+    for split, count in (("train", 16), ("test", 4)):
+        for name in ("cat", "dog"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(count):
+                image = noise.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / "data" / split / name / f"{i}.png")
+    common = ["data.name=imagefolder", f"data.root={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'runs'}",
+              "train.batch_size=8", "train.epochs=1", "--quiet"]
+    # The tensor path decodes an image folder without torchvision, and W&B is off: neither is imported.
+    assert probe(*common, "train.run_name=plain", "logging.wandb.mode=disabled", cwd=tmp_path)[:2] == (0, {"torch"})
+    assert probe(*common, "train.run_name=offline", "logging.wandb.mode=offline",
+                 cwd=tmp_path)[:2] == (0, {"torch", "wandb"})
+    assert probe(*common, "train.run_name=fake", "logging.wandb.mode=disabled", "data.name=fake",
+                 "data.train_size=32", "data.test_size=8", cwd=tmp_path)[:2] == (0, {"torch", "torchvision"})
