@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,12 +12,23 @@ from cifarlab.config import ModelConfig
 from cifarlab.errors import UsageError
 
 
-class LeNet(nn.Module):
+class Classifier(nn.Module):
+    """What every network here declares: the input side lengths it takes, (smallest, largest or None for
+    any), and the same in words."""
+
+    input_sides: tuple[int, Optional[int]]
+    accepts: str
+
+
+class LeNet(Classifier):
     """The PyTorch tutorial's Net: two 5x5 convs with max-pooling, three linear layers.
 
-    62,006 parameters in 10 tensors. The flatten assumes a 16x5x5 feature map, which only
-    32x32 (or 33x33) inputs produce: (32 - 4) / 2 = 14, (14 - 4) / 2 = 5.
+    62,006 parameters in 10 tensors. The flatten assumes a 16x5x5 feature map, which only 32x32 to
+    35x35 inputs produce (each pool rounds down): 32 -> 28 -> 14 -> 10 -> 5 and 35 -> 31 -> 15 -> 11 -> 5.
     """
+
+    input_sides = (32, 35)
+    accepts = "32x32 to 35x35 images, since fc1 expects a 16x5x5 feature map"
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -43,9 +56,12 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class ConvNetBN(nn.Module):
+class ConvNetBN(Classifier):
     """A small VGG-style ConvNet with BatchNorm2d (about 0.29M parameters), global-pooled so
     any input of at least 4x4 works."""
+
+    input_sides = (4, None)
+    accepts = "square images of at least 4x4"
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -77,9 +93,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(Classifier):
     """ResNet-18 for 32x32 inputs: a 3x3 stride-1 stem and no max-pool (ImageNet's 7x7 stem
     and pool would shrink CIFAR images to 8x8 before the first block)."""
+
+    # It runs on smaller inputs too, but below 8x8 its last stage sees a single pixel.
+    input_sides = (8, None)
+    accepts = "square images of at least 8x8"
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -127,7 +147,7 @@ def _fast_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class FastNet(nn.Module):
+class FastNet(Classifier):
     """A fast GPU network in the spirit of the CIFAR-10 speed records (airbench94): a frozen whitening
     stem, three conv-pool-conv blocks (64, 256, 256 channels), global max-pooling and a scaled linear head.
 
@@ -135,6 +155,9 @@ class FastNet(nn.Module):
     BatchNorm scales are frozen); 118M multiply-adds per 32x32 image. Takes square images of at least
     9x9: the stem gives 8x8 and three 2x pools leave 1x1. Call ``init_whitening`` before training.
     """
+
+    input_sides = (9, None)
+    accepts = "square images of at least 9x9"
 
     # Max-pooled GELU features are large and positive (a few units each), so an unscaled head starts with
     # confident random logits; 1/9 keeps the initial softmax near uniform.
@@ -192,21 +215,13 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) ->
     return True
 
 
-MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet, "convnet_bn": ConvNetBN, "resnet18": ResNet18,
-                                        "fastnet": FastNet}
-
-# Input side lengths (pixels) each model accepts; global-pooled models take any size from a minimum.
-_ACCEPTED: dict[str, tuple[int, int | None, str]] = {
-    "lenet": (32, 33, "32x32 (or 33x33) images, since fc1 expects a 16x5x5 feature map"),
-    "convnet_bn": (4, None, "square images of at least 4x4"),
-    "resnet18": (8, None, "square images of at least 8x8"),
-    "fastnet": (9, None, "square images of at least 9x9"),
-}
-
+MODELS: dict[str, type[Classifier]] = {"lenet": LeNet, "convnet_bn": ConvNetBN, "resnet18": ResNet18,
+                                       "fastnet": FastNet}
 
 def accepted_inputs(name: str) -> str:
-    """The inputs model ``name`` takes, in words."""
-    return f"3-channel {_ACCEPTED[name][2]}"
+    """The inputs model ``name`` takes, in words (each class says so beside its layers, in ``accepts``;
+    tests/test_models.py checks ``input_sides`` against the network itself)."""
+    return f"3-channel {MODELS[name].accepts}"
 
 
 def input_size_error(name: str, channels: int, height: int, width: int, where: str = "") -> UsageError:
@@ -218,7 +233,7 @@ def input_size_error(name: str, channels: int, height: int, width: int, where: s
 
 def check_input_size(name: str, channels: int, height: int, width: int) -> None:
     """Fail with the sizes ``name`` accepts when it cannot take ``channels`` x ``height`` x ``width``."""
-    low, high, _ = _ACCEPTED[name]
+    low, high = MODELS[name].input_sides
     fits = low <= min(height, width) and (high is None or max(height, width) <= high)
     if channels != 3 or not fits:
         raise input_size_error(name, channels, height, width)

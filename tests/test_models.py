@@ -122,6 +122,28 @@ def test_fastnet_trains_without_touching_frozen_parameters() -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize("name", ["lenet", "convnet_bn", "fastnet"])
+def test_declared_input_sides_are_the_networks_own(name: str) -> None:
+    model = MODELS[name](num_classes=10).eval()
+    runs = []
+    for side in range(1, 41):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side))
+            runs.append(side)
+        except RuntimeError:
+            pass
+    low, high = model.input_sides
+    assert runs == list(range(low, (high or 40) + 1))
+    for side in range(1, 41):
+        fits = side in runs
+        if fits:
+            check_input_size(name, 3, side, side)
+        else:
+            with pytest.raises(UsageError):
+                check_input_size(name, 3, side, side)
+
+
 def test_fastnet_input_sizes() -> None:
     check_input_size("fastnet", 3, 32, 32)
     check_input_size("fastnet", 3, 9, 9)

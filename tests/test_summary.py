@@ -117,7 +117,7 @@ def test_cli_input_size_error_is_one_line() -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert error_lines(result.stderr) == [
         "cifarlab: error: model.name=lenet cannot take 3x64x64 inputs: it breaks at fc1 (Linear expects 400 "
-        "features, got 2704); it accepts 3-channel 32x32 (or 33x33) images, since fc1 expects a 16x5x5 feature "
+        "features, got 2704); it accepts 3-channel 32x32 to 35x35 images, since fc1 expects a 16x5x5 feature "
         "map; resize the data (data.image_size for fake data) or pick another model.name"
     ]
     assert result.stderr.count("\n") == 1
