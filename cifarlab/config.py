@@ -324,7 +324,7 @@ def field_docs() -> list[tuple[str, str, str]]:
 
 
 def reference_markdown() -> str:
-    """The README's config reference table, generated from the schema (a test keeps the README in sync)."""
+    """The config reference table in docs/config.md, generated from the schema (a test keeps the two in sync)."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
     lines += [f"| `{key}` | `{default}` | {doc.replace('|', '/')} |" for key, default, doc in field_docs()]
     return "\n".join(lines)
@@ -333,5 +333,5 @@ def reference_markdown() -> str:
 if __name__ == "__main__":
     import sys
 
-    # python -m cifarlab.config: print the config reference (paste it into README.md).
+    # python -m cifarlab.config: print the config reference (paste it into docs/config.md).
     sys.stdout.write(reference_markdown() + "\n")
