@@ -103,13 +103,17 @@ def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
     """Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2
     processes agree within 1e-6 and count 37 test images per evaluation, and a run resumed mid-epoch
     (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
-    check(run_python(smoke(tmp_path, "one", *options), tmp_path))
-    check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    first = check(run_python(smoke(tmp_path, "one", *options), tmp_path))
+    second = check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    assert "1 process(es)" in first.stdout and "2 process(es)" in second.stdout
+    assert second.stdout.count("test accuracy") == first.stdout.count("test accuracy")  # the main process prints
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
     assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
-    mid_epoch = one / "checkpoints" / "step_00000005"
-    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
+    mid_epoch = one / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
+    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
+    resumed = check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
+    assert "resumed from" in resumed.stdout
     resumed = tmp_path / "runs" / "resumed"
     assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
     assert [m["test/acc"] for m in metrics(resumed)] == [m["test/acc"] for m in metrics(one)]

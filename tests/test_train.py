@@ -13,6 +13,7 @@ from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
 from conftest import (
     CONFIGS,
     assert_same_weights,
+    assert_sharded_counted_and_resumable,
     check,
     crashed_copy,
     error_lines,
@@ -83,36 +84,17 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch"}
 
 
-def test_two_processes_match_one_and_count_every_test_image(tmp_path: Path) -> None:
-    # 37 test images in global batches of 8 over 2 processes: Accelerate pads the last batch.
-    overrides = ("data.test_size=37", "train.eval_batch_size=8")
-    one = check(run_cli(smoke(tmp_path, "one", *overrides), tmp_path, processes=1))
-    two = check(run_cli(smoke(tmp_path, "two", *overrides), tmp_path, processes=2))
-    assert "1 process(es)" in one.stdout and "2 process(es)" in two.stdout
-    assert two.stdout.count("test accuracy") == one.stdout.count("test accuracy")  # main process prints only
-    for name in ("one", "two"):
-        assert [m["test/images"] for m in metrics(tmp_path / "runs" / name)] == [37, 37]
-    assert_same_weights(tmp_path / "runs" / "one" / "model.safetensors",
-                         tmp_path / "runs" / "two" / "model.safetensors", atol=1e-6)
-    accuracies = [[m["test/acc"] for m in metrics(tmp_path / "runs" / name)] for name in ("one", "two")]
-    assert accuracies[0] == accuracies[1]
-
-
-def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
+    # 37 test images in global batches of 8 over 2 processes: Accelerate pads the last batch. The helper also
+    # resumes a run from its mid-epoch checkpoint (an explicit path) into a new run and compares.
     keep_all = "checkpoint.keep_last=100"
-    check(run_python(smoke(tmp_path, "full", keep_all), tmp_path))
-    full = tmp_path / "runs" / "full"
-    mid_epoch = full / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
-    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
-
-    # Resume from an explicit checkpoint path into a new run.
-    resumed = check(run_python(smoke(tmp_path, "from-path", keep_all, f"train.resume={mid_epoch}"), tmp_path))
-    assert "resumed from" in resumed.stdout
-    assert_same_weights(full / "model.safetensors", tmp_path / "runs" / "from-path" / "model.safetensors")
+    full = assert_sharded_counted_and_resumable(tmp_path, "data.test_size=37", "train.eval_batch_size=8", keep_all)
+    assert [m["test/acc"] for m in metrics(full)] == [m["test/acc"] for m in metrics(tmp_path / "runs" / "two")]
 
     # A run that died after its step-10 checkpoint (mid-epoch 2), continued with train.resume=auto.
     crashed = crashed_copy(full, tmp_path / "runs" / "crashed", "step_00000010")
-    check(run_python(smoke(tmp_path, "crashed", keep_all, "train.resume=auto"), tmp_path))
+    check(run_python(smoke(tmp_path, "crashed", "data.test_size=37", "train.eval_batch_size=8", keep_all,
+                           "train.resume=auto"), tmp_path))
     assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
     # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
     def exact(run_dir: Path) -> list[dict]:  # every evaluation value (the epoch's loss and speed cover fewer batches)
