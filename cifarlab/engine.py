@@ -194,7 +194,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             state.global_step += 1
             state.step_in_epoch += 1
             total += loss
-            recorder.train_step(state, loss, learner.lr())
+            recorder.train_step(state, loss, learner.lr)
             checkpointer.after_step(state)
             # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
             # signal during the last batch is handled after the epoch-end checkpoint instead.

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -107,8 +108,9 @@ class Recorder:
                                        state.step_in_epoch)
         return self._bar
 
-    def train_step(self, state: TrainState, loss: torch.Tensor, lr: float) -> None:
-        """After each training batch; records every ``logging.every_n_steps`` steps (all ranks)."""
+    def train_step(self, state: TrainState, loss: torch.Tensor, lr: Callable[[], float]) -> None:
+        """After each training batch; records every ``logging.every_n_steps`` steps (all ranks). ``lr`` is asked
+        only then."""
         self._window += loss
         self._window_steps += 1
         if self._bar is not None:
@@ -117,9 +119,10 @@ class Recorder:
             return
         mean_loss = self.accelerator.reduce(self._window, reduction="mean").item() / self._window_steps
         images_per_s = self._window_steps * self.batch_size / (time.perf_counter() - self._window_start)
-        self.record({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s,
+        rate = lr()
+        self.record({"train/loss": mean_loss, "train/lr": rate, "train/images_per_s": images_per_s,
                      "train/epoch": state.epoch + state.step_in_epoch / self.steps_per_epoch}, state.global_step)
-        stats = f"loss {mean_loss:.4f} lr {lr:.5f} {images_per_s:,.0f} images/s"
+        stats = f"loss {mean_loss:.4f} lr {rate:.5f} {images_per_s:,.0f} images/s"
         self.out.progress_line(f"epoch {state.epoch + 1} step {state.step_in_epoch}/{self.steps_per_epoch} {stats}")
         if self._bar is not None:
             self._bar.update(state.step_in_epoch, stats)
