@@ -61,6 +61,22 @@ class DataPath(ABC):
         self._test_loader: Optional[DataLoader] = None
         self._skip: Callable[[DataLoader, int], Any] = lambda loader, count: loader
 
+    @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
+              device: Optional[torch.device] = None) -> DataPath:
+        """Both splits of ``data.name`` on this path (see :meth:`split`), with the same classes."""
+        train, classes = cls.split(config, seed, "train", warn, device)
+        test, test_classes = cls.split(config, seed, "test", warn, device)
+        _check_same_classes(config, classes, test_classes)
+        return cls(config, seed, classes, train, test)
+
+    @classmethod
+    @abstractmethod
+    def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
+              device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
+        """One split as this path's dataset (a subset when data.train_size / data.test_size say so), and the
+        class names. ``device``: where the tensor path keeps the images."""
+
     @abstractmethod
     def to_model(self, batch: Any, train: bool) -> Batch:
         """A loader batch as (normalised images, labels)."""
@@ -217,7 +233,7 @@ def open_source(config: DataConfig, split: str) -> tuple[Dataset, list[str]]:
     return cifar, list(cifar.classes)
 
 
-def check_same_classes(config: DataConfig, train: Sequence[str], test: Sequence[str]) -> None:
+def _check_same_classes(config: DataConfig, train: Sequence[str], test: Sequence[str]) -> None:
     if list(train) != list(test):
         raise UsageError(f"data.root={config.root}: train classes {list(train)} differ from test classes "
                          f"{list(test)}; both splits need the same class folders")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from cifarlab.config import DataConfig
-from cifarlab.data import Batch, DataPath, check_same_classes, open_source, size, split_size, spread, subset_indices
+from cifarlab.data import Batch, DataPath, open_source, size, split_size, spread, subset_indices
 
 
 class SeededTransform(Dataset):
@@ -88,17 +88,15 @@ class ImageData(DataPath):
     test: SeededTransform
 
     @classmethod
-    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
-              device: Optional[torch.device] = None) -> ImageData:
-        (train_base, classes), (test_base, test_classes) = open_source(config, "train"), open_source(config, "test")
-        check_same_classes(config, classes, test_classes)
+    def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
+              device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
+        base, classes = open_source(config, split)
+        key = "data.train_size" if split == "train" else "data.test_size"
+        train = split == "train"
         # Random per sample with any augmentation or cutout; test images are never augmented.
-        random = config.augment != "none" or bool(config.cutout)
-        train = SeededTransform(_subset(train_base, split_size(config, "train"), "data.train_size"),
-                                build_transform(config, True), seed, random=random)
-        test = SeededTransform(_subset(test_base, split_size(config, "test"), "data.test_size"),
-                               build_transform(config, False), seed, random=False)
-        return cls(config, seed, classes, train, test)
+        random = train and (config.augment != "none" or bool(config.cutout))
+        return SeededTransform(_subset(base, split_size(config, split), key), build_transform(config, train), seed,
+                               random=random), classes
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

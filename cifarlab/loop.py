@@ -31,12 +31,13 @@ def train(config: Config, preset: Optional[str] = None) -> Path:
     run directory."""
     accelerator = engine.build_accelerator(config, trackers=True)
     out = console.Console(accelerator.is_main_process, quiet=config.logging.level == "warning")
-    try:
-        # From here on SIGUSR1/SIGTERM mean "checkpoint and exit".
-        with preemption.StopRequest(accelerator, out.log) as stop:
+    # From here on SIGUSR1/SIGTERM mean "checkpoint and exit", also while tearing down: a signal that follows a
+    # stop (SLURM cancels a job it requeues) must not kill the process before it has finished W&B.
+    with preemption.StopRequest(accelerator, out.log) as stop:
+        try:
             return run(accelerator, config, out, stop, preset)
-    finally:
-        accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
+        finally:
+            accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
 
 
 def run(accelerator: Accelerator, config: Config, out: console.Console, stop: preemption.StopRequest,

@@ -26,7 +26,6 @@ from cifarlab.config import CIFAR10_CLASSES, DataConfig
 from cifarlab.data import (
     Batch,
     DataPath,
-    check_same_classes,
     list_image_folder,
     open_source,
     size,
@@ -71,12 +70,9 @@ class TensorData(DataPath):
     test: TensorImages
 
     @classmethod
-    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
-              device: Optional[torch.device] = None) -> TensorData:
-        train, classes = _in_memory(config, "train", warn, device)
-        test, test_classes = _in_memory(config, "test", warn, device)
-        check_same_classes(config, classes, test_classes)
-        return cls(config, seed, classes, train, test)
+    def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
+              device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
+        return _in_memory(config, split, warn, device)
 
     def to_model(self, batch: Any, train: bool) -> Batch:
         images, labels, indices = batch

@@ -16,6 +16,7 @@ before importing torch, so --help, --print-config and config errors answer at on
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -49,6 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.error(str(error))
         return error.exit_code
     except Preempted as stopped:
+        # Saved and stopping: another stop signal (SLURM cancels the job it requeues) must not turn exit 75
+        # into death by that signal while the interpreter shuts down.
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)
         return stopped.exit_code
     return 0
 

@@ -81,6 +81,10 @@ def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> Non
     step = int(stopped.group(1))
     assert 40 <= step < 256
     _wait(lambda: _state(env, job) == ("PENDING", 1), "the job to be requeued")
+    # The requeue revoked the old run's job credential, and slurmd compares credential times in whole seconds:
+    # a restart within the same second is killed as "non-startable: Job credential revoked" (seen in CI). The
+    # 120 s hold below exists for that; skipping it, wait out the second at least.
+    time.sleep(2)
 
     def finished() -> bool:
         state = _state(env, job)[0]
