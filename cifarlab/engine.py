@@ -188,7 +188,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
     total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
     learner.model.train()
     start = time.perf_counter()
-    with recorder.epoch_bar(state, steps_per_epoch):
+    with recorder.epoch_bar(state):
         for images, labels in data.train_batches(state.epoch, skip=skipped):
             loss = learner.step(images, labels)
             state.global_step += 1

@@ -3,7 +3,7 @@
 SLURM warns a job with a signal before a preemption or its time limit (``--signal``), then sends
 SIGTERM. Either signal only sets a flag here; the train loop asks at each optimizer-step boundary
 whether *any* rank got one (an all-reduce, so every rank stops at the same step), saves a
-checkpoint, and exits with :data:`EXIT_PREEMPTED`. Under SLURM the main process first requeues the
+checkpoint, and exits with code 75 (:class:`cifarlab.errors.Preempted`). Under SLURM the main process first requeues the
 job, and the requeued job resumes from that checkpoint (``train.resume=auto``).
 """
 
@@ -20,9 +20,6 @@ from accelerate import Accelerator
 
 from cifarlab.checkpoint import Checkpointer, TrainState
 from cifarlab.errors import Preempted
-
-EXIT_PREEMPTED = Preempted.exit_code
-"""Exit code after a signal-triggered checkpoint (EX_TEMPFAIL: run again to continue)."""
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 CHECK_EVERY = 8

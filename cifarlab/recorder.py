@@ -100,11 +100,11 @@ class Recorder:
 
     # --- training -------------------------------------------------------------------------------------
 
-    def epoch_bar(self, state: TrainState, steps_per_epoch: int) -> AbstractContextManager[Any]:
+    def epoch_bar(self, state: TrainState) -> AbstractContextManager[Any]:
         """The epoch's progress bar (a terminal) and a fresh window for the running loss."""
         self._window.zero_()
         self._window_steps, self._window_start = 0, time.perf_counter()
-        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self.config.train.epochs}", steps_per_epoch,
+        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self.config.train.epochs}", self.steps_per_epoch,
                                        state.step_in_epoch)
         return self._bar
 
