@@ -133,6 +133,8 @@ class TrainConfig:
     """Decay of an exponential moving average of the weights, updated every optimizer step (e.g. 0.99); the average is evaluated and saved. null = off."""
     tta: Literal["none", "flip", "flip_translate"] = "flip"
     """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
+    target_accuracy: Optional[float] = None
+    """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
@@ -148,6 +150,8 @@ class TrainConfig:
         _require(self.cpu_threads is None or self.cpu_threads >= 1,
                  f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (all cores)")
         _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
+        _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+                 f"train.target_accuracy={self.target_accuracy} must be a fraction in (0, 1] (e.g. 0.6) or null (off)")
         _require(self.run_name is None or (self.run_name != "" and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 

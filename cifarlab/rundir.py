@@ -4,7 +4,9 @@
       config.yaml          the resolved config
       classes.json         class names by label index
       metrics.jsonl        one JSON object per logged step and per evaluation (see cifarlab.recorder)
-      model.safetensors    final weights
+      model.safetensors    final weights (written last: its presence means the run finished)
+      predictions.safetensors  the final evaluated model's test predictions (see cifarlab.results)
+      environment.json     versions, hardware, command line and git commit of each start (see cifarlab.environment)
       wandb/               the W&B run files
       wandb_step           the highest step logged to W&B
       checkpoints/         step_XXXXXXXX/ folders, best/ and `latest`
@@ -21,6 +23,8 @@ from typing import Optional
 
 WEIGHTS = "model.safetensors"
 """Final weights in a run directory; Accelerate's name for the model in a checkpoint folder too."""
+PREDICTIONS = "predictions.safetensors"
+"""Per-test-image results of the final evaluated model in a run directory."""
 EMA_WEIGHTS = "ema.safetensors"
 """The weight average (``train.ema``) in a checkpoint folder."""
 TRAINER_STATE = "trainer_state.json"
@@ -57,6 +61,18 @@ class RunDir:
     @property
     def weights(self) -> Path:
         return self.root / WEIGHTS
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS
+
+    @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
+    def finished(self) -> bool:
+        """Whether the run completed (its final weights are written after everything else)."""
+        return self.weights.is_file()
 
     @property
     def wandb(self) -> Path:
