@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,24 @@ from torch import nn
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import UsageError
 from cifarlab.rundir import BEST, MANIFEST, TRAINER_STATE, RunDir
+
+
+class Stopwatch:
+    """Seconds counted over a run's segments: ``seconds`` saved in a checkpoint plus the running part."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self._since: Optional[float] = None
+
+    def start(self, since: Optional[float] = None) -> None:
+        """Count from ``since`` (a ``time.perf_counter()`` value; default now)."""
+        self._since = time.perf_counter() if since is None else since
+
+    def stop(self) -> None:
+        self.seconds, self._since = self.read(), None
+
+    def read(self) -> float:
+        return self.seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
 
 
 @dataclass
@@ -56,13 +75,24 @@ class TrainState:
     """Epoch (1-based) that reached best_accuracy; -1 before the first evaluation."""
     wandb_run_id: Optional[str] = None
     """The W&B run to continue on resume."""
+    elapsed_s: float = 0.0
+    """Wall seconds of the run so far, summed over its segments (time lost to a crash after the last
+    checkpoint is not counted); read it live from :attr:`wall`."""
+    train_s: float = 0.0
+    """Of those, seconds in training batches (no set-up, evaluation or saving); live in :attr:`training`."""
+    target: Optional[dict[str, float]] = None
+    """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.recorder`); None before."""
+
+    def __post_init__(self) -> None:
+        self.wall, self.training = Stopwatch(self.elapsed_s), Stopwatch(self.train_s)
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "elapsed_s": self.wall.read(), "train_s": self.training.read()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+        self.__post_init__()
 
     def end_epoch(self, accuracy: float) -> None:
         """The epoch in progress has been trained and evaluated at ``accuracy``."""
@@ -70,8 +100,19 @@ class TrainState:
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, self.epoch
 
+    def reached(self, target: Optional[float], accuracy: float) -> bool:
+        """Whether the evaluation just ended (at ``accuracy``) is the first to reach ``target``; if so,
+        :attr:`target` records where."""
+        if target is None or self.target is not None or accuracy < target:
+            return False
+        self.target = {"target/accuracy": target, "target/epoch": self.epoch, "target/step": self.global_step,
+                       "target/elapsed_s": round(self.wall.read(), 3),
+                       "target/train_seconds": round(self.training.read(), 3)}
+        return True
 
-def _sha256(path: Path) -> str:
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -94,7 +135,7 @@ def problem(path: Path) -> Optional[str]:
             return f"{name} is missing"
         if file.stat().st_size != expected["size"]:
             return f"{name} has {file.stat().st_size} bytes, expected {expected['size']}"
-        if _sha256(file) != expected["sha256"]:
+        if sha256(file) != expected["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
@@ -138,7 +179,7 @@ def _seal(folder: Path, state: TrainState) -> None:
     files: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         _fsync(file)  # other ranks wrote some of these: flush them all before publishing
-        files[file.name] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+        files[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
     manifest = {"format": 1, "global_step": state.global_step, "epoch": state.epoch,
                 "step_in_epoch": state.step_in_epoch, "files": files}
     _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))

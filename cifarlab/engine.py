@@ -160,6 +160,10 @@ class Learner:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def evaluate(self, data: DataPath, tta: str) -> EvalResult:
+        """:func:`evaluate` of the evaluated model on the whole test set."""
+        return evaluate(self.evaluated, data.test_batches(), self.accelerator, data.classes, tta, self.memory_format)
+
 
 @dataclass(frozen=True)
 class EpochStats:
@@ -188,6 +192,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
     total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
     learner.model.train()
     start = time.perf_counter()
+    state.training.start(start)
     with recorder.epoch_bar(state):
         for images, labels in data.train_batches(state.epoch, skip=skipped):
             loss = learner.step(images, labels)
@@ -200,6 +205,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             # signal during the last batch is handled after the epoch-end checkpoint instead.
             if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
                 stop.stop_if_agreed(state, checkpointer, step=state.global_step)
+    state.training.stop()
     seconds = time.perf_counter() - start
     trained = state.step_in_epoch - skipped
     loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)
@@ -215,15 +221,17 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], accelerator: Accelerato
     as :func:`tta_logits`. ``model`` may be the prepared model or a bare one (an EMA): both run
     under the accelerator's mixed precision."""
     model.eval()
-    preds, labels, losses = [], [], []
+    outputs, labels, losses = [], [], []
     for images, targets in batches:
         with accelerator.autocast():
-            logits = tta_logits(model, images.contiguous(memory_format=memory_format), tta)
-        loss = F.cross_entropy(logits.float(), targets, reduction="none")
-        # Gathered on every batch through to the end, so the last batch's padding is dropped.
-        pred, target, loss = accelerator.gather_for_metrics((logits.argmax(dim=1), targets, loss))
-        preds.append(pred)
+            logits = tta_logits(model, images.contiguous(memory_format=memory_format), tta).float()
+        loss = F.cross_entropy(logits, targets, reduction="none")
+        # Gathered on every batch through to the end, so the last batch's padding is dropped; global batches
+        # are split in order across ranks (split_batches), so the gathered images are in dataset order.
+        logits, target, loss = accelerator.gather_for_metrics((logits, targets, loss))
+        outputs.append(logits.cpu())
         labels.append(target)
         losses.append(loss)
     model.train()
-    return EvalResult.from_predictions(torch.cat(preds), torch.cat(labels), torch.cat(losses), classes)
+    logits = torch.cat(outputs)
+    return EvalResult.from_predictions(logits.argmax(dim=1), torch.cat(labels), torch.cat(losses), classes, logits)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -36,16 +37,25 @@ class Trained:
 def _locate(checkpoint: str) -> tuple[Path, RunDir]:
     """(weights file, run directory) for a checkpoint argument."""
     path = Path(checkpoint)
-    if path.is_file():
-        weights = path
-    elif (path / EMA_WEIGHTS).is_file():
-        weights = path / EMA_WEIGHTS
-    elif (path / WEIGHTS).is_file():
-        weights = path / WEIGHTS
-    else:
+    weights = path if path.is_file() else evaluated_weights(path)
+    if not weights.is_file():
         raise UsageError(f"--checkpoint {checkpoint}: no {WEIGHTS} there; pass a run directory, its "
                          f"{WEIGHTS}, or a folder under <run>/checkpoints/")
     return weights, of_checkpoint(weights.parent) or RunDir(weights.parent)
+
+
+def model_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The model's state dict from a weights file: a model's own, or ``ema.safetensors`` (torch's
+    AveragedModel: the model under ``module.``, plus a step count)."""
+    state = load_file(str(weights))
+    if weights.name == EMA_WEIGHTS:
+        state = {key.removeprefix("module."): value for key, value in state.items() if key != "n_averaged"}
+    return state
+
+
+def evaluated_weights(folder: Path) -> Path:
+    """The weights file a checkpoint folder's run evaluated: the average with train.ema, else the model."""
+    return folder / EMA_WEIGHTS if (folder / EMA_WEIGHTS).is_file() else folder / WEIGHTS
 
 
 def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: Sequence[str] = ()) -> Trained:
@@ -59,9 +69,7 @@ def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: 
     classes = tuple(json.loads(run.classes.read_text())) if run.classes.is_file() else CIFAR10_CLASSES
     model = build_model(config.model, num_classes=len(classes))
     try:
-        state = load_file(str(weights))
-        if weights.name == EMA_WEIGHTS:  # torch's AveragedModel: the model under module., plus a step count
-            state = {key.removeprefix("module."): value for key, value in state.items() if key != "n_averaged"}
+        state = model_weights(weights)
     except (SafetensorError, OSError) as error:
         raise UsageError(f"--checkpoint {checkpoint}: {weights} is not a readable safetensors file ({error})") from None
     try:

@@ -12,16 +12,17 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import checkpoint, console, data, engine, models, preemption
+from cifarlab import checkpoint, console, data, engine, environment, models, preemption
 from cifarlab.config import Config, differences, load_config, to_yaml, with_run_name
 from cifarlab.errors import UsageError
+from cifarlab.metrics import EvalResult
 from cifarlab.recorder import Recorder
 from cifarlab.rundir import RunDir
 
@@ -73,10 +74,13 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
 
     # --- run directory: written only once the data and model are known to work ---
     accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
+    record: Optional[dict[str, Any]] = None  # the run record (main process)
     if accelerator.is_main_process:
+        record = environment.collect(accelerator, config.data)
         run_dir.root.mkdir(parents=True, exist_ok=True)
         run_dir.config.write_text(to_yaml(config))
         run_dir.classes.write_text(json.dumps(list(datasets.classes)))
+        environment.write(run_dir, record)
     changed = differences(config, load_config(preset))
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
@@ -91,25 +95,32 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
     if resume_from is not None:
         state = checkpointer.load(resume_from)
         out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
+    state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
-    recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None)
+    recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
     recorder.training_images(datasets, state)
 
-    # --- train ---
-    for _ in range(state.epoch, config.train.epochs):
+    # --- train: every epoch, or until an evaluation reaches train.target_accuracy ---
+    result: Optional[EvalResult] = None
+    while state.epoch < config.train.epochs and state.target is None:
         stats = engine.train_epoch(learner, datasets, state, recorder, checkpointer, stop)
-        result = engine.evaluate(learner.evaluated, datasets.test_batches(), accelerator, datasets.classes,
-                                 config.train.tta, memory_format)
+        result = learner.evaluate(datasets, config.train.tta)
         state.end_epoch(result.accuracy)
         recorder.evaluation(state, result, stats)
+        if state.reached(config.train.target_accuracy, result.accuracy):
+            recorder.target(state)
         checkpointer.after_epoch(state)
-        if state.epoch < config.train.epochs:  # a signal during evaluation: the epoch is saved, stop here
-            stop.stop_if_agreed(state, checkpointer)
+        if state.epoch < config.train.epochs and state.target is None:
+            stop.stop_if_agreed(state, checkpointer)  # a signal during evaluation: the epoch is saved, stop here
 
     # --- finish ---
-    recorder.final_pictures(datasets, learner, state)
+    if result is None:  # resumed after the last evaluation (stopped while finishing): evaluate the model again
+        result = learner.evaluate(datasets, config.train.tta)
+    recorder.final_pictures(datasets, learner, state, result)
+    recorder.predictions(result, config.data, datasets.classes)
     accelerator.wait_for_everyone()
     accelerator.save_model(learner.evaluated, str(run_dir.root), safe_serialization=True)
+    recorder.model_artifact(state)
     out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
             f"(epoch {state.best_epoch}); weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
     return run_dir.root

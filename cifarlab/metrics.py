@@ -6,8 +6,8 @@ Accelerate pads the last batch with duplicates, which only ``gather_for_metrics`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
@@ -26,10 +26,12 @@ class EvalResult:
     """Test images per class name."""
     confusion: list[list[int]]
     """confusion[true][predicted]: image counts, rows and columns in class order."""
+    examples: Optional[dict[str, torch.Tensor]] = field(default=None, repr=False, compare=False)
+    """Per test image, in dataset order: ``labels``, ``predictions`` and ``logits`` (CPU tensors)."""
 
     @classmethod
     def from_predictions(cls, preds: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
-                         classes: tuple[str, ...]) -> EvalResult:
+                         classes: tuple[str, ...], logits: Optional[torch.Tensor] = None) -> EvalResult:
         preds, labels, losses = preds.cpu(), labels.cpu(), losses.cpu().double()
         correct = preds == labels
         num = len(classes)
@@ -45,6 +47,8 @@ class EvalResult:
                        for i, name in enumerate(classes)},
             per_class_count={name: int(totals[i]) for i, name in enumerate(classes)},
             confusion=confusion.tolist(),
+            examples=None if logits is None else {"labels": labels.long(), "predictions": preds.long(),
+                                                  "logits": logits.detach().float().cpu()},
         )
 
     def values(self) -> dict[str, Any]:

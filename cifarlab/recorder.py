@@ -7,8 +7,18 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
     after each evaluation         test/acc, test/loss, test/images, test/acc/<class>, train/epoch_loss,
                                   train/epoch_images_per_s, train/epoch_seconds, train/epoch
 
+    when train.target_accuracy is reached   target/accuracy (the target), target/epoch, target/step,
+                                  target/elapsed_s, target/train_seconds (also in the W&B summary)
+
 metrics.jsonl holds one JSON object per record: ``step`` (the global step), ``time`` (unix seconds when it
-was recorded) and the values (NaN as null). An evaluation record is the one with ``test/acc``. Adding a
+was recorded), ``elapsed_s`` (wall seconds of the run so far, over all its segments) and the values (NaN as
+null). An evaluation record is the one with ``test/acc``.
+
+At the end the recorder writes ``predictions.safetensors``: the final evaluated model's ``labels``,
+``predictions`` (int64, one per test image in dataset order) and ``logits`` (float32), with metadata
+``test_set`` (a digest of the test labels and data settings: the same digest means the same images in the
+same order, so runs can be compared image by image) and ``classes`` (JSON). W&B gets the final weights
+and ``best/`` as versions of one model artifact (aliases ``final`` and ``best``). Adding a
 metric means adding it to the dict where it is computed (``EvalResult.values``, ``EpochStats.values`` or
 :meth:`Recorder.train_step`); every sink takes it from there. The recorder owns the logging cadence.
 
@@ -17,9 +27,11 @@ Collectives (the loss average across ranks) run on every rank; writing happens o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -29,10 +41,10 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab import console, plots, tracking
-from cifarlab.checkpoint import TrainState
-from cifarlab.config import Config, to_dict
+from cifarlab.checkpoint import Stopwatch, TrainState, sha256
+from cifarlab.config import Config, DataConfig, to_dict
 from cifarlab.metrics import EvalResult
-from cifarlab.rundir import RunDir
+from cifarlab.rundir import MANIFEST, WEIGHTS, RunDir
 
 if TYPE_CHECKING:
     from cifarlab.data import DataPath
@@ -58,13 +70,17 @@ class Recorder:
         self._window_steps, self._window_start = 0, time.perf_counter()
         self._bar: Optional[console.EpochBar] = None
         self._previous: Optional[EvalResult] = None
+        self._clock = Stopwatch()  # the run's wall clock, from start()
 
     # --- start ----------------------------------------------------------------------------------------
 
-    def start(self, state: TrainState, wandb_run_id: str, continuing: bool) -> None:
+    def start(self, state: TrainState, wandb_run_id: str, continuing: bool,
+              environment: Optional[dict[str, Any]] = None) -> None:
         """Drop metrics.jsonl records past ``state`` (progress a stopped run lost) and start, or continue,
         the W&B run. After a resume the run redoes the steps since its checkpoint, which W&B may already
-        have: those are not logged to it again (an exact resume recomputes the same values)."""
+        have: those are not logged to it again (an exact resume recomputes the same values). ``environment``
+        (the run record) goes to W&B's config under ``environment``."""
+        self._clock = state.wall
         if self.main and self.run.metrics.is_file():
             kept = [line for line in self.run.metrics.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= state.global_step]
@@ -75,7 +91,7 @@ class Recorder:
             self._wandb_step = int(self.run.wandb_step.read_text())
         tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
                                 self.config.train.run_name or self.run.root.name, wandb_run_id,
-                                to_dict(self.config))
+                                {**to_dict(self.config), "environment": environment})
         self.wandb = tracking.wandb_run(self.accelerator)
         if self.wandb is not None:
             self.out.log(tracking.where(self.wandb))
@@ -86,7 +102,8 @@ class Recorder:
         """One record: to W&B (unless it already has this step's successors) and to metrics.jsonl."""
         self._to_wandb(values, step)
         if self.main:
-            line = {"step": step, "time": round(time.time(), 3), **{k: _json(v) for k, v in values.items()}}
+            line = {"step": step, "time": round(time.time(), 3), "elapsed_s": round(self._clock.read(), 3),
+                    **{k: _json(v) for k, v in values.items()}}
             with open(self.run.metrics, "a") as handle:
                 handle.write(json.dumps(line) + "\n")
 
@@ -141,6 +158,59 @@ class Recorder:
             self.wandb.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
         self._previous = result
 
+    def target(self, state: TrainState) -> None:
+        """``train.target_accuracy`` was reached at the evaluation just recorded (``state.target``)."""
+        assert state.target is not None
+        self.record(state.target, state.global_step)
+        if self.wandb is not None:
+            self.wandb.summary.update(state.target)
+        t = state.target
+        self.out.log(f"reached the target accuracy {100 * t['target/accuracy']:.2f} % at epoch {t['target/epoch']} "
+                     f"(step {t['target/step']}) after {t['target/elapsed_s']:.1f}s ({t['target/train_seconds']:.1f}s "
+                     f"training); finishing the run")
+
+    # --- the end of the run ---------------------------------------------------------------------------
+
+    def predictions(self, result: EvalResult, data: DataConfig, classes: tuple[str, ...]) -> None:
+        """``predictions.safetensors``: the final evaluation, image by image (see the module docstring)."""
+        if not self.main or result.examples is None:
+            return
+        from safetensors.torch import save_file
+
+        examples = {name: tensor.contiguous() for name, tensor in result.examples.items()}
+        metadata = {"test_set": test_set_digest(examples["labels"], data), "classes": json.dumps(list(classes))}
+        tmp = self.run.predictions.with_name(f".tmp-{self.run.predictions.name}")
+        save_file(examples, str(tmp), metadata=metadata)
+        os.replace(tmp, self.run.predictions)
+
+    def model_artifact(self, state: TrainState) -> None:
+        """The final weights and ``best/`` as versions of one W&B model artifact (call once the final weights
+        are written). Each version holds the evaluated weights (the EMA with ``train.ema``) as
+        model.safetensors, config.yaml and classes.json; metadata: the weights' SHA-256 and, for ``best``,
+        that of the checkpoint's manifest (which holds every file's SHA-256)."""
+        if self.wandb is None:
+            return
+        name = "model-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.config.train.run_name or self.run.root.name)
+        extra = [self.run.config, self.run.classes]
+        tracking.log_model(self.wandb, name, self.run.weights, extra, ["final"],
+                           {"sha256": sha256(self.run.weights), "epoch": state.epoch, "step": state.global_step})
+        best = self.run.best
+        if not (best / MANIFEST).is_file():
+            return
+        # As a model file like the final one (the checkpoint's average is torch's AveragedModel state).
+        from safetensors.torch import save_file
+
+        from cifarlab.loading import evaluated_weights, model_weights
+
+        weights = self.run.checkpoints / f".tmp-artifact-{WEIGHTS}"
+        save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
+        try:
+            tracking.log_model(self.wandb, name, weights, extra, ["best"],
+                               {"sha256": sha256(weights), "manifest_sha256": sha256(best / MANIFEST),
+                                "epoch": state.best_epoch, "accuracy": state.best_accuracy})
+        finally:
+            weights.unlink()  # W&B has copied it to its staging area
+
     # --- pictures (W&B only) --------------------------------------------------------------------------
 
     def training_images(self, data: DataPath, state: TrainState) -> None:
@@ -153,9 +223,9 @@ class Recorder:
         self._to_wandb({"media/train_images": tracking.image(
             grid, "training images after augmentation: what the model sees")}, state.global_step)
 
-    def final_pictures(self, data: DataPath, learner: Learner, state: TrainState) -> None:
-        """Test predictions and the last evaluation's confusion matrix."""
-        if self.wandb is None or self._previous is None:
+    def final_pictures(self, data: DataPath, learner: Learner, state: TrainState, result: EvalResult) -> None:
+        """Test predictions and the final evaluation's confusion matrix."""
+        if self.wandb is None:
             return
         from cifarlab.engine import tta_logits
 
@@ -164,7 +234,7 @@ class Recorder:
         with torch.no_grad(), self.accelerator.autocast():
             views = images.to(self.accelerator.device).contiguous(memory_format=learner.memory_format)
             preds = tta_logits(model, views, self.config.train.tta).argmax(dim=1)
-        data_config, confusion, classes = self.config.data, self._previous.confusion, data.classes
+        data_config, confusion, classes = self.config.data, result.confusion, data.classes
         self._to_wandb({
             "media/test_predictions": tracking.image(
                 plots.labelled_grid(images, labels, classes, data_config.mean, data_config.std, preds=preds),
@@ -173,6 +243,14 @@ class Recorder:
             "media/confusion_matrix": tracking.image(plots.confusion_image(confusion, classes),
                                                      "rows: true class, columns: predicted"),
         }, state.global_step)
+
+
+def test_set_digest(labels: torch.Tensor, data: DataConfig) -> str:
+    """Names a test set: its labels in order and what chose the images (not data.root: runs copied from
+    another machine keep their digest)."""
+    digest = hashlib.sha256(json.dumps([data.name, data.test_size, data.image_size]).encode())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _json(value: Any) -> Any:

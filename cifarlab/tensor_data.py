@@ -110,7 +110,7 @@ def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
 
 # --- decoding and the cache -------------------------------------------------------------------------
 
-def _fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str]]]:
+def fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str]]]:
     """(a key that changes when the source files change, class names), without opening the dataset;
     None when there is nothing on disk to key (fake data, CIFAR-10 not downloaded yet)."""
     digest = hashlib.sha256()
@@ -148,7 +148,7 @@ def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def load_tensors(config: DataConfig, split: str,
                  warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decoded (images, labels, class names) of ``split``: from the cache under ``data.root`` when it is current."""
-    found = _fingerprint(config, split)
+    found = fingerprint(config, split)
     cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
     if found is not None and cache is not None and cache.is_file():
         tensors = load_file(str(cache))
@@ -156,7 +156,7 @@ def load_tensors(config: DataConfig, split: str,
     base, classes = open_source(config, split)
     images, labels = _decode(base)
     if cache is None:
-        found = _fingerprint(config, split)  # CIFAR-10 may have been downloaded just now
+        found = fingerprint(config, split)  # CIFAR-10 may have been downloaded just now
         cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
     if cache is not None:
         try:

@@ -91,6 +91,19 @@ def wandb_run(accelerator: Accelerator) -> Any:
     return accelerator.get_tracker("wandb", unwrap=True)
 
 
+def log_model(run: Any, name: str, weights: Path, extra: list[Path], aliases: list[str],
+              metadata: dict[str, Any]) -> None:
+    """Log ``weights`` (as model.safetensors) and ``extra`` files as a version of model artifact ``name``.
+    Offline the artifact is recorded in the run files and uploaded by `wandb sync`."""
+    import wandb
+
+    artifact = wandb.Artifact(name, type="model", metadata=metadata)
+    artifact.add_file(str(weights), name="model.safetensors")
+    for file in extra:
+        artifact.add_file(str(file))
+    run.log_artifact(artifact, aliases=aliases)
+
+
 def image(picture: Any, caption: str) -> Any:
     """A PIL image as W&B media (call only when W&B is in use)."""
     import wandb

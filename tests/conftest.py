@@ -110,6 +110,10 @@ def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
     assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+    # Per-image predictions come back in dataset order whatever the process count.
+    ones, twos = load_file(str(RunDir(one).predictions)), load_file(str(RunDir(two).predictions))
+    assert torch.equal(ones["labels"], twos["labels"]) and ones["labels"].shape == (37,)
+    assert torch.equal(ones["predictions"], twos["predictions"])
     mid_epoch = one / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
     assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
     resumed = check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
@@ -117,6 +121,7 @@ def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
     resumed = tmp_path / "runs" / "resumed"
     assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
     assert [m["test/acc"] for m in metrics(resumed)] == [m["test/acc"] for m in metrics(one)]
+    assert torch.equal(load_file(str(RunDir(resumed).predictions))["logits"], ones["logits"])
     return one
 
 

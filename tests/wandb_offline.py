@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "find_run_files",
+    "read_artifacts",
     "read_config",
     "read_history",
     "read_metric_definitions",
@@ -112,6 +113,19 @@ def read_history(path: Path) -> list[dict[str, object]]:
                 target[last] = _decode(value)
             rows.append(row)
     return rows
+
+
+def read_artifacts(path: Path, kind: str) -> list[dict[str, Any]]:
+    """The artifacts of type ``kind`` logged to the run, in order: ``name``, ``aliases``, ``metadata``
+    (decoded from its JSON), and ``files`` ({path in the artifact: size})."""
+    found = []
+    for record in read_records(path):
+        if record["type"] == "artifact" and record["artifact"]["type"] == kind:
+            artifact = record["artifact"]
+            found.append({"name": artifact["name"], "aliases": artifact["aliases"],
+                          "metadata": json.loads(artifact.get("metadata") or "{}"),
+                          "files": {entry["path"]: int(entry["size"]) for entry in artifact["manifest"]["contents"]}})
+    return found
 
 
 def read_run_id(path: Path) -> str:
