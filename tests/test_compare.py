@@ -1,0 +1,429 @@
+"""cifarlab.results and python -m cifarlab.compare on run directories built here by hand (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from cifarlab import compare, results
+from cifarlab.config import load_config, to_yaml
+from cifarlab.results import ResultsError
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.unit
+
+CLASSES = ["cat", "dog"]
+ENV = {"python": "3.11.7", "torch": "2.4.0", "host": "node01", "processes": 1, "mixed_precision": "no", "gpus": [],
+       "git": {"commit": "0123456789abcdef", "dirty": False}, "data_fingerprint": "d1"}
+
+
+def make_run(root: Path, name: str, accuracies: list[float], *overrides: str, finished: bool = True,
+             seed: int = 0, per_class: Optional[dict[str, Optional[float]]] = None,
+             predictions: Optional[list[int]] = None, labels: Optional[list[int]] = None, test_set: str = "t1",
+             environment: Any = None, target: Optional[dict[str, float]] = None,
+             epoch_rates: Optional[list[tuple[float, float]]] = None) -> Path:
+    """A run directory as the trainer writes it: one evaluation record per accuracy (and a training record
+    before each), config.yaml from ``overrides``, environment.json, and on request predictions.safetensors
+    (``predictions`` against ``labels``, by default all class 0) and a target record."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = load_config(None, [f"train.seed={seed}", f"train.run_name={name}", f"train.output_dir={root}",
+                                *overrides])
+    (run / "config.yaml").write_text(to_yaml(config))
+    (run / "classes.json").write_text(json.dumps(CLASSES))
+    lines = []
+    for epoch, accuracy in enumerate(accuracies):
+        rate, seconds = (epoch_rates or [(100.0, 10.0)] * len(accuracies))[epoch]
+        lines.append({"step": 10 * epoch + 5, "time": 1e9 + epoch, "elapsed_s": 10.0 * epoch + 5,
+                      "train/loss": 1.0, "train/lr": 0.05, "train/images_per_s": rate, "train/epoch": epoch + 0.5})
+        classes = per_class if per_class is not None else {"cat": accuracy, "dog": accuracy}
+        lines.append({"step": 10 * epoch + 10, "time": 1e9 + epoch + 0.5, "elapsed_s": 10.0 * epoch + 10,
+                      "test/acc": accuracy, "test/loss": 1 - accuracy, "test/images": 100,
+                      **{f"test/acc/{k}": v for k, v in classes.items()}, "train/epoch": float(epoch + 1),
+                      "train/epoch_loss": 1.0, "train/epoch_images_per_s": rate, "train/epoch_seconds": seconds})
+    if target is not None:
+        lines.append({"step": 10 * len(accuracies), "time": 1e9 + 99, "elapsed_s": 99.0, **target})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run / "environment.json").write_text(json.dumps(ENV if environment is None else environment))
+    if predictions is not None:
+        truth = labels if labels is not None else [0] * len(predictions)
+        logits = torch.nn.functional.one_hot(torch.tensor(predictions), len(CLASSES)).float()
+        save_file({"labels": torch.tensor(truth), "predictions": torch.tensor(predictions), "logits": logits},
+                  str(run / "predictions.safetensors"), metadata={"test_set": test_set, "classes": json.dumps(CLASSES)})
+    if finished:
+        save_file({"w": torch.zeros(1)}, str(run / "model.safetensors"))
+    return run
+
+
+def outcomes(correct: list[bool]) -> list[int]:
+    """Predictions against all-zero labels: class 0 where ``correct``, else class 1."""
+    return [0 if right else 1 for right in correct]
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert compare.main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert compare.main(list(args)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("cifarlab: error: "), captured.err
+    return lines[0]
+
+
+# --- reading runs ---------------------------------------------------------------------------------------
+
+
+def test_read_run(tmp_path: Path) -> None:
+    path = make_run(tmp_path, "a", [0.4, 0.7, 0.6], "optim.lr=0.1", per_class={"cat": 0.5, "dog": None},
+                    environment={"starts": [{**ENV, "processes": 2}, {**ENV, "processes": 1}]},
+                    target={"target/accuracy": 0.65, "target/epoch": 2, "target/step": 20, "target/elapsed_s": 20.5,
+                            "target/train_seconds": 18.25},
+                    epoch_rates=[(100.0, 1.0), (200.0, 3.0), (300.0, 0.0)])
+    run = results.read_run(path)
+    assert run.finished and run.path == path and run.name == "a"
+    assert run.config["optim.lr"] == 0.1 and run.config["train.seed"] == 0 and run.config["model.name"] == "lenet"
+    assert [r["test/acc"] for r in run.evaluations] == [0.4, 0.7, 0.6]
+    assert run.final_accuracy() == 0.6 and run.best_accuracy() == 0.7
+    assert run.final_loss() == pytest.approx(0.4)
+    assert run.time_to_target() == 20.5 and run.train_time_to_target() == 18.25
+    # images/s over the run: (100 * 1 + 200 * 3) / (1 + 3) = 175 (the epoch of 0 seconds adds nothing)
+    assert run.images_per_s() == pytest.approx(175.0)
+    assert run.per_class() == {"cat": 0.5, "dog": None}
+    assert run.env("processes") == 2  # the first start
+    assert results.evaluations(path) == run.evaluations and len(results.records(path)) == 7
+
+
+def test_old_runs_without_environment_or_target(tmp_path: Path) -> None:
+    path = make_run(tmp_path, "old", [0.5])
+    (path / "environment.json").unlink()
+    run = results.read_run(path)
+    assert run.environment == {} and run.target is None and run.time_to_target() is None
+
+
+def test_config_keys_the_schema_lacks_are_kept_and_new_ones_default(tmp_path: Path) -> None:
+    path = make_run(tmp_path, "a", [0.5])
+    (path / "config.yaml").write_text("optim:\n  lr: 0.2\n  retired_knob: 3\ntrain:\n  mixed_precision: no\n")
+    config = results.read_run(path).config
+    assert config["optim.lr"] == 0.2 and config["optim.retired_knob"] == 3
+    assert config["train.epochs"] == 3 and config["train.mixed_precision"] == "no"
+
+
+def test_a_torn_last_line_is_dropped_only_in_unfinished_runs(tmp_path: Path) -> None:
+    for name, finished in (("stopped", False), ("done", True)):
+        path = make_run(tmp_path, name, [0.5, 0.6], finished=finished)
+        with open(path / "metrics.jsonl", "a") as handle:
+            handle.write('{"step": 30, "test/a')
+    assert [r["test/acc"] for r in results.read_run(tmp_path / "stopped").evaluations] == [0.5, 0.6]
+    with pytest.raises(ResultsError, match=r"metrics.jsonl:5: not a JSON record"):
+        results.read_run(tmp_path / "done")
+
+
+def test_read_predictions(tmp_path: Path) -> None:
+    path = make_run(tmp_path, "a", [0.5], predictions=[0, 1, 1, 0], labels=[0, 1, 0, 0], test_set="abc")
+    predictions = results.read_run(path).predictions()
+    assert predictions.test_set == "abc" and predictions.classes == CLASSES
+    assert predictions.correct().tolist() == [True, True, False, True]
+
+
+def test_find_runs_in_sweeps_globs_and_run_dirs(tmp_path: Path) -> None:
+    sweep = tmp_path / "runs" / "sweep"
+    a, b = make_run(sweep, "a", [0.5]), make_run(sweep / "nested", "b", [0.5])
+    # W&B keeps a config.yaml of its own inside a run: not a run.
+    (a / "wandb" / "offline-run-1" / "files").mkdir(parents=True)
+    (a / "wandb" / "offline-run-1" / "files" / "config.yaml").write_text("x: 1\n")
+    other = make_run(tmp_path / "runs", "other", [0.5])
+    assert results.find_runs([str(sweep)]) == [a, b]
+    # sorted by path, each once (a pattern and a path may name the same run)
+    assert results.find_runs([str(tmp_path / "runs")]) == [other, a, b]
+    assert results.find_runs([str(sweep / "*"), str(other), str(tmp_path / "runs" / "o*")]) == [other, a, b]
+    with pytest.raises(ResultsError, match="no such file or directory"):
+        results.find_runs([str(tmp_path / "nowhere")])
+    with pytest.raises(ResultsError, match="no such file or directory"):
+        results.find_runs([str(tmp_path / "runs" / "x*")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="holds no run directory"):
+        results.find_runs([str(tmp_path / "empty")])
+
+
+# --- statistics through the CLI -------------------------------------------------------------------------
+
+
+def lr_sweep(root: Path) -> Path:
+    """lr 0.05: final accuracies 0.5, 0.6, 0.7 (seeds 0-2); lr 0.1: 0.6, 0.7, 0.8 (seeds 0-2)."""
+    for lr, finals in (("0.05", [0.5, 0.6, 0.7]), ("0.1", [0.6, 0.7, 0.8])):
+        for seed, final in enumerate(finals):
+            make_run(root, f"lr{lr}-s{seed}", [0.3, final], f"optim.lr={lr}", seed=seed,
+                     per_class={"cat": final - 0.1, "dog": final + 0.1})
+    return root
+
+
+def test_groups_means_intervals_and_welch_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, str(lr_sweep(tmp_path / "sweep")))
+    assert out["metric"] == "final_acc" and out["grouped_by"] == ["optim.lr"] and out["baseline"] == "optim.lr=0.05"
+    first, second = out["groups"]
+    assert [first["label"], second["label"]] == ["optim.lr=0.05", "optim.lr=0.1"]
+    assert first["overrides"] == {"optim.lr": 0.05} and first["n"] == 3 and len(first["runs"]) == 3
+    # [0.5, 0.6, 0.7]: mean 0.6, std 0.1, interval 0.6 -+ 4.30265273 * 0.1 / sqrt(3)
+    half = 4.30265273 * 0.1 / math.sqrt(3)
+    assert first["mean"] == pytest.approx(0.6) and first["std"] == pytest.approx(0.1)
+    assert first["ci95"] == pytest.approx([0.6 - half, 0.6 + half], abs=1e-7)
+    assert second["mean"] == pytest.approx(0.7) and second["ci95"] == pytest.approx([0.7 - half, 0.7 + half], abs=1e-7)
+    # per class: cat = final - 0.1, dog = final + 0.1, so the means are 0.5 and 0.7 for lr 0.05
+    assert first["per_class"] == pytest.approx({"cat": 0.5, "dog": 0.7})
+    # Welch: equal variances 0.01, n 3 each: df 4, se sqrt(0.02/3); 0.1 -+ 2.77644511 * 0.0816497
+    (difference,) = out["differences"]
+    se = math.sqrt(0.02 / 3)
+    assert difference["group"] == "optim.lr=0.1" and difference["baseline"] == "optim.lr=0.05"
+    assert difference["diff"] == pytest.approx(0.1) and difference["df"] == pytest.approx(4.0)
+    assert difference["ci95"] == pytest.approx([0.1 - 2.77644511 * se, 0.1 + 2.77644511 * se], abs=1e-7)
+    assert difference["per_class"] == pytest.approx({"cat": 0.1, "dog": 0.1})
+    assert difference["paired"] is None  # no predictions
+    assert difference["verdict"] == "no significant difference"  # Welch p = 0.288
+    assert out["missing"] == [] and out["warnings"] == []
+
+
+def test_the_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, str(lr_sweep(tmp_path / "sweep")))
+    assert set(out) == {"metric", "higher_is_better", "grouped_by", "baseline", "groups", "differences", "missing",
+                        "warnings", "notes"}
+    assert set(out["groups"][0]) == {"label", "overrides", "n", "mean", "std", "ci95", "values", "runs", "per_class"}
+    assert set(out["differences"][0]) == {"group", "baseline", "diff", "ci95", "df", "p", "paired", "verdict",
+                                          "per_class"}
+
+
+def test_table_shows_percent_and_n_below_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.61234])
+    make_run(tmp_path, "b", [0.7], "optim.lr=0.1")
+    assert compare.main([str(tmp_path), "--per-class"]) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy (%) by group" in out and "61.23" in out and "n<2" in out
+    assert "optim.lr=0.05 (baseline)" in out and "+8.77" in out and "n<2: no test" in out
+    assert "final accuracy per class" in out and "70.0 (+8.8)" in out
+
+
+def test_best_accuracy_loss_and_one_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.7, 0.5], seed=1)
+    make_run(tmp_path, "b", [0.9, 0.6], seed=2)
+    best = run_json(capsys, str(tmp_path), "--metric", "best_acc")
+    assert [g["label"] for g in best["groups"]] == ["all"] and best["differences"] == []
+    assert best["groups"][0]["values"] == [0.7, 0.9] and best["groups"][0]["mean"] == pytest.approx(0.8)
+    loss = run_json(capsys, str(tmp_path), "--metric", "test_loss")
+    assert loss["groups"][0]["values"] == pytest.approx([0.5, 0.4]) and loss["higher_is_better"] is False
+
+
+def test_time_to_target_leaves_out_runs_that_missed_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for seed, elapsed in enumerate([30.0, 40.0, None]):
+        target = None if elapsed is None else {"target/accuracy": 0.6, "target/epoch": 1, "target/step": 10,
+                                               "target/elapsed_s": elapsed, "target/train_seconds": elapsed - 5}
+        make_run(tmp_path, f"s{seed}", [0.6], "train.target_accuracy=0.6", seed=seed, target=target)
+    out = run_json(capsys, str(tmp_path), "--metric", "time_to_target")
+    assert out["groups"][0]["values"] == [30.0, 40.0] and out["groups"][0]["mean"] == 35.0
+    assert out["missing"] == [{"run": str(tmp_path / "s2"), "reason": "did not reach train.target_accuracy"}]
+    train = run_json(capsys, str(tmp_path), "--metric", "train_time_to_target")
+    assert train["groups"][0]["values"] == [25.0, 35.0]
+
+
+def test_unfinished_runs_are_listed_not_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "done", [0.5])
+    make_run(tmp_path, "running", [0.9], "optim.lr=0.1", finished=False)
+    out = run_json(capsys, str(tmp_path))
+    assert [g["label"] for g in out["groups"]] == ["all"]  # the unfinished run's lr does not split groups
+    assert out["missing"] == [{"run": str(tmp_path / "running"), "reason": "not finished"}]
+    assert f"1 of 2 runs not finished: {tmp_path / 'running'}" in capsys.readouterr().err + "".join(out["notes"])
+
+
+# --- grouping -------------------------------------------------------------------------------------------
+
+
+def test_by_environment_field_and_warnings_for_mixed_groups(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "p1", [0.5], environment={**ENV, "processes": 1})
+    make_run(tmp_path, "p2", [0.6], environment={**ENV, "processes": 2})
+    make_run(tmp_path, "p2-lr", [0.7], "optim.lr=0.1", environment={**ENV, "processes": 2})
+    out = run_json(capsys, str(tmp_path), "--by", "env.processes")
+    assert [g["label"] for g in out["groups"]] == ["env.processes=1", "env.processes=2"]
+    assert out["warnings"] == ["group env.processes=2 mixes runs that differ in optim.lr"]
+    both = run_json(capsys, str(tmp_path), "--by", "env.processes", "--by", "optim.lr")
+    assert [g["label"] for g in both["groups"]] == ["env.processes=1, optim.lr=0.05", "env.processes=2, optim.lr=0.05",
+                                                    "env.processes=2, optim.lr=0.1"]
+    assert both["warnings"] == []
+
+
+def test_ignored_keys_do_not_split_groups_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.5], "data.num_workers=0", "logging.every_n_steps=7", seed=1)
+    make_run(tmp_path, "b", [0.6], "data.root=/elsewhere", seed=2)
+    assert [g["label"] for g in run_json(capsys, str(tmp_path))["groups"]] == ["all"]
+    by_seed = run_json(capsys, str(tmp_path), "--by", "train.seed")
+    assert [g["label"] for g in by_seed["groups"]] == ["train.seed=1", "train.seed=2"]
+
+
+def test_groups_sort_by_value_and_baseline_choices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for lr, final in (("0.2", 0.4), ("0.05", 0.5), ("0.1", 0.6)):
+        make_run(tmp_path, f"lr{lr}", [final], f"optim.lr={lr}")
+    labels = ["optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.2"]
+    assert [g["label"] for g in run_json(capsys, str(tmp_path))["groups"]] == labels
+    for choice in ("2", "optim.lr=0.1"):
+        out = run_json(capsys, str(tmp_path), "--baseline", choice)
+        assert out["baseline"] == "optim.lr=0.1"
+        assert [(d["group"], d["diff"]) for d in out["differences"]] == [("optim.lr=0.05", pytest.approx(-0.1)),
+                                                                         ("optim.lr=0.2", pytest.approx(-0.2))]
+    error = usage_error(capsys, str(tmp_path), "--baseline", "optim.lr=0.3")
+    assert "--baseline optim.lr=0.3: no such group" in error and "optim.lr=0.2" in error
+    assert "no such group" in usage_error(capsys, str(tmp_path), "--baseline", "4")
+
+
+# --- paired tests ---------------------------------------------------------------------------------------
+
+
+def test_mcnemar_for_one_run_per_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 100 images: both right on 50, A alone on 10, B alone on 30, neither on 10.
+    a = [True] * 50 + [True] * 10 + [False] * 30 + [False] * 10
+    b = [True] * 50 + [False] * 10 + [True] * 30 + [False] * 10
+    make_run(tmp_path, "a", [0.6], predictions=outcomes(a))
+    make_run(tmp_path, "b", [0.8], "optim.lr=0.1", predictions=outcomes(b))
+    (difference,) = run_json(capsys, str(tmp_path))["differences"]
+    paired = difference["paired"]
+    assert paired["test"] == "mcnemar" and paired["images"] == 100
+    assert paired["only_baseline_right"] == 10 and paired["only_group_right"] == 30
+    assert paired["p"] == pytest.approx(2 * sum(math.comb(40, k) for k in range(11)) / 2 ** 40, rel=1e-12)
+    assert paired["diff"] == pytest.approx(0.2) and difference["diff"] == pytest.approx(0.2)
+    assert difference["ci95"] is None  # one run a side: no Welch interval
+    assert difference["verdict"] == "optim.lr=0.1 better than optim.lr=0.05 at the 5 % level"
+
+
+def test_identical_predictions_are_no_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    right = [True] * 70 + [False] * 30
+    for seed in (0, 1):
+        make_run(tmp_path, f"a{seed}", [0.7], seed=seed, predictions=outcomes(right))
+        make_run(tmp_path, f"b{seed}", [0.7], "optim.lr=0.1", seed=seed, predictions=outcomes(right))
+    (difference,) = run_json(capsys, str(tmp_path))["differences"]
+    assert difference["paired"]["test"] == "bootstrap" and difference["paired"]["resamples"] == 10_000
+    assert difference["diff"] == 0.0 and difference["paired"]["p"] == 1.0
+    assert difference["paired"]["ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert difference["verdict"] == "no significant difference"
+
+
+def test_bootstrap_over_seeds_is_reproducible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for seed in range(3):
+        for name, rate, lr in (("a", 0.6, "0.05"), ("b", 0.75, "0.1")):
+            right = (torch.rand(400, generator=generator) < rate).tolist()
+            make_run(tmp_path, f"{name}{seed}", [sum(right) / 400], f"optim.lr={lr}", seed=seed,
+                     predictions=outcomes(right))
+    first, second = run_json(capsys, str(tmp_path)), run_json(capsys, str(tmp_path))
+    (difference,) = first["differences"]
+    assert difference == second["differences"][0]
+    assert difference["paired"]["diff"] == pytest.approx(difference["diff"])
+    assert difference["paired"]["p"] < 0.05 and difference["paired"]["ci95"][0] > 0
+    assert difference["verdict"] == "optim.lr=0.1 better than optim.lr=0.05 at the 5 % level"
+
+
+def test_runs_without_predictions_skip_the_paired_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6], predictions=outcomes([True, False]))
+    make_run(tmp_path, "b", [0.8], "optim.lr=0.1")
+    out = run_json(capsys, str(tmp_path))
+    assert out["differences"][0]["paired"] is None
+    assert any("skipped: 1 run(s) without predictions.safetensors" in note for note in out["notes"])
+
+
+def test_different_test_sets_are_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6], predictions=outcomes([True, False]), test_set="t1")
+    make_run(tmp_path, "b", [0.8], "optim.lr=0.1", predictions=outcomes([True, True]), test_set="t2")
+    assert "were evaluated on different test sets" in usage_error(capsys, str(tmp_path))
+
+
+def test_paired_tests_only_for_final_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6], predictions=outcomes([True, False]))
+    make_run(tmp_path, "b", [0.8], "optim.lr=0.1", predictions=outcomes([True, True]))
+    out = run_json(capsys, str(tmp_path), "--metric", "best_acc")
+    assert out["differences"][0]["paired"] is None
+    assert any("only with --metric final_acc" in note for note in out["notes"])
+
+
+# --- environment ----------------------------------------------------------------------------------------
+
+
+def test_one_warning_per_differing_environment_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6], environment={**ENV, "host": "node01"})
+    make_run(tmp_path, "b", [0.7], "optim.lr=0.1",
+             environment={**ENV, "torch": "2.5.1", "host": "node17",
+                          "git": {"commit": "fedcba9876543210", "dirty": True}})
+    assert compare.main([str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = json.loads(captured.out)["warnings"]
+    assert warnings == [
+        "runs differ in environment torch: optim.lr=0.05: 2.4.0; optim.lr=0.1: 2.5.1 (split them with --by env.torch)",
+        "runs differ in environment git commit: optim.lr=0.05: 0123456789ab; optim.lr=0.1: fedcba987654+dirty "
+        "(split them with --by env.git)"]  # node01 and node17 are one host class
+    assert captured.err.count("cifarlab: warning: runs differ in environment") == 2
+
+
+def test_environment_differences_inside_a_group_and_grouped_by(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6], seed=0, environment={**ENV, "processes": 1, "gpus": ["H100"]})
+    make_run(tmp_path, "b", [0.7], seed=1, environment={**ENV, "processes": 2, "gpus": [{"name": "A100"}]})
+    make_run(tmp_path, "c", [0.7], seed=2)  # an older run: its missing fields are not a difference
+    (tmp_path / "c" / "environment.json").unlink()
+    assert run_json(capsys, str(tmp_path))["warnings"] == [
+        "runs differ in environment GPUs: all: A100, H100 (split them with --by env.gpus)",
+        "runs differ in environment processes: all: 1, 2 (split them with --by env.processes)"]
+    by = run_json(capsys, str(tmp_path), "--by", "env.processes")
+    assert [g["label"] for g in by["groups"]] == ["env.processes=null", "env.processes=1", "env.processes=2"]
+    assert by["warnings"] == ["runs differ in environment GPUs: env.processes=1: H100; env.processes=2: A100 "
+                              "(split them with --by env.gpus)"]
+
+
+# --- output files and errors ----------------------------------------------------------------------------
+
+
+def test_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lr_sweep(tmp_path / "sweep")
+    picture = tmp_path / "compare.png"
+    assert compare.main([str(tmp_path / "sweep"), "--png", str(picture), "--per-class"]) == 0
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width > 400 and image.height > 100
+    assert "picture written to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--metric", "accuracy"], "--metric accuracy: unknown; one of final_acc, best_acc"),
+    (["--by", "optim.learning_rate"], "--by optim.learning_rate: not a config key"),
+    (["--by", "env.gpu_names"], "--by env.gpu_names: no run's environment.json has it"),
+    (["--baseline", "nope"], "--baseline nope: no such group"),
+    (["--png", "no/such/folder/x.png"], "folder no/such/folder does not exist"),
+])
+def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    lr_sweep(tmp_path / "sweep")
+    # --png first: the bad option given later wins, and nothing may be written
+    assert message in usage_error(capsys, str(tmp_path / "sweep"), "--png", str(tmp_path / "out.png"), *args)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_paths_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert "holds no run directory" in usage_error(capsys, str(tmp_path / "empty"))
+    assert "no such file or directory" in usage_error(capsys, str(tmp_path / "missing"))
+    make_run(tmp_path, "running", [0.5], finished=False)
+    assert "none of the 1 run(s) has finished" in usage_error(capsys, str(tmp_path / "running"))
+
+
+def test_a_suggestion_for_a_mistyped_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.5])
+    assert "did you mean optim.lr?" in usage_error(capsys, str(tmp_path), "--by", "optim.lrr")
+
+
+def test_the_docs_name_every_ignored_key_and_metric() -> None:
+    docs = (REPO / "docs" / "compare.md").read_text()
+    ignored = "  ".join(key + "*" if key.endswith(".") else key for key in compare.IGNORED)
+    assert ignored in docs and ignored.replace("  ", ", ") in (compare.__doc__ or "").replace("\n", " ")
+    assert all(f"`{name}`" in docs for name in compare.METRICS)
