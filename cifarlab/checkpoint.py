@@ -22,6 +22,7 @@ retention and ``best/``; the train loop only tells it where training is.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,12 +34,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cifarlab.config import CheckpointConfig
-from cifarlab.errors import UsageError
-from cifarlab.rundir import BEST, MANIFEST, TRAINER_STATE, RunDir
+from cifarlab.errors import RunFailed, UsageError
+from cifarlab.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
 
 
 class Stopwatch:
@@ -156,6 +158,11 @@ def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[P
     return None
 
 
+def latest_name(run: RunDir) -> Optional[str]:
+    """The path of the run's newest complete checkpoint, as ``latest`` names it; None before the first."""
+    return str(run.checkpoints / run.latest.read_text().strip()) if run.latest.is_file() else None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "w") as handle:
@@ -203,17 +210,23 @@ class Checkpointer:
 
     ``extra`` modules that Accelerate does not know (the EMA) are saved beside its state as
     ``<name>.safetensors`` (identical on every rank: written by the main process). ``protect`` (the
-    checkpoint the run resumed from) is never pruned. Call every method on all ranks.
+    checkpoint the run resumed from) is never pruned. ``healthy(state)`` runs before every save and raises
+    to stop one (the loss guard: weights after a non-finite loss are never saved). A save that fails on any
+    rank (a full disk) stops the run on every rank with :class:`RunFailed`, the earlier checkpoints and
+    ``latest`` untouched. Call every method on all ranks.
     """
 
     def __init__(self, accelerator: Accelerator, run: RunDir, config: CheckpointConfig, steps_per_epoch: int,
-                 extra: Optional[dict[str, nn.Module]] = None, protect: Optional[Path] = None) -> None:
+                 extra: Optional[dict[str, nn.Module]] = None, protect: Optional[Path] = None,
+                 healthy: Optional[Callable[[TrainState], None]] = None) -> None:
         self.accelerator = accelerator
         self.run = run
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.extra = extra or {}
         self.protect = protect
+        self.healthy = healthy
+        self._failure: Optional[str] = None  # this rank's part of the current save failed: why
         self._last: Optional[tuple[int, Path]] = None  # (global step, folder) of the newest save
 
     def after_step(self, state: TrainState) -> None:
@@ -234,47 +247,125 @@ class Checkpointer:
 
     def save(self, state: TrainState, best: bool = False) -> Path:
         """Save on every rank (each writes its RNG state), then seal, publish and prune on the main process."""
-        accelerator = self.accelerator
+        if self.healthy is not None:
+            self.healthy(state)
+        main = self.accelerator.is_main_process
         final = self.run.checkpoint(state.global_step)
         tmp = final.with_name(f".tmp-{final.name}")
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
+        if main:
+            self._attempt(self._start, tmp)
+        self._agree(final, tmp)  # also the barrier: tmp exists before anyone writes to it
+        self._attempt(self._write, tmp, state)
+        self._agree(final, tmp)  # save_state has no barrier: every rank's files must be in tmp
+        if main:
+            self._attempt(self._publish, tmp, final, state, best)
+        self._agree(final, tmp)  # nobody moves on before the checkpoint is published
+        self._last = (state.global_step, final)
+        return final
+
+    def _start(self, tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+        tmp.mkdir(parents=True)
+
+    def _write(self, tmp: Path, state: TrainState) -> None:
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
             _write_atomic(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2))
             for name, module in self.extra.items():
                 # safetensors stores contiguous tensors only (channels_last weights are not).
                 save_file({key: value.contiguous() for key, value in module.state_dict().items()},
                           str(tmp / f"{name}.safetensors"))
-        accelerator.wait_for_everyone()  # save_state has no barrier: every rank's files must be in tmp
-        if accelerator.is_main_process:
-            _seal(tmp, state)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync(final.parent)
-            _write_atomic(self.run.latest, final.name)
-            if best:
-                _publish_best(final)
-            for old in self.run.step_checkpoints()[:-self.config.keep_last]:
-                if self.protect is None or old.resolve() != self.protect.resolve():
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()  # nobody moves on before the checkpoint is published
-        self._last = (state.global_step, final)
-        return final
+
+    def _publish(self, tmp: Path, final: Path, state: TrainState, best: bool) -> None:
+        _seal(tmp, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        _write_atomic(self.run.latest, final.name)
+        if best:
+            _publish_best(final)
+        for old in self.run.step_checkpoints()[:-self.config.keep_last]:
+            if self.protect is None or old.resolve() != self.protect.resolve():
+                shutil.rmtree(old)
+
+    def _attempt(self, action: Callable[..., None], *args: Any) -> None:
+        """Run one part of a save, keeping its failure for :meth:`_agree` instead of raising it here (the other
+        ranks would wait for this one forever). torch.save reports a full disk as a RuntimeError."""
+        try:
+            action(*args)
+        except (OSError, RuntimeError) as error:
+            self._failure = _why(error, self.run.checkpoints)
+
+    def _agree(self, final: Path, tmp: Path) -> None:
+        """A collective: every rank learns whether any rank's part failed; if one did, the main process removes
+        the half-written folder and every rank raises :class:`RunFailed`."""
+        failures = [self._failure] if self.accelerator.num_processes == 1 else gather_object([self._failure])
+        failure = next((f for f in failures if f), None)
+        if failure is None:
+            return
+        self._failure = None
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (self.run.checkpoints / f".tmp-{LATEST}").unlink(missing_ok=True)
+        raise RunFailed(f"could not save checkpoint {final} ({failure}); the earlier checkpoints and `latest` "
+                        f"are intact: free space, then continue with train.resume=auto")
 
     def load(self, path: Path) -> TrainState:
         """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
-        return the trainer state."""
-        self.accelerator.load_state(str(path))
-        for name, module in self.extra.items():
-            file = path / f"{name}.safetensors"
-            if not file.is_file():
-                raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume with "
-                                 f"the config it was saved with, or start a new run")
-            module.load_state_dict(load_file(str(file), device=str(self.accelerator.device)))
-        state = TrainState()
-        state.load_state_dict(json.loads((path / TRAINER_STATE).read_text()))
+        return the trainer state. Nothing pickled is ever executed: Accelerate loads with weights_only=True and
+        refuses anything else, which ends the run with one line naming the file."""
+        try:
+            self.accelerator.load_state(str(path))
+            for name, module in self.extra.items():
+                file = path / f"{name}.safetensors"
+                if not file.is_file():
+                    raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume "
+                                     f"with the config it was saved with, or start a new run")
+                # A rank's CPU device prints as "cpu:0", which safetensors refuses; load_state_dict copies the
+                # CPU tensors onto the module's own device.
+                module.load_state_dict(load_file(str(file)))
+            state = TrainState()
+            state.load_state_dict(json.loads((path / TRAINER_STATE).read_text()))
+        except UsageError:
+            raise
+        except Exception as error:  # whatever refused to load, the user gets one line
+            raise UsageError(f"checkpoint {path}: {unloadable(path) or 'a file'} cannot be loaded safely "
+                             f"({_first_line(error)}); nothing in it was executed. Resume from another "
+                             f"checkpoint (train.resume=<folder>) or start a new run") from None
         return state
+
+
+def unloadable(folder: Path) -> Optional[str]:
+    """The first file of a checkpoint that does not load without executing code (torch's weights_only
+    loader, safetensors), as ``name`` or ``name (why)``; None when all do."""
+    from accelerate.utils import load  # torch.load(weights_only=True) with the numpy types RNG states hold
+
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                load_file(str(file))
+            elif file.suffix in (".bin", ".pkl", ".pt"):
+                load(file, map_location="cpu")
+        except Exception as error:  # any refusal names this file
+            return f"{file.name} ({_first_line(error)[:200]})"
+    return None
+
+
+def _why(error: BaseException, folder: Path) -> str:
+    """A failed write in a few words: a full filesystem said plainly, else the error's first line."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (free is not None
+                                                                                       and free < 1 << 20):
+        return f"No space left on device: {free} bytes free in {folder}"
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -25,6 +25,11 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
+# Classes and per-channel training-set (mean, std) of the torchvision datasets, for what the schema knows
+# without reading the data (class names and CIFAR-100's superclasses: cifarlab/classes.py).
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
 class ConfigError(UsageError):
@@ -38,12 +43,14 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    name: Literal["cifar10", "imagefolder", "fake"] = "cifar10"
-    """Dataset: torchvision CIFAR-10, an image folder with train/ and test/, or synthetic FakeData."""
+    name: Literal["cifar10", "cifar100", "imagefolder", "fake"] = "cifar10"
+    """Dataset: torchvision CIFAR-10 or CIFAR-100 (100 fine classes), an image folder with train/ and test/, or synthetic FakeData."""
+    num_classes: Optional[int] = None
+    """fake: how many classes (null = 10; 10 get CIFAR-10's names, 100 CIFAR-100's, other counts class00, class01, ...); cifar10, cifar100, imagefolder: null, or the count the data has (checked)."""
     root: str = "data"
-    """Where the dataset lives (cifar10: holds cifar-10-batches-py; imagefolder: holds train/ and test/)."""
+    """Where the dataset lives (cifar10: holds cifar-10-batches-py; cifar100: cifar-100-python; imagefolder: train/ and test/)."""
     download: bool = True
-    """cifar10 only: download into data.root when missing (main process first)."""
+    """cifar10, cifar100: download into data.root when missing (main process first)."""
     train_size: Optional[int] = None
     """Training images to use: a fixed random subset of this size (fake: the dataset size); null = all."""
     test_size: Optional[int] = None
@@ -52,10 +59,10 @@ class DataConfig:
     """fake only: height and width of the synthetic images, in pixels."""
     augment: Literal["none", "flip", "flip_crop"] = "flip"
     """Training augmentation: none, random horizontal flip, or flip + random 32px crop with 4px padding."""
-    mean: list[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
-    """Per-channel mean subtracted after ToTensor (the tutorial uses 0.5)."""
-    std: list[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
-    """Per-channel standard deviation divided out after ToTensor (the tutorial uses 0.5)."""
+    mean: Optional[list[float]] = None
+    """Per-channel mean subtracted after ToTensor; null = the dataset's own (cifar100: CIFAR-100's training mean [0.5071, 0.4865, 0.4409]; others: CIFAR-10's [0.4914, 0.4822, 0.4465]). The tutorial uses 0.5."""
+    std: Optional[list[float]] = None
+    """Per-channel standard deviation divided out after ToTensor; null = the dataset's own (cifar100: [0.2673, 0.2564, 0.2762]; others: CIFAR-10's [0.2470, 0.2435, 0.2616]). The tutorial uses 0.5."""
     num_workers: int = 2
     """DataLoader worker processes per training process (0 = load in the training process)."""
     loader: Literal["torchvision", "tensor"] = "tensor"
@@ -68,16 +75,58 @@ class DataConfig:
             size = getattr(self, key)
             _require(size is None or size > 0, f"data.{key}={size} must be a positive integer or null (all)")
         _require(self.image_size > 0, f"data.image_size={self.image_size} must be positive")
-        _require(len(self.mean) == 3 and len(self.std) == 3, "data.mean and data.std need 3 values (R, G, B)")
-        _require(all(s > 0 for s in self.std), f"data.std={list(self.std)} must be positive")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            _require(values is None or len(values) == 3, f"data.{key} needs 3 values (R, G, B) or null (the dataset's own)")
+        _require(self.std is None or all(s > 0 for s in self.std), f"data.std={self.std} must be positive")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _require(self.cutout >= 0, f"data.cutout={self.cutout} must be >= 0 (0 = off)")
+        _require(self.num_classes is None or self.num_classes >= 2,
+                 f"data.num_classes={self.num_classes} must be 2 or more, or null")
+        known = DATASET_CLASSES.get(self.name)
+        _require(self.num_classes is None or known is None or self.num_classes == known,
+                 f"data.num_classes={self.num_classes} does not match data.name={self.name}, which has {known} "
+                 f"classes; set data.num_classes={known} or null")
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) that images are normalised with: data.mean and data.std, each where null the dataset's
+        own (an image folder and fake data get CIFAR-10's, as before the fields could be null)."""
+        mean, std = CIFAR100_STATS if self.name == "cifar100" else CIFAR10_STATS
+        return tuple(self.mean) if self.mean is not None else mean, tuple(self.std) if self.std is not None else std
+
+    def class_count(self) -> Optional[int]:
+        """Classes the data has, as far as the config tells: None for an image folder with data.num_classes
+        null (its class folders say)."""
+        if self.name == "fake":
+            return self.num_classes or len(CIFAR10_CLASSES)
+        return DATASET_CLASSES.get(self.name, self.num_classes)
 
 
 @dataclass
 class ModelConfig:
+    # Not a field (no annotation): the models with no BatchNorm layer (tests/test_batchnorm.py checks it).
+    _WITHOUT_BATCHNORM = ("lenet",)
+
     name: Literal["lenet", "convnet_bn", "resnet18", "fastnet"] = "lenet"
     """Network: the tutorial's LeNet-style Net, a small ConvNet with BatchNorm2d, a CIFAR ResNet-18, or fastnet (airbench94-style: a frozen 2x2 whitening stem set from training images, three conv-pool-conv blocks)."""
+    bn_group_size: Optional[int] = None
+    """Ghost batch norm: in training, BatchNorm normalises each run of this many consecutive samples of the global batch on its own, and running statistics are averaged over every group on every process, so 1 and N processes train the same model (each process's share of train.batch_size must be a multiple); null = each process normalises its whole share and DDP keeps rank 0's running statistics."""
+    sync_bn: bool = False
+    """torch's SyncBatchNorm: in training, BatchNorm normalises over the whole global batch, gathered across processes every layer; needs CUDA GPUs when there are several processes (on one process it is plain BatchNorm)."""
+
+    def __post_init__(self) -> None:
+        group = self.bn_group_size
+        _require(group is None or group >= 1, f"model.bn_group_size={group} must be >= 1 or null (off)")
+        _require(group is None or not self.sync_bn,
+                 f"model.bn_group_size={group} and model.sync_bn=true exclude each other (groups or the whole batch); "
+                 f"set model.bn_group_size=null or model.sync_bn=false")
+        # An option that would silently do nothing is refused.
+        if self.name in self._WITHOUT_BATCHNORM:
+            chosen, off = ((f"model.bn_group_size={group}", "model.bn_group_size=null") if group is not None
+                           else ("model.sync_bn=true", "model.sync_bn=false"))
+            _require(group is None and not self.sync_bn,
+                     f"{chosen} does nothing: model.name={self.name} has no BatchNorm layers; set {off} or pick a "
+                     f"model with BatchNorm (convnet_bn, resnet18, fastnet)")
 
 
 @dataclass
@@ -135,6 +184,8 @@ class TrainConfig:
     """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
     target_accuracy: Optional[float] = None
     """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
+    allow_changes: bool = False
+    """Resume even when the run's config.yaml differs in settings that change how it trains (model, data, optimizer, schedule, batch size, seed, precision); the change is recorded in history.jsonl."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
@@ -262,16 +313,48 @@ def to_yaml(config: Config) -> str:
 
 def differences(config: Config, base: Config) -> list[str]:
     """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order."""
-    def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix[:-1]: node}
-        return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
-
-    ours, theirs = leaves(to_dict(config)), leaves(to_dict(base))
-    return [f"{key}={_shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
+    ours, theirs = dict(_leaves(to_dict(config))), dict(_leaves(to_dict(base)))
+    return [f"{key}={shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
 
 
-def _shown(value: Any) -> str:
+RESUME_MAY_CHANGE = ("train.eval_batch_size", "train.cpu_threads", "train.channels_last", "train.compile",
+                     "train.tta", "train.target_accuracy", "data.root", "data.download", "data.num_workers",
+                     "checkpoint.")
+"""Settings a resumed run may change freely (key or section prefix): evaluation, speed, where the data is,
+checkpoints. train.epochs may change too when nothing depends on it (optim.schedule=none)."""
+_NOT_A_CHANGE = ("train.resume", "train.output_dir", "train.run_name", "train.allow_changes", "logging.")
+"""How a start was asked for and what it reports: never recorded as a change."""
+
+
+def resume_changes(saved: Config, now: Config) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, value now)} for each setting a resume changes (how it was started aside)."""
+    before = dict(_leaves(_resolved(saved)))
+    return {key: (before.get(key), value) for key, value in _leaves(_resolved(now))
+            if before.get(key) != value and not key.startswith(_NOT_A_CHANGE)}
+
+
+def _resolved(config: Config) -> dict[str, Any]:
+    """to_dict with data.mean/std resolved (null = the dataset's own): writing a default out is no change."""
+    tree = to_dict(config)
+    tree["data"]["mean"], tree["data"]["std"] = (list(values) for values in config.data.normalization())
+    return tree
+
+
+def changes_course(key: str, saved: Config) -> bool:
+    """Whether changing ``key`` on resume changes how the run trains (the model, data, optimizer, schedule,
+    batches, seed, numerics)."""
+    if key == "train.epochs":
+        return saved.optim.schedule != "none"  # onecycle and cosine are stretched over all epochs
+    return not key.startswith(RESUME_MAY_CHANGE)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(node, dict):
+        return [(prefix[:-1], node)]
+    return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+
+
+def shown(value: Any) -> str:
     """A value as it is written in an override: null, true/false, 0.05, [a, b]."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -321,7 +404,7 @@ def field_docs() -> list[tuple[str, str, str]]:
             if dataclasses.is_dataclass(value):
                 walk(type(value), f"{prefix}{item.name}.", value)
             else:
-                rows.append((f"{prefix}{item.name}", _shown(value), docs.get((cls.__name__, item.name), "")))
+                rows.append((f"{prefix}{item.name}", shown(value), docs.get((cls.__name__, item.name), "")))
 
     walk(Config, "", Config())
     return rows

@@ -6,11 +6,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from cifarlab.classes import FULL_TABLE, Groups, most_confused, superclasses
 
 if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
     from cifarlab.metrics import EvalResult
@@ -49,27 +52,41 @@ class Console:
         return EpochBar(self._rich if self.interactive else None, title, total, done)
 
     def eval_table(self, title: str, result: EvalResult, previous: Optional[EvalResult] = None) -> None:
-        """Per-class accuracy; with ``previous``, the change since that evaluation (in points)."""
+        """Accuracy (and top-5) per class, or, beyond :data:`FULL_TABLE` classes, per CIFAR-100 superclass or
+        for the best and worst classes; with ``previous``, the change since that evaluation (in points)."""
         if self._rich is None:
             return
-        table = Table(title=title)
-        table.add_column("class")
+        kind, rows, caption = report_rows(result, previous)
+        table = Table(title=title, caption=caption)
+        table.add_column(kind)
         table.add_column("accuracy", justify="right")
+        if result.top5 is not None:
+            table.add_column("top-5", justify="right")
+        if kind == "superclass":
+            table.add_column("in superclass", justify="right")
         if previous is not None:
             table.add_column("change", justify="right")
         table.add_column("images", justify="right")
-        for name, accuracy in result.per_class.items():
-            row = [name, _percent(accuracy)]
-            if previous is not None:
-                row.append(_points(accuracy - previous.per_class[name]))
-            table.add_row(*row, str(result.per_class_count[name]))
+        for row in rows:
+            if row.section:
+                table.add_section()
+            cells = [row.name, _percent(row.accuracy)]
+            cells += [_percent(row.top5 if row.top5 is not None else math.nan)] if result.top5 is not None else []
+            cells += [_percent(row.in_group if row.in_group is not None else math.nan)] if kind == "superclass" else []
+            cells += [_points(row.change)] if previous is not None else []
+            table.add_row(*cells, str(row.images))
         self._rich.print(table)
 
     def confusion_table(self, result: EvalResult) -> None:
-        """Rows: true class; columns: predicted class (names cut to 5 letters to fit a terminal)."""
+        """Rows: true class; columns: predicted class (names cut to 5 letters to fit a terminal). Beyond
+        :data:`FULL_TABLE` classes, the most-confused pairs instead (the whole matrix: a training run's W&B
+        test/confusion_matrix, or predictions.safetensors)."""
         if self._rich is None:
             return
         names = list(result.per_class)
+        if len(names) > FULL_TABLE:
+            self._rich.print(_pairs_table(result, names))
+            return
         table = Table(title="confusion matrix (rows: true class, columns: predicted)")
         table.add_column("")
         for name in names:
@@ -77,6 +94,92 @@ class Console:
         for name, row in zip(names, result.confusion):
             table.add_row(name, *[str(count) for count in row])
         self._rich.print(table)
+
+
+_BEST_WORST = 5  # rows each for the best and the worst classes, without superclasses
+_PAIRS = 10  # most-confused pairs in evaluate's console report
+
+
+def accuracy_summary(result: EvalResult) -> str:
+    """``test accuracy 61.20 % (10000 images), top-5 95.10 %, loss 1.1234`` (top-5 beyond 5 classes)."""
+    top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
+    return f"test accuracy {100 * result.accuracy:.2f} % ({result.count} images){top5}, loss {result.loss:.4f}"
+
+
+@dataclass
+class Row:
+    """One row of the accuracy table: a class, a superclass, or one of the best or worst classes."""
+
+    name: str
+    accuracy: float
+    images: int
+    top5: Optional[float] = None
+    in_group: Optional[float] = None
+    """Superclass rows: the fraction of its images predicted as any class of the right superclass."""
+    change: float = math.nan
+    """Accuracy change since the previous evaluation, a fraction (NaN: none, or no images either time)."""
+    section: bool = False
+    """Rule a line above this row (between the best and the worst classes)."""
+
+
+def report_rows(result: EvalResult, previous: Optional[EvalResult] = None) -> tuple[str, list[Row], Optional[str]]:
+    """(what a row is, the rows, a caption) of the accuracy table: every class up to :data:`FULL_TABLE`;
+    beyond, CIFAR-100's superclasses, or else the best and the worst classes."""
+    names = list(result.per_class)
+    groups = superclasses(names) if len(names) > FULL_TABLE else None
+
+    def rows_of(evaluation: EvalResult) -> list[Row]:
+        return _group_rows(evaluation, groups) if groups is not None else _class_rows(evaluation)
+
+    rows = rows_of(result)
+    if previous is not None:
+        before = {row.name: row.accuracy for row in rows_of(previous)}
+        for row in rows:
+            row.change = row.accuracy - before.get(row.name, math.nan)
+    if groups is not None:
+        return "superclass", rows, f"{len(names)} classes in {len(groups)} superclasses; every class: test/acc/<class>"
+    if len(names) <= FULL_TABLE:
+        return "class", rows, None
+    ranked = sorted((row for row in rows if not math.isnan(row.accuracy)), key=lambda row: -row.accuracy)
+    best, worst = ranked[:_BEST_WORST], ranked[max(len(ranked) - _BEST_WORST, _BEST_WORST):]
+    if worst:
+        worst[0].section = True
+    caption = f"the {len(best)} best and {len(worst)} worst of {len(names)} classes; every class: test/acc/<class>"
+    return "class", best + worst, caption
+
+
+def _class_rows(result: EvalResult) -> list[Row]:
+    return [Row(name, accuracy, result.per_class_count[name], result.per_class_top5.get(name))
+            for name, accuracy in result.per_class.items()]
+
+
+def _group_rows(result: EvalResult, groups: Groups) -> list[Row]:
+    """Per group: accuracy and top-5 over its images, and how many were put in the right group."""
+    names, confusion = list(result.per_class), result.confusion
+    rows = []
+    for group, members in groups:
+        images = sum(sum(confusion[i]) for i in members)
+        hits = sum(confusion[i][i] for i in members)
+        within = sum(confusion[i][j] for i in members for j in members)
+        top5 = None
+        if result.top5 is not None:  # per-class fractions back to counts: exact integers up to rounding
+            top5_hits = sum(round(result.per_class_top5[names[i]] * sum(confusion[i])) for i in members
+                            if sum(confusion[i]))
+            top5 = top5_hits / images if images else math.nan
+        rows.append(Row(group, hits / images if images else math.nan, images, top5,
+                        within / images if images else math.nan))
+    return rows
+
+
+def _pairs_table(result: EvalResult, names: list[str]) -> Table:
+    table = Table(title=f"most confused pairs of {len(names)} classes")
+    table.add_column("true class")
+    table.add_column("predicted as")
+    table.add_column("images", justify="right")
+    table.add_column("of the true class", justify="right")
+    for true, predicted, count, fraction in most_confused(result.confusion, _PAIRS):
+        table.add_row(names[true], names[predicted], str(count), _percent(fraction))
+    return table
 
 
 class EpochBar:

@@ -1,4 +1,4 @@
-"""The data path: CIFAR-10, an image folder, or FakeData, as batches ready for the model.
+"""The data path: CIFAR-10, CIFAR-100, an image folder, or FakeData, as batches ready for the model.
 
 Two implementations share one protocol, :class:`DataPath`: ``data.loader=tensor``
 (:mod:`cifarlab.tensor_data`: decoded once, kept in memory, augmented a batch at a time) and
@@ -20,12 +20,14 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cifarlab.classes import CIFAR100_CLASSES, fake_classes
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
 from cifarlab.errors import UsageError
 
@@ -39,6 +41,26 @@ _SUBSET_SEED = 1234
 _FAKE_TEST_OFFSET = 10_000_000
 # torchvision's ImageFolder extensions: both paths list an image folder the same way.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class TorchvisionCifar:
+    """A CIFAR set that torchvision reads (and downloads) in its pickled on-disk layout."""
+
+    title: str
+    """As people write it, for messages."""
+    dataset: str
+    """The torchvision.datasets class."""
+    folder: str
+    """torchvision's folder under data.root."""
+    classes: tuple[str, ...]
+    """Class names in label order, as the set's meta file lists them."""
+
+
+CIFARS = {
+    "cifar10": TorchvisionCifar("CIFAR-10", "CIFAR10", "cifar-10-batches-py", CIFAR10_CLASSES),
+    "cifar100": TorchvisionCifar("CIFAR-100", "CIFAR100", "cifar-100-python", CIFAR100_CLASSES),
+}
 
 
 class DataPath(ABC):
@@ -68,6 +90,7 @@ class DataPath(ABC):
         train, classes = cls.split(config, seed, "train", warn, device)
         test, test_classes = cls.split(config, seed, "test", warn, device)
         _check_same_classes(config, classes, test_classes)
+        _check_class_count(config, classes)
         return cls(config, seed, classes, train, test)
 
     @classmethod
@@ -191,8 +214,32 @@ def list_image_folder(config: DataConfig, split: str) -> tuple[list[str], list[t
     return classes, samples
 
 
+class UnreadableImage(UsageError):
+    """An image file of the data that cannot be decoded; the message names it and says why.
+
+    Raised in a DataLoader worker, it reaches the main process re-made by torch as
+    ``UnreadableImage(text)``, ``text`` being the worker's whole formatted traceback, whose last line is
+    ``cifarlab.data.UnreadableImage: <message>`` (torch.utils.data's ExceptionWrapper.reraise): the
+    constructor keeps only that message, so the user still reads one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "\n" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
+
+
+def image_error(path: str, error: Exception) -> UnreadableImage:
+    """The one-line error for an image file PIL cannot read (``error``: what PIL raised)."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = reason.replace(f" {path!r}", "")  # PIL repeats the path: "cannot identify image file '<path>'"
+    return UnreadableImage(f"cannot read image {path} ({reason}); remove or replace it")
+
+
 class ImageFiles(Dataset):
-    """Image files as (RGB PIL image, label), as torchvision's ImageFolder loads them."""
+    """Image files as (RGB PIL image, label), as torchvision's ImageFolder loads them; a file PIL cannot read
+    raises :class:`UnreadableImage`."""
 
     def __init__(self, samples: list[tuple[str, int]]) -> None:
         self.samples = samples
@@ -204,8 +251,11 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB"), label
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB"), label  # convert decodes the whole file: a truncated one fails here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise image_error(path, error) from None
 
 
 def open_source(config: DataConfig, split: str) -> tuple[Dataset, list[str]]:
@@ -217,26 +267,40 @@ def open_source(config: DataConfig, split: str) -> tuple[Dataset, list[str]]:
 
     if config.name == "fake":
         size = (config.train_size or 50_000) if split == "train" else (config.test_size or 10_000)
+        names = fake_classes(config.class_count() or len(CIFAR10_CLASSES))
         fake = datasets.FakeData(size=size, image_size=(3, config.image_size, config.image_size),
-                                 num_classes=len(CIFAR10_CLASSES),
-                                 random_offset=0 if split == "train" else _FAKE_TEST_OFFSET)
-        return fake, list(CIFAR10_CLASSES)
+                                 num_classes=len(names), random_offset=0 if split == "train" else _FAKE_TEST_OFFSET)
+        return fake, list(names)
+    cifar = CIFARS[config.name]
     try:
-        cifar = datasets.CIFAR10(config.root, train=split == "train", download=config.download)
+        found = getattr(datasets, cifar.dataset)(config.root, train=split == "train", download=config.download)
     except (OSError, RuntimeError) as error:
-        why = "is not there" if not config.download else f"could not be downloaded ({type(error).__name__}: {error})"
-        raise UsageError(
-            f"data.name=cifar10: CIFAR-10 in data.root={config.root} {why}; point data.root at a folder holding "
-            f"cifar-10-batches-py, or use an image-folder copy (data.name=imagefolder data.root=PATH with train/ "
-            f"and test/) or synthetic data (data.name=fake)"
-        ) from None
-    return cifar, list(cifar.classes)
+        raise missing_cifar(config, cifar, error) from None
+    return found, list(found.classes)
+
+
+def missing_cifar(config: DataConfig, cifar: TorchvisionCifar, error: Exception) -> UsageError:
+    """The one-line error for a CIFAR set torchvision can neither find nor download."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no reason given"
+    why = "is not there" if not config.download else f"could not be downloaded ({type(error).__name__}: {reason})"
+    return UsageError(
+        f"data.name={config.name}: {cifar.title} in data.root={config.root} {why}; point data.root at a folder "
+        f"holding {cifar.folder}, or use an image-folder copy (data.name=imagefolder data.root=PATH with train/ "
+        f"and test/) or synthetic data (data.name=fake)"
+    )
 
 
 def _check_same_classes(config: DataConfig, train: Sequence[str], test: Sequence[str]) -> None:
     if list(train) != list(test):
         raise UsageError(f"data.root={config.root}: train classes {list(train)} differ from test classes "
                          f"{list(test)}; both splits need the same class folders")
+
+
+def _check_class_count(config: DataConfig, classes: Sequence[str]) -> None:
+    """data.num_classes, where set, is a check of what the data holds (the config checks the CIFAR sets)."""
+    if config.num_classes is not None and config.num_classes != len(classes):
+        raise UsageError(f"data.num_classes={config.num_classes} but data.root={config.root} holds {len(classes)} "
+                         f"classes; set data.num_classes={len(classes)} or null")
 
 
 def build_data(config: DataConfig, seed: int,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,17 +14,17 @@ import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifarlab import workarounds
+from cifarlab import batchnorm, workarounds
 from cifarlab.checkpoint import Checkpointer, TrainState
-from cifarlab.config import Config, OptimConfig
+from cifarlab.config import Config, ModelConfig, OptimConfig
 from cifarlab.data import Batch, DataPath
-from cifarlab.errors import UsageError
+from cifarlab.errors import RunFailed, UsageError
 from cifarlab.metrics import EvalResult
 from cifarlab.preemption import StopRequest
 from cifarlab.recorder import Recorder
@@ -37,6 +38,14 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
     # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # Ghost batch norm averages the running statistics of all ranks itself (Learner.step); DDP's default
+    # would overwrite them with rank 0's before every forward.
+    ghost_bn = config.model.bn_group_size is not None
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)] if ghost_bn else []
+    if ghost_bn:
+        # torch 2.14 deprecates it for forward_sync_buffers=False, which Accelerate 1.15's handler cannot pass;
+        # both stop the per-forward broadcast (the old one also the one at start, where ranks agree anyway).
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     accelerator = Accelerator(
         cpu=multi_process_cpu,
         # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
@@ -46,6 +55,7 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
         log_with="wandb" if trackers and wandb_mode(config.logging.wandb) else None,
         project_config=ProjectConfiguration(project_dir=train.output_dir),
+        kwargs_handlers=handlers,
     )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UsageError("train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch would silently train in fp32); "
@@ -61,7 +71,24 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         if size % accelerator.num_processes:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
                              f"processes; use a multiple of {accelerator.num_processes}")
+    check_batchnorm(config.model, train.batch_size, accelerator.num_processes, accelerator.device.type)
     return accelerator
+
+
+def check_batchnorm(config: ModelConfig, batch_size: int, processes: int, device_type: str) -> None:
+    """Refuse BatchNorm options this launch cannot honour: ``batch_size`` is the global batch, already
+    known to divide by ``processes``."""
+    group, share = config.bn_group_size, batch_size // processes
+    if group is not None and share % group:
+        # A group split across two processes would be normalised as two groups: other numbers than 1 process.
+        raise UsageError(f"model.bn_group_size={group} must divide each process's share of the batch "
+                         f"(train.batch_size={batch_size} over {processes} process(es): {share}); use a "
+                         f"model.bn_group_size that divides {share} or a train.batch_size that is a multiple of "
+                         f"{processes * group}")
+    if config.sync_bn and processes > 1 and device_type != "cuda":
+        raise UsageError(f"model.sync_bn=true needs CUDA GPUs with several processes (torch's SyncBatchNorm does "
+                         f"not train on {device_type}); for the same numbers on 1 and {processes} processes use "
+                         f"model.bn_group_size (e.g. {math.gcd(share, 32)}) instead, or set model.sync_bn=false")
 
 
 def build_optimizer(config: OptimConfig, model: nn.Module) -> Optimizer:
@@ -97,8 +124,10 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
 
 def build_ema(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics on ``device``
-    (``update_parameters`` after each optimizer step). Built from the bare model: a copy made after
-    ``accelerator.prepare`` would share the prepared model's mixed-precision forward."""
+    (``update_parameters`` after each optimizer step; ``use_buffers``: running statistics are averaged like
+    weights, ghost batch norm's too, which :meth:`Learner.step` has made the same on every rank first). Built
+    from the bare model: a copy made after ``accelerator.prepare`` would share the prepared model's
+    mixed-precision forward."""
     return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
@@ -125,7 +154,8 @@ def tta_logits(model: nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor
 @dataclass
 class Learner:
     """The prepared model and what updates it: one optimizer step per :meth:`step` (or per
-    ``train.grad_accum_steps`` batches)."""
+    ``train.grad_accum_steps`` batches), after which ghost batch norm's running statistics are averaged across
+    ranks (one all-reduce) and the EMA is updated."""
 
     accelerator: Accelerator
     model: nn.Module
@@ -135,6 +165,14 @@ class Learner:
     ema: Optional[AveragedModel] = None
     grad_clip: Optional[float] = None
     memory_format: torch.memory_format = torch.contiguous_format
+
+    def __post_init__(self) -> None:
+        ghosts = batchnorm.ghost_modules(self.accelerator.unwrap_model(self.model))
+        self._running_stats = (batchnorm.RunningStatsSync(ghosts, self._mean_over_ranks)
+                               if ghosts and self.accelerator.num_processes > 1 else None)
+
+    def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values, reduction="mean")
 
     @property
     def evaluated(self) -> nn.Module:
@@ -153,8 +191,11 @@ class Learner:
             self.optimizer.step()
             self.scheduler.step()
             workarounds.zero_grad(self.optimizer, accelerator)
-        if self.ema is not None and accelerator.sync_gradients:  # once per optimizer step
-            self.ema.update_parameters(accelerator.unwrap_model(self.model))
+        if accelerator.sync_gradients:  # once per optimizer step, after every rank's forwards of this step
+            if self._running_stats is not None:
+                self._running_stats()
+            if self.ema is not None:
+                self.ema.update_parameters(accelerator.unwrap_model(self.model))
         return loss.detach()
 
     def lr(self) -> float:
@@ -181,11 +222,42 @@ class EpochStats:
                 "train/epoch_seconds": self.seconds}
 
 
+class LossGuard:
+    """Stops the run at the first training loss that is not finite, before anything is logged or saved after it.
+
+    Each step's loss is checked on its device (no host sync per step); :meth:`check` compares notes across
+    ranks every ``every`` steps, before every checkpoint (the checkpointer's ``healthy`` hook) and at the end
+    of each epoch, and raises :class:`RunFailed` naming the step and the last good checkpoint.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_latest: Callable[[], Optional[str]], every: int) -> None:
+        self.accelerator = accelerator
+        self.latest = run_latest
+        self.every = every
+        self._first_bad = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
+
+    def check(self, state: TrainState, force: bool = True) -> None:
+        if not force and state.global_step % self.every:
+            return
+        steps = self.accelerator.gather(self._first_bad) if self.accelerator.num_processes > 1 else self._first_bad
+        bad = [int(step) for step in steps.tolist() if step >= 0]
+        if bad:
+            latest = self.latest()
+            raise RunFailed(f"the training loss is not finite (NaN or inf) at step {min(bad)}; stopped without saving "
+                            f"its weights. The last good checkpoint is {latest or 'none (none saved yet)'}: lower "
+                            f"optim.lr or set optim.grad_clip, and start a new run (or resume from it with "
+                            f"train.allow_changes=true)")
+
+
 def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: Recorder,
-                checkpointer: Checkpointer, stop: StopRequest) -> EpochStats:
+                checkpointer: Checkpointer, stop: StopRequest, guard: LossGuard) -> EpochStats:
     """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left), advancing
-    ``state`` batch by batch. The recorder, the checkpointer and the stop request each decide for
-    themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
+    ``state`` batch by batch. The recorder, the checkpointer, the stop request and the loss guard each decide
+    for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
     accelerator = learner.accelerator
     steps_per_epoch = checkpointer.steps_per_epoch
     skipped = state.step_in_epoch
@@ -198,6 +270,8 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             loss = learner.step(images, labels)
             state.global_step += 1
             state.step_in_epoch += 1
+            guard.update(loss, state.global_step)
+            guard.check(state, force=False)
             total += loss
             recorder.train_step(state, loss, learner.lr)
             checkpointer.after_step(state)
@@ -206,6 +280,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
                 stop.stop_if_agreed(state, checkpointer, step=state.global_step)
     state.training.stop()
+    guard.check(state)
     seconds = time.perf_counter() - start
     trained = state.step_in_epoch - skipped
     loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)

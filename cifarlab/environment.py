@@ -59,6 +59,15 @@ def write(run: RunDir, record: dict[str, Any]) -> None:
     tmp.replace(run.environment)
 
 
+def last_process_count(run: RunDir) -> Optional[int]:
+    """The process count of the run's latest start, from its record; None before the first."""
+    try:
+        starts = json.loads(run.environment.read_text())["starts"]
+        return int(starts[-1]["processes"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def _version(distribution: str) -> Optional[str]:
     try:
         return importlib.metadata.version(distribution)

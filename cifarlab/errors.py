@@ -1,17 +1,36 @@
-"""Errors the user can fix: reported as one line, exit code 2, no traceback."""
+"""Errors that end a run with one line and an exit code, no traceback (cifarlab.train's main prints them)."""
 
 from __future__ import annotations
 
 
-class UsageError(Exception):
-    """Bad input (config, paths, data, launch settings). The message is one line that says
-    what is wrong and how to fix it."""
+class CifarlabError(Exception):
+    """The message is one line that says what happened and what to do next."""
+
+    exit_code = 1
+
+
+class UsageError(CifarlabError):
+    """Bad input (config, paths, data, launch settings, a run directory in use)."""
 
     exit_code = 2
 
 
-class Preempted(Exception):
+class RunFailed(CifarlabError):
+    """The run cannot go on (a checkpoint could not be written, the loss is not finite); what was saved before
+    is intact."""
+
+    exit_code = 1
+
+
+class Preempted(CifarlabError):
     """Raised once a run has saved its checkpoint after a stop signal (see cifarlab.preemption)."""
 
     exit_code = 75
     """EX_TEMPFAIL: run again (train.resume=auto) to continue."""
+
+
+class Interrupted(Preempted):
+    """Stopped by Ctrl-C (SIGINT) after saving its checkpoint: not requeued under SLURM."""
+
+    exit_code = 130
+    """128 + SIGINT, what a shell reports for a program stopped by Ctrl-C."""

@@ -1,4 +1,6 @@
-"""Evaluate a trained model: overall and per-class accuracy, test loss and the confusion matrix.
+"""Evaluate a trained model: accuracy (and top-5 beyond 5 classes), per-class accuracy, test loss and the
+confusion matrix; beyond 20 classes, per CIFAR-100 superclass (or the best and worst classes) and the
+most-confused pairs.
 
     python -m cifarlab.evaluate --checkpoint runs/exp1                          # the run's final weights
     python -m cifarlab.evaluate --checkpoint runs/exp1/checkpoints/best --png confusion.png
@@ -39,8 +41,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
 
     out = console.Console(accelerator.is_main_process)
     out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")
-    out.eval_table(f"test accuracy {100 * result.accuracy:.2f} % ({result.count} images), loss {result.loss:.4f}",
-                   result)
+    out.eval_table(console.accuracy_summary(result), result)
     out.confusion_table(result)
     if png is not None and accelerator.is_main_process:
         plots.confusion_image(result.confusion, datasets.classes).save(png)

@@ -70,7 +70,8 @@ def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Te
         steps.append(transforms.RandomCrop(32, padding=4))
     if train and config.augment in ("flip", "flip_crop"):
         steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(list(config.mean), list(config.std))]
+    mean, std = config.normalization()
+    steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
     if train and config.cutout:
         steps.append(Cutout(config.cutout))
     return transforms.Compose(steps)

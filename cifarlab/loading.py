@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from cifarlab.config import CIFAR10_CLASSES, Config, load_config
+from cifarlab.classes import config_classes
+from cifarlab.config import Config, load_config
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
 from cifarlab.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
@@ -66,7 +67,7 @@ def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: 
                              f"pass --config FILE.yaml with the config it was trained with")
         config_file = str(run.config)
     config = load_config(config_file, list(overrides))
-    classes = tuple(json.loads(run.classes.read_text())) if run.classes.is_file() else CIFAR10_CLASSES
+    classes = tuple(json.loads(run.classes.read_text())) if run.classes.is_file() else config_classes(config.data)
     model = build_model(config.model, num_classes=len(classes))
     try:
         state = model_weights(weights)

@@ -6,25 +6,39 @@ Accelerator's trackers and process group torn down when it returns or fails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar, cast
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import checkpoint, console, data, engine, environment, models, preemption
-from cifarlab.config import Config, differences, load_config, to_yaml, with_run_name
+from cifarlab import checkpoint, console, data, engine, environment, models, preemption, tracking
+from cifarlab.config import (
+    Config,
+    changes_course,
+    differences,
+    load_config,
+    resume_changes,
+    shown,
+    to_yaml,
+    with_run_name,
+)
 from cifarlab.errors import UsageError
 from cifarlab.metrics import EvalResult
 from cifarlab.recorder import Recorder
 from cifarlab.rundir import RunDir
+from cifarlab.runlock import RunLock
+
+T = TypeVar("T")
 
 
 def train(config: Config, preset: Optional[str] = None) -> Path:
@@ -32,21 +46,35 @@ def train(config: Config, preset: Optional[str] = None) -> Path:
     run directory."""
     accelerator = engine.build_accelerator(config, trackers=True)
     out = console.Console(accelerator.is_main_process, quiet=config.logging.level == "warning")
-    # From here on SIGUSR1/SIGTERM mean "checkpoint and exit", also while tearing down: a signal that follows a
-    # stop (SLURM cancels a job it requeues) must not kill the process before it has finished W&B.
-    with preemption.StopRequest(accelerator, out.log) as stop:
-        try:
-            return run(accelerator, config, out, stop, preset)
-        finally:
-            accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
-
-
-def run(accelerator: Accelerator, config: Config, out: console.Console, stop: preemption.StopRequest,
-        preset: Optional[str] = None) -> Path:
-    started = time.perf_counter()
     config, new_wandb_id = resolve_run(config)
     run_dir = RunDir.of(config.train.output_dir, config.train.run_name or "")
-    resume_from = resume_point(accelerator, config.train.resume, run_dir, out.warn)
+    lock = RunLock(run_dir)
+    on_main(accelerator, lock.acquire)  # one trainer per run directory: a second one stops here, having written nothing
+    try:
+        # From here on SIGUSR1/SIGTERM/SIGINT mean "checkpoint and exit", also while tearing down: a signal that
+        # follows a stop (SLURM cancels a job it requeues) must not kill the process before it has finished W&B.
+        with preemption.StopRequest(accelerator, out.log) as stop:
+            try:
+                return run(accelerator, config, run_dir, new_wandb_id, out, stop, preset)
+            except BaseException as error:
+                tracking.finish(accelerator, getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt)
+                                                     else 1))  # W&B records the run as failed or stopped
+                raise
+            finally:
+                accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
+    finally:
+        lock.release()
+
+
+def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id: str, out: console.Console,
+        stop: preemption.StopRequest, preset: Optional[str] = None) -> Path:
+    started = time.perf_counter()
+    resumed = resume_point(accelerator, config, run_dir, out.warn)
+    resume_from = resumed.checkpoint
+    if resumed.finished:
+        out.log(f"run {run_dir.root} has already finished (final weights in {run_dir.weights}); nothing to do. Rerun "
+                f"the experiment as a new run with --config {run_dir.config} train.run_name=<new name>")
+        return run_dir.root
 
     # --- build: data, model, optimizer ---
     set_seed(config.train.seed)
@@ -77,10 +105,7 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
     record: Optional[dict[str, Any]] = None  # the run record (main process)
     if accelerator.is_main_process:
         record = environment.collect(accelerator, config.data)
-        run_dir.root.mkdir(parents=True, exist_ok=True)
-        run_dir.config.write_text(to_yaml(config))
-        run_dir.classes.write_text(json.dumps(list(datasets.classes)))
-        environment.write(run_dir, record)
+        write_run_files(run_dir, config, datasets.classes, record)
     changed = differences(config, load_config(preset))
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
@@ -89,12 +114,16 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
             f"{data.size(datasets.test)} test images")
 
     # --- resume ---
+    guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps)
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
-                                           {"ema": ema} if ema is not None else {}, protect=resume_from)
+                                           {"ema": ema} if ema is not None else {}, protect=resume_from,
+                                           healthy=guard.check)
     state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
     if resume_from is not None:
         state = checkpointer.load(resume_from)
         out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
+        if accelerator.is_main_process and resumed.changes:
+            note_changes(run_dir, resumed.changes, state.global_step, out.log)
     state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
     recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
@@ -103,7 +132,7 @@ def run(accelerator: Accelerator, config: Config, out: console.Console, stop: pr
     # --- train: every epoch, or until an evaluation reaches train.target_accuracy ---
     result: Optional[EvalResult] = None
     while state.epoch < config.train.epochs and state.target is None:
-        stats = engine.train_epoch(learner, datasets, state, recorder, checkpointer, stop)
+        stats = engine.train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
         result = learner.evaluate(datasets, config.train.tta)
         state.end_epoch(result.accuracy)
         recorder.evaluation(state, result, stats)
@@ -133,23 +162,61 @@ def resolve_run(config: Config) -> tuple[Config, str]:
     return with_run_name(config, chosen[0]), chosen[1]
 
 
-def resume_point(accelerator: Accelerator, resume: Optional[str], run_dir: RunDir,
-                 warn: Callable[[str], None]) -> Optional[Path]:
-    """The checkpoint to continue from, or None for a fresh start. Never trains over a finished run.
+def on_main(accelerator: Accelerator, action: Callable[[], T]) -> T:
+    """``action()`` on the main process, its result (or its :class:`UsageError`) handed to every rank."""
+    outcome: list[Any] = [None, None]  # result, error message
+    if accelerator.is_main_process:
+        try:
+            outcome[0] = action()
+        except UsageError as error:
+            outcome[1] = str(error)
+    broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise UsageError(outcome[1])
+    return cast(T, outcome[0])
+
+
+@dataclass(frozen=True)
+class Resume:
+    """How a start relates to the run directory's earlier starts."""
+
+    checkpoint: Optional[Path] = None
+    """The checkpoint to continue from; None for a fresh start."""
+    finished: bool = False
+    """The run has finished already: nothing to do."""
+    changes: Optional[dict[str, list[Any]]] = None
+    """What this start changes, {key: [before, now]}, for history.jsonl (``processes`` among them)."""
+
+
+def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn: Callable[[str], None]) -> Resume:
+    """Where this start continues from. Never trains over a finished run, nor continues a run with settings that
+    would change its course (unless train.allow_changes).
 
     Decided on the main process (verifying a checkpoint reads all of it) and shared with the others.
     """
-    decision: list[Optional[str]] = [None, None]  # checkpoint path, error
-    if accelerator.is_main_process:
-        try:
-            found = _find_resume_point(resume, run_dir, warn)
-            decision[0] = str(found) if found else None
-        except UsageError as error:
-            decision[1] = str(error)
-    broadcast_object_list(decision)
-    if decision[1] is not None:
-        raise UsageError(decision[1])
-    return Path(decision[0]) if decision[0] else None
+    def decide() -> Resume:
+        found = _find_resume_point(config.train.resume, run_dir, warn)
+        if found is None:
+            return Resume()
+        position = json.loads((found / checkpoint.TRAINER_STATE).read_text())
+        if run_dir.finished() and (position["epoch"] >= config.train.epochs or position.get("target") is not None):
+            return Resume(found, finished=True)
+        changes: dict[str, list[Any]] = {}
+        if run_dir.config.is_file():
+            saved = load_config(str(run_dir.config))
+            changes = {key: [old, new] for key, (old, new) in resume_changes(saved, config).items()}
+            refused = [f"{key}={shown(new)} (was {shown(old)})" for key, (old, new) in changes.items()
+                       if changes_course(key, saved)]
+            if refused and not config.train.allow_changes:
+                raise UsageError(f"train.resume: the run's config.yaml differs in settings that change how it trains: "
+                                 f"{', '.join(refused)}; resume with the run's own settings, start a new run (new "
+                                 f"train.run_name), or pass train.allow_changes=true to continue anyway")
+        before = environment.last_process_count(run_dir)
+        if before is not None and before != accelerator.num_processes:
+            changes["processes"] = [before, accelerator.num_processes]
+        return Resume(found, changes=changes)
+
+    return on_main(accelerator, decide)
 
 
 def _find_resume_point(resume: Optional[str], run_dir: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
@@ -169,3 +236,21 @@ def _find_resume_point(resume: Optional[str], run_dir: RunDir, warn: Callable[[s
         raise UsageError(f"train.resume={resume}: this checkpoint is damaged ({reason}); use train.resume=auto "
                          f"to take the newest intact one, or another folder under <run>/checkpoints/")
     return path
+
+
+def write_run_files(run_dir: RunDir, config: Config, classes: Sequence[str], record: dict[str, Any]) -> None:
+    """The run's identity and record (main process). config.yaml is written by the first start only, without
+    train.resume: it is the experiment, and reruns it as a new run under a new train.run_name."""
+    if not run_dir.config.is_file():
+        identity = dataclasses.replace(config, train=dataclasses.replace(config.train, resume=None))
+        run_dir.config.write_text(to_yaml(identity))
+    run_dir.classes.write_text(json.dumps(list(classes)))
+    environment.write(run_dir, record)
+
+
+def note_changes(run_dir: RunDir, changes: dict[str, list[Any]], step: int, log: Callable[[str], None]) -> None:
+    """Record in history.jsonl what this start changed, from which step (main process)."""
+    with open(run_dir.history, "a") as handle:
+        handle.write(json.dumps({"step": step, "time": round(time.time(), 3), "changes": changes}) + "\n")
+    log(f"changed on resume, from step {step}: "
+        + ", ".join(f"{key} {shown(old)} -> {shown(new)}" for key, (old, new) in changes.items()))

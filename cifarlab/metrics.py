@@ -1,4 +1,4 @@
-"""Classification metrics from gathered (prediction, label, loss) tensors.
+"""Classification metrics from gathered (prediction, label, loss, logits) tensors.
 
 Per-class numbers are computed from the gathered pairs, never by summing per-rank counts:
 Accelerate pads the last batch with duplicates, which only ``gather_for_metrics`` removes.
@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+
+TOP_K = 5
+"""Top-k accuracy is reported beside top-1 for datasets with more than this many classes."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class EvalResult:
     """Test images per class name."""
     confusion: list[list[int]]
     """confusion[true][predicted]: image counts, rows and columns in class order."""
+    top5: Optional[float] = None
+    """Fraction of test images whose true class is among the 5 highest logits; None with 5 classes or fewer
+    (where it is always 1) or without logits."""
+    per_class_top5: dict[str, float] = field(default_factory=dict)
+    """Top-5 accuracy per class name, as ``per_class`` (empty when ``top5`` is None)."""
     examples: Optional[dict[str, torch.Tensor]] = field(default=None, repr=False, compare=False)
     """Per test image, in dataset order: ``labels``, ``predictions`` and ``logits`` (CPU tensors)."""
 
@@ -39,20 +47,34 @@ class EvalResult:
         hits = torch.bincount(labels[correct], minlength=num)
         count = int(labels.numel())
         confusion = torch.bincount(labels * num + preds, minlength=num * num).reshape(num, num)
+        top5, per_class_top5 = None, {}
+        if logits is not None and num > TOP_K:
+            in_top = (logits.detach().cpu().topk(TOP_K, dim=1).indices == labels.view(-1, 1)).any(dim=1)
+            top5 = float(in_top.sum()) / max(count, 1)
+            per_class_top5 = _per_class(torch.bincount(labels[in_top], minlength=num), totals, classes)
         return cls(
             count=count,
             accuracy=float(correct.sum()) / max(count, 1),
             loss=float(losses.sum()) / max(count, 1),
-            per_class={name: (float(hits[i]) / int(totals[i]) if totals[i] else float("nan"))
-                       for i, name in enumerate(classes)},
+            per_class=_per_class(hits, totals, classes),
             per_class_count={name: int(totals[i]) for i, name in enumerate(classes)},
             confusion=confusion.tolist(),
+            top5=top5,
+            per_class_top5=per_class_top5,
             examples=None if logits is None else {"labels": labels.long(), "predictions": preds.long(),
                                                   "logits": logits.detach().float().cpu()},
         )
 
     def values(self) -> dict[str, Any]:
         """The evaluation's metrics under their recorded names (see cifarlab.recorder)."""
-        values: dict[str, Any] = {"test/acc": self.accuracy, "test/loss": self.loss, "test/images": self.count}
+        values: dict[str, Any] = {"test/acc": self.accuracy}
+        if self.top5 is not None:
+            values["test/acc_top5"] = self.top5
+        values.update({"test/loss": self.loss, "test/images": self.count})
         values.update({f"test/acc/{name}": acc for name, acc in self.per_class.items()})
         return values
+
+
+def _per_class(hits: torch.Tensor, totals: torch.Tensor, classes: tuple[str, ...]) -> dict[str, float]:
+    """hits / images per class name; NaN for a class absent from the test set."""
+    return {name: (float(hits[i]) / int(totals[i]) if totals[i] else float("nan")) for i, name in enumerate(classes)}

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab.batchnorm import convert_ghost_batchnorm
 from cifarlab.config import ModelConfig
 from cifarlab.errors import UsageError
 
@@ -240,4 +241,14 @@ def check_input_size(name: str, channels: int, height: int, width: int) -> None:
 
 
 def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
-    return MODELS[config.name](num_classes=num_classes)
+    """``model.name`` with its BatchNorm layers as configured: ghost batch norm (``model.bn_group_size``),
+    torch's SyncBatchNorm (``model.sync_bn``) or BatchNorm2d. All three have the same state-dict keys, so
+    weights load into a model built with any of them."""
+    model: nn.Module = MODELS[config.name](num_classes=num_classes)
+    if config.bn_group_size is not None:
+        model = convert_ghost_batchnorm(model, config.bn_group_size)
+    if config.sync_bn:
+        # On one process, or outside training, SyncBatchNorm is BatchNorm2d; engine.build_accelerator refuses
+        # several processes without CUDA, where its training forward would fail.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model

@@ -6,10 +6,12 @@
 
 Weights are read from safetensors only (no pickle). Any image PIL reads works: it is converted to
 RGB and resized to the size the model was trained on (32x32; data.image_size for data.name=fake),
-without keeping the aspect ratio, then normalised with the run's data.mean and data.std; the run's
-train.tta (test-time augmentation) applies, as in its evaluation.
+without keeping the aspect ratio, then normalised with the run's data.mean and data.std (null: the
+dataset's own, as in training); the run's train.tta (test-time augmentation) applies, as in its evaluation.
 One line per image on stdout, ``PATH: cat 63.1 %, dog 20.2 %, ...``; notes on conversions on stderr.
-User errors print one line and exit with code 2.
+A path that is not a readable image (missing, a folder, not an image, truncated) gets one
+``cifarlab: error:`` line on stderr; every other image is still predicted, and the exit code is then 2.
+Other user errors (the checkpoint, --top-k) print one line and exit with code 2 before any prediction.
 """
 
 from __future__ import annotations
@@ -39,26 +41,34 @@ class Picture:
     """Decoded, EXIF-rotated, in its original mode and size."""
 
 
-def read_images(paths: Sequence[str]) -> list[Picture]:
-    """Decode every image, failing on the first bad path before anything slow (the model) is loaded."""
-    pictures = []
+def read_images(paths: Sequence[str]) -> tuple[list[Picture], list[str]]:
+    """Decode every image before anything slow (the model) is loaded: (the pictures, in the order given; one
+    message per path that is not a readable image)."""
+    pictures, problems = [], []
     for name in paths:
-        path = Path(name)
-        if not path.exists():
-            raise UsageError(f"image {name}: no such file; check the path (images are the last arguments)")
-        if path.is_dir():
-            raise UsageError(f"image {name}: is a directory; pass image files, e.g. {name.rstrip('/')}/*.png")
         try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: a truncated file fails here, not halfway through the output
-                # Phone photos store their rotation in EXIF; the model should see them upright.
-                image = ImageOps.exif_transpose(opened)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UsageError(f"image {name}: not an image PIL can read ({reason}); pass PNG, JPEG or other "
-                             f"image files") from None
-        pictures.append(Picture(path=name, image=image))
-    return pictures
+            pictures.append(Picture(path=name, image=read_image(name)))
+        except UsageError as error:
+            problems.append(str(error))
+    return pictures, problems
+
+
+def read_image(name: str) -> Image.Image:
+    """One decoded, upright image, or a :class:`UsageError` saying why ``name`` is not one."""
+    path = Path(name)
+    if not path.exists():
+        raise UsageError(f"image {name}: no such file; check the path (images are the last arguments)")
+    if path.is_dir():
+        raise UsageError(f"image {name}: is a directory; pass image files, e.g. {name.rstrip('/')}/*.png")
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not halfway through the output
+            # Phone photos store their rotation in EXIF; the model should see them upright.
+            return ImageOps.exif_transpose(opened)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"image {name}: not an image PIL can read ({reason}); pass PNG, JPEG or other "
+                         f"image files") from None
 
 
 def input_size(data: DataConfig) -> int:
@@ -114,7 +124,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.top_k < 1:  # the upper bound, the number of classes, is known once the run is loaded
             raise UsageError(f"--top-k {args.top_k}: pass --top-k 1 or more (at most the number of classes)")
-        pictures = read_images(args.images)
+        pictures, problems = read_images(args.images)
+        for problem in problems:  # each bad image in one line, as it is found; the others are still predicted
+            console.error(problem)
+        if not pictures:
+            return UsageError.exit_code
         trained = loading.load_trained(args.checkpoint, args.config)
         if args.top_k > len(trained.classes):
             raise UsageError(f"--top-k {args.top_k}: the model has {len(trained.classes)} classes; pass "
@@ -131,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    trained.config.train.tta)
     for picture, row in zip(pictures, ranked):
         sys.stdout.write(format_line(picture.path, row) + "\n")
-    return 0
+    return UsageError.exit_code if problems else 0
 
 
 def cli() -> None:

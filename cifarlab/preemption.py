@@ -1,27 +1,41 @@
-"""Stopping on a signal: SIGUSR1 / SIGTERM -> agreed stop at a step boundary -> checkpoint -> requeue.
+"""Stopping on a signal: SIGUSR1 / SIGTERM / SIGINT -> agreed stop at a step boundary -> checkpoint -> requeue.
 
 SLURM warns a job with a signal before a preemption or its time limit (``--signal``), then sends
-SIGTERM. Either signal only sets a flag here; the train loop asks at each optimizer-step boundary
+SIGTERM. Any of these signals only sets a flag here; the train loop asks at each optimizer-step boundary
 whether *any* rank got one (an all-reduce, so every rank stops at the same step), saves a
-checkpoint, and exits with code 75 (:class:`cifarlab.errors.Preempted`). Under SLURM the main process first requeues the
-job, and the requeued job resumes from that checkpoint (``train.resume=auto``).
+checkpoint, and exits with code 75 (:class:`cifarlab.errors.Preempted`). Under SLURM the main process first
+requeues the job, and the requeued job resumes from that checkpoint (``train.resume=auto``).
+
+Ctrl-C (SIGINT) stops the same way but exits with 130 and is never requeued; a second Ctrl-C aborts at once.
+A launcher forwards the terminal's SIGINT to its workers, which then see it twice within moments: a
+second SIGINT counts only after :data:`SECOND_CTRL_C_AFTER` seconds.
+
+A trainer whose launcher dies (``accelerate launch`` killed, torchrun's agent gone) gets SIGTERM from the
+kernel (:func:`stop_when_orphaned`) and stops the same way, rather than train on unwatched.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from accelerate import Accelerator
+from cifarlab.errors import Interrupted, Preempted
 
-from cifarlab.checkpoint import Checkpointer, TrainState
-from cifarlab.errors import Preempted
+if TYPE_CHECKING:  # no torch at import: cifarlab.train calls stop_when_orphaned before its fast paths
+    from accelerate import Accelerator
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    from cifarlab.checkpoint import Checkpointer, TrainState
+
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+SECOND_CTRL_C_AFTER = 2.0
+"""Seconds after a first SIGINT before another one aborts (a launcher's forwarded copy comes sooner)."""
 CHECK_EVERY = 8
 """With several processes, steps between checks for a stop signal (a signal waits at most this long)."""
 
@@ -35,6 +49,8 @@ class StopRequest:
         self.accelerator = accelerator
         self.log = log
         self.received: Optional[str] = None
+        """The first signal this process got, by name."""
+        self._interrupted_at: Optional[float] = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -48,7 +64,12 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._interrupted_at is not None and now - self._interrupted_at > SECOND_CTRL_C_AFTER:
+                raise KeyboardInterrupt  # the second Ctrl-C: abort now (cifarlab.train prints one line)
+            self._interrupted_at = self._interrupted_at or now
+        self.received = self.received or signal.Signals(signum).name
 
     def agreed(self, step: Optional[int] = None) -> bool:
         """True on every rank once any rank has received a signal. Call on all ranks at the same points.
@@ -71,10 +92,32 @@ class StopRequest:
         if not self.agreed(step):
             return
         path = checkpointer.ensure_saved(state)
-        self.log(f"stopping on {self.received or 'a signal to another process'}: checkpoint {path} saved")
+        self.log(f"stopped on {self.received or 'a signal to another process'} at step {state.global_step}: "
+                 f"checkpoint {path} saved; continue with train.resume=auto")
+        if self.received == "SIGINT":
+            raise Interrupted()
         if self.accelerator.is_main_process:
             requeue_slurm_job(self.log)
         raise Preempted()
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl option: the signal the kernel sends this process when the thread that started it exits."""
+
+
+def stop_when_orphaned() -> None:
+    """Ask Linux to send this process SIGTERM when its parent (the launcher, torchrun's agent, a shell, a
+    sweep) dies, so that it checkpoints and stops instead of training on as an orphan. Elsewhere: nothing.
+
+    Call it first thing: a parent that died before the call goes unnoticed (the process has been reparented).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl (an unusual libc): the trainer is then only stopped by signals sent to it
 
 
 def slurm_job_id() -> Optional[str]:
@@ -97,6 +140,8 @@ def requeue_slurm_job(log: Callable[[str], None]) -> None:
         return
     if result.returncode == 0:
         log(f"requeued SLURM job {job}")
+    elif result.returncode < 0:  # scontrol was killed with the job it requeued: the requeue is under way
+        log(f"requeue of SLURM job {job} requested")
     else:
         # A preemption with PreemptMode=REQUEUE requeues the job itself; scontrol may then refuse.
         log(f"scontrol requeue {job} failed ({(result.stderr or result.stdout).strip()}); "

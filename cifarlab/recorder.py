@@ -4,8 +4,10 @@ and the console.
 Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
 
     every logging.every_n_steps   train/loss, train/lr, train/images_per_s, train/epoch (fractional)
-    after each evaluation         test/acc, test/loss, test/images, test/acc/<class>, train/epoch_loss,
-                                  train/epoch_images_per_s, train/epoch_seconds, train/epoch
+    after each evaluation         test/acc, test/acc_top5 (top-5 accuracy; datasets with more than 5
+                                  classes), test/loss, test/images, test/acc/<class> (every class, also at
+                                  100), train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds,
+                                  train/epoch
 
     when train.target_accuracy is reached   target/accuracy (the target), target/epoch, target/step,
                                   target/elapsed_s, target/train_seconds (also in the W&B summary)
@@ -42,6 +44,7 @@ from accelerate import Accelerator
 
 from cifarlab import console, plots, tracking
 from cifarlab.checkpoint import Stopwatch, TrainState, sha256
+from cifarlab.classes import FULL_TABLE
 from cifarlab.config import Config, DataConfig, to_dict
 from cifarlab.metrics import EvalResult
 from cifarlab.rundir import MANIFEST, WEIGHTS, RunDir
@@ -66,6 +69,7 @@ class Recorder:
         self.wandb: Any = None
         """The live W&B run on the main process; None elsewhere and with W&B off."""
         self._wandb_step = -1  # highest step logged to W&B: it drops anything below
+        self._wandb_floor = -1  # highest step an earlier start of this run logged: this start logs above it only
         self._window = torch.zeros((), device=accelerator.device)  # loss summed on the device: no sync per step
         self._window_steps, self._window_start = 0, time.perf_counter()
         self._bar: Optional[console.EpochBar] = None
@@ -88,13 +92,19 @@ class Recorder:
             tmp.write_text("".join(f"{line}\n" for line in kept))
             os.replace(tmp, self.run.metrics)
         if continuing and self.run.wandb_step.is_file():
-            self._wandb_step = int(self.run.wandb_step.read_text())
+            self._wandb_floor = self._wandb_step = int(self.run.wandb_step.read_text())
         tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
                                 self.config.train.run_name or self.run.root.name, wandb_run_id,
-                                {**to_dict(self.config), "environment": environment})
+                                {**to_dict(self.config), "environment": environment, "history": self._history()})
         self.wandb = tracking.wandb_run(self.accelerator)
         if self.wandb is not None:
             self.out.log(tracking.where(self.wandb))
+
+    def _history(self) -> list[dict[str, Any]]:
+        """history.jsonl: what resumes of this run changed, for W&B's config."""
+        if not self.run.history.is_file():
+            return []
+        return [json.loads(line) for line in self.run.history.read_text().splitlines() if line.strip()]
 
     # --- the fan-out ----------------------------------------------------------------------------------
 
@@ -108,7 +118,7 @@ class Recorder:
                 handle.write(json.dumps(line) + "\n")
 
     def _to_wandb(self, values: dict[str, Any], step: int) -> None:
-        if self.wandb is None or step < self._wandb_step:
+        if self.wandb is None or step < self._wandb_step or step <= self._wandb_floor:
             return
         self.accelerator.log(values, step=step)
         if step > self._wandb_step:
@@ -150,10 +160,11 @@ class Recorder:
         """After each epoch's evaluation (``state`` already past the epoch)."""
         self.record({"train/epoch": float(state.epoch), **result.values(), **stats.values()}, state.global_step)
         epochs = self.config.train.epochs
-        self.out.eval_table(f"epoch {state.epoch}/{epochs}: test accuracy {100 * result.accuracy:.2f} % "
-                            f"({result.count} images), loss {result.loss:.4f}", result, self._previous)
+        self.out.eval_table(f"epoch {state.epoch}/{epochs}: {console.accuracy_summary(result)}", result,
+                            self._previous)
+        top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
         self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
-                     f"{stats.seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %")
+                     f"{stats.seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %{top5}")
         if self.wandb is not None:
             self.wandb.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
         self._previous = result
@@ -219,7 +230,7 @@ class Recorder:
             return
         data.set_epoch(state.epoch)
         images, labels = data.sample(train=True, count=32)
-        grid = plots.labelled_grid(images, labels, data.classes, self.config.data.mean, self.config.data.std)
+        grid = plots.labelled_grid(images, labels, data.classes, *self.config.data.normalization())
         self._to_wandb({"media/train_images": tracking.image(
             grid, "training images after augmentation: what the model sees")}, state.global_step)
 
@@ -234,14 +245,16 @@ class Recorder:
         with torch.no_grad(), self.accelerator.autocast():
             views = images.to(self.accelerator.device).contiguous(memory_format=learner.memory_format)
             preds = tta_logits(model, views, self.config.train.tta).argmax(dim=1)
-        data_config, confusion, classes = self.config.data, result.confusion, data.classes
+        confusion, classes = result.confusion, data.classes
+        many = len(classes) > FULL_TABLE  # the picture is then a superclass matrix and/or the most-confused pairs
         self._to_wandb({
             "media/test_predictions": tracking.image(
-                plots.labelled_grid(images, labels, classes, data_config.mean, data_config.std, preds=preds),
+                plots.labelled_grid(images, labels, classes, *self.config.data.normalization(), preds=preds),
                 "test images: prediction (true class), red where wrong"),
             "test/confusion_matrix": tracking.confusion_chart(confusion, classes),
-            "media/confusion_matrix": tracking.image(plots.confusion_image(confusion, classes),
-                                                     "rows: true class, columns: predicted"),
+            "media/confusion_matrix": tracking.image(
+                plots.confusion_image(confusion, classes),
+                "most-confused pairs (and superclasses)" if many else "rows: true class, columns: predicted"),
         }, state.global_step)
 
 

@@ -7,6 +7,8 @@
       model.safetensors    final weights (written last: its presence means the run finished)
       predictions.safetensors  the final evaluated model's test predictions (see cifarlab.results)
       environment.json     versions, hardware, command line and git commit of each start (see cifarlab.environment)
+      history.jsonl        changes made when the run was resumed (more epochs, another process count)
+      .lock                held by the run's trainer while it runs (see cifarlab.runlock)
       wandb/               the W&B run files
       wandb_step           the highest step logged to W&B
       checkpoints/         step_XXXXXXXX/ folders, best/ and `latest`
@@ -73,6 +75,16 @@ class RunDir:
     def finished(self) -> bool:
         """Whether the run completed (its final weights are written after everything else)."""
         return self.weights.is_file()
+
+    @property
+    def lock(self) -> Path:
+        """Held by the trainer of this run while it runs (see cifarlab.runlock)."""
+        return self.root / ".lock"
+
+    @property
+    def history(self) -> Path:
+        """One JSON line per start that changed a setting allowed to change on resume (or the process count)."""
+        return self.root / "history.jsonl"
 
     @property
     def wandb(self) -> Path:

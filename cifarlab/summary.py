@@ -170,7 +170,9 @@ def input_error(name: str, input_size: Sequence[int], broken: BrokenAt) -> Usage
 
 def summarize(config: Config) -> tuple[list[LayerRow], Totals, tuple[int, ...]]:
     """Rows and totals for the configured model, or a :class:`UsageError` naming where it breaks."""
-    model = models.build_model(config.model, len(CIFAR10_CLASSES))
+    # The classes the config knows (cifar100: 100, fake: data.num_classes); an image folder's come from its
+    # folders, which a summary does not read: 10 unless data.num_classes says.
+    model = models.build_model(config.model, config.data.class_count() or len(CIFAR10_CLASSES))
     input_size = (1, 3, config.data.image_size, config.data.image_size)
     try:
         rows = layer_summary(model, input_size)

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from cifarlab.config import CIFAR10_CLASSES, DataConfig
+from cifarlab.config import DataConfig
 from cifarlab.data import (
+    CIFARS,
     Batch,
     DataPath,
     list_image_folder,
@@ -36,7 +37,6 @@ from cifarlab.data import (
 
 _CACHE_DIR = ".cifarlab-cache"
 _PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
-_CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's layout under data.root
 
 
 class TensorImages(Dataset):
@@ -79,7 +79,7 @@ class TensorData(DataPath):
         config = self.config
         if train and config.augment != "none":
             images = augment(images, indices, self.seed, self.epoch, config.augment)
-        images = normalize(images, config.mean, config.std)
+        images = normalize(images, *config.normalization())
         if train and config.cutout:
             images = cutout(images, indices, self.seed, self.epoch, config.cutout)
         return images, labels
@@ -112,16 +112,17 @@ def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
 
 def fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str]]]:
     """(a key that changes when the source files change, class names), without opening the dataset;
-    None when there is nothing on disk to key (fake data, CIFAR-10 not downloaded yet)."""
+    None when there is nothing on disk to key (fake data, a CIFAR set not downloaded yet)."""
     digest = hashlib.sha256()
+    cifar = CIFARS.get(config.name)
     if config.name == "imagefolder":
         classes, samples = list_image_folder(config, split)
         for path, label in samples:
             stat = os.stat(path)
             digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    elif config.name == "cifar10" and (Path(config.root) / _CIFAR10_FOLDER).is_dir():
-        classes = list(CIFAR10_CLASSES)
-        for file in sorted((Path(config.root) / _CIFAR10_FOLDER).iterdir()):
+    elif cifar is not None and (Path(config.root) / cifar.folder).is_dir():
+        classes = list(cifar.classes)
+        for file in sorted((Path(config.root) / cifar.folder).iterdir()):
             stat = file.stat()
             digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         digest.update(split.encode())
@@ -149,15 +150,15 @@ def load_tensors(config: DataConfig, split: str,
                  warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decoded (images, labels, class names) of ``split``: from the cache under ``data.root`` when it is current."""
     found = fingerprint(config, split)
-    cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
+    cache = _cache_file(config, split, found[0]) if found else None
     if found is not None and cache is not None and cache.is_file():
         tensors = load_file(str(cache))
         return tensors["images"], tensors["labels"], found[1]
     base, classes = open_source(config, split)
     images, labels = _decode(base)
     if cache is None:
-        found = fingerprint(config, split)  # CIFAR-10 may have been downloaded just now
-        cache = Path(config.root) / _CACHE_DIR / f"{split}-{found[0]}.safetensors" if found else None
+        found = fingerprint(config, split)  # a CIFAR set may have been downloaded just now
+        cache = _cache_file(config, split, found[0]) if found else None
     if cache is not None:
         try:
             cache.parent.mkdir(exist_ok=True)
@@ -165,12 +166,20 @@ def load_tensors(config: DataConfig, split: str,
             save_file({"images": images, "labels": labels}, str(tmp))
             tmp.chmod(0o644)  # a shared data folder: other users may read the cache too
             os.replace(tmp, cache)
-            for stale in cache.parent.glob(f"{split}-*.safetensors"):
+            for stale in cache.parent.glob(_cache_file(config, split, "*").name):
                 if stale != cache:
                     stale.unlink()  # decoded from files that have changed since
         except OSError as error:
             warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
     return images, labels, classes
+
+
+def _cache_file(config: DataConfig, split: str, key: str) -> Path:
+    """Where ``split``'s decoded tensors are cached. data.root=data holds both CIFAR sets by default, and
+    a new cache deletes the stale ones of its name: CIFAR-100's carry a prefix of their own (CIFAR-10's and
+    an image folder's keep the names they had before CIFAR-100, so existing caches stay valid)."""
+    prefix = "cifar100-" if config.name == "cifar100" else ""
+    return Path(config.root) / _CACHE_DIR / f"{prefix}{split}-{key}.safetensors"
 
 
 # --- batched augmentation ---------------------------------------------------------------------------

@@ -76,6 +76,14 @@ def _silent_settings() -> Any:
     return wandb.Settings(silent=True)
 
 
+def finish(accelerator: Accelerator, exit_code: int) -> None:
+    """Finish the W&B run with ``exit_code`` (a failed or stopped run), before ``end_training`` would finish it
+    as a success."""
+    run = wandb_run(accelerator)
+    if run is not None:
+        run.finish(exit_code=exit_code)
+
+
 def where(run: Any) -> str:
     """One line on where a W&B run lives and how to upload it."""
     if run.offline:

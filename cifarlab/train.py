@@ -8,14 +8,17 @@
     python -m cifarlab.train --config configs/resnet18.yaml --print-config    # resolved config, then exit
 
 Configuration: schema defaults <- --config FILE.yaml <- key=value overrides (see cifarlab/config.py).
-User errors print one line and exit with code 2; a run stopped by SIGUSR1/SIGTERM saves a checkpoint and
-exits with code 75. The loop itself is cifarlab/loop.py: this entry point reads and checks the config
+User errors print one line and exit with code 2; a run that cannot go on (a checkpoint that cannot be
+written, a loss that is not finite) exits with code 1; a run stopped by SIGUSR1/SIGTERM (or the death of its
+launcher) saves a checkpoint and exits with code 75, by Ctrl-C with 130 (a second Ctrl-C aborts at once).
+The loop itself is cifarlab/loop.py: this entry point reads and checks the config
 before importing torch, so --help, --print-config and config errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,7 +26,8 @@ from typing import Optional
 
 from cifarlab import console
 from cifarlab.config import load_config, to_yaml
-from cifarlab.errors import Preempted, UsageError
+from cifarlab.errors import CifarlabError, Interrupted, Preempted
+from cifarlab.preemption import stop_when_orphaned
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -37,6 +41,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    stop_when_orphaned()
     args = parse_args(argv)
     try:
         config = load_config(args.config, [*args.overrides, *(["logging.level=warning"] if args.quiet else [])])
@@ -46,15 +51,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from cifarlab.loop import train  # torch and accelerate: only once the config is known to be good
 
         train(config, preset=args.config)
-    except UsageError as error:
-        console.error(str(error))
-        return error.exit_code
     except Preempted as stopped:
-        # Saved and stopping: another stop signal (SLURM cancels the job it requeues) must not turn exit 75
-        # into death by that signal while the interpreter shuts down.
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
+        # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,
+        # a launcher forwards Ctrl-C) must not turn the exit code into death by that signal during shutdown.
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
         return stopped.exit_code
+    except CifarlabError as error:
+        console.error(str(error))
+        return error.exit_code
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        console.error(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is "
+                      f"intact: free space, then continue with train.resume=auto")
+        return 1
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        console.error("aborted by Ctrl-C; continue from the last checkpoint with train.resume=auto")
+        return Interrupted.exit_code
     return 0
 
 

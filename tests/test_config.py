@@ -35,7 +35,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overrides, expected", [
     (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; keys in 'optim': lr, momentum"),
     (["optim.lr=fast"], "optim.lr: Value 'fast'"),
-    (["data.name=imagenet"], "data.name: Invalid value 'imagenet', expected one of ['cifar10', 'imagefolder', 'fake']"),
+    (["data.name=imagenet"],
+     "data.name: Invalid value 'imagenet', expected one of ['cifar10', 'cifar100', 'imagefolder', 'fake']"),
     (["train.mixed_precision=fp8"], "train.mixed_precision: Invalid value 'fp8'"),
     (["optim.warmup_epochs=3", "train.epochs=3"], "optim.warmup_epochs=3.0 must be less than train.epochs=3"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),

@@ -1,20 +1,89 @@
 """What a person sees: one progress bar and table per epoch in a 2-process run, plain lines off a
-terminal, nothing but warnings with --quiet."""
+terminal, nothing but warnings with --quiet; tables that stay readable at 100 classes."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+from cifarlab.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, fake_classes
+from cifarlab.console import Console, accuracy_summary, report_rows
+from cifarlab.metrics import EvalResult
 
 from conftest import check, cli_env, launch_command, run_cli, run_python, smoke
 
-pytestmark = pytest.mark.integration
+
+def _result(classes: tuple[str, ...], right: dict[int, int], images: int = 4, seed: int = 0) -> EvalResult:
+    """``images`` test images per class, ``right[label]`` of them (default 0) classified correctly, the others
+    as the next class; random logits otherwise."""
+    labels = torch.arange(len(classes)).repeat_interleave(images)
+    correct = torch.tensor([i % images < right.get(int(label), 0) for i, label in enumerate(labels)])
+    preds = torch.where(correct, labels, (labels + 1) % len(classes))
+    logits = torch.randn(len(labels), len(classes), generator=torch.Generator().manual_seed(seed))
+    logits[torch.arange(len(labels)), preds] = 10.0  # the prediction is the highest logit
+    return EvalResult.from_predictions(preds, labels, torch.ones(len(labels)), classes, logits)
 
 
+@pytest.mark.unit
+def test_up_to_20_classes_every_class_gets_a_row_with_top5(capsys: pytest.CaptureFixture[str]) -> None:
+    classes = fake_classes(10)
+    first, second = _result(classes, {0: 1}), _result(classes, {0: 3, 1: 2})
+    Console(True).eval_table("epoch 2", second, first)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "accuracy" in line and "class" in line)
+    assert [cell.strip() for cell in header.strip("┃").split("┃")] == ["class", "accuracy", "top-5", "change",
+                                                                        "images"]
+    assert all(name in out for name in classes)
+    airplane = next(line for line in out.splitlines() if "airplane" in line)
+    assert [cell.strip() for cell in airplane.strip("│").split("│")][1:] == ["75.0 %", "100.0 %", "+50.0", "4"]
+    assert accuracy_summary(second).startswith("test accuracy 12.50 % (40 images), top-5 ")
+    five = _result(fake_classes(5), {0: 4})
+    assert five.top5 is None and "top-5" not in accuracy_summary(five)  # always 100 % with 5 classes
+
+
+@pytest.mark.unit
+def test_cifar100_is_summarised_by_superclass(capsys: pytest.CaptureFixture[str]) -> None:
+    people = [CIFAR100_CLASSES.index(name) for name in CIFAR100_SUPERCLASSES["people"]]
+    first = _result(CIFAR100_CLASSES, {people[0]: 2})
+    second = _result(CIFAR100_CLASSES, {people[0]: 4, people[1]: 4})
+    kind, rows, caption = report_rows(second, first)
+    assert kind == "superclass" and [row.name for row in rows] == list(CIFAR100_SUPERCLASSES)
+    row = rows[list(CIFAR100_SUPERCLASSES).index("people")]
+    assert (row.accuracy, row.images, row.change) == (8 / 20, 20, pytest.approx(6 / 20))
+    # Misclassified as the next label (baby -> bear, ..., woman -> worm): always another superclass.
+    assert row.in_group == pytest.approx(8 / 20)
+    assert row.top5 == pytest.approx(sum(second.per_class_top5[n] for n in CIFAR100_SUPERCLASSES["people"]) / 5)
+    Console(True).eval_table("t", second, first)
+    out = capsys.readouterr().out
+    assert sum(line.startswith("│") for line in out.splitlines()) == 20  # 20 rows, not 100
+    assert "in superclass" in out and "apple" not in out and caption is not None and caption in out
+
+
+@pytest.mark.unit
+def test_many_classes_without_superclasses_show_the_best_and_worst(capsys: pytest.CaptureFixture[str]) -> None:
+    classes = fake_classes(30)
+    result = _result(classes, {3: 4, 7: 3, 11: 2, 12: 1, 20: 1, 21: 1})
+    kind, rows, caption = report_rows(result, _result(classes, {}))
+    assert kind == "class" and caption == "the 5 best and 5 worst of 30 classes; every class: test/acc/<class>"
+    assert [row.name for row in rows[:3]] == ["class03", "class07", "class11"]
+    assert [row.accuracy for row in rows] == [1.0, 0.75, 0.5, 0.25, 0.25, 0, 0, 0, 0, 0]
+    assert rows[5].section and not any(row.section for row in rows[:5] + rows[6:])
+    assert rows[0].change == 1.0 and not math.isnan(rows[-1].change)
+    Console(True).eval_table("t", result)
+    out = capsys.readouterr().out
+    assert "class03" in out and "class29" in out and sum(line.startswith("│") for line in out.splitlines()) == 10
+    Console(True).confusion_table(result)
+    pairs = capsys.readouterr().out
+    assert "most confused pairs of 30 classes" in pairs and "class00" in pairs and "class01" in pairs
+
+
+@pytest.mark.integration
 def test_two_process_run_prints_once_in_plain_lines_off_a_terminal(tmp_path: Path) -> None:
     result = check(run_cli(smoke(tmp_path, "plain"), tmp_path, processes=2))
     out = result.stdout
@@ -25,6 +94,7 @@ def test_two_process_run_prints_once_in_plain_lines_off_a_terminal(tmp_path: Pat
     assert "\r" not in out and "\x1b[" not in out  # no control characters in logs
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a pseudo-terminal")
 def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path: Path) -> None:
     command = shlex.join([*launch_command(2), *smoke(tmp_path, "tty")])
@@ -37,6 +107,7 @@ def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path: Path) -> None:
     assert out.count("┏") == 2 and out.count("done in") == 1
 
 
+@pytest.mark.integration
 def test_quiet_prints_nothing_but_keeps_errors(tmp_path: Path) -> None:
     quiet = check(run_python([*smoke(tmp_path, "quiet"), "--quiet"], tmp_path))
     assert quiet.stdout == ""

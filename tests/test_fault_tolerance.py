@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cifarlab.checkpoint import problem
@@ -81,7 +83,7 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     third.wait_for(r"epoch 2 step 6/16")
     third.signal(signal.SIGTERM)
     assert third.finish() == 75
-    stopped_at = int(third.wait_for(r"stopping on SIGTERM: checkpoint \S+step_(\d+) saved").group(1))
+    stopped_at = int(third.wait_for(r"stopped on SIGTERM at step \d+: checkpoint \S+step_(\d+) saved").group(1))
     assert latest.read_text() == f"step_{stopped_at:08d}"
 
     # 4. Finish.
@@ -158,12 +160,14 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     workers = bare.descendants()
     bare.signal(signal.SIGUSR1)
     assert bare.finish() == -signal.SIGUSR1
-    for pid in workers:  # left behind by their dead agent: they would train on
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert "stopping on" not in bare.output()
+    # The workers never hear of SIGUSR1, but their agent's death: each gets SIGTERM from the kernel and stops
+    # with a checkpoint instead of training on as an orphan.
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers):
+        assert time.monotonic() < deadline, "workers left running"
+        time.sleep(0.1)
+    assert re.search(r"stopped on SIGTERM at step \d+: checkpoint", bare.output()), bare.output()[-2000:]
+    assert "stopped on SIGUSR1" not in bare.output()
 
     handled = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     run = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL)], tmp_path, tmp_path / "agent.log",
@@ -171,7 +175,7 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     run.wait_for(r"epoch 1 step 6/16")
     run.signal(signal.SIGUSR1)  # the agent only: it must pass the signal on
     assert run.finish() != 0
-    step = int(run.wait_for(r"stopping on SIGUSR1: checkpoint \S+step_(\d+) saved").group(1))
+    step = int(run.wait_for(r"stopped on SIGUSR1 at step \d+: checkpoint \S+step_(\d+) saved").group(1))
     saved = tmp_path / "runs" / "agent" / "checkpoints" / f"step_{step:08d}"
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest["global_step"] == step  # both ranks stopped at this step and wrote their RNG state:

@@ -16,7 +16,7 @@ from cifarlab.checkpoint import Checkpointer, TrainState, problem
 from cifarlab.config import Config, load_config
 from cifarlab.console import Console
 from cifarlab.data import DataPath, build_data
-from cifarlab.errors import Preempted, UsageError
+from cifarlab.errors import Preempted, RunFailed, UsageError
 from cifarlab.models import build_model
 from cifarlab.preemption import StopRequest
 from cifarlab.recorder import Recorder
@@ -53,12 +53,32 @@ def parts(config: Config) -> tuple[engine.Learner, DataPath, Recorder, Checkpoin
     return learner, data, recorder, Checkpointer(accelerator, run, config.checkpoint, steps, {"ema": ema}), run
 
 
+def no_nan(learner: engine.Learner, every: int = 2) -> engine.LossGuard:
+    return engine.LossGuard(learner.accelerator, lambda: None, every)
+
+
+def test_a_non_finite_loss_stops_the_epoch_before_anything_is_saved(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    learner, data, recorder, _, run = parts(config)
+    guard = engine.LossGuard(learner.accelerator, lambda: "runs/tiny/checkpoints/step_00000000", every=100)
+    checkpointer = Checkpointer(learner.accelerator, run, config.checkpoint, 4, healthy=guard.check)
+    with torch.no_grad():
+        next(learner.model.parameters())[0].fill_(float("nan"))  # every loss from step 1 on is NaN
+    state = TrainState()
+    with StopRequest(learner.accelerator, lambda message: None) as stop, \
+            pytest.raises(RunFailed, match=r"not finite \(NaN or inf\) at step 1; .* last good checkpoint is "
+                                           r"runs/tiny/checkpoints/step_00000000"):
+        engine.train_epoch(learner, data, state, recorder, checkpointer, stop, guard)
+    # checkpoint.every_n_steps=2: the save at step 2 asked the guard first and was never written.
+    assert state.global_step == 2 and run.step_checkpoints() == [] and not run.latest.exists()
+
+
 def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> None:
     learner, data, recorder, checkpointer, run = parts(tiny_config(tmp_path))
     state = TrainState()
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest(learner.accelerator, lambda message: None) as stop:
-        stats = engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+        stats = engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
         assert (state.epoch, state.step_in_epoch, state.global_step) == (0, 4, 4)
         assert stats.batches == 4 and 2.0 < stats.loss < 2.6 and stats.images_per_s > 0
         # The recorder logged every 2 steps; the checkpointer saved step 2 (step 4 is the epoch end's to save).
@@ -74,7 +94,7 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
         # A stop signal mid-epoch: the next step is checkpointed, then Preempted.
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(Preempted):
-            engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+            engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
     assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 1, 5)
     assert problem(run.checkpoint(5)) is None and run.latest.read_text() == "step_00000005"
@@ -84,8 +104,8 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
     resumed, data2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
     state2 = checkpointer2.load(run.checkpoint(5))
     with StopRequest(resumed.accelerator, lambda message: None) as stop:
-        engine.train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop)
-        engine.train_epoch(learner, data, state, recorder, checkpointer, stop)
+        engine.train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
+        engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
     assert state2.global_step == state.global_step == 8
     for a, b in zip(resumed.model.state_dict().values(), learner.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

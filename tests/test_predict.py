@@ -55,6 +55,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Image.fromarray(noise.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / "rgb.png")
     Image.fromarray(noise.integers(0, 256, (60, 100), dtype=np.uint8), "L").save(folder / "gray.png")  # 100 wide
     (folder / "x.png").write_text("not an image\n")
+    (folder / "fake.jpg").write_text("a text file named .jpg\n")
+    whole = folder / "whole.png"
+    Image.fromarray(noise.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(whole)
+    (folder / "truncated.png").write_bytes(whole.read_bytes()[:300])
     (folder / "album").mkdir()
     return folder
 
@@ -110,7 +114,8 @@ def test_probabilities_are_the_trained_models(run_dir: Path, images: Path,
     model = build_model(ModelConfig(name=config.model.name), 10)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     pixels = np.asarray(Image.open(images / "rgb.png"), dtype=np.float32) / 255
-    normalised = (pixels - np.array(config.data.mean)) / np.array(config.data.std)
+    mean, std = config.data.normalization()  # the smoke run's data.mean/std are null: the dataset's own
+    normalised = (pixels - np.array(mean)) / np.array(std)
     with torch.no_grad():
         logits = model.eval()(torch.tensor(normalised, dtype=torch.float32).permute(2, 0, 1)[None])
     expected = torch.softmax(logits, 1)[0] * 100
@@ -135,7 +140,7 @@ def test_prepare_converts_and_resizes() -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["nope.png"], "image nope.png: no such file"),
-    (["rgb.png", "x.png"], "image x.png: not an image PIL can read"),
+    (["x.png"], "image x.png: not an image PIL can read"),
     (["album"], "image album: is a directory; pass image files, e.g. album/*.png"),
     (["--top-k", "0", "rgb.png"], "--top-k 0: pass --top-k 1 or more"),
     (["--top-k", "11", "rgb.png"], "--top-k 11: the model has 10 classes; pass --top-k between 1 and 10"),
@@ -149,6 +154,25 @@ def test_bad_arguments_are_one_line(run_dir: Path, images: Path, args: list[str]
     assert out == ""
     (line,) = err.splitlines()
     assert line.startswith(f"cifarlab: error: {message}"), line
+
+
+@pytest.mark.integration
+def test_bad_images_among_good_ones_are_reported_and_the_rest_predicted(run_dir: Path, images: Path) -> None:
+    result = run_predict("--checkpoint", str(run_dir), "rgb.png", "fake.jpg", "gray.png", "truncated.png",
+                         "nope.png", "album", cwd=images)
+    assert result.returncode == 2  # some images failed
+    assert list(parse(result.stdout)) == ["rgb.png", "gray.png"]  # every readable image, in order
+    errors = error_lines(result.stderr)
+    assert [line.split(":")[2].strip() for line in errors] == ["image fake.jpg", "image truncated.png",
+                                                               "image nope.png", "image album"]
+    assert errors[0].startswith("cifarlab: error: image fake.jpg: not an image PIL can read (cannot identify")
+    assert "truncated" in errors[1] or "Truncated" in errors[1]
+    # Nothing else on stderr but the one note on the grayscale image.
+    assert [line for line in result.stderr.splitlines() if line not in errors] == [
+        "cifarlab: note: gray.png: converted from mode L to RGB; resized from 100x60 to 32x32"]
+    # The predictions are those of a call with the good images alone.
+    alone = check(run_predict("--checkpoint", str(run_dir), "rgb.png", "gray.png", cwd=images))
+    assert alone.stdout == result.stdout
 
 
 @pytest.mark.integration

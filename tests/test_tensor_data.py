@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from synthetic_cifar import CHECK, unchecked, write_cifar10, write_cifar100
 from torch.utils.data import Dataset
 
 from cifarlab.config import DataConfig
@@ -49,6 +50,24 @@ def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path:
     assert len(train_cache) == 1 and train_cache[0] not in cache  # the stale one is gone
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32)
     assert torch.equal(third.train.images[0], red)
+
+
+@pytest.mark.unit
+def test_cifar10_and_cifar100_caches_live_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.root=data holds both sets by default: decoding one must not delete the other's cache as stale."""
+    monkeypatch.setattr(CHECK, unchecked)
+    write_cifar100(write_cifar10(tmp_path))
+    cache = tmp_path / ".cifarlab-cache"
+    build_data(DataConfig(name="cifar10", root=str(tmp_path), download=False), seed=0)
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    hundred = build_data(DataConfig(name="cifar100", root=str(tmp_path), download=False), seed=0)
+    again = build_data(DataConfig(name="cifar10", root=str(tmp_path), download=False), seed=0)
+    assert sorted(p.name.rsplit("-", 1)[0] for p in cache.iterdir()) == ["cifar100-test", "cifar100-train", "test",
+                                                                         "train"]
+    assert {name: (cache / name).stat().st_mtime_ns for name in stamps} == stamps  # CIFAR-10's read back
+    assert len(again.classes) == 10 and len(hundred.classes) == 100
+    assert torch.equal(build_data(DataConfig(name="cifar100", root=str(tmp_path), download=False),
+                                  seed=0).train.images, hundred.train.images)
 
 
 @pytest.mark.unit

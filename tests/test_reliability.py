@@ -1,0 +1,315 @@
+"""Faults people actually hit, through the real CLI: two trainers on one run directory, a launcher that dies,
+Ctrl-C, resuming with another config, unsafe checkpoints, a full disk, a loss that is not finite, bad paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cifarlab.checkpoint import problem
+from cifarlab.errors import Interrupted, Preempted
+from cifarlab.preemption import StopRequest
+from cifarlab.rundir import RunDir
+
+from conftest import (
+    Background,
+    assert_same_weights,
+    check,
+    crashed_copy,
+    error_lines,
+    launch_command,
+    records,
+    run_python,
+    smoke,
+)
+from wandb_offline import find_run_files, read_records
+
+pytestmark = pytest.mark.integration
+
+# 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps, all kept.
+SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=100", "logging.every_n_steps=1")
+# Slow enough to be interrupted mid-epoch: 64 steps per epoch.
+LONG = ("data.train_size=2048", "checkpoint.every_n_steps=4", "checkpoint.keep_last=100", "logging.every_n_steps=1")
+
+
+def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "cifarlab.train", *smoke(tmp_path, name, *overrides)]
+
+
+def _one_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """The run exited with ``code`` after printing exactly one error line (no traceback) holding ``fragments``."""
+    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished SMALL run: what every interrupted one must end as."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    check(run_python(smoke(tmp_path, "reference", *SMALL), tmp_path))
+    return tmp_path / "runs" / "reference"
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait_gone(pids: list[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pids), f"trainers still running: {_alive(pids)}"
+
+
+# --- 1. one trainer per run directory -----------------------------------------------------------------------
+
+def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    first = Background(_python(tmp_path, "busy", *LONG), tmp_path, tmp_path / "first.log")
+    first.wait_for(r"epoch 1 step 2/64")
+    run = RunDir(tmp_path / "runs" / "busy")
+    second = run_python(smoke(tmp_path, "busy", *LONG, "train.resume=auto"), tmp_path)
+    _one_error(second, 2, f"run directory {run.root} is in use by another trainer (host ", f"PID {first.process.pid}")
+    assert first.finish() == 0, first.output()[-2000:]
+    assert len(json.loads(run.environment.read_text())["starts"]) == 1  # the second one never started
+    # The lock went with its holder: the finished run is resumable (and says it has nothing to do).
+    assert "has already finished" in check(run_python(smoke(tmp_path, "busy", *LONG, "train.resume=auto"),
+                                                       tmp_path)).stdout
+
+
+# --- 2. no orphans -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("processes,signum", [(1, signal.SIGTERM), (1, signal.SIGKILL), (2, signal.SIGTERM),
+                                              (2, signal.SIGKILL)])
+def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path, reference: Path, processes: int,
+                                                                  signum: int) -> None:
+    name = f"orphan{processes}"
+    launched = Background([*launch_command(processes), *smoke(tmp_path, name, *SMALL)], tmp_path,
+                          tmp_path / "launch.log")
+    launched.wait_for(r"epoch 1 step 6/16")
+    trainers = launched.descendants()
+    launched.signal(signum)  # the launcher (or torchrun's agent) only, as a job manager or `timeout` would
+    launched.finish()
+    _wait_gone(trainers)
+    step = int(launched.wait_for(r"stopped on SIGTERM at step (\d+): checkpoint \S+ saved; continue with "
+                                 r"train.resume=auto", timeout=30).group(1))
+    run = RunDir(tmp_path / "runs" / name)
+    assert run.latest.read_text() == f"step_{step:08d}" and problem(run.checkpoint(step)) is None
+    if processes == 1:  # the resumed run ends exactly where the uninterrupted one did
+        check(run_python(smoke(tmp_path, name, *SMALL, "train.resume=auto"), tmp_path))
+        assert_same_weights(reference / "model.safetensors", run.weights)
+
+
+# --- 3. Ctrl-C -----------------------------------------------------------------------------------------------
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(tmp_path: Path,
+                                                                               reference: Path) -> None:
+    run = Background(_python(tmp_path, "ctrlc", *SMALL, "logging.wandb.mode=offline"), tmp_path, tmp_path / "c.log")
+    run.wait_for(r"epoch 1 step 6/16")
+    os.killpg(run.process.pid, signal.SIGINT)  # what a terminal sends to the foreground process group
+    assert run.finish() == Interrupted.exit_code == 130
+    output = run.output()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    step = int(run.wait_for(r"stopped on SIGINT at step (\d+): checkpoint \S+ saved; continue with "
+                            r"train.resume=auto").group(1))
+    (segment,) = find_run_files(tmp_path / "runs" / "ctrlc" / "wandb")
+    (exit_record,) = [r["exit"] for r in read_records(segment) if r["type"] == "exit"]
+    assert exit_record.get("exit_code") == 130  # not "finished (exit code 0)"
+    check(run_python(smoke(tmp_path, "ctrlc", *SMALL, "train.resume=auto"), tmp_path))
+    assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "ctrlc" / "model.safetensors")
+    assert step > 0
+
+
+
+def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from accelerate import Accelerator
+
+    with StopRequest(Accelerator(cpu=True), lambda message: None) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a launcher passing the same Ctrl-C on, moments later
+        assert stop.received == "SIGINT"
+        monkeypatch.setattr("cifarlab.preemption.SECOND_CTRL_C_AFTER", 0.0)
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises here
+    assert Interrupted.exit_code == 130 and issubclass(Interrupted, Preempted)
+
+
+def test_an_abort_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    import cifarlab.loop
+    from cifarlab import train
+
+    def second_ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cifarlab.loop, "train", second_ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert train.main(smoke(tmp_path, "abort")) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert error_lines(capsys.readouterr().err) == [
+        "cifarlab: error: aborted by Ctrl-C; continue from the last checkpoint with train.resume=auto"]
+
+
+# --- 4. a run keeps its identity -----------------------------------------------------------------------------
+
+def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrites_config(tmp_path: Path,
+                                                                                       reference: Path) -> None:
+    config_text = (reference / "config.yaml").read_text()
+    assert yaml.safe_load(config_text)["train"]["resume"] is None  # the experiment, not how it was started
+    copy = crashed_copy(reference, tmp_path / "runs" / "changed", "step_00000020")
+
+    refused = run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.1", "train.epochs=4"),
+                         tmp_path)
+    _one_error(refused, 2, "optim.lr=0.1 (was 0.02)", "train.epochs=4 (was 2)", "train.allow_changes=true")
+    assert not RunDir(copy).history.exists()
+
+    # 1 process now, 2 in the start it continues (as if saved by a 2-process run): recorded, not refused.
+    environment = json.loads((copy / "environment.json").read_text())
+    environment["starts"][-1]["processes"] = 2
+    (copy / "environment.json").write_text(json.dumps(environment))
+    allowed = check(run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.01",
+                                     "train.allow_changes=true", "logging.wandb.mode=offline"), tmp_path))
+    assert "changed on resume, from step 20: optim.lr 0.02 -> 0.01, processes 2 -> 1" in allowed.stdout
+    (change,) = [json.loads(line) for line in RunDir(copy).history.read_text().splitlines()]
+    assert (change["step"], change["changes"]) == (20, {"optim.lr": [0.02, 0.01], "processes": [2, 1]})
+    (segment,) = find_run_files(copy / "wandb")
+    assert json.loads(json.dumps(read_config_value(segment, "history"))) == [change]
+    assert (copy / "config.yaml").read_text() == config_text  # never rewritten
+
+    # Finished: a resume says so and starts nothing (no W&B segment).
+    again = check(run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "logging.wandb.mode=offline"),
+                             tmp_path))
+    assert "has already finished" in again.stdout and len(find_run_files(copy / "wandb")) == 1
+
+    # The saved config reruns the experiment as a new run.
+    check(run_python(["--config", str(reference / "config.yaml"), f"train.output_dir={tmp_path / 'runs'}",
+                      "train.run_name=rerun"], tmp_path))
+    assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "rerun" / "model.safetensors")
+
+
+def read_config_value(segment: Path, key: str) -> object:
+    from wandb_offline import read_config
+
+    return read_config(segment)[key]
+
+
+# --- 5. unsafe checkpoints -----------------------------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this would create a file: proof that nothing ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
+def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path: Path, reference: Path,
+                                                                  victim: str) -> None:
+    copy = crashed_copy(reference, tmp_path / "runs" / "unsafe", "step_00000020")
+    folder = copy / "checkpoints" / "step_00000020"
+    marker = tmp_path / "executed"
+    (folder / victim).write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    manifest = json.loads((folder / "manifest.json").read_text())  # rewritten to match, as a shared one would be
+    data = (folder / victim).read_bytes()
+    manifest["files"][victim] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = run_python(smoke(tmp_path, "unsafe", *SMALL, "train.resume=auto"), tmp_path)
+    _one_error(result, 2, f"checkpoint {folder}: {victim} (", "cannot be loaded safely", "nothing in it was executed")
+    assert not marker.exists()
+
+
+# --- 6. a full disk ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (room for about three SMALL checkpoints), unmounted afterwards; needs root."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, small_disk: Path,
+                                                                          reference: Path) -> None:
+    args = [*smoke(tmp_path, "full", *SMALL), f"train.output_dir={small_disk}"]
+    full = run_python(args, tmp_path)
+    line = _one_error(full, 1, "No space left on device", "train.resume=auto")
+    run = RunDir(small_disk / "full")
+    assert run.latest.is_file() and problem(run.checkpoints / run.latest.read_text()) is None, line
+    assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".tmp")]
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)  # space freed
+    check(run_python([*args, "train.resume=auto"], tmp_path))
+    assert_same_weights(reference / "model.safetensors", run.weights)
+
+
+# --- 7. a loss that is not finite ----------------------------------------------------------------------------
+
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(tmp_path: Path, reference: Path) -> None:
+    copy = crashed_copy(reference, tmp_path / "runs" / "nan", "step_00000020")
+    before = {p.name: (p / "manifest.json").read_text() for p in RunDir(copy).step_checkpoints()}
+    best = (copy / "checkpoints" / "best" / "manifest.json").read_text()
+    # Resumed with a normalisation that overflows float32: every loss from the first resumed step on is NaN.
+    result = run_python(smoke(tmp_path, "nan", *SMALL, "train.resume=auto", "data.std=[1e-40,1e-40,1e-40]",
+                              "train.allow_changes=true"), tmp_path)
+    line = _one_error(result, 1, "the training loss is not finite (NaN or inf) at step ",
+                      f"last good checkpoint is {copy / 'checkpoints' / 'step_00000020'}")
+    assert " at step 21;" in line
+    assert RunDir(copy).latest.read_text() == "step_00000020"
+    assert {p.name: (p / "manifest.json").read_text() for p in RunDir(copy).step_checkpoints()} == before
+    assert (copy / "checkpoints" / "best" / "manifest.json").read_text() == best
+    assert all(r["step"] <= 20 for r in records(copy) if "train/loss" in r)  # nothing logged past it
+    assert all(torch.isfinite(t).all() for t in load_file(str(copy / "checkpoints" / "step_00000020" /
+                                                               "model.safetensors")).values())
+
+
+# --- 8. bad paths --------------------------------------------------------------------------------------------
+
+def test_bad_output_paths_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_python([*smoke(tmp_path, "x"), f"train.output_dir={tmp_path / 'a-file'}"], tmp_path)
+    _one_error(result, 2, f"train.output_dir {tmp_path / 'a-file'} is a file, not a folder")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "taken").write_text("")
+    taken = tmp_path / "runs" / "taken"
+    _one_error(run_python(smoke(tmp_path, "taken"), tmp_path), 2, f"run directory {taken} is a file")
+
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(readonly)],
+                                            capture_output=True).returncode == 0:
+        try:
+            result = run_python([*smoke(tmp_path, "x"), f"train.output_dir={readonly}"], tmp_path)
+            _one_error(result, 2, "cannot create run directory", "Read-only file system", "writable train.output_dir")
+        finally:
+            subprocess.run(["umount", "-l", str(readonly)], check=False)
+    shutil.rmtree(tmp_path / "runs")
