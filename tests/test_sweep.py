@@ -1,0 +1,504 @@
+"""cifarlab.sweep: expanding a sweep file into named trials, refusing bad input, and running trials for real:
+serially, side by side, stopped and killed and resumed, and as a SLURM job array with a preempted task."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import test_slurm
+import yaml
+
+from cifarlab import sweep as sweeps
+from cifarlab.config import load_config, to_yaml
+from cifarlab.train import parse_args as trainer_args
+
+from conftest import CONFIGS, REPO, Background, cli_env
+
+SMOKE = str(CONFIGS / "smoke.yaml")
+# Seconds per trial on a CPU, mostly start-up: 64 images in batches of 16, one epoch, no W&B.
+SMALL = ["data.name=fake", "data.train_size=64", "data.test_size=32", "train.batch_size=16", "train.epochs=1",
+         "logging.wandb.mode=disabled", "model.name=lenet"]
+SWEEP = [sys.executable, "-m", "cifarlab.sweep"]
+slurm_env = test_slurm.slurm_env  # the fixture: a running SLURM's environment, else the test skips
+
+
+def write(folder: Path, spec: dict[str, Any], name: str = "sweep.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder / name
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {"name": "s", "base": SMOKE, "overrides": SMALL, **extra}
+
+
+def fake_run(sweep: sweeps.Sweep, index: int, finished: bool, **changes: str) -> Path:
+    """What a trainer leaves in a trial's run directory: its config.yaml (with ``changes``), and the final
+    weights when ``finished``."""
+    trial = sweep.trials[index]
+    run = sweep.run_dir(trial).root
+    run.mkdir(parents=True)
+    config = load_config(sweep.base, [*sweep.overrides(trial), *(f"{k}={v}" for k, v in changes.items())])
+    (run / "config.yaml").write_text(to_yaml(config))
+    if finished:
+        (run / "model.safetensors").write_bytes(b"not really weights")
+    return run
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("sweep ")]
+
+
+# --- expansion, naming, commands ------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_example_expands_to_six_trials_named_by_their_settings(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    sweep = sweeps.read_sweep("configs/sweeps/example.yaml", [f"train.output_dir={tmp_path}"])
+    assert sweep.folder == tmp_path / "lr-vs-seed"
+    assert [t.name for t in sweep.trials] == ["lr=0.01-seed=0", "lr=0.01-seed=1", "lr=0.01-seed=2",
+                                              "lr=0.05-seed=0", "lr=0.05-seed=1", "lr=0.05-seed=2"]
+    assert sweep.trials[4].settings == ("optim.lr=0.05", "train.seed=1")
+    command = sweep.command(sweep.trials[4])
+    assert command[:5] == [sys.executable, "-m", "cifarlab.train", "--config", "configs/smoke.yaml"]
+    assert command[-6:] == ["train.seed=1", f"train.output_dir={tmp_path / 'lr-vs-seed'}",
+                            "train.run_name=lr=0.05-seed=1", "train.resume=auto", "logging.wandb.group=lr-vs-seed",
+                            "logging.wandb.tags=[optim.lr=0.05,train.seed=1]"]
+    assert f"train.output_dir={tmp_path}" not in command  # the folder replaces it
+    config = sweep.configs[4]
+    assert (config.optim.lr, config.train.seed, config.train.epochs, config.data.name) == (0.05, 1, 2, "fake")
+    assert (config.train.output_dir, config.train.run_name, config.train.resume) == (
+        str(tmp_path / "lr-vs-seed"), "lr=0.05-seed=1", "auto")
+    assert config.logging.wandb.group == "lr-vs-seed"
+    assert config.logging.wandb.tags == ["optim.lr=0.05", "train.seed=1"]
+
+
+@pytest.mark.unit
+def test_trials_cross_the_grid_and_seeds_with_short_unambiguous_names(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(trials=[{"model.name": "lenet", "data.name": "fake"},
+                                        {"model.name": "convnet_bn", "optim.lr": 0.1}],
+                                grid={"optim.weight_decay": [0, 0.001]}, seeds=[0, 1]))
+    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    assert len(sweep.trials) == 8
+    assert [t.name for t in sweep.trials[:3]] == [
+        "model.name=lenet-data.name=fake-weight_decay=0-seed=0",  # two keys end in .name: both kept whole
+        "model.name=lenet-data.name=fake-weight_decay=0-seed=1",
+        "model.name=lenet-data.name=fake-weight_decay=0.001-seed=0"]
+    assert sweep.trials[7].name == "model.name=convnet_bn-lr=0.1-weight_decay=0.001-seed=1"
+    assert sweep.trials[7].settings == ("model.name=convnet_bn", "optim.lr=0.1", "optim.weight_decay=0.001",
+                                        "train.seed=1")
+    assert (sweep.configs[7].model.name, sweep.configs[7].optim.lr, sweep.configs[0].optim.lr) == ("convnet_bn", 0.1,
+                                                                                                   0.02)
+
+
+@pytest.mark.unit
+def test_values_read_back_through_the_config_loader_and_names_stay_filesystem_safe(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(grid={"logging.wandb.notes": ["a b, c's [x]", "null", "a/b", "=x="],
+                                      "train.ema": [None, 0.9]},
+                                trials=[{"data.mean": [0.5, 0.5, 0.5], "optim.nesterov": False,
+                                         "train.mixed_precision": "no"}]))
+    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    notes = [c.logging.wandb.notes for c in sweep.configs[::2]]
+    assert notes == ["a b, c's [x]", "null", "a/b", "=x="]  # strings stay strings
+    assert [c.train.ema for c in sweep.configs[:2]] == [None, 0.9]
+    first = sweep.configs[0]
+    assert (first.data.mean, first.optim.nesterov, first.train.mixed_precision) == ([0.5, 0.5, 0.5], False, "no")
+    for trial in sweep.trials:
+        assert re.fullmatch(r"[A-Za-z0-9._,+=@-]+", trial.name), trial.name
+    assert len({t.name for t in sweep.trials}) == len(sweep.trials)
+
+
+@pytest.mark.unit
+def test_names_that_would_collide_or_run_long_get_a_hash(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(grid={"logging.wandb.notes": ["a/b", "a_b", "plain", "x" * 300]}))
+    names = [t.name for t in sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"]).trials]
+    assert names[2] == "notes=plain"
+    assert all(re.fullmatch(r"notes=a_b-[0-9a-f]{8}", name) for name in names[:2]) and names[0] != names[1]
+    assert len(names[3]) == sweeps.NAME_LENGTH + 9 and names[3].startswith("notes=xxx")
+
+
+@pytest.mark.unit
+def test_base_is_looked_up_in_the_current_directory_then_beside_the_sweep_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = write(tmp_path / "sweeps", {"name": "b", "base": "preset.yaml", "overrides": ["data.name=fake"]})
+    (tmp_path / "sweeps" / "preset.yaml").write_text("train:\n  epochs: 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert sweeps.read_sweep(str(file)).configs[0].train.epochs == 3
+    (tmp_path / "preset.yaml").write_text("train:\n  epochs: 4\n")
+    sweep = sweeps.read_sweep(str(file))
+    assert (sweep.base, sweep.configs[0].train.epochs) == ("preset.yaml", 4)
+    assert sweep.trials[0].name == "base"  # no swept settings: one trial, the base config
+
+
+@pytest.mark.unit
+def test_launcher_options_go_to_accelerate_launch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = write(tmp_path, spec(seeds=[0]))
+    assert sweeps.main(["--dry-run", str(plain)]) == 0
+    assert capsys.readouterr().out.startswith(f"0\t{sys.executable} -m cifarlab.train --config {SMOKE} ")
+
+    launched = write(tmp_path, spec(seeds=[0], launch=["--multi_gpu"]), "launched.yaml")
+    assert sweeps.main(["--dry-run", str(launched), "--num_processes", "2", "train.epochs=2",
+                        "--mixed_precision=bf16", "--trial", "0"]) == 0
+    index, command = capsys.readouterr().out.strip().split("\t")
+    assert index == "0"
+    assert command.startswith(f"{sys.executable} -m accelerate.commands.launch --multi_gpu --num_processes 2 "
+                              f"--mixed_precision=bf16 -m cifarlab.train --config {SMOKE} ")
+    assert " train.epochs=2 train.seed=0 " in command
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("argv, expected", [
+    (["--num_processes", "2", "S.yaml"], "--num_processes: accelerate launch options come after SWEEP.yaml"),
+    (["S.yaml", "stray"], "unexpected 'stray'"),
+    (["S.yaml", "--config", "configs/smoke.yaml"], "--config is an option of cifarlab.train"),
+    (["S.yaml", "--trial", "x"], "argument --trial: invalid int value"),
+    (["S.yaml", "--list", "--count"], "not allowed with argument"),
+])
+def test_arguments_that_are_not_ours_or_the_launchers_are_refused(argv: list[str], expected: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        sweeps.parse_args(argv)
+    assert exit_.value.code == 2
+    assert expected in capsys.readouterr().err.splitlines()[-1]
+
+
+# --- bad input: one line, exit 2, nothing written ---------------------------------------------------------------
+
+BAD = {
+    "unknown top-level key": ({**spec(), "gird": {"optim.lr": [1]}}, [], "unknown key 'gird'"),
+    "unknown config key": (spec(grid={"optim.lrr": [0.1]}), [], "unknown config key 'optim.lrr'"),
+    "one bad trial": (spec(trials=[{"optim.lr": 0.1}, {"optim.lr": -1}]), [], "trial 1 (lr=-1)"),
+    "empty grid": (spec(grid={}), [], "grid must be a non-empty mapping"),
+    "grid value not a list": (spec(grid={"optim.lr": 0.1}), [], "grid optim.lr: 0.1 must be a non-empty list"),
+    "empty grid list": (spec(grid={"optim.lr": []}), [], "must be a non-empty list"),
+    "seeds not integers": (spec(seeds=["a"]), [], "seeds must be a non-empty list of integers"),
+    "key in trials and grid": (spec(trials=[{"optim.lr": 1}], grid={"optim.lr": [2]}), [], "in both trials and grid"),
+    "seed twice": (spec(grid={"train.seed": [1]}, seeds=[0]), [], "seeds sets train.seed"),
+    "run name set": (spec(overrides=["train.run_name=x"]), [], "train.run_name is set by the sweep"),
+    "output dir swept": (spec(grid={"train.output_dir": ["a", "b"]}), [], "cannot differ between trials"),
+    "missing base": (spec(base="nope.yaml"), [], "base nope.yaml: no such file"),
+    "swept key on the command line": (spec(seeds=[0, 1]), ["train.seed=3"], "train.seed is swept"),
+    "same trial twice": (spec(trials=[{"optim.lr": 0.1}, {"optim.lr": 0.1}]), [], "trials 0 and 1 are the same"),
+    "launch not a list": (spec(launch="--multi_gpu"), [], "launch: must be a list"),
+    "trial out of range": (spec(seeds=[0, 1]), ["--trial", "2"], "--trial 2: "),
+    "bad name": (spec(name="a/b"), [], "name: 'a/b' must be a plain"),
+    "not a mapping": ([1, 2], [], "not a YAML mapping"),
+    "bad override value": (spec(), ["train.epochs=many"], "train.epochs"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_one_line_with_exit_2_and_nothing_written(case: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    content, arguments, expected = BAD[case]
+    file = tmp_path / "sweep.yaml"
+    file.write_text(yaml.safe_dump(content))
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}", *arguments]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith("cifarlab: error: "), captured.err
+    assert expected in captured.err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.unit
+def test_a_missing_or_broken_sweep_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweeps.main([str(tmp_path / "nope.yaml")]) == 2
+    (tmp_path / "broken.yaml").write_text("grid: [unclosed\n")
+    assert sweeps.main([str(tmp_path / "broken.yaml")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[0] == f"cifarlab: error: sweep file {tmp_path / 'nope.yaml'}: no such file"
+    assert errors[1].startswith(f"cifarlab: error: {tmp_path / 'broken.yaml'}: not a YAML file (")
+    assert len(errors) == 2
+
+
+# --- what is there already: --list, skipping, refusing, sweep.yaml ------------------------------------------------
+
+
+@pytest.mark.unit
+def test_list_shows_each_trial_index_status_and_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = sweeps.read_sweep(*arguments[:1], arguments[1:])
+    fake_run(sweep, 0, finished=True)
+    fake_run(sweep, 1, finished=False)
+    fake_run(sweep, 2, finished=True, **{"optim.momentum": "0.5"})
+    assert sweeps.main(["--list", *arguments]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "0\tfinished\tlr=0.01-seed=0\toptim.lr=0.01 train.seed=0",
+        "1\tstarted\tlr=0.01-seed=1\toptim.lr=0.01 train.seed=1",
+        "2\tother-config\tlr=0.05-seed=0\toptim.lr=0.05 train.seed=0",
+        "3\t-\tlr=0.05-seed=1\toptim.lr=0.05 train.seed=1"]
+    assert sweeps.main(["--count", *arguments]) == 0
+    assert capsys.readouterr().out == "4\n"
+    assert not sweep.record.exists()  # listing writes nothing
+
+
+@pytest.mark.unit
+def test_finished_trials_are_skipped_and_a_run_of_another_config_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, spec(seeds=[0, 1]))
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = sweeps.read_sweep(*arguments[:1], arguments[1:])
+    # W&B settings, where the run or its data lives do not make another configuration (the trainer's resume rule);
+    # the learning rate does.
+    fake_run(sweep, 0, finished=True, **{"logging.wandb.mode": "offline", "logging.wandb.tags": "[x]",
+                                         "data.root": "/moved"})
+    fake_run(sweep, 1, finished=False, **{"optim.lr": "0.5", "train.epochs": "3"})
+    assert sweeps.main(arguments) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[1] == "sweep s: trial 0 seed=0: skipped, finished before"
+    assert out[2] == (f"sweep s: trial 1 seed=1: refused: {sweep.folder / 'seed=1'} holds a run of another "
+                      f"configuration (optim.lr: 0.5 there, 0.02 here, train.epochs: 3 there, 1 here); move it "
+                      f"away or give the sweep another name")
+    assert out[3].endswith(": 0 finished, 1 skipped (finished before), 0 failed, 1 refused")
+    assert not (sweep.folder / "logs").exists()  # no trainer started
+
+
+@pytest.mark.unit
+def test_sweep_yaml_lists_the_trials_and_refuses_another_sweep_of_the_same_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = write(tmp_path, spec(seeds=[0, 1]))
+    arguments = [f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = sweeps.read_sweep(str(first), arguments)
+    for index in (0, 1):
+        fake_run(sweep, index, finished=True)  # nothing to train
+    assert sweeps.main([str(first), *arguments]) == 0
+    record = yaml.safe_load(sweep.record.read_text())
+    assert [(t["index"], t["name"], t["overrides"]) for t in record["trials"]] == [
+        (0, "seed=0", ["train.seed=0"]), (1, "seed=1", ["train.seed=1"])]
+    assert shlex.split(record["trials"][1]["command"]) == sweep.command(sweep.trials[1])
+    written = sweep.record.read_text()
+    assert sweeps.main([str(first), *arguments]) == 0  # the same sweep again: fine
+
+    other = write(tmp_path / "other", spec(seeds=[0, 2]))
+    capsys.readouterr()
+    assert sweeps.main([str(other), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error == (f"cifarlab: error: {sweep.record} lists other trials than {other} (trial 1 there is seed=1, "
+                     f"here seed=2): another sweep named 's'? Rename this one (name:) or set another "
+                     f"train.output_dir\n")
+    assert sweep.record.read_text() == written
+
+
+# --- W&B sweeps, threads, start-up ------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_wandb_agent_command_line_is_accepted_by_the_config_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    # What `wandb agent` puts in ${args_no_hyphens}: "param=value" with Python's str() of each value.
+    parameters = {"optim.lr": 0.01, "train.seed": 3, "optim.nesterov": False, "optim.weight_decay": 1e-05,
+                  "train.ema": "null", "data.mean": [0.5, 0.5, 0.5], "logging.wandb.tags": ["a", "b"],
+                  "model.name": "convnet_bn"}
+    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in parameters.items()}})["args_no_hyphens"]
+    assert args[:4] == ["optim.lr=0.01", "train.seed=3", "optim.nesterov=False", "optim.weight_decay=1e-05"]
+    config = load_config(SMOKE, args)
+    assert (config.optim.lr, config.train.seed, config.optim.nesterov, config.optim.weight_decay) == (
+        0.01, 3, False, 1e-05)
+    assert (config.train.ema, config.data.mean, config.logging.wandb.tags, config.model.name) == (
+        None, [0.5, 0.5, 0.5], ["a", "b"], "convnet_bn")
+
+    # The W&B sweep file in docs/sweeps.md, its command expanded as the agent expands it.
+    document = (REPO / "docs" / "sweeps.md").read_text()
+    wandb_sweep = yaml.safe_load(re.search(r"```yaml\n(# wandb sweep .*?)```", document, re.S).group(1))
+    assert set(wandb_sweep["parameters"]) <= {key for key, _, _ in _field_keys()}
+    macros = {"${env}": ["/usr/bin/env"], "${interpreter}": ["python"], "${args_no_hyphens}": args}
+    command = [word for chunk in wandb_sweep["command"] for word in macros.get(chunk, [chunk])]
+    assert command[:4] == ["/usr/bin/env", "python", "-m", "accelerate.commands.launch"]
+    parsed = trainer_args(command[command.index("cifarlab.train") + 1:])
+    monkeypatch.setenv("WANDB_RUN_ID", "x1y2z3")  # the agent sets it for each run
+    config = load_config(str(REPO / parsed.config), parsed.overrides)
+    assert (config.optim.lr, config.train.seed, config.train.run_name, config.train.resume) == (0.01, 3, "x1y2z3",
+                                                                                              "auto")
+
+
+def _field_keys() -> list[tuple[str, str, str]]:
+    from cifarlab.config import field_docs
+
+    return field_docs()
+
+
+@pytest.mark.unit
+def test_trials_side_by_side_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from cifarlab.engine import build_accelerator
+
+    file = write(tmp_path, spec(seeds=[0, 1]))
+    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"])
+    assert "LOCAL_WORLD_SIZE" not in sweeps.Runner(sweep, 1)._environment()
+    environment = sweeps.Runner(sweep, 2)._environment()
+    assert environment["LOCAL_WORLD_SIZE"] == "2" and environment["PYTHONUNBUFFERED"] == "1"
+    launched = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"], ["--multi_gpu"])
+    assert "LOCAL_WORLD_SIZE" not in sweeps.Runner(launched, 2)._environment()  # torchrun sets it
+
+    # What the trainer makes of it: each of 2 trials takes half the cores (the tensor path has no workers).
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    threads = torch.get_num_threads()
+    try:
+        build_accelerator(load_config(SMOKE, [*SMALL, "data.loader=tensor"]))
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        assert torch.get_num_threads() == max(1, cores // 2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.unit
+def test_the_sweep_command_imports_no_torch(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(seeds=[0, 1]))
+    probe = ("import sys; from cifarlab.sweep import main; code = main(sys.argv[1:]); "
+             "print('torch' in sys.modules); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, "--list", str(file), f"train.output_dir={tmp_path}"],
+                            capture_output=True, text=True, env=cli_env(), timeout=60, check=True)
+    assert result.stdout.splitlines()[-1] == "False"
+
+
+# --- running trials for real -----------------------------------------------------------------------------------
+
+
+def _gone(pids: list[int]) -> bool:
+    """Every process in ``pids`` has exited (a zombie has: it holds no files or locks)."""
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def _wait(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.integration
+def test_a_sweep_runs_stops_is_killed_resumes_and_then_skips_everything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 2 learning rates x 3 seeds; 16 steps per trial (a window to stop one in), a checkpoint every 4.
+    file = write(tmp_path, spec(name="grid", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2],
+                                overrides=[*SMALL, "data.train_size=256", "checkpoint.every_n_steps=4",
+                                           "logging.every_n_steps=1"]))
+    command = [*SWEEP, str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    folder = tmp_path / "runs" / "grid"
+    names = ["lr=0.01-seed=0", "lr=0.01-seed=1", "lr=0.01-seed=2", "lr=0.05-seed=0", "lr=0.05-seed=1",
+             "lr=0.05-seed=2"]
+
+    # SIGTERM to the sweep, while its second trial trains: passed on, the trainer saves and exits 75; the
+    # sweep starts nothing more and exits 75 too.
+    first = Background(command, tmp_path, tmp_path / "first.log")
+    first.wait_for(r"trial 1 lr=0.01-seed=1: started[\s\S]*epoch 1 step 2/16")
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 75, first.output()
+    out = lines(first.output())
+    assert f"sweep grid: trial 0 {names[0]}: started; log {folder / 'logs' / (names[0] + '.log')}" in out
+    assert re.search(r"trial 0 lr=0.01-seed=0: finished in [\d.]+s", first.output())
+    assert re.search(r"trial 1 lr=0.01-seed=1: stopped \(exit 75\)", first.output())
+    assert out[-1].endswith("1 finished, 0 skipped (finished before), 0 failed, 0 refused, 1 stopped; "
+                            "4 not started")
+    assert (folder / names[1] / "checkpoints" / "latest").is_file()
+    assert not (folder / names[1] / "model.safetensors").exists() and not (folder / names[2]).exists()
+
+    # SIGKILL to the whole process group (sweep and trainer) while the fourth trial trains.
+    second = Background(command, tmp_path, tmp_path / "second.log")
+    second.wait_for(r"trial 3 lr=0.05-seed=0: started[\s\S]*epoch 1 step 2/16")
+    trainers = second.descendants()
+    os.killpg(second.process.pid, signal.SIGKILL)
+    assert second.finish() == -signal.SIGKILL
+    _wait(lambda: _gone(trainers), "the killed trainer to exit")
+    assert "trial 0 lr=0.01-seed=0: skipped, finished before" in second.output()
+    assert "resumed from" in (folder / "logs" / f"{names[1]}.log").read_text()
+
+    # Again: the rest is trained (the killed trial resumes or starts over), then nothing is left to do.
+    third = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert lines(third.stdout)[-1].endswith(": 3 finished, 3 skipped (finished before), 0 failed, 0 refused")
+    fourth = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert fourth.returncode == 0 and "started" not in fourth.stdout
+    assert lines(fourth.stdout)[-1].endswith(": 0 finished, 6 skipped (finished before), 0 failed, 0 refused")
+    assert sweeps.main([*command[3:], "--list"]) == 0
+    assert [line.split("\t")[1:3] for line in capsys.readouterr().out.splitlines()] == [["finished", n]
+                                                                                         for n in names]
+
+    # Each trial is a normal run: its config names the sweep's W&B group and the trial's settings as tags;
+    # its log keeps every attempt.
+    saved = load_config(str(folder / names[5] / "config.yaml"))
+    assert (saved.logging.wandb.group, saved.logging.wandb.tags) == ("grid", ["optim.lr=0.05", "train.seed=2"])
+    assert (folder / "logs" / f"{names[1]}.log").read_text().count("=== cifarlab.sweep: trial 1 started") == 2
+
+
+@pytest.mark.integration
+def test_a_failed_trial_does_not_stop_the_others_running_side_by_side(tmp_path: Path) -> None:
+    # LeNet cannot take 64x64 images: the trainer refuses trial 0 (exit 2) once it has built the data.
+    file = write(tmp_path, spec(name="mixed", trials=[{"data.image_size": 64}, {"train.seed": 1},
+                                                      {"train.seed": 2}]))
+    result = subprocess.run([*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"],
+                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    folder = tmp_path / "runs" / "mixed"
+    log = folder / "logs" / "image_size=64.log"
+    assert re.search(rf"trial 0 image_size=64: failed \(exit code 2\) after [\d.]+s; log {re.escape(str(log))}",
+                     result.stdout)
+    assert "2 at a time" in result.stdout
+    assert lines(result.stdout)[-1].endswith(": 2 finished, 0 skipped (finished before), 1 failed, 0 refused")
+    assert "cifarlab: error: model.name=lenet cannot take" in log.read_text()
+    assert (folder / "seed=1" / "model.safetensors").is_file() and (folder / "seed=2" / "model.safetensors").is_file()
+
+
+# --- SLURM: one array task per trial --------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(slurm_env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    env = slurm_env
+    _slurm, _state, _wait_slurm = test_slurm._slurm, test_slurm._state, test_slurm._wait
+    # 512 images in batches of 32: 16 steps per trial, a checkpoint every 4.
+    file = write(tmp_path, spec(name="array", seeds=[0, 1],
+                                overrides=[*SMALL, "data.train_size=512", "train.batch_size=32",
+                                           "checkpoint.every_n_steps=4", "logging.every_n_steps=2"]))
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    count = subprocess.run([*SWEEP, *arguments[:1], "--count"], capture_output=True, text=True, check=True)
+    array = _slurm(env, "sbatch", "--parsable", f"--array=0-{int(count.stdout) - 1}", "--cpus-per-task=1",
+                   f"--chdir={tmp_path}", f"--export=ALL,CIFARLAB_PYTHON={sys.executable},WANDB_SILENT=true",
+                   str(REPO / "slurm" / "sweep.sbatch"), *arguments)
+    task, log = f"{array}_0", tmp_path / f"slurm-cifarlab-sweep-{array}_0.out"
+    _wait_slurm(lambda: log.is_file() and "epoch 1 step 4/16" in log.read_text(), "task 0 to train 4 steps")
+    _slurm(env, "scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@90 sends
+    _wait_slurm(lambda: "sweep runner exited with status" in log.read_text(), "task 0 to stop")
+    assert "sweep array: trial 0 seed=0: stopped (exit 75)" in log.read_text()
+    # The trainer ran `scontrol requeue <array job>_0` (SLURM may kill scontrol with the job before it reports).
+    _wait_slurm(lambda: _state(env, task) == ("PENDING", 1), "task 0 to be requeued")
+    time.sleep(2)  # a restart within the second of the requeue is refused (see test_slurm.py)
+
+    def finished() -> bool:
+        state = _state(env, task)[0]
+        if state == "PENDING":
+            _slurm(env, "scontrol", "update", f"JobId={task}", "StartTime=now")  # skip the requeue's hold
+            time.sleep(1)
+        return state == "COMPLETED" and _state(env, f"{array}_1")[0] == "COMPLETED"
+
+    _wait_slurm(finished, "both tasks to finish", timeout=240)
+    assert _state(env, task) == ("COMPLETED", 1) and _state(env, f"{array}_1") == ("COMPLETED", 0)
+    assert "resumed from" in (tmp_path / "runs" / "array" / "logs" / "seed=0.log").read_text()
+    listed = subprocess.run([*SWEEP, *arguments, "--list"], capture_output=True, text=True, check=True)
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()] == ["finished", "finished"]
