@@ -22,4 +22,7 @@ if [[ -n ${CIFARLAB_DRY_RUN:-} ]]; then
   echo "node ${SLURMD_NODENAME:-$(hostname -s)} rank ${MACHINE_RANK}: ${COMMAND[*]}"
   exit 0
 fi
+# One line per node in the job's log: which host took which machine rank (the trainer's other ranks print nothing).
+echo "cifarlab: node ${SLURMD_NODENAME:-$(hostname -s)} ($(hostname)) is machine rank ${MACHINE_RANK} of ${NODES}," \
+  "${PER_NODE} process(es)"
 exec "${COMMAND[@]}"

@@ -3,18 +3,36 @@
 # 127.0.0.1 with their own config, sockets and state under one directory.
 #
 # Needs Debian's slurmctld slurmd slurm-client munge (.ci/run installs them).
-#   tests/slurm_cluster.sh start      # prints `export SLURM_CONF=...`; clients need it
-#   tests/slurm_cluster.sh stop       # cancel all jobs, stop the daemons it started
+#   eval "$(tests/slurm_cluster.sh start)"   # exports SLURM_CONF (clients need it) and CIFARLAB_SLURM_DIR
+#   tests/slurm_cluster.sh stop              # cancel its jobs, stop the daemons it started (CIFARLAB_SLURM_DIR)
 #
+# Each cluster keeps everything in its own directory (CIFARLAB_SLURM_DIR, default a new /tmp/cifarlab-slurm.XXXXXX)
+# and its own ports (CIFARLAB_SLURM_PORT for the controller, default the first free pair from 17500; slurmd takes
+# the next one): two CI runs on one machine each get their own cluster and stop only their own.
 # Partitions: `debug` (default, preemptible: user signal, then TERM after GraceTime=10 s, then requeue)
 # and `urgent` (higher priority tier: a job there preempts debug jobs).
 # Only ever signals the PIDs it started (from its own pid files).
 set -euo pipefail
 
-DIR=${CIFARLAB_SLURM_DIR:-/tmp/cifarlab-slurm}
-CONF=$DIR/slurm.conf
-SOCK=$DIR/munge/munge.socket.2
-export SLURM_CONF=$CONF
+DIR=${CIFARLAB_SLURM_DIR:-}
+PORT=${CIFARLAB_SLURM_PORT:-}
+
+paths() {
+  CONF=$DIR/slurm.conf
+  SOCK=$DIR/munge/munge.socket.2
+  export SLURM_CONF=$CONF
+}
+
+port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
+
+choose_port() {
+  [[ -n $PORT ]] && return 0
+  for PORT in $(seq 17500 2 17998); do
+    port_free "$PORT" && port_free $(( PORT + 1 )) && return 0
+  done
+  log "no free port pair in 17500-17999"
+  return 1
+}
 
 log() { echo "slurm_cluster: $*" >&2; }
 
@@ -38,6 +56,8 @@ write_config() {
   cat >"$CONF" <<EOF
 ClusterName=cifarlab
 SlurmctldHost=${host}(127.0.0.1)
+SlurmctldPort=${PORT}
+SlurmdPort=$(( PORT + 1 ))
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
@@ -70,12 +90,21 @@ EOF
 }
 
 start() {
-  if [[ -f $DIR/slurmctld.pid ]] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+  if [[ -n $DIR && -f $DIR/slurmctld.pid ]] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+    paths
     log "already running"
-    echo "export SLURM_CONF=$CONF"
+    echo "export SLURM_CONF=$CONF CIFARLAB_SLURM_DIR=$DIR"
     return
   fi
-  rm -rf "$DIR"
+  if [[ -n $DIR ]]; then
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+  else
+    DIR=$(mktemp -d /tmp/cifarlab-slurm.XXXXXX)
+  fi
+  chmod 0755 "$DIR"  # munged refuses a socket below a folder others cannot enter
+  paths
+  choose_port
   mkdir -p "$DIR/munge" "$DIR/ctld" "$DIR/d"
   chmod 0755 "$DIR/munge"
   mungekey -c -k "$DIR/munge/munge.key"
@@ -92,8 +121,8 @@ start() {
     scontrol update nodename="$(hostname -s)" state=resume
     wait_for 10 "an idle node" bash -c "sinfo -h -o %t | grep -q idle"
   fi
-  log "up: $(sinfo -h -o '%P %t %c CPUs' | tr '\n' ';')"
-  echo "export SLURM_CONF=$CONF"
+  log "up in $DIR, port $PORT: $(sinfo -h -o '%P %t %c CPUs' | tr '\n' ';')"
+  echo "export SLURM_CONF=$CONF CIFARLAB_SLURM_DIR=$DIR"
 }
 
 stop_pid() {
@@ -109,6 +138,8 @@ stop_pid() {
 }
 
 stop() {
+  [[ -n $DIR ]] || { log "CIFARLAB_SLURM_DIR is not set: which cluster? (start prints it)"; return 0; }
+  paths
   [[ -f $CONF ]] || { log "not running"; return 0; }
   scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
   # shellcheck disable=SC2016  # expanded by the inner bash

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +24,37 @@ from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smok
 pytestmark = pytest.mark.slurm
 
 SBATCH = REPO / "slurm" / "train.sbatch"
-DEFAULT_CONF = Path("/tmp/cifarlab-slurm/slurm.conf")  # where tests/slurm_cluster.sh puts it
+CLUSTER = REPO / "tests" / "slurm_cluster.sh"
 # 4096 images in batches of 32: 128 steps per epoch, 256 in all.
 OVERRIDES = ("data.train_size=4096", "checkpoint.every_n_steps=16", "logging.every_n_steps=8",
              "logging.wandb.mode=disabled")
 
 
 @pytest.fixture(scope="module")
-def slurm_env() -> dict[str, str]:
-    if shutil.which("sbatch") is None:
-        pytest.skip("sbatch not found: apt-get install slurmctld slurmd slurm-client munge, then "
-                    "tests/slurm_cluster.sh start (.ci/run does both)")
+def slurm_env() -> Iterator[dict[str, str]]:
+    """The cluster .ci/run started (SLURM_CONF), or one of this module's own, stopped afterwards."""
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        pytest.skip("sbatch/slurmctld not found: apt-get install slurmctld slurmd slurm-client munge (.ci/run does)")
     env = dict(os.environ)
-    if "SLURM_CONF" not in env and DEFAULT_CONF.is_file():
-        env["SLURM_CONF"] = str(DEFAULT_CONF)
-    ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True)
-    if "UP" not in ping.stdout:
-        pytest.skip(f"no SLURM controller answers ({ping.stdout.strip() or ping.stderr.strip()}): "
-                    f"start one with tests/slurm_cluster.sh start")
-    return env
+    own = "SLURM_CONF" not in env
+    if own:
+        env.pop("CIFARLAB_SLURM_DIR", None)
+        started = subprocess.run([str(CLUSTER), "start"], env=env, capture_output=True, text=True)
+        exports = dict(item.split("=", 1) for line in started.stdout.splitlines() if line.startswith("export ")
+                       for item in line.split()[1:])
+        env.update(exports)
+        if started.returncode != 0 or "SLURM_CONF" not in exports:
+            if "CIFARLAB_SLURM_DIR" in exports:
+                subprocess.run([str(CLUSTER), "stop"], env=env, capture_output=True)
+            pytest.skip(f"could not start a SLURM cluster: {started.stderr.strip()[-500:]}")
+    try:
+        ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True)
+        if "UP" not in ping.stdout:
+            pytest.skip(f"no SLURM controller answers ({ping.stdout.strip() or ping.stderr.strip()})")
+        yield env
+    finally:
+        if own:
+            subprocess.run([str(CLUSTER), "stop"], env=env, capture_output=True)
 
 
 def _slurm(env: dict[str, str], *args: str) -> str:
@@ -76,7 +89,7 @@ def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> Non
     _wait(lambda: log.is_file() and "epoch 1 step 40/" in log.read_text(), "the job to train 40 steps")
     interrupt(job)
     _wait(lambda: "launcher exited with status" in log.read_text(), "the trainer to stop")
-    stopped = re.search(r"stopping on SIGUSR1: checkpoint \S+step_(\d+) saved", log.read_text())
+    stopped = re.search(r"stopped on SIGUSR1 at step \d+: checkpoint \S+step_(\d+) saved", log.read_text())
     assert stopped, log.read_text()
     step = int(stopped.group(1))
     assert 40 <= step < 256

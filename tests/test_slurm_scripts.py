@@ -13,7 +13,8 @@ from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-SCRIPTS = sorted([*(REPO / "slurm").iterdir(), REPO / "tests" / "slurm_cluster.sh", REPO / ".ci" / "run"])
+SCRIPTS = sorted([*(REPO / "slurm").iterdir(), REPO / "tests" / "slurm_cluster.sh",
+                  REPO / "tests" / "slurm_multinode.sh", REPO / ".ci" / "run"])
 
 # A two-node allocation, simulated: `scontrol show hostnames` expands the node list and `srun` runs its
 # command once per node with that node's SLURM_NODEID, as SLURM would on each host.
