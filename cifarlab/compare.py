@@ -61,6 +61,8 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record"),
     Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record"),
+    Metric("final_top5", "final top-5 test accuracy (%)", Run.final_top5, True, 100.0, "%", 2,
+           "no top-5 accuracy recorded (5 classes or fewer, or an older run)"),
     Metric("test_loss", "final test loss", Run.final_loss, False, 1.0, "", 4, "no evaluation record"),
     Metric("time_to_target", "wall seconds to train.target_accuracy", Run.time_to_target, False, 1.0, "s", 1,
            "did not reach train.target_accuracy"),

@@ -171,6 +171,10 @@ class Run:
     def final_accuracy(self) -> Optional[float]:
         return _number(self.final, "test/acc")
 
+    def final_top5(self) -> Optional[float]:
+        """Top-5 accuracy of the final evaluation (recorded for datasets with more than 5 classes)."""
+        return _number(self.final, "test/acc_top5")
+
     def best_accuracy(self) -> Optional[float]:
         values = [v for v in (_number(r, "test/acc") for r in self.evaluations) if v is not None]
         return max(values) if values else None

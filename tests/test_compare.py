@@ -221,6 +221,19 @@ def test_best_accuracy_loss_and_one_group(tmp_path: Path, capsys: pytest.Capture
     assert loss["groups"][0]["values"] == pytest.approx([0.5, 0.4]) and loss["higher_is_better"] is False
 
 
+def test_final_top5_where_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for seed, top5 in enumerate([0.9, 0.8, None]):
+        run = make_run(tmp_path, f"s{seed}", [0.5], seed=seed)
+        if top5 is not None:  # what a run on more than 5 classes records beside test/acc
+            metrics = run / "metrics.jsonl"
+            records = [json.loads(line) for line in metrics.read_text().splitlines()]
+            records[-1]["test/acc_top5"] = top5
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = run_json(capsys, str(tmp_path), "--metric", "final_top5")
+    assert out["groups"][0]["values"] == [0.9, 0.8] and out["groups"][0]["mean"] == pytest.approx(0.85)
+    assert [m["reason"] for m in out["missing"]] == ["no top-5 accuracy recorded (5 classes or fewer, or an older run)"]
+
+
 def test_time_to_target_leaves_out_runs_that_missed_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for seed, elapsed in enumerate([30.0, 40.0, None]):
         target = None if elapsed is None else {"target/accuracy": 0.6, "target/epoch": 1, "target/step": 10,
