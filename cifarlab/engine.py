@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 import torch
@@ -120,6 +121,43 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
         return 1.0
 
     return LambdaLR(optimizer, factor)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer's hyperparameters and the schedule's state as built from the config, before a checkpoint
+    replaces them with those it was saved with (see :meth:`restore`)."""
+
+    scheduler: dict[str, Any]
+    groups: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, learner: Learner) -> Schedule:
+        return cls(copy.deepcopy(_bare(learner.scheduler).state_dict()),
+                   [{k: v for k, v in group.items() if k != "params"} for group in learner.optimizer.param_groups])
+
+    def restore(self, learner: Learner) -> None:
+        """After resuming with changed optimizer or schedule settings (train.allow_changes): the config's
+        learning rates and schedule, at the step the checkpoint reached. A checkpoint restores the schedule it
+        was saved with, which a longer run would step past its end."""
+        scheduler, groups = _bare(learner.scheduler), learner.optimizer.param_groups
+        position, count = scheduler.last_epoch, getattr(scheduler, "_step_count", 0)
+        scheduler.load_state_dict(copy.deepcopy(self.scheduler))
+        for group, settings in zip(groups, self.groups, strict=True):
+            group.update(settings)
+        scheduler.last_epoch, scheduler._step_count = position, count
+        with warnings.catch_warnings():  # get_lr outside step() warns; here it is the point
+            warnings.simplefilter("ignore")
+            rates = scheduler.get_lr()
+        for group, rate in zip(groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def _bare(scheduler: Any) -> LRScheduler:
+    """torch's scheduler inside Accelerate's wrapper."""
+    bare: LRScheduler = getattr(scheduler, "scheduler", scheduler)
+    return bare
 
 
 def build_ema(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:

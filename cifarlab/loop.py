@@ -120,7 +120,10 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
                                            healthy=guard.check)
     state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
     if resume_from is not None:
+        configured = engine.Schedule.of(learner)
         state = checkpointer.load(resume_from)
+        if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
+            configured.restore(learner)
         out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
         if accelerator.is_main_process and resumed.changes:
             note_changes(run_dir, resumed.changes, state.global_step, out.log)

@@ -27,6 +27,7 @@ from cifarlab.preemption import StopRequest
 from cifarlab.rundir import RunDir
 
 from conftest import (
+    CONFIGS,
     Background,
     assert_same_weights,
     check,
@@ -207,6 +208,30 @@ def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrite
     check(run_python(["--config", str(reference / "config.yaml"), f"train.output_dir={tmp_path / 'runs'}",
                       "train.run_name=rerun"], tmp_path))
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "rerun" / "model.safetensors")
+
+
+def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(tmp_path: Path) -> None:
+    from cifarlab import engine
+    from cifarlab.config import load_config
+
+    args = smoke(tmp_path, "longer", "optim.schedule=onecycle")
+    check(run_python(args, tmp_path))
+    # One-cycle is stretched over all epochs: more of them change the course, so it takes the explicit switch.
+    _one_error(run_python([*args, "train.resume=auto", "train.epochs=4"], tmp_path), 2, "train.epochs=4 (was 2)")
+    longer = check(run_python([*args, "train.resume=auto", "train.epochs=4", "train.allow_changes=true"], tmp_path))
+    assert "changed on resume, from step 16: train.epochs 2 -> 4" in longer.stdout
+    run = tmp_path / "runs" / "longer"
+    assert [r["step"] for r in records(run) if "test/acc" in r] == [8, 16, 24, 32]
+    # The learning rate continues on the 4-epoch schedule at step 20, not on the saved 2-epoch one (which ends
+    # at step 16).
+    config = load_config(str(CONFIGS / "smoke.yaml"), ["optim.schedule=onecycle", "train.epochs=4"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.optim.lr)
+    schedule = engine.build_scheduler(config.optim, optimizer, 4, 8)
+    for _ in range(20):
+        optimizer.step()
+        schedule.step()
+    (logged,) = [r["train/lr"] for r in records(run) if r["step"] == 20 and "train/lr" in r]
+    assert logged == pytest.approx(schedule.get_last_lr()[0], rel=1e-9)
 
 
 def read_config_value(segment: Path, key: str) -> object:
