@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cifarlab.rundir import RunDir
 
-from conftest import check, crashed_copy, metrics, records, run_python, smoke
+from conftest import check, crashed_copy, metrics, records, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary
 
 pytestmark = pytest.mark.integration
@@ -74,6 +74,15 @@ def test_a_run_that_reaches_its_target_finishes_and_records_it(tmp_path: Path) -
     # Epoch 1 is both final and best: best/'s weight average, as a model file, is the final file byte for byte.
     assert final["metadata"]["sha256"] == best["metadata"]["sha256"]
     assert final["files"] == best["files"]
+
+
+def test_every_rank_stops_at_the_target_together(tmp_path: Path) -> None:
+    result = check(run_cli(smoke(tmp_path, "target2", "train.epochs=3", "train.target_accuracy=0.01"), tmp_path,
+                           processes=2))
+    run = RunDir(tmp_path / "runs" / "target2")
+    assert "2 process(es)" in result.stdout and result.stdout.count("reached the target accuracy") == 1
+    assert run.finished() and [m["step"] for m in metrics(run.root)] == [8]
+    assert load_file(str(run.predictions))["labels"].shape == (100,)
 
 
 def test_resume_continues_the_clock_and_a_run_stopped_while_finishing_writes_the_same_predictions(
