@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def _state(env: dict[str, str], job: str) -> tuple[str, int]:
     return re.search(r"JobState=(\S+)", shown).group(1), int(re.search(r"Restarts=(\d+)", shown).group(1))
 
 
-def _wait(condition, what: str, timeout: float = 180) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

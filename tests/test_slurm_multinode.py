@@ -20,10 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_slurm import _slurm, _state, _wait  # one copy of the SLURM client helpers
 
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke, weights
 
@@ -76,24 +77,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("reference")
     check(run_python(smoke(tmp_path, "reference", *OVERRIDES), tmp_path))
     return tmp_path / "runs" / "reference" / "model.safetensors"
-
-
-def _slurm(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(list(args), env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _state(env: dict[str, str], job: str) -> tuple[str, int]:
-    shown = _slurm(env, "scontrol", "show", "job", job)
-    return re.search(r"JobState=(\S+)", shown).group(1), int(re.search(r"Restarts=(\d+)", shown).group(1))
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _submit(env: dict[str, str], tmp_path: Path) -> tuple[str, Path]:

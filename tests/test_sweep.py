@@ -382,15 +382,6 @@ def _gone(pids: list[int]) -> bool:
     return True
 
 
-def _wait(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.integration
 def test_a_sweep_runs_stops_is_killed_resumes_and_then_skips_everything(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -424,7 +415,7 @@ def test_a_sweep_runs_stops_is_killed_resumes_and_then_skips_everything(
     trainers = second.descendants()
     os.killpg(second.process.pid, signal.SIGKILL)
     assert second.finish() == -signal.SIGKILL
-    _wait(lambda: _gone(trainers), "the killed trainer to exit")
+    test_slurm._wait(lambda: _gone(trainers), "the killed trainer to exit", timeout=60)
     assert "trial 0 lr=0.01-seed=0: skipped, finished before" in second.output()
     assert "resumed from" in (folder / "logs" / f"{names[1]}.log").read_text()
 
@@ -471,7 +462,7 @@ def test_a_failed_trial_does_not_stop_the_others_running_side_by_side(tmp_path: 
 def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(slurm_env: dict[str, str],
                                                                                tmp_path: Path) -> None:
     env = slurm_env
-    _slurm, _state, _wait_slurm = test_slurm._slurm, test_slurm._state, test_slurm._wait
+    _slurm, _state, _wait = test_slurm._slurm, test_slurm._state, test_slurm._wait
     # 512 images in batches of 32: 16 steps per trial, a checkpoint every 4.
     file = write(tmp_path, spec(name="array", seeds=[0, 1],
                                 overrides=[*SMALL, "data.train_size=512", "train.batch_size=32",
@@ -482,12 +473,12 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
                    f"--chdir={tmp_path}", f"--export=ALL,CIFARLAB_PYTHON={sys.executable},WANDB_SILENT=true",
                    str(REPO / "slurm" / "sweep.sbatch"), *arguments)
     task, log = f"{array}_0", tmp_path / f"slurm-cifarlab-sweep-{array}_0.out"
-    _wait_slurm(lambda: log.is_file() and "epoch 1 step 4/16" in log.read_text(), "task 0 to train 4 steps")
+    _wait(lambda: log.is_file() and "epoch 1 step 4/16" in log.read_text(), "task 0 to train 4 steps")
     _slurm(env, "scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@90 sends
-    _wait_slurm(lambda: "sweep runner exited with status" in log.read_text(), "task 0 to stop")
+    _wait(lambda: "sweep runner exited with status" in log.read_text(), "task 0 to stop")
     assert "sweep array: trial 0 seed=0: stopped (exit 75)" in log.read_text()
     # The trainer ran `scontrol requeue <array job>_0` (SLURM may kill scontrol with the job before it reports).
-    _wait_slurm(lambda: _state(env, task) == ("PENDING", 1), "task 0 to be requeued")
+    _wait(lambda: _state(env, task) == ("PENDING", 1), "task 0 to be requeued")
     time.sleep(2)  # a restart within the second of the requeue is refused (see test_slurm.py)
 
     def finished() -> bool:
@@ -497,7 +488,7 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
             time.sleep(1)
         return state == "COMPLETED" and _state(env, f"{array}_1")[0] == "COMPLETED"
 
-    _wait_slurm(finished, "both tasks to finish", timeout=240)
+    _wait(finished, "both tasks to finish", timeout=240)
     assert _state(env, task) == ("COMPLETED", 1) and _state(env, f"{array}_1") == ("COMPLETED", 0)
     assert "resumed from" in (tmp_path / "runs" / "array" / "logs" / "seed=0.log").read_text()
     listed = subprocess.run([*SWEEP, *arguments, "--list"], capture_output=True, text=True, check=True)
