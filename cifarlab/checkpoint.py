@@ -315,6 +315,10 @@ class Checkpointer:
         """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
         return the trainer state. Nothing pickled is ever executed: Accelerate loads with weights_only=True and
         refuses anything else, which ends the run with one line naming the file."""
+        refused = unloadable(path)  # Accelerate skips an RNG file it cannot load with a note at INFO level
+        if refused is not None:
+            raise UsageError(f"checkpoint {path}: {refused} cannot be loaded safely; nothing in it was executed. "
+                             f"Resume from another checkpoint (train.resume=<folder>) or start a new run")
         try:
             self.accelerator.load_state(str(path))
             for name, module in self.extra.items():
