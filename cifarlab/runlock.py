@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Optional
 
 from cifarlab.errors import UsageError
@@ -28,10 +29,13 @@ class RunLock:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self._fd: Optional[int] = None
+        self._created: Optional[Path] = None  # the outermost folder acquire() created, if any
 
     def acquire(self) -> None:
         """Create the run directory if needed and lock it, or raise :class:`UsageError` naming the holder."""
+        missing = [folder for folder in (self.run.root, *self.run.root.parents) if not folder.exists()]
         make_run_directory(self.run)
+        self._created = missing[-1] if missing else None
         fd = os.open(self.run.lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,9 +54,21 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        """Unlock; a run directory this lock created and nothing else wrote to (the run failed while starting)
+        is removed again, with the folders made for it."""
+        if self._fd is None:
+            return
+        if self._created is not None and [p.name for p in self.run.root.iterdir()] == [self.run.lock.name]:
+            self.run.lock.unlink()
+            for folder in (self.run.root, *self.run.root.parents):
+                try:
+                    folder.rmdir()
+                except OSError:  # another run has written there meanwhile: keep it
+                    break
+                if folder == self._created:
+                    break
+        os.close(self._fd)  # closing the descriptor drops the lock
+        self._fd = None
 
 
 def _holder(fd: int) -> str:
