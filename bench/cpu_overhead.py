@@ -48,7 +48,7 @@ def raw_loop(data_root: str, epochs: int = 1, progress: Optional[Path] = None) -
     from cifarlab.models import LeNet
     from cifarlab.tensor_data import load_tensors
 
-    images, labels, _ = load_tensors(DataConfig(name="imagefolder", root=data_root), "train", print)
+    images, labels, _, _ = load_tensors(DataConfig(name="imagefolder", root=data_root), "train", print)
     torch.manual_seed(0)
     model = LeNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)

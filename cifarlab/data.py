@@ -120,6 +120,14 @@ class DataPath(ABC):
         if self._train_loader is not None and hasattr(self._train_loader, "set_epoch"):
             self._train_loader.set_epoch(epoch)
 
+    def source_keys(self) -> Optional[dict[str, str]]:
+        """The tensor cache's keys of the files each split comes from (they change when the files do), for the
+        run record; None for fake data and a dataset not on disk."""
+        from cifarlab.tensor_data import fingerprint
+
+        found = {split: fingerprint(self.config, split) for split in ("train", "test")}
+        return {split: key[0] for split, key in found.items() if key is not None} or None
+
     def input_shape(self) -> tuple[int, int, int]:
         channels, height, width = self.sample(train=False, count=1)[0].shape[1:]
         return channels, height, width

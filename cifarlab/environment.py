@@ -23,12 +23,12 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator
 
-from cifarlab.config import DataConfig
 from cifarlab.rundir import RunDir
 
 
-def collect(accelerator: Accelerator, data: DataConfig) -> dict[str, Any]:
-    """This process's record (call on the main process: it may run git and stat the data files)."""
+def collect(accelerator: Accelerator, data_fingerprint: Optional[dict[str, str]]) -> dict[str, Any]:
+    """This process's record (call on the main process: it runs git); ``data_fingerprint``: the data path's
+    :meth:`~cifarlab.data.DataPath.source_keys`."""
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -42,7 +42,7 @@ def collect(accelerator: Accelerator, data: DataConfig) -> dict[str, Any]:
         "device": accelerator.device.type,
         "command": list(sys.orig_argv),
         "git": _git(Path(__file__).resolve().parent.parent),
-        "data_fingerprint": _data_fingerprint(data),
+        "data_fingerprint": data_fingerprint,
     }
 
 
@@ -88,12 +88,3 @@ def _git(checkout: Path) -> Optional[dict[str, Any]]:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(changes)}
-
-
-def _data_fingerprint(data: DataConfig) -> Optional[dict[str, str]]:
-    """The tensor cache's keys of both splits (they change when the source files do); None for fake data
-    and a dataset that is not on disk."""
-    from cifarlab.tensor_data import fingerprint
-
-    found = {split: fingerprint(data, split) for split in ("train", "test")}
-    return {split: key[0] for split, key in found.items() if key is not None} or None

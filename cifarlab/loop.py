@@ -104,7 +104,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
     record: Optional[dict[str, Any]] = None  # the run record (main process)
     if accelerator.is_main_process:
-        record = environment.collect(accelerator, config.data)
+        record = environment.collect(accelerator, datasets.source_keys())
         write_run_files(run_dir, config, datasets.classes, record)
     changed = differences(config, load_config(preset))
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")

@@ -43,9 +43,11 @@ class TensorImages(Dataset):
     """uint8 images (N, 3, H, W) and labels in memory. Batches are fetched whole (``__getitems__``)
     as (images, labels, sample indices); the indices seed each sample's augmentation."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source_key: Optional[str] = None) -> None:
         self.images = images
         self.labels = labels
+        self.source_key = source_key
+        """The cache key of the files the images were decoded from (:func:`fingerprint`); None for fake data."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,6 +86,11 @@ class TensorData(DataPath):
             images = cutout(images, indices, self.seed, self.epoch, config.cutout)
         return images, labels
 
+    def source_keys(self) -> Optional[dict[str, str]]:
+        # Computed while loading (listing an image folder's files again would cost a start 0.25 s).
+        found = {"train": self.train.source_key, "test": self.test.source_key}
+        return {split: key for split, key in found.items() if key is not None} or None
+
     def loader_options(self) -> dict[str, Any]:
         # Whole batches are sliced out of memory in the training process: workers would only copy them.
         return {"num_workers": 0, "collate_fn": batch_as_is}
@@ -96,7 +103,7 @@ class TensorData(DataPath):
 
 def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
                device: Optional[torch.device]) -> tuple[TensorImages, list[str]]:
-    images, labels, classes = load_tensors(config, split, warn)
+    images, labels, classes, source_key = load_tensors(config, split, warn)
     key = "data.train_size" if split == "train" else "data.test_size"
     indices = subset_indices(len(labels), split_size(config, split), key)
     if indices is not None:
@@ -105,7 +112,7 @@ def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
         # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches
         # are sliced and augmented there, with no host-to-device copy per step.
         images, labels = images.to(device), labels.to(device)
-    return TensorImages(images, labels), classes
+    return TensorImages(images, labels, source_key), classes
 
 
 # --- decoding and the cache -------------------------------------------------------------------------
@@ -147,13 +154,14 @@ def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_tensors(config: DataConfig, split: str,
-                 warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decoded (images, labels, class names) of ``split``: from the cache under ``data.root`` when it is current."""
+                 warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str], Optional[str]]:
+    """Decoded (images, labels, class names, the source files' key) of ``split``: from the cache under
+    ``data.root`` when it is current. The key is None where there are no files to key (fake data)."""
     found = fingerprint(config, split)
     cache = _cache_file(config, split, found[0]) if found else None
     if found is not None and cache is not None and cache.is_file():
         tensors = load_file(str(cache))
-        return tensors["images"], tensors["labels"], found[1]
+        return tensors["images"], tensors["labels"], found[1], found[0]
     base, classes = open_source(config, split)
     images, labels = _decode(base)
     if cache is None:
@@ -171,7 +179,7 @@ def load_tensors(config: DataConfig, split: str,
                     stale.unlink()  # decoded from files that have changed since
         except OSError as error:
             warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
-    return images, labels, classes
+    return images, labels, classes, found[0] if found else None
 
 
 def _cache_file(config: DataConfig, split: str, key: str) -> Path:
