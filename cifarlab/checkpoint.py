@@ -315,7 +315,9 @@ class Checkpointer:
         """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
         return the trainer state. Nothing pickled is ever executed: Accelerate loads with weights_only=True and
         refuses anything else, which ends the run with one line naming the file."""
-        refused = unloadable(path)  # Accelerate skips an RNG file it cannot load with a note at INFO level
+        # Accelerate skips an RNG file it cannot load with a note at INFO level: check the pickled files first
+        # (safetensors files cannot hold code; they are read once, below).
+        refused = unloadable(path, pickled_only=True)
         if refused is not None:
             raise UsageError(f"checkpoint {path}: {refused} cannot be loaded safely; nothing in it was executed. "
                              f"Resume from another checkpoint (train.resume=<folder>) or start a new run")
@@ -340,14 +342,14 @@ class Checkpointer:
         return state
 
 
-def unloadable(folder: Path) -> Optional[str]:
+def unloadable(folder: Path, pickled_only: bool = False) -> Optional[str]:
     """The first file of a checkpoint that does not load without executing code (torch's weights_only
-    loader, safetensors), as ``name`` or ``name (why)``; None when all do."""
+    loader; safetensors unless ``pickled_only``), as ``name (why)``; None when all do."""
     from accelerate.utils import load  # torch.load(weights_only=True) with the numpy types RNG states hold
 
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
-            if file.suffix == ".safetensors":
+            if file.suffix == ".safetensors" and not pickled_only:
                 load_file(str(file))
             elif file.suffix in (".bin", ".pkl", ".pt"):
                 load(file, map_location="cpu")
