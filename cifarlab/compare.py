@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from cifarlab import console, stats
+from cifarlab.config import shown
 from cifarlab.errors import UsageError
 from cifarlab.results import Predictions, Run, read_runs
 
@@ -90,17 +91,6 @@ def value_of(run: Run, key: str) -> Any:
 def _identity(value: Any) -> str:
     """A hashable, type-exact stand-in for a value (lists are values too; 1 and 1.0 and true stay apart)."""
     return json.dumps(value, sort_keys=True)
-
-
-def shown(value: Any) -> str:
-    """A value as an override writes it: null, true/false, 0.05, [a, b]."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(shown(v) for v in value) + "]"
-    return str(value)
 
 
 def ignored(key: str) -> bool:
@@ -593,9 +583,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.error(str(error))
         return error.exit_code
     for line in report.warnings:
-        print(f"cifarlab: warning: {line}", file=sys.stderr)
+        console.warning(line)
     for line in report.notes:
-        print(f"cifarlab: note: {line}", file=sys.stderr)
+        console.note(line)
     if args.json:
         sys.stdout.write(json.dumps(to_json(report), indent=2) + "\n")
     else:
@@ -603,7 +593,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         render(report, args.per_class, None if sys.stdout.isatty() else 200)
     if args.png is not None:
         picture(report, args.per_class).save(args.png)
-        print(f"cifarlab: note: picture written to {args.png}", file=sys.stderr)
+        console.note(f"picture written to {args.png}")
     return 0
 
 

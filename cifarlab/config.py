@@ -313,7 +313,7 @@ def to_yaml(config: Config) -> str:
 
 def differences(config: Config, base: Config) -> list[str]:
     """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order."""
-    ours, theirs = dict(_leaves(to_dict(config))), dict(_leaves(to_dict(base)))
+    ours, theirs = flatten(to_dict(config)), flatten(to_dict(base))
     return [f"{key}={shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
 
 
@@ -328,8 +328,8 @@ _NOT_A_CHANGE = ("train.resume", "train.output_dir", "train.run_name", "train.al
 
 def resume_changes(saved: Config, now: Config) -> dict[str, tuple[Any, Any]]:
     """{key: (saved value, value now)} for each setting a resume changes (how it was started aside)."""
-    before = dict(_leaves(_resolved(saved)))
-    return {key: (before.get(key), value) for key, value in _leaves(_resolved(now))
+    before = flatten(_resolved(saved))
+    return {key: (before.get(key), value) for key, value in flatten(_resolved(now)).items()
             if before.get(key) != value and not key.startswith(_NOT_A_CHANGE)}
 
 
@@ -348,15 +348,22 @@ def changes_course(key: str, saved: Config) -> bool:
     return not key.startswith(RESUME_MAY_CHANGE)
 
 
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if not isinstance(node, dict):
-        return [(prefix[:-1], node)]
-    return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix[:-1]: node} if prefix else {}
+    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
 def shown(value: Any) -> str:
     """A value as it is written in an override: null, true/false, 0.05, [a, b]."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(item) for item in value) + "]"
+    return str(value)
 
 
 def _one_line(error: OmegaConfBaseException) -> str:

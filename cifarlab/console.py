@@ -46,7 +46,7 @@ class Console:
 
     def warn(self, message: str) -> None:
         if self._warnings:
-            print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
+            warning(message)
 
     def epoch_bar(self, title: str, total: int, done: int) -> EpochBar:
         return EpochBar(self._rich if self.interactive else None, title, total, done)
@@ -224,5 +224,19 @@ def is_rank_zero() -> bool:
 
 def error(message: str) -> None:
     """A user error: one line on stderr, from rank 0 only (the same bad input fails on every rank)."""
+    _stderr_line("error", message)
+
+
+def warning(message: str) -> None:
+    """Something the user should know that does not stop the command: one line on stderr, rank 0 only."""
+    _stderr_line("warning", message)
+
+
+def note(message: str) -> None:
+    """A remark on what a command did (a conversion, a file written): one line on stderr, rank 0 only."""
+    _stderr_line("note", message)
+
+
+def _stderr_line(kind: str, message: str) -> None:
     if is_rank_zero():
-        print(f"cifarlab: error: {message}", file=sys.stderr)
+        print(f"cifarlab: {kind}: {message}", file=sys.stderr, flush=True)

@@ -139,8 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return error.exit_code
     for picture, (_, notes) in zip(pictures, prepared):
         if notes:
-            sys.stderr.write(f"cifarlab: note: {picture.path}: {'; '.join(notes)}\n")
-    sys.stderr.flush()  # notes before predictions when both streams go to one terminal
+            console.note(f"{picture.path}: {'; '.join(notes)}")  # flushed: before the predictions on a terminal
     ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, args.top_k,
                    trained.config.train.tta)
     for picture, row in zip(pictures, ranked):

@@ -73,16 +73,9 @@ def per_class(record: dict[str, Any]) -> dict[str, Optional[float]]:
 # --- config.yaml and environment.json -------------------------------------------------------------------
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one dict of dotted keys (``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``)."""
-    if not isinstance(node, dict) or not node:
-        return {prefix[:-1]: node} if prefix else {}
-    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-
-
 def schema_defaults() -> dict[str, Any]:
     """The config schema's defaults as dotted keys."""
-    from cifarlab.config import Config, to_dict
+    from cifarlab.config import Config, flatten, to_dict
 
     return flatten(to_dict(Config()))
 
@@ -93,6 +86,8 @@ def read_config(path: Path) -> dict[str, Any]:
     finished run's config is history, not input."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from cifarlab.config import flatten
 
     try:
         written = OmegaConf.to_container(OmegaConf.load(path), resolve=True)

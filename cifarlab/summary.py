@@ -215,8 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.error(str(error))
         return error.exit_code
     if config.data.name != "fake" and config.data.image_size != 32:
-        sys.stderr.write(f"cifarlab: note: data.name={config.data.name} trains on 32x32 images; "
-                         f"data.image_size={config.data.image_size} sizes only this summary's input\n")
+        console.note(f"data.name={config.data.name} trains on 32x32 images; data.image_size={config.data.image_size} "
+                     f"sizes only this summary's input")
     # Piped output (tests, `| less`) gets a wide console so the table is never wrapped at 80 columns.
     out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
     render(out, config.model.name, input_size, rows, total)
