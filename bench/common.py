@@ -39,13 +39,11 @@ def launch(args: Sequence[str], module: str = "cifarlab.train") -> list[str]:
 
 def evaluations(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluation records (those with ``test/acc``) of ``run_dir``'s metrics.jsonl, in order; [] when it has
-    none. Names as in W&B: train/epoch, test/acc (a fraction), train/epoch_images_per_s, train/epoch_seconds, ...;
-    ``time`` is unix seconds when the record was written."""
-    metrics = Path(run_dir) / "metrics.jsonl"
-    if not metrics.is_file():
-        return []
-    records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-    return [record for record in records if "test/acc" in record]
+    none (cifarlab.results reads them). Names as in W&B: train/epoch, test/acc (a fraction),
+    train/epoch_images_per_s, train/epoch_seconds, ...; ``time`` is unix seconds when the record was written."""
+    from cifarlab.results import evaluations as read
+
+    return read(Path(run_dir))
 
 
 def timed_epochs(command: Sequence[str], run_dir: Path,

@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cifarlab import results
+from cifarlab.results import per_class  # noqa: F401 - the tests' name for it
 from cifarlab.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,18 +76,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def records(run_dir: Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl: logged steps and evaluations."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """Every record of a run's metrics.jsonl (cifarlab's own reader), which must exist."""
+    assert RunDir(run_dir).metrics.is_file(), f"no metrics.jsonl in {run_dir}"
+    return results.records(run_dir)
 
 
 def metrics(run_dir: Path) -> list[dict]:
     """The evaluation records of a run's metrics.jsonl (the ones with test/acc), in order."""
-    return [record for record in records(run_dir) if "test/acc" in record]
-
-
-def per_class(record: dict) -> dict[str, float]:
-    """An evaluation record's per-class accuracy by class name."""
-    return {key.removeprefix("test/acc/"): value for key, value in record.items() if key.startswith("test/acc/")}
+    return [record for record in records(run_dir) if results.is_evaluation(record)]
 
 
 def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:

@@ -38,7 +38,7 @@ from conftest import (
     run_python,
     smoke,
 )
-from wandb_offline import find_run_files, read_records
+from wandb_offline import find_run_files, read_config, read_records
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrite
     (change,) = [json.loads(line) for line in RunDir(copy).history.read_text().splitlines()]
     assert (change["step"], change["changes"]) == (20, {"optim.lr": [0.02, 0.01], "processes": [2, 1]})
     (segment,) = find_run_files(copy / "wandb")
-    assert json.loads(json.dumps(read_config_value(segment, "history"))) == [change]
+    assert read_config(segment)["history"] == [change]
     assert (copy / "config.yaml").read_text() == config_text  # never rewritten
 
     # Finished: a resume says so and starts nothing (no W&B segment).
@@ -232,12 +232,6 @@ def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(tmp_pa
         schedule.step()
     (logged,) = [r["train/lr"] for r in records(run) if r["step"] == 20 and "train/lr" in r]
     assert logged == pytest.approx(schedule.get_last_lr()[0], rel=1e-9)
-
-
-def read_config_value(segment: Path, key: str) -> object:
-    from wandb_offline import read_config
-
-    return read_config(segment)[key]
 
 
 # --- 5. unsafe checkpoints -----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ accuracy, the run record (environment.json) and the model artifact, through the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,16 +12,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from cifarlab.checkpoint import sha256
 from cifarlab.rundir import RunDir
 
 from conftest import check, crashed_copy, metrics, records, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary
 
 pytestmark = pytest.mark.integration
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_run_that_reaches_its_target_finishes_and_records_it(tmp_path: Path) -> None:
@@ -69,8 +65,8 @@ def test_a_run_that_reaches_its_target_finishes_and_records_it(tmp_path: Path) -
     assert final["name"] == best["name"] == "model-target"
     assert "final" in final["aliases"] and "best" in best["aliases"]
     assert set(final["files"]) == {"model.safetensors", "config.yaml", "classes.json"}
-    assert final["metadata"]["sha256"] == _sha256(run.weights)
-    assert best["metadata"]["manifest_sha256"] == _sha256(run.best / "manifest.json")
+    assert final["metadata"]["sha256"] == sha256(run.weights)
+    assert best["metadata"]["manifest_sha256"] == sha256(run.best / "manifest.json")
     # Epoch 1 is both final and best: best/'s weight average, as a model file, is the final file byte for byte.
     assert final["metadata"]["sha256"] == best["metadata"]["sha256"]
     assert final["files"] == best["files"]
