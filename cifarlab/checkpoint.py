@@ -38,6 +38,7 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
 from cifarlab.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
@@ -169,7 +170,7 @@ def _write_atomic(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    files.publish(tmp, path)
     _fsync(path.parent)
 
 
@@ -183,12 +184,13 @@ def _fsync(path: Path) -> None:
 
 def _seal(folder: Path, state: TrainState) -> None:
     """fsync every file in ``folder`` and write its manifest last."""
-    files: dict[str, dict[str, Any]] = {}
+    listed: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        files.share(file)  # safetensors writes model.safetensors 0600: colleagues could not read the weights
         _fsync(file)  # other ranks wrote some of these: flush them all before publishing
-        files[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
+        listed[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
     manifest = {"format": 1, "global_step": state.global_step, "epoch": state.epoch,
-                "step_in_epoch": state.step_in_epoch, "files": files}
+                "step_in_epoch": state.step_in_epoch, "files": listed}
     _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
@@ -262,6 +264,13 @@ class Checkpointer:
         self._agree(final, tmp)  # nobody moves on before the checkpoint is published
         self._last = (state.global_step, final)
         return final
+
+    def save_weights(self, model: nn.Module) -> None:
+        """The run's final weights (``model.safetensors``: written last, its presence means the run finished)."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_model(model, str(self.run.root), safe_serialization=True)
+        if self.accelerator.is_main_process:
+            files.share(self.run.weights)
 
     def _start(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save

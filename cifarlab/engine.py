@@ -21,7 +21,7 @@ from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifarlab import batchnorm, workarounds
+from cifarlab import batchnorm, console, workarounds
 from cifarlab.checkpoint import Checkpointer, TrainState
 from cifarlab.config import Config, ModelConfig, OptimConfig
 from cifarlab.data import Batch, DataPath
@@ -35,7 +35,6 @@ from cifarlab.tracking import wandb_mode
 def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     """The Accelerator for ``config``; ``trackers`` turns on W&B as configured (training only)."""
     train = config.train
-    workarounds.apply()
     # Without CUDA, Accelerate only forms a process group (gloo) when told it runs on CPU; otherwise
     # `accelerate launch --multi_gpu --num_processes 2` on a CPU machine starts 2 unrelated runs.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -205,6 +204,9 @@ class Learner:
     memory_format: torch.memory_format = torch.contiguous_format
 
     def __post_init__(self) -> None:
+        note = workarounds.apply().note()  # probes the installed Accelerate once per process
+        if note:
+            console.note(note)
         ghosts = batchnorm.ghost_modules(self.accelerator.unwrap_model(self.model))
         self._running_stats = (batchnorm.RunningStatsSync(ghosts, self._mean_over_ranks)
                                if ghosts and self.accelerator.num_processes > 1 else None)

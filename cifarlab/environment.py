@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator
 
+from cifarlab import files
 from cifarlab.rundir import RunDir
 
 
@@ -56,7 +57,7 @@ def write(run: RunDir, record: dict[str, Any]) -> None:
             starts = []  # unreadable: start the record again rather than fail the run
     tmp = run.environment.with_name(f".tmp-{run.environment.name}")
     tmp.write_text(json.dumps({"starts": [*starts, record]}, indent=2) + "\n")
-    tmp.replace(run.environment)
+    files.publish(tmp, run.environment)
 
 
 def last_process_count(run: RunDir) -> Optional[int]:

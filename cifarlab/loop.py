@@ -150,8 +150,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
         result = learner.evaluate(datasets, config.train.tta)
     recorder.final_pictures(datasets, learner, state, result)
     recorder.predictions(result, config.data, datasets.classes)
-    accelerator.wait_for_everyone()
-    accelerator.save_model(learner.evaluated, str(run_dir.root), safe_serialization=True)
+    checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
     out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
             f"(epoch {state.best_epoch}); weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")

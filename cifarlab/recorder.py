@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from accelerate import Accelerator
 
-from cifarlab import console, plots, tracking
+from cifarlab import console, files, plots, tracking
 from cifarlab.checkpoint import Stopwatch, TrainState, sha256
 from cifarlab.classes import FULL_TABLE
 from cifarlab.config import Config, DataConfig, to_dict
@@ -90,7 +89,7 @@ class Recorder:
                     if line.strip() and json.loads(line)["step"] <= state.global_step]
             tmp = self.run.metrics.with_name(f".tmp-{self.run.metrics.name}")
             tmp.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(tmp, self.run.metrics)
+            files.publish(tmp, self.run.metrics)
         if continuing and self.run.wandb_step.is_file():
             self._wandb_floor = self._wandb_step = int(self.run.wandb_step.read_text())
         tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
@@ -192,7 +191,7 @@ class Recorder:
         metadata = {"test_set": test_set_digest(examples["labels"], data), "classes": json.dumps(list(classes))}
         tmp = self.run.predictions.with_name(f".tmp-{self.run.predictions.name}")
         save_file(examples, str(tmp), metadata=metadata)
-        os.replace(tmp, self.run.predictions)
+        files.publish(tmp, self.run.predictions)
 
     def model_artifact(self, state: TrainState) -> None:
         """The final weights and ``best/`` as versions of one W&B model artifact (call once the final weights

@@ -51,7 +51,7 @@ from typing import IO, Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab import console
+from cifarlab import console, files
 from cifarlab.config import Config, changes_course, load_config, resume_changes, shown
 from cifarlab.errors import Preempted, UsageError
 from cifarlab.rundir import RunDir
@@ -397,7 +397,7 @@ def write_record(sweep: Sweep) -> None:
         descriptor, temporary = tempfile.mkstemp(prefix=".sweep.yaml.", dir=sweep.folder)
         with os.fdopen(descriptor, "w") as file:
             file.write(text)
-        os.replace(temporary, sweep.record)
+        files.publish(temporary, sweep.record)  # mkstemp's file is 0600
     except OSError as error:
         raise UsageError(f"cannot write {sweep.record} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from cifarlab import files
 from cifarlab.config import DataConfig
 from cifarlab.data import (
     CIFARS,
@@ -172,8 +173,7 @@ def load_tensors(config: DataConfig, split: str,
             cache.parent.mkdir(exist_ok=True)
             tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
             save_file({"images": images, "labels": labels}, str(tmp))
-            tmp.chmod(0o644)  # a shared data folder: other users may read the cache too
-            os.replace(tmp, cache)
+            files.publish(tmp, cache)  # a shared data folder: other users may read the cache too
             for stale in cache.parent.glob(_cache_file(config, split, "*").name):
                 if stale != cache:
                     stale.unlink()  # decoded from files that have changed since
