@@ -45,8 +45,8 @@ def raw_loop(data_root: str, epochs: int = 1, progress: Optional[Path] = None) -
     import torch.nn.functional as F
 
     from cifarlab.config import DataConfig
+    from cifarlab.data.tensors import load_tensors
     from cifarlab.models import LeNet
-    from cifarlab.tensor_data import load_tensors
 
     images, labels, _, _ = load_tensors(DataConfig(name="imagefolder", root=data_root), "train", print)
     torch.manual_seed(0)

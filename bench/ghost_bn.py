@@ -26,9 +26,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifarlab.batchnorm import ghost_modules
 from cifarlab.config import ModelConfig
 from cifarlab.models import build_model
+from cifarlab.models.batchnorm import ghost_modules
 
 from common import machine, save
 

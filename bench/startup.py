@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="/tmp/cifar10-jpeg", help="image-folder CIFAR-10 (train/, test/)")
     parser.add_argument("--import-module", default="cifarlab.train",
-                        help="the module whose import is timed in 2. (cifarlab.loop: the training loop's imports)")
+                        help="the module whose import is timed in 2. (cifarlab.run.loop: the training loop's imports)")
     parser.add_argument("--rounds", type=int, default=5, help="fresh processes per figure (default 5)")
     parser.add_argument("--name", default="startup", help="results name: bench/results/NAME.{json,md}")
     parser.add_argument("--console-timing", action="store_true", help="first step = arrival of the first "

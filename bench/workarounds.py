@@ -1,11 +1,11 @@
-"""What cifarlab.workarounds buys: batch-4 LeNet training steps (the tutorial preset's shape) through
+"""What cifarlab.run.workarounds buys: batch-4 LeNet training steps (the tutorial preset's shape) through
 Accelerate, with the public API, with each workaround alone and with both, alternating in one process, on the
 CPU.
 
     python bench/workarounds.py --rounds 21 --steps 500
 
 Each round times --steps steps of each variant (one thread); results: bench/results/workarounds.{json,md}. The
-workarounds are measured only where cifarlab.workarounds.apply() finds the installed Accelerate allows them.
+workarounds are measured only where cifarlab.run.workarounds.apply() finds the installed Accelerate allows them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifarlab import workarounds
 from cifarlab.models import LeNet
+from cifarlab.run import workarounds
 
 from common import machine, save
 

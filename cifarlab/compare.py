@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from cifarlab import console, stats
 from cifarlab.config import shown
 from cifarlab.errors import UsageError
-from cifarlab.results import Predictions, Run, read_runs
+from cifarlab.experiments import stats
+from cifarlab.experiments.results import Predictions, Run, read_runs
+from cifarlab.report import console
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -483,7 +484,7 @@ def _class_table(report: Report) -> Any:
 def picture(report: Report, per_class: bool) -> Image.Image:
     """Each group's mean (a dot) and 95 % interval (a bar), the baseline's mean as a grey line, and with
     ``per_class`` each group's per-class difference from the baseline (bars around zero). PIL only, like
-    cifarlab/plots.py."""
+    cifarlab/report/plots.py."""
     from PIL import Image, ImageDraw, ImageFont
 
     font, metric, base = ImageFont.load_default(), report.metric, report.groups[report.baseline]

@@ -26,7 +26,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "dog", "frog", "horse", "ship", "truck",
 )
 # Classes and per-channel training-set (mean, std) of the torchvision datasets, for what the schema knows
-# without reading the data (class names and CIFAR-100's superclasses: cifarlab/classes.py).
+# without reading the data (class names and CIFAR-100's superclasses: cifarlab/data/classes.py).
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

@@ -23,7 +23,7 @@ class RunFailed(CifarlabError):
 
 
 class Preempted(CifarlabError):
-    """Raised once a run has saved its checkpoint after a stop signal (see cifarlab.preemption)."""
+    """Raised once a run has saved its checkpoint after a stop signal (see cifarlab.run.preemption)."""
 
     exit_code = 75
     """EX_TEMPFAIL: run again (train.resume=auto) to continue."""

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from cifarlab import console, data, engine, loading, models, plots
+from cifarlab import data, models
 from cifarlab.errors import UsageError
-from cifarlab.metrics import EvalResult
+from cifarlab.report import console, plots
+from cifarlab.report.metrics import EvalResult
+from cifarlab.run import engine, loading
 
 
 def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: Sequence[str],

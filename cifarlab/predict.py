@@ -27,10 +27,11 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from cifarlab import console, engine, loading
 from cifarlab.config import DataConfig
+from cifarlab.data.images import build_transform
 from cifarlab.errors import UsageError
-from cifarlab.image_data import build_transform
+from cifarlab.report import console
+from cifarlab.run import engine, loading
 
 
 @dataclass

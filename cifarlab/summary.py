@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from cifarlab import console, models
+from cifarlab import models
 from cifarlab.config import CIFAR10_CLASSES, Config, load_config
 from cifarlab.errors import UsageError
+from cifarlab.report import console
 
 # Layers whose output size the tutorial's formula gives (they all have kernel_size/stride/padding).
 _SIZED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)

@@ -51,10 +51,11 @@ from typing import IO, Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab import console, files
+from cifarlab import files
 from cifarlab.config import Config, changes_course, load_config, resume_changes, shown
 from cifarlab.errors import Preempted, UsageError
-from cifarlab.rundir import RunDir
+from cifarlab.report import console
+from cifarlab.run.rundir import RunDir
 
 FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "launch")
 SET_BY_SWEEP = ("train.run_name", "train.resume")
@@ -528,7 +529,7 @@ class Runner:
         env.setdefault("PET_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
         if self.parallel > 1 and not self.sweep.launch:
             # The trainer gives each of LOCAL_WORLD_SIZE processes an equal share of the cores
-            # (cifarlab.engine.build_accelerator): trials side by side split them the same way. Launched
+            # (cifarlab.run.engine.build_accelerator): trials side by side split them the same way. Launched
             # trials get theirs from torchrun, which sets LOCAL_WORLD_SIZE itself (see docs/sweeps.md).
             env["LOCAL_WORLD_SIZE"] = str(self.parallel)
         return env

@@ -11,7 +11,7 @@ Configuration: schema defaults <- --config FILE.yaml <- key=value overrides (see
 User errors print one line and exit with code 2; a run that cannot go on (a checkpoint that cannot be
 written, a loss that is not finite) exits with code 1; a run stopped by SIGUSR1/SIGTERM (or the death of its
 launcher) saves a checkpoint and exits with code 75, by Ctrl-C with 130 (a second Ctrl-C aborts at once).
-The loop itself is cifarlab/loop.py: this entry point reads and checks the config
+The loop itself is cifarlab/run/loop.py: this entry point reads and checks the config
 before importing torch, so --help, --print-config and config errors answer at once.
 """
 
@@ -24,10 +24,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from cifarlab import console
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import CifarlabError, Interrupted, Preempted
-from cifarlab.preemption import stop_when_orphaned
+from cifarlab.report import console
+from cifarlab.run.preemption import stop_when_orphaned
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             sys.stdout.write(to_yaml(config))
             return 0
-        from cifarlab.loop import train  # torch and accelerate: only once the config is known to be good
+        from cifarlab.run.loop import train  # torch and accelerate: only once the config is known to be good
 
         train(config, preset=args.config)
     except Preempted as stopped:

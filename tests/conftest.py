@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab import results
-from cifarlab.results import per_class  # noqa: F401 - the tests' name for it
-from cifarlab.rundir import RunDir
+from cifarlab.experiments import results
+from cifarlab.experiments.results import per_class  # noqa: F401 - the tests' name for it
+from cifarlab.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

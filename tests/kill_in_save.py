@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifarlab import checkpoint, train
+from cifarlab import train
+from cifarlab.run import checkpoint
 
 
 def main() -> int:

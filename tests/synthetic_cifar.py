@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
 from cifarlab.config import CIFAR10_CLASSES
+from cifarlab.data.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
 
 SCRIPT = str(Path(__file__).resolve())
 

@@ -12,12 +12,12 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
-from cifarlab import engine, loop
-from cifarlab.batchnorm import GhostBatchNorm2d, RunningStatsSync, convert_ghost_batchnorm, ghost_modules
 from cifarlab.config import ConfigError, ModelConfig, load_config
 from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate_checkpoint
 from cifarlab.models import MODELS, build_model
+from cifarlab.models.batchnorm import GhostBatchNorm2d, RunningStatsSync, convert_ghost_batchnorm, ghost_modules
+from cifarlab.run import engine, loop
 
 from conftest import CONFIGS, assert_same_weights, check, error_lines, metrics, run_cli, smoke, weights
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from cifarlab.checkpoint import Checkpointer, TrainState, problem, resumable_checkpoint
 from cifarlab.config import CheckpointConfig
-from cifarlab.rundir import RunDir
+from cifarlab.run.checkpoint import Checkpointer, TrainState, problem, resumable_checkpoint
+from cifarlab.run.rundir import RunDir
 
 pytestmark = pytest.mark.unit
 

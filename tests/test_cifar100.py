@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from synthetic_cifar import SCRIPT, write_cifar10, write_cifar100
 
-from cifarlab import plots
-from cifarlab.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, config_classes, most_confused, superclasses
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
-from cifarlab.metrics import EvalResult
+from cifarlab.data.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, config_classes, most_confused, superclasses
+from cifarlab.report import plots
+from cifarlab.report.metrics import EvalResult
 
 from conftest import check, cli_env, error_lines, metrics, per_class, run_python, smoke
 from wandb_offline import find_run_files, read_history

@@ -1,4 +1,4 @@
-"""cifarlab.results and python -m cifarlab.compare on run directories built here by hand (no training)."""
+"""cifarlab.experiments.results and python -m cifarlab.compare on run directories built here by hand (no training)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cifarlab import compare, results
+from cifarlab import compare
 from cifarlab.config import load_config, to_yaml
-from cifarlab.results import ResultsError
+from cifarlab.experiments import results
+from cifarlab.experiments.results import ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.unit

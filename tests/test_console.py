@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, fake_classes
-from cifarlab.console import Console, accuracy_summary, report_rows
-from cifarlab.metrics import EvalResult
+from cifarlab.data.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, fake_classes
+from cifarlab.report.console import Console, accuracy_summary, report_rows
+from cifarlab.report.metrics import EvalResult
 
 from conftest import check, cli_env, launch_command, run_cli, run_python, smoke
 

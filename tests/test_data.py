@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from synthetic_cifar import CHECK, unchecked, write_cifar10, write_cifar100
 
-from cifarlab.classes import CIFAR100_CLASSES
 from cifarlab.config import CIFAR10_CLASSES, CIFAR10_STATS, CIFAR100_STATS, ConfigError, DataConfig, load_config
-from cifarlab.data import UnreadableImage, build_data
+from cifarlab.data import build_data
+from cifarlab.data.classes import CIFAR100_CLASSES
+from cifarlab.data.sources import UnreadableImage
 from cifarlab.errors import UsageError
 
 pytestmark = pytest.mark.unit

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cifarlab.config import OptimConfig
-from cifarlab.engine import build_ema, build_optimizer, build_scheduler, tta_logits
 from cifarlab.errors import UsageError
-from cifarlab.metrics import EvalResult
+from cifarlab.report.metrics import EvalResult
+from cifarlab.run.engine import build_ema, build_optimizer, build_scheduler, tta_logits
 
 pytestmark = pytest.mark.unit
 

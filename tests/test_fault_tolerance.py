@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cifarlab.checkpoint import problem
+from cifarlab.run.checkpoint import problem
 
 from conftest import (
     KILL_IN_SAVE,

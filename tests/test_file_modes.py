@@ -17,8 +17,9 @@ import yaml
 from test_loop import tiny_config
 from test_tensor_data import _folder
 
-from cifarlab import files, loop
+from cifarlab import files
 from cifarlab import sweep as sweeps
+from cifarlab.run import loop
 
 from conftest import check, cli_env, launch_command, smoke
 

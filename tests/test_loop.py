@@ -1,5 +1,5 @@
 """The training loop in-process: one epoch with the real recorder, checkpointer and stop request on a tiny
-model and fake data; and a whole run through ``cifarlab.loop.train``, as a notebook would call it."""
+model and fake data; and a whole run through ``cifarlab.run.loop.train``, as a notebook would call it."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab import engine, loop
-from cifarlab.checkpoint import Checkpointer, TrainState, problem
 from cifarlab.config import Config, load_config
-from cifarlab.console import Console
-from cifarlab.data import DataPath, build_data
+from cifarlab.data import build_data
+from cifarlab.data.path import DataPath
 from cifarlab.errors import Preempted, RunFailed, UsageError
 from cifarlab.models import build_model
-from cifarlab.preemption import StopRequest
-from cifarlab.recorder import Recorder
-from cifarlab.rundir import RunDir
+from cifarlab.report.console import Console
+from cifarlab.run import engine, loop
+from cifarlab.run.checkpoint import Checkpointer, TrainState, problem
+from cifarlab.run.preemption import StopRequest
+from cifarlab.run.recorder import Recorder
+from cifarlab.run.rundir import RunDir
 
 from conftest import CONFIGS, records
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from cifarlab.config import ModelConfig, OptimConfig
-from cifarlab.engine import build_optimizer
 from cifarlab.errors import UsageError
 from cifarlab.models import MODELS, FastNet, Whitening, build_model, check_input_size, init_whitening
+from cifarlab.run.engine import build_optimizer
 
 pytestmark = pytest.mark.unit
 

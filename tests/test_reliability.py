@@ -21,10 +21,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cifarlab.checkpoint import problem
 from cifarlab.errors import Interrupted, Preempted
-from cifarlab.preemption import StopRequest
-from cifarlab.rundir import RunDir
+from cifarlab.run.checkpoint import problem
+from cifarlab.run.preemption import StopRequest
+from cifarlab.run.rundir import RunDir
 
 from conftest import (
     CONFIGS,
@@ -147,7 +147,7 @@ def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monke
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # a launcher passing the same Ctrl-C on, moments later
         assert stop.received == "SIGINT"
-        monkeypatch.setattr("cifarlab.preemption.SECOND_CTRL_C_AFTER", 0.0)
+        monkeypatch.setattr("cifarlab.run.preemption.SECOND_CTRL_C_AFTER", 0.0)
         time.sleep(0.01)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
@@ -157,13 +157,13 @@ def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monke
 
 def test_an_abort_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path) -> None:
-    import cifarlab.loop
+    import cifarlab.run.loop
     from cifarlab import train
 
     def second_ctrl_c(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cifarlab.loop, "train", second_ctrl_c)
+    monkeypatch.setattr(cifarlab.run.loop, "train", second_ctrl_c)
     previous = signal.getsignal(signal.SIGINT)
     try:
         assert train.main(smoke(tmp_path, "abort")) == 130
@@ -211,8 +211,8 @@ def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrite
 
 
 def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(tmp_path: Path) -> None:
-    from cifarlab import engine
     from cifarlab.config import load_config
+    from cifarlab.run import engine
 
     args = smoke(tmp_path, "longer", "optim.schedule=onecycle")
     check(run_python(args, tmp_path))

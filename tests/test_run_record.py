@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from cifarlab.checkpoint import sha256
-from cifarlab.rundir import RunDir
+from cifarlab.run.checkpoint import sha256
+from cifarlab.run.rundir import RunDir
 
 from conftest import check, crashed_copy, metrics, records, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary

@@ -1,4 +1,4 @@
-"""cifarlab.stats against hand computations and published tables."""
+"""cifarlab.experiments.stats against hand computations and published tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cifarlab import stats
+from cifarlab.experiments import stats
 
 pytestmark = pytest.mark.unit
 

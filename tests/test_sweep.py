@@ -337,7 +337,7 @@ def _field_keys() -> list[tuple[str, str, str]]:
 def test_trials_side_by_side_split_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from cifarlab.engine import build_accelerator
+    from cifarlab.run.engine import build_accelerator
 
     file = write(tmp_path, spec(seeds=[0, 1]))
     sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"])

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from cifarlab.config import DataConfig
 from cifarlab.data import build_data
-from cifarlab.image_data import SeededTransform, build_transform
-from cifarlab.tensor_data import augment, cutout
+from cifarlab.data.images import SeededTransform, build_transform
+from cifarlab.data.tensors import augment, cutout
 
 from conftest import assert_sharded_counted_and_resumable
 

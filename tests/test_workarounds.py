@@ -1,4 +1,4 @@
-"""cifarlab.workarounds: on whatever Accelerate is installed, a bypass that is on does what the public call does;
+"""cifarlab.run.workarounds: on whatever Accelerate is installed, a bypass that is on does what the public call does;
 an Accelerate that no longer behaves as a bypass assumes turns it off, with one start-up note. No test here
 names an Accelerate version."""
 
@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 
-from cifarlab import workarounds
+from cifarlab.run import workarounds
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab import files
-from cifarlab.rundir import RunDir
+from cifarlab.run.rundir import RunDir
 
 
 def collect(accelerator: Accelerator, data_fingerprint: Optional[dict[str, str]]) -> dict[str, Any]:

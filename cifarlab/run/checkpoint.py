@@ -1,6 +1,6 @@
 """Checkpoints: Accelerate's state plus the trainer's own position, written atomically and verified.
 
-Layout under the run directory (names in :mod:`cifarlab.rundir`)::
+Layout under the run directory (names in :mod:`cifarlab.run.rundir`)::
 
     checkpoints/step_00001200/   model.safetensors, optimizer.bin, scheduler.bin, random_states_{rank}.pkl,
                                  trainer_state.json, [ema.safetensors,] manifest.json
@@ -41,7 +41,7 @@ from torch import nn
 from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
-from cifarlab.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
+from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
 
 
 class Stopwatch:
@@ -84,7 +84,8 @@ class TrainState:
     train_s: float = 0.0
     """Of those, seconds in training batches (no set-up, evaluation or saving); live in :attr:`training`."""
     target: Optional[dict[str, float]] = None
-    """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.recorder`); None before."""
+    """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.run.recorder`); None
+    before."""
 
     def __post_init__(self) -> None:
         self.wall, self.training = Stopwatch(self.elapsed_s), Stopwatch(self.train_s)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from cifarlab.errors import UsageError
-from cifarlab.rundir import RunDir
+from cifarlab.run.rundir import RunDir
 
 
 class RunLock:

@@ -24,17 +24,8 @@ from torch.utils.data import Dataset
 
 from cifarlab import files
 from cifarlab.config import DataConfig
-from cifarlab.data import (
-    CIFARS,
-    Batch,
-    DataPath,
-    list_image_folder,
-    open_source,
-    size,
-    split_size,
-    spread,
-    subset_indices,
-)
+from cifarlab.data.path import Batch, DataPath, size, spread, subset_indices
+from cifarlab.data.sources import fingerprint, open_source, split_size
 
 _CACHE_DIR = ".cifarlab-cache"
 _PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
@@ -117,27 +108,6 @@ def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
 
 
 # --- decoding and the cache -------------------------------------------------------------------------
-
-def fingerprint(config: DataConfig, split: str) -> Optional[tuple[str, list[str]]]:
-    """(a key that changes when the source files change, class names), without opening the dataset;
-    None when there is nothing on disk to key (fake data, a CIFAR set not downloaded yet)."""
-    digest = hashlib.sha256()
-    cifar = CIFARS.get(config.name)
-    if config.name == "imagefolder":
-        classes, samples = list_image_folder(config, split)
-        for path, label in samples:
-            stat = os.stat(path)
-            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    elif cifar is not None and (Path(config.root) / cifar.folder).is_dir():
-        classes = list(cifar.classes)
-        for file in sorted((Path(config.root) / cifar.folder).iterdir()):
-            stat = file.stat()
-            digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        digest.update(split.encode())
-    else:
-        return None
-    return digest.hexdigest()[:16], classes
-
 
 def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images (N, 3, H, W), labels) of a dataset of PIL images, or of torchvision's CIFAR."""

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import checkpoint, console, data, engine, environment, models, preemption, tracking
+from cifarlab import data, models
 from cifarlab.config import (
     Config,
     changes_course,
@@ -32,11 +32,14 @@ from cifarlab.config import (
     to_yaml,
     with_run_name,
 )
+from cifarlab.data.path import size
 from cifarlab.errors import UsageError
-from cifarlab.metrics import EvalResult
-from cifarlab.recorder import Recorder
-from cifarlab.rundir import RunDir
-from cifarlab.runlock import RunLock
+from cifarlab.report import console
+from cifarlab.report.metrics import EvalResult
+from cifarlab.run import checkpoint, engine, environment, preemption, tracking
+from cifarlab.run.recorder import Recorder
+from cifarlab.run.rundir import RunDir
+from cifarlab.run.runlock import RunLock
 
 T = TypeVar("T")
 
@@ -110,8 +113,8 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
     out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {data.size(datasets.train)} training and "
-            f"{data.size(datasets.test)} test images")
+            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training and "
+            f"{size(datasets.test)} test images")
 
     # --- resume ---
     guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps)

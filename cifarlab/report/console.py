@@ -13,10 +13,10 @@ from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cifarlab.classes import FULL_TABLE, Groups, most_confused, superclasses
+from cifarlab.data.classes import FULL_TABLE, Groups, most_confused, superclasses
 
 if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
-    from cifarlab.metrics import EvalResult
+    from cifarlab.report.metrics import EvalResult
 
 
 class Console:

@@ -31,7 +31,7 @@ from cifarlab.errors import Interrupted, Preempted
 if TYPE_CHECKING:  # no torch at import: cifarlab.train calls stop_when_orphaned before its fast paths
     from accelerate import Accelerator
 
-    from cifarlab.checkpoint import Checkpointer, TrainState
+    from cifarlab.run.checkpoint import Checkpointer, TrainState
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 SECOND_CTRL_C_AFTER = 2.0

@@ -3,12 +3,12 @@
     runs/<run_name>/
       config.yaml          the resolved config
       classes.json         class names by label index
-      metrics.jsonl        one JSON object per logged step and per evaluation (see cifarlab.recorder)
+      metrics.jsonl        one JSON object per logged step and per evaluation (see cifarlab.run.recorder)
       model.safetensors    final weights (written last: its presence means the run finished)
-      predictions.safetensors  the final evaluated model's test predictions (see cifarlab.results)
-      environment.json     versions, hardware, command line and git commit of each start (see cifarlab.environment)
+      predictions.safetensors  the final evaluated model's test predictions (see cifarlab.experiments.results)
+      environment.json     versions, hardware, command line and git commit of each start (see cifarlab.run.environment)
       history.jsonl        changes made when the run was resumed (more epochs, another process count)
-      .lock                held by the run's trainer while it runs (see cifarlab.runlock)
+      .lock                held by the run's trainer while it runs (see cifarlab.run.runlock)
       wandb/               the W&B run files
       wandb_step           the highest step logged to W&B
       checkpoints/         step_XXXXXXXX/ folders, best/ and `latest`
@@ -78,7 +78,7 @@ class RunDir:
 
     @property
     def lock(self) -> Path:
-        """Held by the trainer of this run while it runs (see cifarlab.runlock)."""
+        """Held by the trainer of this run while it runs (see cifarlab.run.runlock)."""
         return self.root / ".lock"
 
     @property

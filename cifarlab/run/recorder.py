@@ -41,16 +41,18 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from accelerate import Accelerator
 
-from cifarlab import console, files, plots, tracking
-from cifarlab.checkpoint import Stopwatch, TrainState, sha256
-from cifarlab.classes import FULL_TABLE
+from cifarlab import files
 from cifarlab.config import Config, DataConfig, to_dict
-from cifarlab.metrics import EvalResult
-from cifarlab.rundir import MANIFEST, WEIGHTS, RunDir
+from cifarlab.data.classes import FULL_TABLE
+from cifarlab.report import console, plots
+from cifarlab.report.metrics import EvalResult
+from cifarlab.run import tracking
+from cifarlab.run.checkpoint import Stopwatch, TrainState, sha256
+from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir
 
 if TYPE_CHECKING:
-    from cifarlab.data import DataPath
-    from cifarlab.engine import EpochStats, Learner
+    from cifarlab.data.path import DataPath
+    from cifarlab.run.engine import EpochStats, Learner
 
 
 class Recorder:
@@ -210,7 +212,7 @@ class Recorder:
         # As a model file like the final one (the checkpoint's average is torch's AveragedModel state).
         from safetensors.torch import save_file
 
-        from cifarlab.loading import evaluated_weights, model_weights
+        from cifarlab.run.loading import evaluated_weights, model_weights
 
         weights = self.run.checkpoints / f".tmp-artifact-{WEIGHTS}"
         save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
@@ -237,7 +239,7 @@ class Recorder:
         """Test predictions and the final evaluation's confusion matrix."""
         if self.wandb is None:
             return
-        from cifarlab.engine import tta_logits
+        from cifarlab.run.engine import tta_logits
 
         images, labels = data.sample(train=False, count=32)
         model = self.accelerator.unwrap_model(learner.evaluated).eval()

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.batchnorm import convert_ghost_batchnorm
 from cifarlab.config import ModelConfig
 from cifarlab.errors import UsageError
+from cifarlab.models.batchnorm import convert_ghost_batchnorm
 
 
 class Classifier(nn.Module):

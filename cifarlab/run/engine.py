@@ -21,15 +21,17 @@ from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifarlab import batchnorm, console, workarounds
-from cifarlab.checkpoint import Checkpointer, TrainState
 from cifarlab.config import Config, ModelConfig, OptimConfig
-from cifarlab.data import Batch, DataPath
+from cifarlab.data.path import Batch, DataPath
 from cifarlab.errors import RunFailed, UsageError
-from cifarlab.metrics import EvalResult
-from cifarlab.preemption import StopRequest
-from cifarlab.recorder import Recorder
-from cifarlab.tracking import wandb_mode
+from cifarlab.models import batchnorm
+from cifarlab.report import console
+from cifarlab.report.metrics import EvalResult
+from cifarlab.run import workarounds
+from cifarlab.run.checkpoint import Checkpointer, TrainState
+from cifarlab.run.preemption import StopRequest
+from cifarlab.run.recorder import Recorder
+from cifarlab.run.tracking import wandb_mode
 
 
 def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:

@@ -5,7 +5,7 @@ predictions are read.
     runs = [read_run(path) for path in find_runs(["runs/lr-sweep", "runs/exp1"])]
     runs[0].final_accuracy(), runs[0].config["optim.lr"], runs[0].env("torch")
 
-What each file holds: cifarlab/rundir.py (the names) and cifarlab/recorder.py (metrics.jsonl's records).
+What each file holds: cifarlab/run/rundir.py (the names) and cifarlab/run/recorder.py (metrics.jsonl's records).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.errors import UsageError
-from cifarlab.rundir import RunDir
+from cifarlab.run.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch

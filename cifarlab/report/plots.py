@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cifarlab.classes import FULL_TABLE, grouped_confusion, most_confused, superclasses
+from cifarlab.data.classes import FULL_TABLE, grouped_confusion, most_confused, superclasses
 
 _RED, _GREEN, _BLACK, _WHITE = (220, 30, 30), (20, 140, 40), (0, 0, 0), (255, 255, 255)
 _GREY, _BAR = (200, 200, 200), (230, 120, 100)

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from cifarlab.config import DataConfig
-from cifarlab.data import Batch, DataPath, open_source, size, split_size, spread, subset_indices
+from cifarlab.data.path import Batch, DataPath, size, spread, subset_indices
+from cifarlab.data.sources import open_source, split_size
 
 
 class SeededTransform(Dataset):

@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from cifarlab.classes import config_classes
 from cifarlab.config import Config, load_config
+from cifarlab.data.classes import config_classes
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
-from cifarlab.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
+from cifarlab.run.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Weights & Biases through Accelerate's tracker API: which mode, starting or continuing a run, media.
 
 Everything here runs on the main process only (Accelerate's ``log`` is a no-op elsewhere). wandb itself
-is imported only when a run uses it. :mod:`cifarlab.recorder` decides what is logged.
+is imported only when a run uses it. :mod:`cifarlab.run.recorder` decides what is logged.
 """
 
 from __future__ import annotations

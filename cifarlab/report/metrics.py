@@ -66,7 +66,7 @@ class EvalResult:
         )
 
     def values(self) -> dict[str, Any]:
-        """The evaluation's metrics under their recorded names (see cifarlab.recorder)."""
+        """The evaluation's metrics under their recorded names (see cifarlab.run.recorder)."""
         values: dict[str, Any] = {"test/acc": self.accuracy}
         if self.top5 is not None:
             values["test/acc_top5"] = self.top5

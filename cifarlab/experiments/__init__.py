@@ -1,0 +1,3 @@
+"""Many runs: reading run directories (``results``), statistics (``stats``), sweep files and their trials
+(``spec``), running trials (``runner``) and comparing groups of runs (``analysis``, ``rendering``). Imports run
+(the run directory's names), report and the ground floor; runs trainers only as subprocesses."""
