@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from cifarlab import compare
 from cifarlab.config import load_config, to_yaml
-from cifarlab.experiments import results
+from cifarlab.experiments import analysis, results
 from cifarlab.experiments.results import ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -438,6 +438,6 @@ def test_a_suggestion_for_a_mistyped_key(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_the_docs_name_every_ignored_key_and_metric() -> None:
     docs = (REPO / "docs" / "compare.md").read_text()
-    ignored = "  ".join(key + "*" if key.endswith(".") else key for key in compare.IGNORED)
+    ignored = "  ".join(key + "*" if key.endswith(".") else key for key in analysis.IGNORED)
     assert ignored in docs and ignored.replace("  ", ", ") in (compare.__doc__ or "").replace("\n", " ")
-    assert all(f"`{name}`" in docs for name in compare.METRICS)
+    assert all(f"`{name}`" in docs for name in analysis.METRICS)

@@ -19,6 +19,7 @@ from test_tensor_data import _folder
 
 from cifarlab import files
 from cifarlab import sweep as sweeps
+from cifarlab.experiments.spec import read_sweep
 from cifarlab.run import loop
 
 from conftest import check, cli_env, launch_command, smoke
@@ -64,7 +65,7 @@ def test_every_run_file_cache_file_and_sweep_record_follows_the_umask(tmp_path: 
 
     sweep_file = test_sweep.write(tmp_path, test_sweep.spec(seeds=[0]))
     arguments = [f"train.output_dir={tmp_path / 'sweeps'}"]
-    sweep = sweeps.read_sweep(str(sweep_file), arguments)
+    sweep = read_sweep(str(sweep_file), arguments)
     test_sweep.fake_run(sweep, 0, finished=True)
     assert sweeps.main([str(sweep_file), *arguments]) == 0
     assert yaml.safe_load(sweep.record.read_text())["trials"][0]["name"] == "seed=0"

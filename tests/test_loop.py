@@ -19,6 +19,7 @@ from cifarlab.models import build_model
 from cifarlab.report.console import Console
 from cifarlab.run import engine, loop
 from cifarlab.run.checkpoint import Checkpointer, TrainState, problem
+from cifarlab.run.epoch import train_epoch
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir
@@ -69,7 +70,7 @@ def test_a_non_finite_loss_stops_the_epoch_before_anything_is_saved(tmp_path: Pa
     with StopRequest(learner.accelerator, lambda message: None) as stop, \
             pytest.raises(RunFailed, match=r"not finite \(NaN or inf\) at step 1; .* last good checkpoint is "
                                            r"runs/tiny/checkpoints/step_00000000"):
-        engine.train_epoch(learner, data, state, recorder, checkpointer, stop, guard)
+        train_epoch(learner, data, state, recorder, checkpointer, stop, guard)
     # checkpoint.every_n_steps=2: the save at step 2 asked the guard first and was never written.
     assert state.global_step == 2 and run.step_checkpoints() == [] and not run.latest.exists()
 
@@ -79,7 +80,7 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
     state = TrainState()
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest(learner.accelerator, lambda message: None) as stop:
-        stats = engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+        stats = train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
         assert (state.epoch, state.step_in_epoch, state.global_step) == (0, 4, 4)
         assert stats.batches == 4 and 2.0 < stats.loss < 2.6 and stats.images_per_s > 0
         # The recorder logged every 2 steps; the checkpointer saved step 2 (step 4 is the epoch end's to save).
@@ -95,7 +96,7 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
         # A stop signal mid-epoch: the next step is checkpointed, then Preempted.
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(Preempted):
-            engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+            train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
     assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 1, 5)
     assert problem(run.checkpoint(5)) is None and run.latest.read_text() == "step_00000005"
@@ -105,8 +106,8 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
     resumed, data2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
     state2 = checkpointer2.load(run.checkpoint(5))
     with StopRequest(resumed.accelerator, lambda message: None) as stop:
-        engine.train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
-        engine.train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+        train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
+        train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
     assert state2.global_step == state.global_step == 8
     for a, b in zip(resumed.model.state_dict().values(), learner.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

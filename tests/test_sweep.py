@@ -20,6 +20,8 @@ import yaml
 
 from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
+from cifarlab.experiments.runner import Runner
+from cifarlab.experiments.spec import NAME_LENGTH, Sweep, read_sweep
 from cifarlab.train import parse_args as trainer_args
 
 from conftest import CONFIGS, REPO, Background, cli_env
@@ -42,7 +44,7 @@ def spec(**extra: Any) -> dict[str, Any]:
     return {"name": "s", "base": SMOKE, "overrides": SMALL, **extra}
 
 
-def fake_run(sweep: sweeps.Sweep, index: int, finished: bool, **changes: str) -> Path:
+def fake_run(sweep: Sweep, index: int, finished: bool, **changes: str) -> Path:
     """What a trainer leaves in a trial's run directory: its config.yaml (with ``changes``), and the final
     weights when ``finished``."""
     trial = sweep.trials[index]
@@ -66,7 +68,7 @@ def lines(text: str) -> list[str]:
 def test_the_example_expands_to_six_trials_named_by_their_settings(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    sweep = sweeps.read_sweep("configs/sweeps/example.yaml", [f"train.output_dir={tmp_path}"])
+    sweep = read_sweep("configs/sweeps/example.yaml", [f"train.output_dir={tmp_path}"])
     assert sweep.folder == tmp_path / "lr-vs-seed"
     assert [t.name for t in sweep.trials] == ["lr=0.01-seed=0", "lr=0.01-seed=1", "lr=0.01-seed=2",
                                               "lr=0.05-seed=0", "lr=0.05-seed=1", "lr=0.05-seed=2"]
@@ -90,7 +92,7 @@ def test_trials_cross_the_grid_and_seeds_with_short_unambiguous_names(tmp_path: 
     file = write(tmp_path, spec(trials=[{"model.name": "lenet", "data.name": "fake"},
                                         {"model.name": "convnet_bn", "optim.lr": 0.1}],
                                 grid={"optim.weight_decay": [0, 0.001]}, seeds=[0, 1]))
-    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
     assert len(sweep.trials) == 8
     assert [t.name for t in sweep.trials[:3]] == [
         "model.name=lenet-data.name=fake-weight_decay=0-seed=0",  # two keys end in .name: both kept whole
@@ -109,7 +111,7 @@ def test_values_read_back_through_the_config_loader_and_names_stay_filesystem_sa
                                       "train.ema": [None, 0.9]},
                                 trials=[{"data.mean": [0.5, 0.5, 0.5], "optim.nesterov": False,
                                          "train.mixed_precision": "no"}]))
-    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
     notes = [c.logging.wandb.notes for c in sweep.configs[::2]]
     assert notes == ["a b, c's [x]", "null", "a/b", "=x="]  # strings stay strings
     assert [c.train.ema for c in sweep.configs[:2]] == [None, 0.9]
@@ -123,10 +125,10 @@ def test_values_read_back_through_the_config_loader_and_names_stay_filesystem_sa
 @pytest.mark.unit
 def test_names_that_would_collide_or_run_long_get_a_hash(tmp_path: Path) -> None:
     file = write(tmp_path, spec(grid={"logging.wandb.notes": ["a/b", "a_b", "plain", "x" * 300]}))
-    names = [t.name for t in sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"]).trials]
+    names = [t.name for t in read_sweep(str(file), [f"train.output_dir={tmp_path}"]).trials]
     assert names[2] == "notes=plain"
     assert all(re.fullmatch(r"notes=a_b-[0-9a-f]{8}", name) for name in names[:2]) and names[0] != names[1]
-    assert len(names[3]) == sweeps.NAME_LENGTH + 9 and names[3].startswith("notes=xxx")
+    assert len(names[3]) == NAME_LENGTH + 9 and names[3].startswith("notes=xxx")
 
 
 @pytest.mark.unit
@@ -135,9 +137,9 @@ def test_base_is_looked_up_in_the_current_directory_then_beside_the_sweep_file(
     file = write(tmp_path / "sweeps", {"name": "b", "base": "preset.yaml", "overrides": ["data.name=fake"]})
     (tmp_path / "sweeps" / "preset.yaml").write_text("train:\n  epochs: 3\n")
     monkeypatch.chdir(tmp_path)
-    assert sweeps.read_sweep(str(file)).configs[0].train.epochs == 3
+    assert read_sweep(str(file)).configs[0].train.epochs == 3
     (tmp_path / "preset.yaml").write_text("train:\n  epochs: 4\n")
-    sweep = sweeps.read_sweep(str(file))
+    sweep = read_sweep(str(file))
     assert (sweep.base, sweep.configs[0].train.epochs) == ("preset.yaml", 4)
     assert sweep.trials[0].name == "base"  # no swept settings: one trial, the base config
 
@@ -232,7 +234,7 @@ def test_a_missing_or_broken_sweep_file_is_one_line(tmp_path: Path, capsys: pyte
 def test_list_shows_each_trial_index_status_and_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
     arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
-    sweep = sweeps.read_sweep(*arguments[:1], arguments[1:])
+    sweep = read_sweep(*arguments[:1], arguments[1:])
     fake_run(sweep, 0, finished=True)
     fake_run(sweep, 1, finished=False)
     fake_run(sweep, 2, finished=True, **{"optim.momentum": "0.5"})
@@ -252,7 +254,7 @@ def test_finished_trials_are_skipped_and_a_run_of_another_config_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     file = write(tmp_path, spec(seeds=[0, 1]))
     arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
-    sweep = sweeps.read_sweep(*arguments[:1], arguments[1:])
+    sweep = read_sweep(*arguments[:1], arguments[1:])
     # W&B settings, where the run or its data lives do not make another configuration (the trainer's resume rule);
     # the learning rate does.
     fake_run(sweep, 0, finished=True, **{"logging.wandb.mode": "offline", "logging.wandb.tags": "[x]",
@@ -273,7 +275,7 @@ def test_sweep_yaml_lists_the_trials_and_refuses_another_sweep_of_the_same_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = write(tmp_path, spec(seeds=[0, 1]))
     arguments = [f"train.output_dir={tmp_path / 'runs'}"]
-    sweep = sweeps.read_sweep(str(first), arguments)
+    sweep = read_sweep(str(first), arguments)
     for index in (0, 1):
         fake_run(sweep, index, finished=True)  # nothing to train
     assert sweeps.main([str(first), *arguments]) == 0
@@ -340,12 +342,12 @@ def test_trials_side_by_side_split_the_cores(tmp_path: Path, monkeypatch: pytest
     from cifarlab.run.engine import build_accelerator
 
     file = write(tmp_path, spec(seeds=[0, 1]))
-    sweep = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"])
-    assert "LOCAL_WORLD_SIZE" not in sweeps.Runner(sweep, 1)._environment()
-    environment = sweeps.Runner(sweep, 2)._environment()
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path}"])
+    assert "LOCAL_WORLD_SIZE" not in Runner(sweep, 1)._environment()
+    environment = Runner(sweep, 2)._environment()
     assert environment["LOCAL_WORLD_SIZE"] == "2" and environment["PYTHONUNBUFFERED"] == "1"
-    launched = sweeps.read_sweep(str(file), [f"train.output_dir={tmp_path}"], ["--multi_gpu"])
-    assert "LOCAL_WORLD_SIZE" not in sweeps.Runner(launched, 2)._environment()  # torchrun sets it
+    launched = read_sweep(str(file), [f"train.output_dir={tmp_path}"], ["--multi_gpu"])
+    assert "LOCAL_WORLD_SIZE" not in Runner(launched, 2)._environment()  # torchrun sets it
 
     # What the trainer makes of it: each of 2 trials takes half the cores (the tensor path has no workers).
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -78,3 +78,19 @@ class EvalResult:
 def _per_class(hits: torch.Tensor, totals: torch.Tensor, classes: tuple[str, ...]) -> dict[str, float]:
     """hits / images per class name; NaN for a class absent from the test set."""
     return {name: (float(hits[i]) / int(totals[i]) if totals[i] else float("nan")) for i, name in enumerate(classes)}
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    """Mean training loss over the batches trained in this epoch by this run (all ranks)."""
+    batches: int
+    """Training batches taken in this epoch by this run (fewer than an epoch after a mid-epoch resume)."""
+    seconds: float
+    """Wall seconds of training (not evaluation) in this epoch."""
+    images_per_s: float
+    """Training images per second (global batch x batches / seconds)."""
+
+    def values(self) -> dict[str, float]:
+        return {"train/epoch_loss": self.loss, "train/epoch_images_per_s": self.images_per_s,
+                "train/epoch_seconds": self.seconds}

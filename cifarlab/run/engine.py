@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,9 +27,7 @@ from cifarlab.models import batchnorm
 from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import workarounds
-from cifarlab.run.checkpoint import Checkpointer, TrainState
-from cifarlab.run.preemption import StopRequest
-from cifarlab.run.recorder import Recorder
+from cifarlab.run.checkpoint import TrainState
 from cifarlab.run.tracking import wandb_mode
 
 
@@ -240,28 +237,20 @@ class Learner:
                 self.ema.update_parameters(accelerator.unwrap_model(self.model))
         return loss.detach()
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta: str) -> torch.Tensor:
+        """The evaluated model's predicted labels for a batch of ``images`` (on any device), with ``tta``."""
+        model = self.accelerator.unwrap_model(self.evaluated).eval()
+        with self.accelerator.autocast():
+            views = images.to(self.accelerator.device).contiguous(memory_format=self.memory_format)
+            return tta_logits(model, views, tta).argmax(dim=1)
+
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
     def evaluate(self, data: DataPath, tta: str) -> EvalResult:
         """:func:`evaluate` of the evaluated model on the whole test set."""
         return evaluate(self.evaluated, data.test_batches(), self.accelerator, data.classes, tta, self.memory_format)
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    loss: float
-    """Mean training loss over the batches trained in this epoch by this run (all ranks)."""
-    batches: int
-    """Training batches taken in this epoch by this run (fewer than an epoch after a mid-epoch resume)."""
-    seconds: float
-    """Wall seconds of training (not evaluation) in this epoch."""
-    images_per_s: float
-    """Training images per second (global batch x batches / seconds)."""
-
-    def values(self) -> dict[str, float]:
-        return {"train/epoch_loss": self.loss, "train/epoch_images_per_s": self.images_per_s,
-                "train/epoch_seconds": self.seconds}
 
 
 class LossGuard:
@@ -293,41 +282,6 @@ class LossGuard:
                             f"its weights. The last good checkpoint is {latest or 'none (none saved yet)'}: lower "
                             f"optim.lr or set optim.grad_clip, and start a new run (or resume from it with "
                             f"train.allow_changes=true)")
-
-
-def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: Recorder,
-                checkpointer: Checkpointer, stop: StopRequest, guard: LossGuard) -> EpochStats:
-    """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left), advancing
-    ``state`` batch by batch. The recorder, the checkpointer, the stop request and the loss guard each decide
-    for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
-    accelerator = learner.accelerator
-    steps_per_epoch = checkpointer.steps_per_epoch
-    skipped = state.step_in_epoch
-    total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
-    learner.model.train()
-    start = time.perf_counter()
-    state.training.start(start)
-    with recorder.epoch_bar(state):
-        for images, labels in data.train_batches(state.epoch, skip=skipped):
-            loss = learner.step(images, labels)
-            state.global_step += 1
-            state.step_in_epoch += 1
-            guard.update(loss, state.global_step)
-            guard.check(state, force=False)
-            total += loss
-            recorder.train_step(state, loss, learner.lr)
-            checkpointer.after_step(state)
-            # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
-            # signal during the last batch is handled after the epoch-end checkpoint instead.
-            if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
-                stop.stop_if_agreed(state, checkpointer, step=state.global_step)
-    state.training.stop()
-    guard.check(state)
-    seconds = time.perf_counter() - start
-    trained = state.step_in_epoch - skipped
-    loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)
-    return EpochStats(loss=loss_mean, batches=trained, seconds=seconds,
-                      images_per_s=trained * recorder.batch_size / seconds)
 
 
 @torch.no_grad()

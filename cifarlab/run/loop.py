@@ -37,6 +37,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
+from cifarlab.run.epoch import train_epoch
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.runlock import RunLock
@@ -138,7 +139,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- train: every epoch, or until an evaluation reaches train.target_accuracy ---
     result: Optional[EvalResult] = None
     while state.epoch < config.train.epochs and state.target is None:
-        stats = engine.train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
+        stats = train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
         result = learner.evaluate(datasets, config.train.tta)
         state.end_epoch(result.accuracy)
         recorder.evaluation(state, result, stats)
@@ -151,7 +152,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- finish ---
     if result is None:  # resumed after the last evaluation (stopped while finishing): evaluate the model again
         result = learner.evaluate(datasets, config.train.tta)
-    recorder.final_pictures(datasets, learner, state, result)
+    recorder.final_pictures(datasets, learner.predict, state, result)
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)

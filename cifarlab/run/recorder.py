@@ -45,14 +45,13 @@ from cifarlab import files
 from cifarlab.config import Config, DataConfig, to_dict
 from cifarlab.data.classes import FULL_TABLE
 from cifarlab.report import console, plots
-from cifarlab.report.metrics import EvalResult
+from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import tracking
 from cifarlab.run.checkpoint import Stopwatch, TrainState, sha256
 from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir
 
 if TYPE_CHECKING:
     from cifarlab.data.path import DataPath
-    from cifarlab.run.engine import EpochStats, Learner
 
 
 class Recorder:
@@ -235,17 +234,14 @@ class Recorder:
         self._to_wandb({"media/train_images": tracking.image(
             grid, "training images after augmentation: what the model sees")}, state.global_step)
 
-    def final_pictures(self, data: DataPath, learner: Learner, state: TrainState, result: EvalResult) -> None:
-        """Test predictions and the final evaluation's confusion matrix."""
+    def final_pictures(self, data: DataPath, predict: Callable[[torch.Tensor, str], torch.Tensor], state: TrainState,
+                       result: EvalResult) -> None:
+        """Test predictions (``predict(images, train.tta)``: the labels the final model predicts) and the final
+        evaluation's confusion matrix."""
         if self.wandb is None:
             return
-        from cifarlab.run.engine import tta_logits
-
         images, labels = data.sample(train=False, count=32)
-        model = self.accelerator.unwrap_model(learner.evaluated).eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            views = images.to(self.accelerator.device).contiguous(memory_format=learner.memory_format)
-            preds = tta_logits(model, views, self.config.train.tta).argmax(dim=1)
+        preds = predict(images, self.config.train.tta).cpu()
         confusion, classes = result.confusion, data.classes
         many = len(classes) > FULL_TABLE  # the picture is then a superclass matrix and/or the most-confused pairs
         self._to_wandb({

@@ -1,0 +1,361 @@
+"""Comparing groups of finished runs: which runs form a group (the config keys they differ in, or --by keys,
+env.* from environment.json), each group's mean, spread and 95 % interval of a metric, each group's difference from
+a baseline with a significance test (Welch; McNemar or a paired bootstrap over per-image predictions), and the
+warnings and notes that go with them. The statistics and what they mean: docs/compare.md."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from cifarlab.config import shown
+from cifarlab.errors import UsageError
+from cifarlab.experiments import stats
+from cifarlab.experiments.results import Predictions, Run
+
+IGNORED: tuple[str, ...] = ("train.seed", "train.run_name", "train.output_dir", "train.resume", "logging.",
+                            "data.root", "data.num_workers")
+"""Config keys (or prefixes, ending in a dot) that never form groups by themselves: they differ between
+repeats of one experiment (seed, name, folders, resumption, logging, where the data lives, loader workers)
+without changing what is trained. ``--by`` can still name them."""
+
+ENV_PREFIX = "env."
+SIGNIFICANCE = round(1 - stats.LEVEL, 12)
+"""A difference is significant when p < 0.05 (rounded: 1 - 0.95 is 0.05000000000000004 in floats)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    title: str
+    read: Callable[[Run], Optional[float]]
+    higher_is_better: bool
+    scale: float
+    """Display factor: fractions are shown in %."""
+    unit: str
+    digits: int
+    absent: str
+    """Why a finished run has no value."""
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record"),
+    Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record"),
+    Metric("final_top5", "final top-5 test accuracy (%)", Run.final_top5, True, 100.0, "%", 2,
+           "no top-5 accuracy recorded (5 classes or fewer, or an older run)"),
+    Metric("test_loss", "final test loss", Run.final_loss, False, 1.0, "", 4, "no evaluation record"),
+    Metric("time_to_target", "wall seconds to train.target_accuracy", Run.time_to_target, False, 1.0, "s", 1,
+           "did not reach train.target_accuracy"),
+    Metric("train_time_to_target", "training seconds to train.target_accuracy", Run.train_time_to_target, False,
+           1.0, "s", 1, "did not reach train.target_accuracy"),
+    Metric("images_per_s", "training images/s", Run.images_per_s, True, 1.0, "", 0, "no epoch throughput recorded"),
+)}
+
+
+# --- grouping -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    label: str
+    overrides: dict[str, Any]
+    """The grouping keys' values shared by this group's runs."""
+    runs: list[Run]
+
+
+def value_of(run: Run, key: str) -> Any:
+    return run.env(key[len(ENV_PREFIX):]) if key.startswith(ENV_PREFIX) else run.config.get(key)
+
+
+def _identity(value: Any) -> str:
+    """A hashable, type-exact stand-in for a value (lists are values too; 1 and 1.0 and true stay apart)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def ignored(key: str) -> bool:
+    return any(key == item or (item.endswith(".") and key.startswith(item)) for item in IGNORED)
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys, in config order, whose values are not the same in every run (IGNORED keys excepted)."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.config))
+    return [key for key in keys if not ignored(key) and len({_identity(run.config.get(key)) for run in runs}) > 1]
+
+
+def check_keys(runs: Sequence[Run], keys: Sequence[str]) -> None:
+    """Every ``--by`` key must exist in some run's config or environment.json."""
+    config_keys = sorted({key for run in runs for key in run.config})
+    env_keys = sorted({ENV_PREFIX + key for run in runs for key in run.environment})
+    for key in keys:
+        if key.startswith(ENV_PREFIX):
+            if key not in env_keys:
+                have = f"fields: {', '.join(env_keys)}" if env_keys else "no run has an environment.json"
+                raise UsageError(f"--by {key}: no run's environment.json has it ({have})")
+        elif key not in config_keys:
+            close = difflib.get_close_matches(key, config_keys, n=3, cutoff=0.8)
+            hint = (f"; did you mean {' or '.join(close)}?" if close
+                    else " (a dotted config key such as optim.lr, or env.processes)")
+            raise UsageError(f"--by {key}: not a config key{hint}")
+
+
+def _sort_key(values: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
+    """Numbers in numeric order, then text; null first."""
+    def one(value: Any) -> tuple[int, Any]:
+        if value is None:
+            return (0, 0)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (1, value)
+        return (2, shown(value))
+    return tuple(one(value) for value in values)
+
+
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
+    """Runs with equal values of ``keys`` form a group; groups ordered by those values."""
+    buckets: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        buckets.setdefault(tuple(_identity(value_of(run, key)) for key in keys), []).append(run)
+    groups = []
+    for members in buckets.values():
+        overrides = {key: value_of(members[0], key) for key in keys}
+        label = ", ".join(f"{key}={shown(value)}" for key, value in overrides.items()) or "all"
+        groups.append(Group(label, overrides, members))
+    return sorted(groups, key=lambda g: _sort_key(tuple(g.overrides.values())))
+
+
+def pick_baseline(groups: Sequence[Group], spec: Optional[str]) -> int:
+    """The baseline's index: ``spec`` is a group number as the table shows it (1 = first), a label, or the
+    key=value parts that pick out one group; None = the first group."""
+    if spec is None:
+        return 0
+    labels = [group.label for group in groups]
+    if spec.isdigit() and 1 <= int(spec) <= len(groups):
+        return int(spec) - 1
+    if spec in labels:
+        return labels.index(spec)
+    parts = {part.strip() for part in spec.split(",") if part.strip()}
+    matching = [i for i, label in enumerate(labels) if parts <= {part.strip() for part in label.split(",")}]
+    if len(matching) == 1:
+        return matching[0]
+    raise UsageError(f"--baseline {spec}: {'matches several groups' if matching else 'no such group'}; "
+                     f"give a number 1-{len(groups)} or one of: {'; '.join(labels)}")
+
+
+# --- comparing ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupResult:
+    group: Group
+    counted: list[Run]
+    """The group's runs that have a value of the metric."""
+    values: list[float]
+    summary: stats.Summary
+    per_class: dict[str, Optional[float]]
+    """Mean final accuracy per class over the counted runs (None where no run has the class)."""
+
+
+Paired = Union[stats.McNemar, stats.Bootstrap]
+
+
+@dataclass
+class Difference:
+    group: GroupResult
+    baseline: GroupResult
+    diff: Optional[float]
+    welch: Optional[stats.Welch]
+    paired: Optional[Paired]
+    verdict: str
+    per_class: dict[str, Optional[float]]
+
+
+@dataclass
+class Report:
+    metric: Metric
+    keys: list[str]
+    groups: list[GroupResult]
+    baseline: int
+    differences: list[Difference]
+    missing: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _mean_per_class(runs: Sequence[Run]) -> dict[str, Optional[float]]:
+    names = list(dict.fromkeys(name for run in runs for name in run.per_class()))
+    means: dict[str, Optional[float]] = {}
+    for name in names:
+        present = [v for v in (run.per_class().get(name) for run in runs) if v is not None]
+        means[name] = stats.mean(present) if present else None
+    return means
+
+
+def summarize_group(group: Group, metric: Metric) -> GroupResult:
+    read = [(run, metric.read(run)) for run in group.runs]
+    counted = [run for run, value in read if value is not None]
+    values = [value for _, value in read if value is not None]
+    return GroupResult(group, counted, values, stats.summarize(values), _mean_per_class(counted))
+
+
+class PairedTests:
+    """The paired test between two groups, reading each run's predictions once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, Predictions] = {}
+
+    def _predictions(self, run: Run) -> Predictions:
+        if run.path not in self._cache:
+            self._cache[run.path] = run.predictions()
+        return self._cache[run.path]
+
+    def run(self, base: GroupResult, other: GroupResult, notes: list[str]) -> Optional[Paired]:
+        """McNemar for one run against one, else the paired bootstrap; None (with a note saying why) when
+        some run has no predictions. Runs on different test sets are an error: pairing them is meaningless."""
+        runs = base.counted + other.counted
+        if not base.counted or not other.counted:
+            return None
+        lacking = [str(run.path) for run in runs if not run.has_predictions()]
+        if lacking:
+            notes.append(f"paired test {other.group.label} vs {base.group.label} skipped: {len(lacking)} run(s) "
+                         f"without predictions.safetensors: {', '.join(lacking)}")
+            return None
+        loaded = [(run, self._predictions(run)) for run in runs]
+        undigested = [str(run.path) for run, p in loaded if not p.test_set]
+        if undigested:
+            notes.append(f"paired test {other.group.label} vs {base.group.label} skipped: no test_set digest in "
+                         f"the predictions of {', '.join(undigested)}")
+            return None
+        first_run, first = loaded[0]
+        for run, predictions in loaded[1:]:
+            if predictions.test_set != first.test_set or not _same_labels(predictions, first):
+                raise UsageError(
+                    f"{run.path} and {first_run.path} were evaluated on different test sets "
+                    f"({predictions.test_set} vs {first.test_set}): a paired test needs the same test images; "
+                    "compare the runs of each test set in a call of their own")
+        correct_a = [self._predictions(run).correct() for run in base.counted]
+        correct_b = [self._predictions(run).correct() for run in other.counted]
+        if len(correct_a) == len(correct_b) == 1:
+            a, b = correct_a[0], correct_b[0]
+            return stats.mcnemar(int((a & ~b).sum()), int((~a & b).sum()), int(a.numel()))
+        import torch
+
+        return stats.paired_bootstrap(torch.stack(correct_a), torch.stack(correct_b))
+
+
+def _same_labels(a: Predictions, b: Predictions) -> bool:
+    return a.labels.shape == b.labels.shape and bool((a.labels == b.labels).all())
+
+
+def verdict(label: str, base: str, diff: Optional[float], p: Optional[float], higher_is_better: bool) -> str:
+    if diff is None or p is None:
+        return "n<2: no test"
+    if p >= SIGNIFICANCE:
+        return "no significant difference"
+    better = (diff > 0) == higher_is_better
+    return f"{label} {'better' if better else 'worse'} than {base} at the 5 % level"
+
+
+def _minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a - b if a is not None and b is not None else None
+
+
+def difference(other: GroupResult, base: GroupResult, metric: Metric, paired: Optional[Paired]) -> Difference:
+    diff = _minus(other.summary.mean, base.summary.mean)
+    welch = stats.welch(base.values, other.values)
+    p = paired.p if paired is not None else welch.p if welch is not None else None
+    per_class = {name: _minus(other.per_class.get(name), value) for name, value in base.per_class.items()}
+    return Difference(other, base, diff, welch, paired,
+                      verdict(other.group.label, base.group.label, diff, p, metric.higher_is_better), per_class)
+
+
+def _host_class(host: Any) -> Optional[str]:
+    """The host name with its digits generalised: node012 and node007 are one class of machine."""
+    return re.sub(r"\d+", "#", str(host)) if host else None
+
+
+def _gpu_names(gpus: Any) -> Optional[str]:
+    if not isinstance(gpus, list):
+        return None
+    return ", ".join(sorted(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)) or "none"
+
+
+def _git(git: Any) -> Optional[str]:
+    if not isinstance(git, dict) or not git.get("commit"):
+        return None
+    return str(git["commit"])[:12] + ("+dirty" if git.get("dirty") else "")
+
+
+ENV_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("torch", "torch", lambda v: v),
+    ("host class", "host", _host_class),
+    ("GPUs", "gpus", _gpu_names),
+    ("mixed_precision", "mixed_precision", lambda v: v),
+    ("processes", "processes", lambda v: v),
+    ("git commit", "git", _git),
+    ("data_fingerprint", "data_fingerprint", lambda v: v),
+)
+"""(name in warnings, environment.json field, how its value is compared): what can change results while the
+config stays the same."""
+
+
+def environment_warnings(groups: Sequence[GroupResult], keys: Sequence[str]) -> list[str]:
+    """One line per environment field on which the compared runs do not all agree, with each group's values
+    (runs without the field aside): between groups it confounds the comparison, within one it adds spread.
+    A field that is a grouping key is meant to differ."""
+    lines = []
+    for name, source, compared in ENV_FIELDS:
+        if f"{ENV_PREFIX}{source}" in keys:
+            continue
+        per_group = [sorted({shown(v) for v in (compared(run.env(source)) for run in g.counted) if v is not None})
+                     for g in groups]
+        if len({value for values in per_group for value in values}) > 1:
+            detail = "; ".join(f"{g.group.label}: {', '.join(values)}"
+                               for g, values in zip(groups, per_group) if values)
+            lines.append(f"runs differ in environment {name}: {detail} (split them with --by env.{source})")
+    return lines
+
+
+def mixed_warnings(groups: Sequence[GroupResult], keys: Sequence[str]) -> list[str]:
+    """Config keys that differ inside a group that --by chose (runs compared as repeats that are not)."""
+    lines = []
+    for result in groups:
+        inside = [key for key in differing_keys(result.group.runs) if key not in keys]
+        if inside:
+            lines.append(f"group {result.group.label} mixes runs that differ in {', '.join(inside)}")
+    return lines
+
+
+def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Optional[str]) -> Report:
+    finished = [run for run in runs if run.finished]
+    unfinished = [run for run in runs if not run.finished]
+    if not finished:
+        raise UsageError(f"none of the {len(runs)} run(s) has finished (no model.safetensors): "
+                         f"{', '.join(str(run.path) for run in runs)}")
+    check_keys(finished, by)
+    keys = list(by) if by else differing_keys(finished)
+    groups = group_runs(finished, keys)
+    base = pick_baseline(groups, baseline)
+    results = [summarize_group(group, metric) for group in groups]
+    report = Report(metric, keys, results, base, [])
+    report.missing = [{"run": str(run.path), "reason": "not finished"} for run in unfinished]
+    report.missing += [{"run": str(run.path), "reason": metric.absent}
+                       for result in results for run in result.group.runs if run not in result.counted]
+    if unfinished:
+        report.notes.append(f"{len(unfinished)} of {len(runs)} runs not finished: "
+                            f"{', '.join(str(run.path) for run in unfinished)}")
+    absent = len(report.missing) - len(unfinished)
+    if absent:
+        report.notes.append(f"{absent} finished run(s) left out: {metric.absent}")
+    if metric.name != "final_acc" and len(groups) > 1:
+        report.notes.append("paired tests compare the final models' predictions: only with --metric final_acc")
+    tests = PairedTests()
+    for i, result in enumerate(results):
+        if i != base:
+            paired = tests.run(results[base], result, report.notes) if metric.name == "final_acc" else None
+            report.differences.append(difference(result, results[base], metric, paired))
+    report.warnings = environment_warnings(results, keys) + (mixed_warnings(results, keys) if by else [])
+    return report

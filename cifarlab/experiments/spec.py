@@ -1,0 +1,315 @@
+"""Sweep files: reading and checking one (keys, base preset, overrides, trials, grid, seeds, launcher options) and
+expanding it into trials, each with its overrides, its short filesystem-safe name and its trainer command line
+(docs/sweeps.md has the file format). Imports no torch: every trial's config is checked with the config loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from cifarlab.config import Config, load_config
+from cifarlab.errors import UsageError
+from cifarlab.run.rundir import RunDir
+
+FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "launch")
+SET_BY_SWEEP = ("train.run_name", "train.resume")
+"""Keys the sweep sets for every trial: a sweep file or command line that sets them is refused."""
+NOT_SWEPT = ("train.output_dir",)
+"""Keys that may be set for all trials but not per trial (all trials live in one folder)."""
+SEED = "train.seed"
+"""A trainer's exit codes after it saved a checkpoint on SIGUSR1/SIGTERM, and on Ctrl-C."""
+WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
+NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
+
+
+# --- the sweep file -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    name: str
+    settings: tuple[str, ...]
+    """Its own ``key=value`` overrides (trials, grid values, seed), in that order."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    source: Path
+    base: Optional[str]
+    """The --config of every trial, as found (see :func:`_find_base`)."""
+    common: tuple[str, ...]
+    """``key=value`` overrides of every trial: the file's, then the command line's."""
+    launch: tuple[str, ...]
+    """``accelerate launch`` options; none: the trainer runs without a launcher."""
+    folder: Path
+    """``<train.output_dir>/<name>``: the trials' run directories, sweep.yaml and logs/."""
+    trials: tuple[Trial, ...]
+    configs: tuple[Config, ...] = field(default=(), repr=False)
+    """Each trial's resolved config, by index (every one loaded, hence checked, when the sweep is read)."""
+
+    def run_dir(self, trial: Trial) -> RunDir:
+        return RunDir(self.folder / trial.name)
+
+    def log(self, trial: Trial) -> Path:
+        return self.folder / "logs" / f"{trial.name}.log"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "sweep.yaml"
+
+    def overrides(self, trial: Trial) -> list[str]:
+        """Everything after the trainer's --config: common, the trial's own, then where and how it runs."""
+        tags = [setting[:WANDB_TAG_LENGTH] for setting in trial.settings]
+        wandb = [f"logging.wandb.group={_text(self.name)}", f"logging.wandb.tags={_text(tags)}"]
+        # An explicit group or tags in the sweep's overrides win over the sweep's own.
+        wandb = [item for item in wandb if not any(_key(c) == _key(item) for c in self.common)]
+        common = [item for item in self.common if _key(item) != "train.output_dir"]  # replaced by the folder
+        return [*common, *trial.settings, f"train.output_dir={_text(str(self.folder))}",
+                f"train.run_name={_text(trial.name)}", "train.resume=auto", *wandb]
+
+    def command(self, trial: Trial) -> list[str]:
+        trainer = ["-m", "cifarlab.train", *(["--config", self.base] if self.base else []), *self.overrides(trial)]
+        if self.launch:
+            return [sys.executable, "-m", "accelerate.commands.launch", *self.launch, *trainer]
+        # One process needs no launcher, and Accelerate's one-process launcher would not pass signals on.
+        return [sys.executable, *trainer]
+
+
+def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = ()) -> Sweep:
+    """The sweep in ``path`` with extra ``overrides`` and launcher options for every trial; every trial's
+    config is loaded, so a bad key or value in any of them fails here, before anything runs."""
+    source = Path(path)
+    spec = _load_file(source)
+    where = f"sweep file {path}"
+    name = spec.get("name", source.stem)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise UsageError(f"{where}: name: {name!r} must be a plain, non-empty folder name")
+    base = _find_base(spec["base"], source) if spec.get("base") is not None else None
+    ours = _override_list(spec.get("overrides", []), f"{where}: overrides")
+    for item in ours:
+        _check_settable(_key(item), f"{where}: overrides")
+    for item in overrides:
+        _check_settable(_key(item), "the command line")
+    settings = _expand(spec, where)
+    swept = {_key(s) for row in settings for s in row}
+    clash = sorted(swept & {_key(item) for item in overrides})
+    if clash:
+        raise UsageError(f"{clash[0]} is swept by {where}; it cannot also be set on the command line")
+
+    common = (*ours, *overrides)
+    shared = _load(base, common, f"{where} (base and overrides)")
+    launch_options = (*_launch_list(spec.get("launch", []), f"{where}: launch"), *launch)
+    trials = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
+                                                                                               settings)))
+    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, trials)
+    configs = tuple(_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in sweep.trials)
+    return dataclasses.replace(sweep, configs=configs)
+
+
+def _load_file(source: Path) -> dict[str, Any]:
+    if not source.is_file():
+        raise UsageError(f"sweep file {source}: no such file")
+    loaded = read_yaml(source)
+    if not isinstance(loaded, dict):
+        raise UsageError(f"sweep file {source}: not a YAML mapping of {', '.join(FILE_KEYS)}")
+    unknown = [str(key) for key in loaded if key not in FILE_KEYS]
+    if unknown:
+        raise UsageError(f"sweep file {source}: unknown key '{unknown[0]}'; keys: {', '.join(FILE_KEYS)}")
+    return {str(key): value for key, value in loaded.items()}
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents, read as OmegaConf reads presets (so 1e-3 is a number here too)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as error:  # PyYAML's errors (yaml is not imported here) and OmegaConf's
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"{path}: not a YAML file ({reason})") from None
+
+
+def _find_base(base: Any, source: Path) -> str:
+    """A relative base is looked up in the current directory first (as --config would be), then beside
+    the sweep file (so a sweep can name a preset next to it)."""
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"sweep file {source}: base: {base!r} must be a path to a preset")
+    for candidate in (Path(base), source.parent / base):
+        if candidate.is_file():
+            return str(candidate)
+    raise UsageError(f"sweep file {source}: base {base}: no such file in the current directory or in "
+                     f"{source.parent}")
+
+
+def _override_list(value: Any, where: str) -> list[str]:
+    """``[key=value, ...]`` or a mapping ``{key: value}``."""
+    if isinstance(value, dict):
+        return [f"{_check_key(key, where)}={_text(item)}" for key, item in value.items()]
+    if not isinstance(value, list) or not all(isinstance(item, str) and "=" in item for item in value):
+        raise UsageError(f"{where}: must be a list of key=value (e.g. [train.epochs=2]) or a mapping")
+    return list(value)
+
+
+def _launch_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, (str, int, float)) for item in value):
+        raise UsageError(f"{where}: must be a list of accelerate launch options (e.g. [--num_processes 2])")
+    return [word for item in value for word in shlex.split(str(item))]
+
+
+def _expand(spec: dict[str, Any], where: str) -> list[list[str]]:
+    """Each trial's own settings: every explicit trial x every grid point x every seed, in that order."""
+    rows = _trial_rows(spec.get("trials"), where)
+    grid = _grid(spec.get("grid"), where)
+    seeds = _seeds(spec.get("seeds"), where)
+    in_rows = {key for row in rows for key in row}
+    for key in grid:
+        if key in in_rows:
+            raise UsageError(f"{where}: {key} is in both trials and grid; set it in one of them")
+    if seeds and (SEED in grid or SEED in in_rows):
+        raise UsageError(f"{where}: seeds sets {SEED}; remove it from trials and grid")
+    expanded: list[list[str]] = []
+    seen: dict[frozenset[str], int] = {}
+    for row in rows:
+        for point in itertools.product(*grid.values()):  # no grid: one empty point
+            for seed in seeds or [None]:
+                values = [*row.items(), *zip(grid, point), *([(SEED, seed)] if seed is not None else [])]
+                settings = [f"{key}={_text(value)}" for key, value in values]
+                if frozenset(settings) in seen:
+                    raise UsageError(f"{where}: trials {seen[frozenset(settings)]} and {len(expanded)} are the "
+                                     f"same ({' '.join(settings) or 'no overrides'})")
+                seen[frozenset(settings)] = len(expanded)
+                expanded.append(settings)
+    return expanded
+
+
+def _trial_rows(value: Any, where: str) -> list[dict[str, Any]]:
+    if value is None:
+        return [{}]
+    if not isinstance(value, list) or not value or not all(isinstance(row, dict) for row in value):
+        raise UsageError(f"{where}: trials must be a non-empty list of mappings (e.g. [{{model.name: lenet}}])")
+    for row in value:
+        for key, item in row.items():
+            _check_key(key, f"{where}: trials")
+            _check_settable(key, f"{where}: trials", per_trial=True)
+            _text(item)  # a value an override can hold
+    return value
+
+
+def _grid(value: Any, where: str) -> dict[str, list[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f"{where}: grid must be a non-empty mapping of key: [values] (e.g. {{optim.lr: [0.01, 0.1]}})")
+    for key, values in value.items():
+        _check_key(key, f"{where}: grid")
+        _check_settable(key, f"{where}: grid", per_trial=True)
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{where}: grid {key}: {values!r} must be a non-empty list of values, e.g. [1, 2]")
+        for item in values:
+            _text(item)
+    return value
+
+
+def _seeds(value: Any, where: str) -> list[Optional[int]]:
+    if value is None:
+        return []
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in value)):
+        raise UsageError(f"{where}: seeds must be a non-empty list of integers (e.g. [0, 1, 2])")
+    if len(set(value)) != len(value):
+        raise UsageError(f"{where}: seeds {value} repeats a seed")
+    return value
+
+
+def _check_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise UsageError(f"{where}: {key!r} is not a dotted config key (e.g. optim.lr)")
+    return key
+
+
+def _check_settable(key: str, where: str, per_trial: bool = False) -> None:
+    if key in SET_BY_SWEEP:
+        raise UsageError(f"{where}: {key} is set by the sweep (train.run_name: the trial's name; train.resume: auto)")
+    if per_trial and key in NOT_SWEPT:
+        raise UsageError(f"{where}: {key} cannot differ between trials; set it in overrides or on the command line")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0]
+
+
+def _load(base: Optional[str], overrides: Sequence[str], where: str) -> Config:
+    try:
+        return load_config(base, list(overrides))
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None
+
+
+# --- override values and trial names ----------------------------------------------------------------------------
+
+
+def _text(value: Any, in_list: bool = False) -> str:
+    """``value`` as the text of a ``key=value`` override that reads back as ``value`` (OmegaConf parses it as
+    YAML): null, true, 0.01, 1e-05, [a,b]; a string only quoted where it would read as something else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_text(item, in_list=True) for item in value) + "]"  # no spaces: no shell quoting
+    if isinstance(value, str):
+        if _reads_back(value, in_list):
+            return value
+        return "'" + value.replace("'", "''") + "'"  # YAML's single quotes: nothing inside is special but '
+    raise UsageError(f"{value!r} is not a value an override can set (a number, string, true/false, null or a list)")
+
+
+def _reads_back(text: str, in_list: bool) -> bool:
+    written, wanted = (f"[{text}]", [text]) if in_list else (text, text)
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={written}"]), resolve=False) == {"v": wanted}
+    except Exception:  # PyYAML's errors (yaml is not imported here) and OmegaConf's: not a value
+        return False
+
+
+def _names(settings: list[list[str]]) -> list[str]:
+    """Folder names that read in ``ls``: ``lr=0.01-seed=0``. Keys are shortened to their last component
+    unless two swept keys share it; a name that would collide or run long gets a hash of its settings."""
+    short = _short_keys(list(dict.fromkeys(_key(s) for row in settings for s in row)))
+    names = ["-".join(f"{short[_key(s)]}={_safe(s.split('=', 1)[1])}" for s in row) or "base" for row in settings]
+    taken = [name for name in names if names.count(name) > 1]
+    return [f"{name[:NAME_LENGTH]}-{_digest(row)}" if len(name) > NAME_LENGTH or name in taken else name
+            for name, row in zip(names, settings)]
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
+                break
+        short[key] = suffix
+    return short
+
+
+def _safe(text: str) -> str:
+    """Filesystem- and shell-friendly: brackets, quotes and spaces go, anything unusual becomes _."""
+    return re.sub(r"[^A-Za-z0-9._,+=@-]", "_", re.sub(r"[\[\]' ]", "", text)) or "_"
+
+
+def _digest(settings: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(settings)).encode()).hexdigest()[:8]

@@ -1,0 +1,50 @@
+"""One epoch of training: the batch loop, advancing the train state batch by batch. The recorder, the checkpointer,
+the stop request and the loss guard each decide for themselves what to do after a batch (their own cadence)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from cifarlab.data.path import DataPath
+from cifarlab.report.metrics import EpochStats
+from cifarlab.run.checkpoint import Checkpointer, TrainState
+from cifarlab.run.engine import Learner, LossGuard
+from cifarlab.run.preemption import StopRequest
+from cifarlab.run.recorder import Recorder
+
+
+def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: Recorder,
+                checkpointer: Checkpointer, stop: StopRequest, guard: LossGuard) -> EpochStats:
+    """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left), advancing
+    ``state`` batch by batch. The recorder, the checkpointer, the stop request and the loss guard each decide
+    for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
+    accelerator = learner.accelerator
+    steps_per_epoch = checkpointer.steps_per_epoch
+    skipped = state.step_in_epoch
+    total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
+    learner.model.train()
+    start = time.perf_counter()
+    state.training.start(start)
+    with recorder.epoch_bar(state):
+        for images, labels in data.train_batches(state.epoch, skip=skipped):
+            loss = learner.step(images, labels)
+            state.global_step += 1
+            state.step_in_epoch += 1
+            guard.update(loss, state.global_step)
+            guard.check(state, force=False)
+            total += loss
+            recorder.train_step(state, loss, learner.lr)
+            checkpointer.after_step(state)
+            # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
+            # signal during the last batch is handled after the epoch-end checkpoint instead.
+            if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
+                stop.stop_if_agreed(state, checkpointer, step=state.global_step)
+    state.training.stop()
+    guard.check(state)
+    seconds = time.perf_counter() - start
+    trained = state.step_in_epoch - skipped
+    loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)
+    return EpochStats(loss=loss_mean, batches=trained, seconds=seconds,
+                      images_per_s=trained * recorder.batch_size / seconds)
