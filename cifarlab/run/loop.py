@@ -32,7 +32,7 @@ from cifarlab.config import (
     to_yaml,
     with_run_name,
 )
-from cifarlab.data.path import size
+from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
 from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
@@ -80,57 +80,22 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
                 f"the experiment as a new run with --config {run_dir.config} train.run_name=<new name>")
         return run_dir.root
 
-    # --- build: data, model, optimizer ---
+    # --- build: data, model, optimizer, prepared for the launch ---
     set_seed(config.train.seed)
     datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
                                device=accelerator.device)
-    models.check_input_size(config.model.name, *datasets.input_shape())
-    model = models.build_model(config.model, num_classes=len(datasets.classes))
-    if models.has_whitening(model):  # fastnet's first layer is computed from the data, not trained
-        models.init_whitening(model, datasets.sample(train=True, count=5000, augmented=False)[0])
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    ema = engine.build_ema(model, config.train.ema, accelerator.device) if config.train.ema else None
-    steps_per_epoch = datasets.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
-    optimizer = engine.build_optimizer(config.optim, model)
-    optimizer_steps_per_epoch = -(-steps_per_epoch // config.train.grad_accum_steps)
-    scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
-
-    # --- prepare ---
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if config.train.compile:
-        accelerator.unwrap_model(model).compile()  # in place: parameter names and checkpoints stay the same
-    learner = engine.Learner(accelerator, model, optimizer, scheduler,
-                             nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing), ema,
-                             config.optim.grad_clip, memory_format)
+    learner, steps_per_epoch = build_learner(accelerator, config, datasets)
 
     # --- run directory: written only once the data and model are known to work ---
-    accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
-    record: Optional[dict[str, Any]] = None  # the run record (main process)
-    if accelerator.is_main_process:
-        record = environment.collect(accelerator, datasets.source_keys())
-        write_run_files(run_dir, config, datasets.classes, record)
-    changed = differences(config, load_config(preset))
-    out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
-            + f"; resolved config in {run_dir.config}")
-    out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training and "
-            f"{size(datasets.test)} test images")
+    record = start_run_directory(accelerator, config, run_dir, datasets, out, preset)
 
     # --- resume ---
     guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps)
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
-                                           {"ema": ema} if ema is not None else {}, protect=resume_from,
-                                           healthy=guard.check)
-    state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
-    if resume_from is not None:
-        configured = engine.Schedule.of(learner)
-        state = checkpointer.load(resume_from)
-        if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
-            configured.restore(learner)
-        out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
-        if accelerator.is_main_process and resumed.changes:
-            note_changes(run_dir, resumed.changes, state.global_step, out.log)
+                                           {"ema": learner.ema} if learner.ema is not None else {},
+                                           protect=resume_from, healthy=guard.check)
+    state = (checkpoint.TrainState(wandb_run_id=new_wandb_id) if resume_from is None
+             else restore(learner, checkpointer, resumed, run_dir, out))
     state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
     recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
@@ -159,6 +124,62 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
             f"(epoch {state.best_epoch}); weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
     return run_dir.root
+
+
+def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) -> tuple[engine.Learner, int]:
+    """The model for ``datasets``, its weight average, optimizer and schedule, prepared by Accelerate (the loaders
+    too); and the training batches per epoch."""
+    models.check_input_size(config.model.name, *datasets.input_shape())
+    model = models.build_model(config.model, num_classes=len(datasets.classes))
+    if models.has_whitening(model):  # fastnet's first layer is computed from the data, not trained
+        models.init_whitening(model, datasets.sample(train=True, count=5000, augmented=False)[0])
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    ema = engine.build_ema(model, config.train.ema, accelerator.device) if config.train.ema else None
+    steps_per_epoch = datasets.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
+    optimizer = engine.build_optimizer(config.optim, model)
+    optimizer_steps_per_epoch = -(-steps_per_epoch // config.train.grad_accum_steps)
+    scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if config.train.compile:
+        accelerator.unwrap_model(model).compile()  # in place: parameter names and checkpoints stay the same
+    learner = engine.Learner(accelerator, model, optimizer, scheduler,
+                             nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing), ema,
+                             config.optim.grad_clip, memory_format)
+    return learner, steps_per_epoch
+
+
+def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDir, datasets: DataPath,
+                        out: console.Console, preset: Optional[str]) -> Optional[dict[str, Any]]:
+    """Write the run's files (main process) and say where the run is; the run record on the main process, else
+    None."""
+    accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
+    record: Optional[dict[str, Any]] = None
+    if accelerator.is_main_process:
+        record = environment.collect(accelerator, datasets.source_keys())
+        write_run_files(run_dir, config, datasets.classes, record)
+    changed = differences(config, load_config(preset))
+    out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
+            + f"; resolved config in {run_dir.config}")
+    out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training and "
+            f"{size(datasets.test)} test images")
+    return record
+
+
+def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resumed: Resume, run_dir: RunDir,
+            out: console.Console) -> checkpoint.TrainState:
+    """Load the checkpoint the run resumes from; with allowed changes to the optimizer or the schedule, the
+    config's learning rates and schedule at the step it reached."""
+    assert resumed.checkpoint is not None
+    configured = engine.Schedule.of(learner)
+    state = checkpointer.load(resumed.checkpoint)
+    if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
+        configured.restore(learner)
+    out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
+    if learner.accelerator.is_main_process and resumed.changes:
+        note_changes(run_dir, resumed.changes, state.global_step, out.log)
+    return state
 
 
 def resolve_run(config: Config) -> tuple[Config, str]:
