@@ -185,7 +185,7 @@ class TrainConfig:
     target_accuracy: Optional[float] = None
     """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
     allow_changes: bool = False
-    """Resume even when the run's config.yaml differs in settings that change how it trains (model, data, optimizer, schedule, batch size, seed, precision); the change is recorded in history.jsonl."""
+    """Start in a run directory whose config.yaml differs in settings that are the run's identity (every key but where and how it runs, what it reports and when it saves: see docs/runs.md); the changes are recorded in history.jsonl."""
     resume: Optional[str] = None
     """null = new run; auto = continue from the run directory's newest intact checkpoint, if any; or a checkpoint path."""
     output_dir: str = "runs"
@@ -317,20 +317,44 @@ def differences(config: Config, base: Config) -> list[str]:
     return [f"{key}={shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
 
 
-RESUME_MAY_CHANGE = ("train.eval_batch_size", "train.cpu_threads", "train.channels_last", "train.compile",
-                     "train.tta", "train.target_accuracy", "data.root", "data.download", "data.num_workers",
-                     "checkpoint.")
-"""Settings a resumed run may change freely (key or section prefix): evaluation, speed, where the data is,
-checkpoints. train.epochs may change too when nothing depends on it (optim.schedule=none)."""
-_NOT_A_CHANGE = ("train.resume", "train.output_dir", "train.run_name", "train.allow_changes", "logging.")
-"""How a start was asked for and what it reports: never recorded as a change."""
+VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
+            "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
+"""Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
+reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
+key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it)."""
 
 
-def resume_changes(saved: Config, now: Config) -> dict[str, tuple[Any, Any]]:
-    """{key: (saved value, value now)} for each setting a resume changes (how it was started aside)."""
-    before = flatten(_resolved(saved))
-    return {key: (before.get(key), value) for key, value in flatten(_resolved(now)).items()
-            if before.get(key) != value and not key.startswith(_NOT_A_CHANGE)}
+@dataclass(frozen=True)
+class RunChanges:
+    """How a start's config differs from its run's config.yaml: {key: (saved value, value now)} by kind."""
+
+    volatile: dict[str, tuple[Any, Any]]
+    """Keys in VOLATILE: never a change of the run."""
+    recorded: dict[str, tuple[Any, Any]]
+    """Allowed, and recorded in history.jsonl: train.epochs where nothing depends on it (optim.schedule=none);
+    with train.allow_changes=true, every change."""
+    refused: dict[str, tuple[Any, Any]]
+    """Another experiment: the start is refused."""
+
+
+def run_changes(saved: Config, now: Config) -> RunChanges:
+    """The identity rule for runs: how ``now`` differs from ``saved`` (the run's config.yaml), split into volatile,
+    recorded and refused differences. Normalisation left null (the dataset's own) equals the values written out."""
+    before, after = flatten(_resolved(saved)), flatten(_resolved(now))
+    volatile: dict[str, tuple[Any, Any]] = {}
+    recorded: dict[str, tuple[Any, Any]] = {}
+    refused: dict[str, tuple[Any, Any]] = {}
+    for key, value in after.items():
+        if before.get(key) == value:
+            continue
+        if key.startswith(VOLATILE):
+            kind = volatile
+        elif now.train.allow_changes or (key == "train.epochs" and saved.optim.schedule == "none"):
+            kind = recorded  # onecycle and cosine are stretched over all epochs: there more epochs change the course
+        else:
+            kind = refused
+        kind[key] = (before.get(key), value)
+    return RunChanges(volatile, recorded, refused)
 
 
 def _resolved(config: Config) -> dict[str, Any]:
@@ -338,14 +362,6 @@ def _resolved(config: Config) -> dict[str, Any]:
     tree = to_dict(config)
     tree["data"]["mean"], tree["data"]["std"] = (list(values) for values in config.data.normalization())
     return tree
-
-
-def changes_course(key: str, saved: Config) -> bool:
-    """Whether changing ``key`` on resume changes how the run trains (the model, data, optimizer, schedule,
-    batches, seed, numerics)."""
-    if key == "train.epochs":
-        return saved.optim.schedule != "none"  # onecycle and cosine are stretched over all epochs
-    return not key.startswith(RESUME_MAY_CHANGE)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

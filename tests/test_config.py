@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifarlab.config import Config, ConfigError, field_docs, load_config, reference_markdown, to_dict, to_yaml
+from cifarlab.config import (
+    Config,
+    ConfigError,
+    field_docs,
+    load_config,
+    reference_markdown,
+    run_changes,
+    to_dict,
+    to_yaml,
+)
 
 from conftest import CONFIGS, error_lines, run_python
 
@@ -116,3 +125,32 @@ def test_yaml_no_is_the_mixed_precision_choice_no(tmp_path: Path) -> None:
     preset = tmp_path / "p.yaml"
     preset.write_text("train:\n  mixed_precision: no\n")
     assert load_config(str(preset)).train.mixed_precision == "no"
+
+
+def test_one_identity_rule_splits_differences_into_volatile_recorded_and_refused() -> None:
+    saved = load_config(str(CONFIGS / "smoke.yaml"))
+    volatile = ["train.run_name=x", "train.output_dir=/elsewhere", "train.resume=auto", "train.cpu_threads=1",
+                "data.root=/moved", "data.download=false", "data.num_workers=3", "logging.level=warning",
+                "logging.wandb.tags=[a]", "checkpoint.keep_last=9", "checkpoint.every_n_steps=2"]
+    # Evaluation, numerics and speed switches are part of the run too: they change its results.
+    refused = ["train.tta=flip", "train.eval_batch_size=10", "train.target_accuracy=0.5", "train.compile=true",
+               "train.channels_last=true", "optim.lr=0.3", "model.name=convnet_bn", "data.augment=none",
+               "train.seed=1", "train.epochs=3"]  # smoke.yaml's cosine schedule is stretched over all epochs
+    changes = run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"), volatile + refused))
+    assert sorted(changes.volatile) == sorted(item.split("=")[0] for item in volatile)
+    assert sorted(changes.refused) == sorted(item.split("=")[0] for item in refused) and not changes.recorded
+    assert changes.refused["optim.lr"] == (0.02, 0.3)
+
+    # The explicit escape hatch records what would be refused.
+    allowed = run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"),
+                                             ["train.tta=flip", "train.allow_changes=true"]))
+    assert (allowed.recorded, allowed.refused) == ({"train.tta": ("none", "flip")}, {})
+    # More epochs where nothing depends on their number: recorded without it.
+    flat = load_config(str(CONFIGS / "smoke.yaml"), ["optim.schedule=none"])
+    longer = run_changes(flat, load_config(str(CONFIGS / "smoke.yaml"), ["optim.schedule=none", "train.epochs=4"]))
+    assert (longer.recorded, longer.refused) == ({"train.epochs": (2, 4)}, {})
+    # Normalisation left null is the dataset's own: writing it out is no change; another value is.
+    written = load_config(str(CONFIGS / "smoke.yaml"), ["data.mean=[0.4914,0.4822,0.4465]"])
+    assert run_changes(saved, written) == run_changes(written, saved) == run_changes(saved, saved)
+    assert list(run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"), ["data.std=[0.5,0.5,0.5]"])).refused) == [
+        "data.std"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from cifarlab.config import Config, load_config
+from cifarlab.config import Config, load_config, to_yaml
 from cifarlab.data import build_data
 from cifarlab.data.path import DataPath
 from cifarlab.errors import Preempted, RunFailed, UsageError
@@ -134,3 +135,63 @@ def test_train_in_process_writes_the_run_and_restores_signal_handlers(tmp_path: 
     assert losses[-1] < losses[0]  # it learns (the same 64 images each epoch)
     with pytest.raises(UsageError, match="already holds a run"):
         loop.train(config)
+
+
+# --- a run directory is its run: every start is held to its config.yaml (cifarlab.config.run_changes) ----------
+
+def _files(run: RunDir) -> dict[str, int]:
+    """Each file under the run directory (the trainers' lock aside) and when it was last written."""
+    return {str(path.relative_to(run.root)): path.stat().st_mtime_ns for path in run.root.rglob("*")
+            if path.is_file() and path != run.lock}
+
+
+def test_a_finished_run_is_known_by_its_final_weights_and_refuses_another_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = RunDir(loop.train(tiny_config(tmp_path, "train.epochs=1")))
+    shutil.rmtree(run.checkpoints)
+    written = _files(run)
+    # Its checkpoints are gone, its final weights say it finished: the same run (where it runs aside) is done.
+    again = tiny_config(tmp_path, "train.epochs=1", "train.resume=auto", "logging.level=info", "data.root=/moved",
+                        "checkpoint.keep_last=1")
+    assert loop.train(again) == run.root
+    assert "has already finished" in capsys.readouterr().out and _files(run) == written
+    # Another evaluation is another experiment, with or without a checkpoint: refused, every difference named.
+    with pytest.raises(UsageError, match=r"another configuration.*: train\.eval_batch_size=20 \(was 10\), "
+                                         r"train\.tta=flip \(was none\); "):
+        loop.train(tiny_config(tmp_path, "train.epochs=1", "train.resume=auto", "train.tta=flip",
+                               "train.eval_batch_size=20"))
+    assert _files(run) == written  # nothing written, no history
+
+
+def test_a_finished_run_continues_with_more_epochs_and_records_allowed_changes(tmp_path: Path) -> None:
+    run = RunDir(loop.train(tiny_config(tmp_path, "train.epochs=1")))
+    with pytest.raises(UsageError, match=r"train\.tta=flip \(was none\)"):
+        loop.train(tiny_config(tmp_path, "train.epochs=2", "train.resume=auto", "train.tta=flip"))
+    assert not run.history.exists()
+    loop.train(tiny_config(tmp_path, "train.epochs=2", "train.resume=auto", "train.tta=flip",
+                           "train.allow_changes=true"))
+    (change,) = [json.loads(line) for line in run.history.read_text().splitlines()]
+    assert (change["step"], change["changes"]) == (4, {"train.tta": ["none", "flip"], "train.epochs": [1, 2]})
+    assert [r["step"] for r in records(run.root) if "test/acc" in r] == [4, 8]
+    assert load_config(str(run.config)).train.tta == "none"  # config.yaml stays the experiment
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_afresh_only_as_itself(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "train.epochs=1", "train.resume=auto")
+    run = RunDir(tmp_path / "tiny")
+    run.root.mkdir()
+    run.config.write_text(to_yaml(config))  # what a start leaves that is killed before its first checkpoint
+    for resume in ("train.resume=auto", "train.resume=null"):
+        with pytest.raises(UsageError, match=r"optim\.lr=0\.3 \(was 0\.02\)"):
+            loop.train(tiny_config(tmp_path, "train.epochs=1", resume, "optim.lr=0.3"))
+        assert list(_files(run)) == ["config.yaml"]
+    loop.train(tiny_config(tmp_path, "train.epochs=1", "train.resume=null", "optim.lr=0.3", "train.allow_changes=true"))
+    (change,) = [json.loads(line) for line in run.history.read_text().splitlines()]
+    assert (change["step"], change["changes"]) == (0, {"optim.lr": [0.02, 0.3]})
+    assert run.finished() and run.config.read_text() == to_yaml(config)
+
+    same = RunDir(tmp_path / "same" / "tiny")
+    same.root.mkdir(parents=True)
+    same.config.write_text(to_yaml(config))
+    loop.train(tiny_config(tmp_path / "same", "train.epochs=1", "train.resume=auto"))
+    assert same.finished() and not same.history.exists()

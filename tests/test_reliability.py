@@ -210,6 +210,24 @@ def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrite
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "rerun" / "model.safetensors")
 
 
+def test_a_finished_run_whose_checkpoints_were_removed_is_still_that_run(tmp_path: Path) -> None:
+    args = smoke(tmp_path, "b")
+    check(run_python(args, tmp_path))
+    run = RunDir(tmp_path / "runs" / "b")
+    shutil.rmtree(run.checkpoints)
+    weights, config_text = run.weights.read_bytes(), run.config.read_text()
+    # Another learning rate is another experiment: refused before anything is trained or written.
+    refused = run_python([*args, "train.resume=auto", "optim.lr=0.3"], tmp_path)
+    _one_error(refused, 2, f"run directory {run.root} holds a run of another configuration", "optim.lr=0.3 (was 0.02)",
+               "train.allow_changes=true")
+    assert run.weights.read_bytes() == weights and run.config.read_text() == config_text
+    assert not run.history.exists() and not run.checkpoints.exists()
+    # Its own config: finished, by its final weights.
+    same = check(run_python([*args, "train.resume=auto"], tmp_path))
+    assert "has already finished" in same.stdout and "nothing to do" in same.stdout
+    assert run.weights.read_bytes() == weights and not run.checkpoints.exists()
+
+
 def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(tmp_path: Path) -> None:
     from cifarlab.config import load_config
     from cifarlab.run import engine

@@ -271,6 +271,25 @@ def test_finished_trials_are_skipped_and_a_run_of_another_config_is_refused(
 
 
 @pytest.mark.unit
+def test_a_trial_run_again_with_another_evaluation_is_another_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The trainer's identity rule, not only what changes training: test-time augmentation changes the results.
+    file = write(tmp_path, spec(seeds=[0, 1]))
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = read_sweep(*arguments[:1], arguments[1:])
+    fake_run(sweep, 0, finished=True)
+    fake_run(sweep, 1, finished=False, **{"checkpoint.keep_last": "7", "train.cpu_threads": "1"})
+    assert sweeps.main([*arguments, "train.tta=flip"]) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[1:3] == [f"sweep s: trial {index} seed={index}: refused: {sweep.folder / f'seed={index}'} holds a run "
+                        f"of another configuration (train.tta: none there, flip here); move it away or give the sweep "
+                        f"another name" for index in (0, 1)]
+    assert out[3].endswith(": 0 finished, 0 skipped (finished before), 0 failed, 2 refused")
+    assert sweeps.main(["--list", *arguments, "train.tta=flip"]) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == ["other-config"] * 2
+
+
+@pytest.mark.unit
 def test_sweep_yaml_lists_the_trials_and_refuses_another_sweep_of_the_same_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = write(tmp_path, spec(seeds=[0, 1]))

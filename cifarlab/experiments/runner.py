@@ -22,7 +22,7 @@ from typing import IO, Any, Optional
 from omegaconf import OmegaConf
 
 from cifarlab import files
-from cifarlab.config import changes_course, load_config, resume_changes, shown
+from cifarlab.config import load_config, run_changes, shown
 from cifarlab.errors import Preempted, UsageError
 from cifarlab.experiments.spec import Sweep, Trial, read_yaml
 
@@ -35,7 +35,7 @@ STOPPED = (Preempted.exit_code, 130)
 
 def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
     """Why the trial's run directory holds a run the trial must not continue (a one-line reason), or None. The
-    trainer's own rule decides: settings that change how a run trains must match (cifarlab.config)."""
+    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses."""
     run = sweep.run_dir(trial)
     if not run.config.is_file():
         return None
@@ -43,12 +43,11 @@ def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
         there = load_config(str(run.config))
     except UsageError as error:
         return f"its config.yaml does not load ({error})"
-    changes = resume_changes(there, sweep.configs[trial.index])
-    keys = [key for key in changes if changes_course(key, there)]
-    if not keys:
+    refused = run_changes(there, sweep.configs[trial.index]).refused
+    if not refused:
         return None
     return "holds a run of another configuration (" + ", ".join(
-        f"{key}: {shown(changes[key][0])} there, {shown(changes[key][1])} here" for key in keys) + ")"
+        f"{key}: {shown(old)} there, {shown(new)} here" for key, (old, new) in refused.items()) + ")"
 
 
 def status(sweep: Sweep, trial: Trial) -> str:

@@ -24,10 +24,9 @@ from torch import nn
 from cifarlab import data, models
 from cifarlab.config import (
     Config,
-    changes_course,
     differences,
     load_config,
-    resume_changes,
+    run_changes,
     shown,
     to_yaml,
     with_run_name,
@@ -94,8 +93,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
                                            {"ema": learner.ema} if learner.ema is not None else {},
                                            protect=resume_from, healthy=guard.check)
-    state = (checkpoint.TrainState(wandb_run_id=new_wandb_id) if resume_from is None
-             else restore(learner, checkpointer, resumed, run_dir, out))
+    state = restore(learner, checkpointer, resumed, run_dir, out, new_wandb_id)
     state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
     recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
@@ -168,15 +166,18 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
 
 
 def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resumed: Resume, run_dir: RunDir,
-            out: console.Console) -> checkpoint.TrainState:
-    """Load the checkpoint the run resumes from; with allowed changes to the optimizer or the schedule, the
-    config's learning rates and schedule at the step it reached."""
-    assert resumed.checkpoint is not None
-    configured = engine.Schedule.of(learner)
-    state = checkpointer.load(resumed.checkpoint)
-    if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
-        configured.restore(learner)
-    out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
+            out: console.Console, new_wandb_id: str) -> checkpoint.TrainState:
+    """The state this start begins from: a fresh one, or the checkpoint the run resumes from (with allowed changes
+    to the optimizer or the schedule, the config's learning rates and schedule at the step it reached). Allowed
+    changes go to history.jsonl, also on a fresh start in a run that was stopped before its first checkpoint."""
+    if resumed.checkpoint is None:
+        state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
+    else:
+        configured = engine.Schedule.of(learner)
+        state = checkpointer.load(resumed.checkpoint)
+        if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
+            configured.restore(learner)
+        out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
     if learner.accelerator.is_main_process and resumed.changes:
         note_changes(run_dir, resumed.changes, state.global_step, out.log)
     return state
@@ -216,34 +217,53 @@ class Resume:
 
 
 def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn: Callable[[str], None]) -> Resume:
-    """Where this start continues from. Never trains over a finished run, nor continues a run with settings that
-    would change its course (unless train.allow_changes).
+    """Where this start continues from. A run directory with a config.yaml is that run: every start in it is held
+    to it first (cifarlab.config.run_changes), so it never trains over a finished run, nor continues or restarts a
+    run as another experiment (unless train.allow_changes).
 
     Decided on the main process (verifying a checkpoint reads all of it) and shared with the others.
     """
     def decide() -> Resume:
         found = _find_resume_point(config.train.resume, run_dir, warn)
+        changes = {key: list(pair) for key, pair in _identity_changes(config, run_dir).items()}
         if found is None:
-            return Resume()
+            if not run_dir.finished():  # a fresh start, or a run stopped before its first checkpoint: afresh
+                return Resume(changes=changes or None)
+            # Finished, its checkpoints removed: its final files say so; more epochs would need a checkpoint.
+            old, new = changes.get("train.epochs", [0, 0])
+            if new > old:
+                raise UsageError(f"run {run_dir.root} has finished and has no checkpoint to continue from to "
+                                 f"train.epochs={new}; start a new run (new train.run_name) to train longer")
+            return Resume(finished=True)
         position = json.loads((found / checkpoint.TRAINER_STATE).read_text())
         if run_dir.finished() and (position["epoch"] >= config.train.epochs or position.get("target") is not None):
             return Resume(found, finished=True)
-        changes: dict[str, list[Any]] = {}
-        if run_dir.config.is_file():
-            saved = load_config(str(run_dir.config))
-            changes = {key: [old, new] for key, (old, new) in resume_changes(saved, config).items()}
-            refused = [f"{key}={shown(new)} (was {shown(old)})" for key, (old, new) in changes.items()
-                       if changes_course(key, saved)]
-            if refused and not config.train.allow_changes:
-                raise UsageError(f"train.resume: the run's config.yaml differs in settings that change how it trains: "
-                                 f"{', '.join(refused)}; resume with the run's own settings, start a new run (new "
-                                 f"train.run_name), or pass train.allow_changes=true to continue anyway")
         before = environment.last_process_count(run_dir)
         if before is not None and before != accelerator.num_processes:
             changes["processes"] = [before, accelerator.num_processes]
         return Resume(found, changes=changes)
 
     return on_main(accelerator, decide)
+
+
+def _identity_changes(config: Config, run_dir: RunDir) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes this start makes to the run in ``run_dir`` ({} where it has no config.yaml yet);
+    refused ones stop it here, all of them named in one line."""
+    if not run_dir.config.is_file():
+        return {}
+    try:
+        saved = load_config(str(run_dir.config))
+    except UsageError as error:
+        raise UsageError(f"run directory {run_dir.root}: its config.yaml does not load ({error}); move the run away "
+                         f"or start a new one (new train.run_name)") from None
+    compared = run_changes(saved, config)
+    if compared.refused:
+        raise UsageError(f"run directory {run_dir.root} holds a run of another configuration; its config.yaml "
+                         f"differs in: " + ", ".join(f"{key}={shown(new)} (was {shown(old)})"
+                                                     for key, (old, new) in compared.refused.items())
+                         + "; use the run's own settings, start a new run (new train.run_name), or pass "
+                           "train.allow_changes=true to record the changes and go on anyway")
+    return compared.recorded
 
 
 def _find_resume_point(resume: Optional[str], run_dir: RunDir, warn: Callable[[str], None]) -> Optional[Path]:

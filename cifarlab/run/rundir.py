@@ -7,7 +7,7 @@
       model.safetensors    final weights (written last: its presence means the run finished)
       predictions.safetensors  the final evaluated model's test predictions (see cifarlab.experiments.results)
       environment.json     versions, hardware, command line and git commit of each start (see cifarlab.run.environment)
-      history.jsonl        changes made when the run was resumed (more epochs, another process count)
+      history.jsonl        allowed changes to config.yaml's settings and the process count, by start
       .lock                held by the run's trainer while it runs (see cifarlab.run.runlock)
       wandb/               the W&B run files
       wandb_step           the highest step logged to W&B
