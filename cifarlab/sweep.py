@@ -94,17 +94,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.parallel < 1:
             raise UsageError(f"--parallel {args.parallel}: run at least 1 trial at a time")
         sweep = read_sweep(args.sweep, args.overrides, launch)
-        trials = list(sweep.trials)
+        listed = sorted((*sweep.trials, *sweep.removed), key=lambda t: t.index)
         if args.trial is not None:
-            if not 0 <= args.trial < len(trials):
-                raise UsageError(f"--trial {args.trial}: {args.sweep} has {len(trials)} trials (0-{len(trials) - 1})")
-            trials = [trials[args.trial]]
+            listed = [trial for trial in listed if trial.index == args.trial]
+            if not listed:
+                raise UsageError(f"--trial {args.trial}: {args.sweep} has {sweep.count} trials (0-{sweep.count - 1})")
+        trials = [trial for trial in listed if trial not in sweep.removed]
         if args.count:
-            print(len(sweep.trials))
+            print(sweep.count)
             return 0
         if args.list:
-            for trial in trials:
+            print("index\tstate\tname\toverrides")
+            for trial in listed:
                 print(f"{trial.index}\t{status(sweep, trial)}\t{trial.name}\t{' '.join(trial.settings)}")
+            return 0
+        if not trials:  # --trial of a trial the file no longer lists (an array over the old and the new trials)
+            print(f"sweep {sweep.name}: trial {args.trial} {listed[0].name} is no longer in {args.sweep}; "
+                  f"nothing to run", flush=True)
             return 0
         if args.dry_run:
             for trial in trials:
