@@ -78,31 +78,30 @@ def read_record(path: Path) -> Optional[Record]:
     return Record(path, tuple(sorted(trials, key=lambda t: t.index)), commands, tuple(versions))
 
 
-def check_same_sweep(record: Record, name: str, base: Optional[str], common: Sequence[str], shared: Config,
-                     swept: Collection[str]) -> None:
+def check_same_sweep(record: Record, name: str, shared: Config, swept: Collection[str]) -> None:
     """Refuse a record of another sweep named ``name``: one whose base and overrides (its last version's) would
-    train differently from ``base`` and ``common`` (``shared``, their config) in a key that is not ``swept``, now
-    or then. The trainer's resume rule decides what trains differently (cifarlab.config.changes_course)."""
+    train differently from the base and overrides now (``shared``, their config) in a key that is not ``swept``,
+    now or then. The trainer's resume rule decides what trains differently (cifarlab.config.changes_course). Where
+    the record's base and overrides no longer load (its base moved away), nothing is compared: each trial's run
+    directory is still checked before the trial runs."""
     last = record.versions[-1]
     if not isinstance(last.get("overrides"), list):
         return  # a record from before versions were kept: its trials are matched as they are
-    recorded = [str(item) for item in last["overrides"]]
     try:
-        theirs: Optional[Config] = load_config(last.get("base"), recorded)
+        theirs = load_config(last.get("base"), [str(item) for item in last["overrides"]])
     except UsageError:
-        theirs = None
-    if theirs is None:
-        if (last.get("base"), recorded) == (base, list(common)):
-            return
-        detail = "its base and overrides no longer load"
-    else:
-        changes = resume_changes(theirs, shared)
-        keys = [key for key in changes if changes_course(key, theirs) and key not in swept]
-        if not keys:
-            return
+        return
+    changes = resume_changes(theirs, shared)
+    keys = [key for key in changes if changes_course(key, theirs) and key not in swept]
+    if keys:
         detail = ", ".join(f"{key}: {shown(changes[key][0])} there, {shown(changes[key][1])} here" for key in keys[:3])
-    raise UsageError(f"{record.path} records another sweep named '{name}' ({detail}); rename this one (name:) or "
-                     f"set another train.output_dir")
+        raise UsageError(f"{record.path} records another sweep named '{name}' ({detail}); rename this one (name:) "
+                         f"or set another train.output_dir")
+
+
+def absolute(base: Optional[str]) -> Optional[str]:
+    """A version's base: absolute, so it loads (and reads the same) from any directory."""
+    return str(Path(base).resolve()) if base is not None else None
 
 
 def match(record: Record, trials: Sequence[Trial], same: Callable[[Trial, Trial], bool]) -> dict[int, Trial]:

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from cifarlab import files
 from cifarlab.config import changes_course, load_config, resume_changes, shown
 from cifarlab.errors import Preempted, UsageError
-from cifarlab.experiments.record import Trial, document, read_record
+from cifarlab.experiments.record import Trial, absolute, document, read_record
 from cifarlab.experiments.spec import Sweep
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
@@ -110,7 +110,7 @@ def write_record(sweep: Sweep) -> None:
                          f"{sweep.source} edited meanwhile?); run the sweep again")
     commands = {**(there.commands if there is not None else {}),
                 **{t.index: shlex.join(sweep.command(t)) for t in sweep.trials}}
-    version = {"source": str(sweep.source), "base": sweep.base, "overrides": list(sweep.common),
+    version = {"source": str(sweep.source), "base": absolute(sweep.base), "overrides": list(sweep.common),
                "trials": [t.index for t in sweep.trials]}
     text = OmegaConf.to_yaml(document(there, sweep.name, [*sweep.trials, *sweep.removed], commands, version))
     if sweep.record.is_file() and sweep.record.read_text() == text:

@@ -135,7 +135,7 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     if record is None:
         sweep = dataclasses.replace(sweep, configs=dict(enumerate(configs)))
     else:
-        check_same_sweep(record, name, base, common, shared,
+        check_same_sweep(record, name, shared,
                          swept=set(places) | {_key(s) for trial in record.trials for s in trial.settings})
         sweep = _follow(sweep, record, configs)
     _check_no_twins(sweep, where)
