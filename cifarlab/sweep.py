@@ -1,6 +1,6 @@
 """Sweeps: many training runs from one file, each a normal, resumable run directory.
 
-    python -m cifarlab.sweep configs/sweeps/example.yaml --list      # the trials by index, and which finished
+    python -m cifarlab.sweep configs/sweeps/example.yaml --list      # the trials by index, and each one's state
     python -m cifarlab.sweep configs/sweeps/example.yaml             # run them all, one after another
     python -m cifarlab.sweep configs/sweeps/example.yaml --parallel 2 train.output_dir=/scratch/runs
     python -m cifarlab.sweep configs/sweeps/example.yaml --trial 3   # one trial (a SLURM array task)
@@ -19,11 +19,13 @@ A sweep file (docs/sweeps.md has the details):
 
 Each trial is a run in <train.output_dir>/<name>/<trial name> started with train.resume=auto: running a
 sweep again skips finished trials and resumes the others; a trial whose run directory holds another
-configuration is refused. Extra key=value arguments apply to every trial; other options after SWEEP.yaml
-(--num_processes 2, --mixed_precision=bf16, ...) go to `accelerate launch`. The trial list, with each
-trial's command, is written to <name>/sweep.yaml and each trial's output appended to <name>/logs/.
-Exit codes: 0 every trial finished, 1 some did not (failed or refused), 2 bad input (nothing written),
-75 a trial was stopped by SIGUSR1/SIGTERM (run again to continue), 130 interrupted.
+configuration is refused. The file may grow and shrink between runs: new trials get the indices after the
+recorded ones, no trial is renamed, removed ones are listed as "not in the file". Extra key=value arguments
+apply to every trial; other options after SWEEP.yaml (--num_processes 2, --mixed_precision=bf16, ...) go to
+`accelerate launch`. Every trial, with its command, and each version of the file are recorded in
+<name>/sweep.yaml; each trial's output is appended to <name>/logs/.
+Exit codes, from the trials' results: 0 every trial finished, 1 some did not (failed or refused), 2 bad input
+(nothing written), 75 a trial was stopped by SIGUSR1/SIGTERM (run again to continue), 130 the same by Ctrl-C.
 This module imports no torch: it checks every trial's config, then starts trainers.
 """
 
@@ -53,8 +55,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="cifarlab.sweep", usage=USAGE, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--list", action="store_true", help="print the trials: index, status, name, overrides")
-    mode.add_argument("--count", action="store_true", help="print the number of trials (for sbatch --array)")
+    mode.add_argument("--list", action="store_true", help="print the trials: index, state, name, overrides")
+    mode.add_argument("--count", action="store_true",
+                      help="print the highest trial index + 1 (the number of trials, for sbatch --array)")
     mode.add_argument("--dry-run", action="store_true", help="print each trial's command instead of running it")
     parser.add_argument("--trial", type=int, metavar="I", help="only trial I (0-based; a SLURM array task id)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="run N trials at a time (default 1)")
@@ -94,17 +97,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.parallel < 1:
             raise UsageError(f"--parallel {args.parallel}: run at least 1 trial at a time")
         sweep = read_sweep(args.sweep, args.overrides, launch)
-        trials = list(sweep.trials)
+        listed = sorted((*sweep.trials, *sweep.removed), key=lambda t: t.index)
         if args.trial is not None:
-            if not 0 <= args.trial < len(trials):
-                raise UsageError(f"--trial {args.trial}: {args.sweep} has {len(trials)} trials (0-{len(trials) - 1})")
-            trials = [trials[args.trial]]
+            listed = [trial for trial in listed if trial.index == args.trial]
+            if not listed:
+                raise UsageError(f"--trial {args.trial}: {args.sweep} has {sweep.count} trials (0-{sweep.count - 1})")
+        trials = [trial for trial in listed if trial not in sweep.removed]
         if args.count:
-            print(len(sweep.trials))
+            print(sweep.count)
             return 0
         if args.list:
-            for trial in trials:
+            print("index\tstate\tname\toverrides")
+            for trial in listed:
                 print(f"{trial.index}\t{status(sweep, trial)}\t{trial.name}\t{' '.join(trial.settings)}")
+            return 0
+        if not trials:  # --trial of a trial the file no longer lists (an array over the old and the new trials)
+            print(f"sweep {sweep.name}: trial {args.trial} {listed[0].name} is no longer in {args.sweep}; "
+                  f"nothing to run", flush=True)
             return 0
         if args.dry_run:
             for trial in trials:

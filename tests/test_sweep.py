@@ -3,6 +3,7 @@ serially, side by side, stopped and killed and resumed, and as a SLURM job array
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,8 +21,10 @@ import yaml
 
 from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
-from cifarlab.experiments.runner import Runner
+from cifarlab.errors import UsageError
+from cifarlab.experiments.runner import Runner, Tally, write_record
 from cifarlab.experiments.spec import NAME_LENGTH, Sweep, read_sweep
+from cifarlab.run.rundir import TRAINER_STATE, RunDir
 from cifarlab.train import parse_args as trainer_args
 
 from conftest import CONFIGS, REPO, Background, cli_env
@@ -44,10 +47,15 @@ def spec(**extra: Any) -> dict[str, Any]:
     return {"name": "s", "base": SMOKE, "overrides": SMALL, **extra}
 
 
+def small(*without: str) -> list[str]:
+    """SMALL less the settings of ``without``: a sweep may not set a key both in overrides and per trial."""
+    return [item for item in SMALL if item.split("=")[0] not in without]
+
+
 def fake_run(sweep: Sweep, index: int, finished: bool, **changes: str) -> Path:
     """What a trainer leaves in a trial's run directory: its config.yaml (with ``changes``), and the final
     weights when ``finished``."""
-    trial = sweep.trials[index]
+    trial = next(trial for trial in sweep.trials if trial.index == index)
     run = sweep.run_dir(trial).root
     run.mkdir(parents=True)
     config = load_config(sweep.base, [*sweep.overrides(trial), *(f"{k}={v}" for k, v in changes.items())])
@@ -91,7 +99,8 @@ def test_the_example_expands_to_six_trials_named_by_their_settings(tmp_path: Pat
 def test_trials_cross_the_grid_and_seeds_with_short_unambiguous_names(tmp_path: Path) -> None:
     file = write(tmp_path, spec(trials=[{"model.name": "lenet", "data.name": "fake"},
                                         {"model.name": "convnet_bn", "optim.lr": 0.1}],
-                                grid={"optim.weight_decay": [0, 0.001]}, seeds=[0, 1]))
+                                grid={"optim.weight_decay": [0, 0.001]}, seeds=[0, 1],
+                                overrides=small("model.name", "data.name")))
     sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
     assert len(sweep.trials) == 8
     assert [t.name for t in sweep.trials[:3]] == [
@@ -112,9 +121,10 @@ def test_values_read_back_through_the_config_loader_and_names_stay_filesystem_sa
                                 trials=[{"data.mean": [0.5, 0.5, 0.5], "optim.nesterov": False,
                                          "train.mixed_precision": "no"}]))
     sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
-    notes = [c.logging.wandb.notes for c in sweep.configs[::2]]
+    configs = [sweep.configs[trial.index] for trial in sweep.trials]
+    notes = [c.logging.wandb.notes for c in configs[::2]]
     assert notes == ["a b, c's [x]", "null", "a/b", "=x="]  # strings stay strings
-    assert [c.train.ema for c in sweep.configs[:2]] == [None, 0.9]
+    assert [c.train.ema for c in configs[:2]] == [None, 0.9]
     first = sweep.configs[0]
     assert (first.data.mean, first.optim.nesterov, first.train.mixed_precision) == ([0.5, 0.5, 0.5], False, "no")
     for trial in sweep.trials:
@@ -192,7 +202,20 @@ BAD = {
     "output dir swept": (spec(grid={"train.output_dir": ["a", "b"]}), [], "cannot differ between trials"),
     "missing base": (spec(base="nope.yaml"), [], "base nope.yaml: no such file"),
     "swept key on the command line": (spec(seeds=[0, 1]), ["train.seed=3"], "train.seed is swept"),
-    "same trial twice": (spec(trials=[{"optim.lr": 0.1}, {"optim.lr": 0.1}]), [], "trials 0 and 1 are the same"),
+    "same trial twice": (spec(trials=[{"optim.lr": 0.1}, {"optim.lr": 0.1}]), [],
+                         "trials 0 (optim.lr=0.1) and 1 (optim.lr=0.1) are the same configuration; remove one"),
+    "one value twice": (spec(grid={"optim.lr": [1, 1.0]}), [],
+                        "trials 0 (optim.lr=1) and 1 (optim.lr=1.0) are the same configuration; remove one"),
+    "a trial equal to the base": (spec(trials=[{}, {"optim.lr": 0.02}]), [],  # smoke.yaml's lr
+                                  "trials 0 (no settings: the base config) and 1 (optim.lr=0.02) are the same"),
+    "a default spelt out": (spec(grid={"data.mean": [None, [0.4914, 0.4822, 0.4465]]}), [],  # CIFAR-10's
+                            "trials 0 (data.mean=null) and 1 (data.mean=[0.4914,0.4822,0.4465]) are the same"),
+    "key in overrides and grid": (spec(grid={"train.epochs": [1, 2]}), [],
+                                  "train.epochs is set in both overrides and grid; set it in one of them"),
+    "key in overrides and trials": (spec(trials=[{"model.name": "convnet_bn"}]), [],
+                                    "model.name is set in both overrides and trials"),
+    "seed in overrides and seeds": (spec(overrides=[*SMALL, "train.seed=3"], seeds=[0, 1]), [],
+                                    "train.seed is set in both overrides and seeds"),
     "launch not a list": (spec(launch="--multi_gpu"), [], "launch: must be a list"),
     "trial out of range": (spec(seeds=[0, 1]), ["--trial", "2"], "--trial 2: "),
     "bad name": (spec(name="a/b"), [], "name: 'a/b' must be a plain"),
@@ -230,22 +253,41 @@ def test_a_missing_or_broken_sweep_file_is_one_line(tmp_path: Path, capsys: pyte
 # --- what is there already: --list, skipping, refusing, sweep.yaml ------------------------------------------------
 
 
+def checkpointed(run: Path, step: int) -> Path:
+    """A run directory with a checkpoint at ``step``, as ``checkpoints/latest`` and its trainer_state.json name it
+    (no weights: --list reads only these two)."""
+    folder = RunDir(run).checkpoint(step)
+    folder.mkdir(parents=True)
+    (folder / TRAINER_STATE).write_text(json.dumps({"epoch": 0, "step_in_epoch": step, "global_step": step}))
+    RunDir(run).latest.write_text(folder.name)
+    return run
+
+
 @pytest.mark.unit
-def test_list_shows_each_trial_index_status_and_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+def test_list_shows_a_header_and_each_trials_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2]))
     arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
     sweep = read_sweep(*arguments[:1], arguments[1:])
     fake_run(sweep, 0, finished=True)
-    fake_run(sweep, 1, finished=False)
-    fake_run(sweep, 2, finished=True, **{"optim.momentum": "0.5"})
+    checkpointed(fake_run(sweep, 1, finished=False), 8)
+    fake_run(sweep, 2, finished=False)  # stopped before its first checkpoint
+    fake_run(sweep, 3, finished=True, **{"optim.momentum": "0.5"})
+    checkpointed(fake_run(sweep, 4, finished=False), 4)
+    Runner(sweep)._record(sweep.trials[4], {"result": "failed", "how": "exit code 2"})  # what _report writes
     assert sweeps.main(["--list", *arguments]) == 0
     assert capsys.readouterr().out.splitlines() == [
+        "index\tstate\tname\toverrides",
         "0\tfinished\tlr=0.01-seed=0\toptim.lr=0.01 train.seed=0",
-        "1\tstarted\tlr=0.01-seed=1\toptim.lr=0.01 train.seed=1",
-        "2\tother-config\tlr=0.05-seed=0\toptim.lr=0.05 train.seed=0",
-        "3\t-\tlr=0.05-seed=1\toptim.lr=0.05 train.seed=1"]
+        "1\tinterrupted at step 8\tlr=0.01-seed=1\toptim.lr=0.01 train.seed=1",
+        "2\tinterrupted, no checkpoint\tlr=0.01-seed=2\toptim.lr=0.01 train.seed=2",
+        "3\tother config\tlr=0.05-seed=0\toptim.lr=0.05 train.seed=0",
+        "4\tfailed (exit code 2)\tlr=0.05-seed=1\toptim.lr=0.05 train.seed=1",
+        "5\tnot started\tlr=0.05-seed=2\toptim.lr=0.05 train.seed=2"]
+    assert sweeps.main(["--list", "--trial", "1", *arguments]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["1\tinterrupted at step 8\tlr=0.01-seed=1\toptim.lr=0.01 "
+                                                        "train.seed=1"]
     assert sweeps.main(["--count", *arguments]) == 0
-    assert capsys.readouterr().out == "4\n"
+    assert capsys.readouterr().out == "6\n"
     assert not sweep.record.exists()  # listing writes nothing
 
 
@@ -270,6 +312,20 @@ def test_finished_trials_are_skipped_and_a_run_of_another_config_is_refused(
     assert not (sweep.folder / "logs").exists()  # no trainer started
 
 
+def ran(file: Path, *arguments: str) -> Sweep:
+    """The sweep in ``file`` once it has run, every trial faked finished first (so nothing trains)."""
+    sweep = read_sweep(str(file), list(arguments))
+    for trial in sweep.trials:
+        if not sweep.run_dir(trial).root.exists():
+            fake_run(sweep, trial.index, finished=True)
+    assert sweeps.main([str(file), *arguments]) == 0
+    return sweep
+
+
+def named(sweep: Sweep) -> list[tuple[int, str]]:
+    return [(trial.index, trial.name) for trial in sweep.trials]
+
+
 @pytest.mark.unit
 def test_a_trial_run_again_with_another_evaluation_is_another_configuration(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -286,33 +342,209 @@ def test_a_trial_run_again_with_another_evaluation_is_another_configuration(
                         f"another name" for index in (0, 1)]
     assert out[3].endswith(": 0 finished, 0 skipped (finished before), 0 failed, 2 refused")
     assert sweeps.main(["--list", *arguments, "train.tta=flip"]) == 0
-    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == ["other-config"] * 2
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()[1:]] == ["other config"] * 2
 
 
 @pytest.mark.unit
-def test_sweep_yaml_lists_the_trials_and_refuses_another_sweep_of_the_same_name(
+def test_a_sweep_that_grows_keeps_the_names_and_indices_of_its_trials_and_adds_new_ones_after_them(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    first = write(tmp_path, spec(seeds=[0, 1]))
-    arguments = [f"train.output_dir={tmp_path / 'runs'}"]
-    sweep = read_sweep(str(first), arguments)
-    for index in (0, 1):
-        fake_run(sweep, index, finished=True)  # nothing to train
-    assert sweeps.main([str(first), *arguments]) == 0
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    ran(file, runs)
+    write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05, 0.1]}, seeds=[0, 1, 2]))  # a seed and a value more
+    grown = read_sweep(str(file), [runs])
+    assert named(grown) == [(0, "lr=0.01-seed=0"), (1, "lr=0.01-seed=1"), (2, "lr=0.05-seed=0"),
+                            (3, "lr=0.05-seed=1"), (4, "lr=0.01-seed=2"), (5, "lr=0.05-seed=2"),
+                            (6, "lr=0.1-seed=0"), (7, "lr=0.1-seed=1"), (8, "lr=0.1-seed=2")]
+    assert grown.removed == () and grown.configs[6].optim.lr == 0.1 and grown.configs[6].train.run_name == (
+        "lr=0.1-seed=0")
+    capsys.readouterr()
+    assert sweeps.main(["--count", str(file), runs]) == 0 and capsys.readouterr().out == "9\n"
+    assert sweeps.main(["--dry-run", "--trial", "4", str(file), runs]) == 0
+    index, command = capsys.readouterr().out.strip().split("\t")
+    assert index == "4" and shlex.split(command) == grown.command(grown.trials[4])
+    assert "train.run_name=lr=0.01-seed=2" in shlex.split(command)
+    assert sweeps.main(["--list", str(file), runs]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        [str(i), "finished" if i < 4 else "not started"] for i in range(9)]
+
+
+@pytest.mark.unit
+def test_a_new_key_renames_no_recorded_trial_and_the_same_configuration_is_the_same_trial(tmp_path: Path) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    overrides = small("model.name", "data.name")
+    file = write(tmp_path, spec(trials=[{"model.name": "lenet"}, {"model.name": "convnet_bn"}], overrides=overrides))
+    assert named(ran(file, runs)) == [(0, "name=lenet"), (1, "name=convnet_bn")]
+    # data.name is swept too now: alone, the names would spell model.name out; the recorded ones stay.
+    write(tmp_path, spec(trials=[{"model.name": "lenet"}, {"model.name": "convnet_bn"},
+                                 {"model.name": "lenet", "data.name": "cifar100"}], overrides=overrides))
+    grown = read_sweep(str(file), [runs])
+    assert named(grown) == [(0, "name=lenet"), (1, "name=convnet_bn"), (2, "model.name=lenet-data.name=cifar100")]
+    write_record(grown)
+    # A new key whose first value is what every trial had (SGD's default momentum): those are the same
+    # configurations, so the same trials, with their names; the other value makes new ones.
+    write(tmp_path, spec(trials=[{"model.name": "lenet"}, {"model.name": "convnet_bn"}],
+                         grid={"optim.momentum": [0.9, 0.5]}, overrides=overrides))
+    sweep = read_sweep(str(file), [runs])
+    assert named(sweep) == [(0, "name=lenet"), (1, "name=convnet_bn"), (3, "name=lenet-momentum=0.5"),
+                            (4, "name=convnet_bn-momentum=0.5")]
+    assert [t.name for t in sweep.removed] == ["model.name=lenet-data.name=cifar100"]
+    assert sweep.trials[0].settings == ("model.name=lenet", "optim.momentum=0.9")  # its command: the file's
+
+
+@pytest.mark.unit
+def test_a_setting_moved_from_the_overrides_into_the_grid_keeps_the_sweep_and_its_trials(tmp_path: Path) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(overrides=[*SMALL, "optim.lr=0.05"], seeds=[0, 1]))
+    assert named(ran(file, runs)) == [(0, "seed=0"), (1, "seed=1")]
+    write(tmp_path, spec(grid={"optim.lr": [0.05, 0.1]}, seeds=[0, 1]))
+    assert named(read_sweep(str(file), [runs])) == [(0, "seed=0"), (1, "seed=1"), (2, "lr=0.1-seed=0"),
+                                                    (3, "lr=0.1-seed=1")]
+
+
+@pytest.mark.unit
+def test_trials_no_longer_in_the_file_stay_listed_with_their_indices(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    first = ran(file, runs)
+    write(tmp_path, spec(grid={"optim.lr": [0.01]}, seeds=[0, 1, 2]))
+    shrunk = read_sweep(str(file), [runs])
+    assert named(shrunk) == [(0, "lr=0.01-seed=0"), (1, "lr=0.01-seed=1"), (4, "lr=0.01-seed=2")]
+    assert [(t.index, t.name) for t in shrunk.removed] == [(2, "lr=0.05-seed=0"), (3, "lr=0.05-seed=1")]
+    capsys.readouterr()
+    assert sweeps.main(["--list", str(file), runs]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "index\tstate\tname\toverrides",
+        "0\tfinished\tlr=0.01-seed=0\toptim.lr=0.01 train.seed=0",
+        "1\tfinished\tlr=0.01-seed=1\toptim.lr=0.01 train.seed=1",
+        "2\tnot in the file (finished)\tlr=0.05-seed=0\toptim.lr=0.05 train.seed=0",
+        "3\tnot in the file (finished)\tlr=0.05-seed=1\toptim.lr=0.05 train.seed=1",
+        "4\tnot started\tlr=0.01-seed=2\toptim.lr=0.01 train.seed=2"]
+    assert sweeps.main(["--count", str(file), runs]) == 0 and capsys.readouterr().out == "5\n"
+    # An array over every index: the task of a removed trial runs nothing and succeeds.
+    assert sweeps.main(["--trial", "3", str(file), runs]) == 0
+    assert capsys.readouterr().out == f"sweep s: trial 3 lr=0.05-seed=1 is no longer in {file}; nothing to run\n"
+    assert sweeps.main(["--dry-run", str(file), runs]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["0", "1", "4"]
+    assert first.run_dir(first.trials[2]).finished()  # its run directory stays
+    # The value back: its trials are back, with their indices.
+    write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2]))
+    assert named(read_sweep(str(file), [runs])) == [(0, "lr=0.01-seed=0"), (1, "lr=0.01-seed=1"),
+                                                    (2, "lr=0.05-seed=0"), (3, "lr=0.05-seed=1"),
+                                                    (4, "lr=0.01-seed=2"), (5, "lr=0.05-seed=2")]
+
+
+@pytest.mark.unit
+def test_sweep_yaml_keeps_every_trial_and_each_version_of_the_file(tmp_path: Path) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(seeds=[0, 1]))
+    sweep = ran(file, runs)
     record = yaml.safe_load(sweep.record.read_text())
     assert [(t["index"], t["name"], t["overrides"]) for t in record["trials"]] == [
         (0, "seed=0", ["train.seed=0"]), (1, "seed=1", ["train.seed=1"])]
     assert shlex.split(record["trials"][1]["command"]) == sweep.command(sweep.trials[1])
+    [version] = record["versions"]
+    assert (version["version"], version["source"], version["trials"]) == (1, str(file), [0, 1])
+    assert version["base"] == str(Path(SMOKE).resolve())  # loads from any directory
+    assert version["overrides"] == [*SMALL, runs] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", version["time"])
     written = sweep.record.read_text()
-    assert sweeps.main([str(first), *arguments]) == 0  # the same sweep again: fine
-
-    other = write(tmp_path / "other", spec(seeds=[0, 2]))
-    capsys.readouterr()
-    assert sweeps.main([str(other), *arguments]) == 2
-    error = capsys.readouterr().err
-    assert error == (f"cifarlab: error: {sweep.record} lists other trials than {other} (trial 1 there is seed=1, "
-                     f"here seed=2): another sweep named 's'? Rename this one (name:) or set another "
-                     f"train.output_dir\n")
+    assert sweeps.main([str(file), runs]) == 0  # the same sweep again: no new version, nothing written
     assert sweep.record.read_text() == written
+
+    write(tmp_path, spec(seeds=[0, 2]))
+    ran(file, runs)
+    record = yaml.safe_load(sweep.record.read_text())
+    assert [(t["index"], t["name"]) for t in record["trials"]] == [(0, "seed=0"), (1, "seed=1"), (2, "seed=2")]
+    assert [(v["version"], v["trials"]) for v in record["versions"]] == [(1, [0, 1]), (2, [0, 2])]
+
+
+@pytest.mark.unit
+def test_another_sweep_of_the_same_name_is_refused_by_its_shared_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    sweep = ran(write(tmp_path, spec(seeds=[0, 1])), runs)
+    written = sweep.record.read_text()
+    other = write(tmp_path / "other", spec(seeds=[0, 1], overrides=[*SMALL, "optim.momentum=0.5"]))
+    capsys.readouterr()
+    for mode in ([], ["--list"], ["--count"]):
+        assert sweeps.main([str(other), runs, *mode]) == 2
+        assert capsys.readouterr().err == (
+            f"cifarlab: error: {sweep.record} records another sweep named 's' (optim.momentum: 0.9 there, 0.5 "
+            f"here); rename this one (name:) or set another train.output_dir\n")
+    assert sweep.record.read_text() == written
+    # Settings that do not change how a run trains make no other sweep (W&B, where the data is): a new version.
+    assert sweeps.main([str(sweep.source), runs, "logging.wandb.mode=offline", "data.root=/moved"]) == 0
+    assert len(yaml.safe_load(sweep.record.read_text())["versions"]) == 2
+
+
+@pytest.mark.unit
+def test_a_record_changed_meanwhile_by_another_version_of_the_file_is_refused(tmp_path: Path) -> None:
+    runs = [f"train.output_dir={tmp_path / 'runs'}"]
+    file = write(tmp_path, spec(seeds=[0]))
+    write_record(read_sweep(str(file), runs))
+    write(tmp_path, spec(seeds=[0, 1]))
+    task, same_task = read_sweep(str(file), runs), read_sweep(str(file), runs)
+    write(tmp_path, spec(seeds=[0, 2]))
+    edited = read_sweep(str(file), runs)
+    assert task.trials[1] == edited.trials[1].__class__(1, "seed=1", ("train.seed=1",))
+    assert edited.trials[1].name == "seed=2"  # index 1 as well: the two must not both be recorded
+    write_record(task)
+    write_record(same_task)  # array tasks of one version, starting together: fine
+    with pytest.raises(UsageError, match=r"sweep.yaml was changed by another sweep process while this one started"):
+        write_record(edited)
+    assert [t["name"] for t in yaml.safe_load(task.record.read_text())["trials"]] == ["seed=0", "seed=1"]
+
+
+@pytest.mark.unit
+def test_a_sweep_record_from_before_versions_is_read_as_one_version(tmp_path: Path) -> None:
+    runs = [f"train.output_dir={tmp_path / 'runs'}"]
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}))
+    sweep = read_sweep(str(file), runs)
+    sweep.folder.mkdir(parents=True)
+    sweep.record.write_text(yaml.safe_dump({"name": "s", "source": str(file), "base": SMOKE, "trials": [
+        {"index": 0, "name": "lr=0.05", "overrides": ["optim.lr=0.05"], "command": "python -m cifarlab.train"}]}))
+    assert named(read_sweep(str(file), runs)) == [(0, "lr=0.05"), (1, "lr=0.01")]
+    sweep.record.write_text("trials: 3\n")
+    with pytest.raises(UsageError, match="sweep.yaml: not a sweep record; move it away"):
+        read_sweep(str(file), runs)
+
+
+# --- the sweep's exit code --------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_exit_code_is_the_trials_results_whenever_a_signal_came() -> None:
+    assert Tally(finished=6).exit_code(0, None) == 0
+    assert Tally(finished=4, skipped=2).exit_code(0, signal.SIGINT) == 0  # Ctrl-C after the last trial ended
+    assert Tally(finished=5, failed=1).exit_code(0, signal.SIGTERM) == 1
+    assert Tally(finished=5, stopped=1).exit_code(0, signal.SIGINT) == 130
+    assert Tally(finished=5, stopped=1).exit_code(0, signal.SIGTERM) == 75
+    assert Tally(finished=5, stopped=1).exit_code(0, None) == 75  # a trainer stopped by a signal of its own
+    assert Tally(finished=2).exit_code(4, signal.SIGINT) == 130  # trials left unstarted
+    assert Tally(finished=2).exit_code(4, signal.SIGUSR1) == 75
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seeds, code", [([0], 0), ([0, 1], 130)])
+def test_ctrl_c_as_the_last_trial_ends_leaves_the_exit_code_to_the_trials(
+        seeds: list[int], code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = read_sweep(str(write(tmp_path, spec(seeds=seeds))), [f"train.output_dir={tmp_path / 'runs'}"])
+    for trial in sweep.trials:
+        fake_run(sweep, trial.index, finished=True)
+    runner = Runner(sweep)
+    say = runner._say
+
+    def ctrl_c_after(message: str) -> None:  # a Ctrl-C just after the first trial ended (here: was skipped)
+        say(message)
+        if "skipped" in message:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    runner._say = ctrl_c_after  # type: ignore[method-assign]
+    assert runner.run(sweep.trials) == code
+    summary = lines(capsys.readouterr().out)[-1]
+    assert summary.endswith("0 finished, 1 skipped (finished before), 0 failed, 0 refused" +
+                            ("; 1 not started" if len(seeds) > 1 else ""))
 
 
 # --- W&B sweeps, threads, start-up ------------------------------------------------------------------------------
@@ -438,6 +670,8 @@ def test_a_sweep_runs_stops_is_killed_resumes_and_then_skips_everything(
     assert second.finish() == -signal.SIGKILL
     test_slurm._wait(lambda: _gone(trainers), "the killed trainer to exit", timeout=60)
     assert "trial 0 lr=0.01-seed=0: skipped, finished before" in second.output()
+    assert re.search(r"trial 1 lr=0.01-seed=1: resumed from its checkpoint at step \d+; log ", second.output())
+    assert "trial 2 lr=0.01-seed=2: started; log " in second.output()
     assert "resumed from" in (folder / "logs" / f"{names[1]}.log").read_text()
 
     # Again: the rest is trained (the killed trial resumes or starts over), then nothing is left to do.
@@ -448,8 +682,8 @@ def test_a_sweep_runs_stops_is_killed_resumes_and_then_skips_everything(
     assert fourth.returncode == 0 and "started" not in fourth.stdout
     assert lines(fourth.stdout)[-1].endswith(": 0 finished, 6 skipped (finished before), 0 failed, 0 refused")
     assert sweeps.main([*command[3:], "--list"]) == 0
-    assert [line.split("\t")[1:3] for line in capsys.readouterr().out.splitlines()] == [["finished", n]
-                                                                                         for n in names]
+    assert [line.split("\t")[1:3] for line in capsys.readouterr().out.splitlines()[1:]] == [["finished", n]
+                                                                                             for n in names]
 
     # Each trial is a normal run: its config names the sweep's W&B group and the trial's settings as tags;
     # its log keeps every attempt.
@@ -474,6 +708,33 @@ def test_a_failed_trial_does_not_stop_the_others_running_side_by_side(tmp_path: 
     assert lines(result.stdout)[-1].endswith(": 2 finished, 0 skipped (finished before), 1 failed, 0 refused")
     assert "cifarlab: error: model.name=lenet cannot take" in log.read_text()
     assert (folder / "seed=1" / "model.safetensors").is_file() and (folder / "seed=2" / "model.safetensors").is_file()
+    listed = subprocess.run([*SWEEP, str(file), "--list", f"train.output_dir={tmp_path / 'runs'}"], cwd=tmp_path,
+                            env=cli_env(), capture_output=True, text=True, timeout=60, check=True)
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()[1:]] == ["failed (exit code 2)", "finished",
+                                                                                "finished"]
+
+
+@pytest.mark.integration
+def test_a_sweep_that_grows_runs_only_its_new_trials(tmp_path: Path) -> None:
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(name="grows", grid={"optim.lr": [0.01]}, seeds=[0]))
+    first = read_sweep(str(file), [runs])
+    fake_run(first, 0, finished=True)
+    assert sweeps.main([str(file), runs]) == 0  # nothing to train: the record of one trial
+    write(tmp_path, spec(name="grows", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    grown = read_sweep(str(file), [runs])
+    for index in (1, 2):  # lr=0.01-seed=1 and lr=0.05-seed=0: done elsewhere, say
+        fake_run(grown, index, finished=True)
+    result = subprocess.run([*SWEEP, str(file), runs], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = lines(result.stdout)
+    assert out[1:4] == ["sweep grows: trial 0 lr=0.01-seed=0: skipped, finished before",
+                        "sweep grows: trial 1 lr=0.01-seed=1: skipped, finished before",
+                        "sweep grows: trial 2 lr=0.05-seed=0: skipped, finished before"]
+    assert out[4].startswith("sweep grows: trial 3 lr=0.05-seed=1: started; log ")
+    assert out[-1].endswith(": 1 finished, 3 skipped (finished before), 0 failed, 0 refused")
+    assert grown.run_dir(grown.trials[3]).finished()
 
 
 # --- SLURM: one array task per trial --------------------------------------------------------------------------
@@ -513,4 +774,4 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
     assert _state(env, task) == ("COMPLETED", 1) and _state(env, f"{array}_1") == ("COMPLETED", 0)
     assert "resumed from" in (tmp_path / "runs" / "array" / "logs" / "seed=0.log").read_text()
     listed = subprocess.run([*SWEEP, *arguments, "--list"], capture_output=True, text=True, check=True)
-    assert [line.split("\t")[1] for line in listed.stdout.splitlines()] == ["finished", "finished"]
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()[1:]] == ["finished", "finished"]

@@ -1,3 +1,4 @@
 """Many runs: reading run directories (``results``), statistics (``stats``), sweep files and their trials
-(``spec``), running trials (``runner``) and comparing groups of runs (``analysis``, ``rendering``). Imports run
-(the run directory's names), report and the ground floor; runs trainers only as subprocesses."""
+(``spec``), a sweep's record of its trials and versions (``record``), running trials (``runner``) and comparing
+groups of runs (``analysis``, ``rendering``). Imports run (the run directory's names), report and the ground floor;
+runs trainers only as subprocesses."""

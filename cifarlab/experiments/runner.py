@@ -5,6 +5,7 @@ signals, appends each trial's output to logs/ and tallies the outcome. Trainers 
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import shlex
 import signal
@@ -24,7 +25,9 @@ from omegaconf import OmegaConf
 from cifarlab import files
 from cifarlab.config import load_config, run_changes, shown
 from cifarlab.errors import Preempted, UsageError
-from cifarlab.experiments.spec import Sweep, Trial, read_yaml
+from cifarlab.experiments.record import Trial, absolute, document, read_record
+from cifarlab.experiments.spec import Sweep
+from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
 STOPPED = (Preempted.exit_code, 130)
 """Exit codes of a trainer that was stopped (a signal, Ctrl-C) and resumes when run again."""
@@ -51,50 +54,80 @@ def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
 
 
 def status(sweep: Sweep, trial: Trial) -> str:
+    """The state ``--list`` shows: finished, interrupted at step N (a checkpoint to resume from), failed (the last
+    attempt under a sweep exited with an error), interrupted with no checkpoint, not started; other config (a run
+    the trial must not continue); "not in the file (...)" for a recorded trial the sweep file no longer lists."""
+    if trial in sweep.removed:
+        return f"not in the file ({_progress(sweep, trial)})"
     if conflict(sweep, trial):
-        return "other-config"
+        return "other config"
+    return _progress(sweep, trial)
+
+
+def _progress(sweep: Sweep, trial: Trial) -> str:
     run = sweep.run_dir(trial)
-    return "finished" if run.finished() else "started" if run.root.exists() else "-"
+    if run.finished():
+        return "finished"
+    last = _read_json(sweep.outcome(trial))
+    if last.get("result") == "failed":
+        return f"failed ({last.get('how', 'exit code ?')})"
+    step = checkpoint_step(run)
+    if step is not None:
+        return f"interrupted at step {step}"
+    return "interrupted, no checkpoint" if run.root.exists() else "not started"
+
+
+def checkpoint_step(run: RunDir) -> Optional[int]:
+    """The step of the run's newest checkpoint (the one ``checkpoints/latest`` names, else the newest step folder;
+    its trainer_state.json); None before the first. Read without loading anything (no torch)."""
+    named = [run.checkpoints / run.latest.read_text().strip()] if run.latest.is_file() else []
+    for folder in [*named, *reversed(run.step_checkpoints())]:
+        state = _read_json(folder / TRAINER_STATE)
+        if isinstance(state.get("global_step"), int):
+            return int(state["global_step"])
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def write_record(sweep: Sweep) -> None:
-    """``<folder>/sweep.yaml``: each trial's index, name, overrides and command. Written whole and renamed
-    into place; refused when the file there describes other trials (another sweep of the same name, or
-    this one edited while array tasks may still map indices to the old trials)."""
-    trials = [{"index": t.index, "name": t.name, "overrides": list(t.settings), "command": shlex.join(sweep.command(t))}
-              for t in sweep.trials]
-    text = OmegaConf.to_yaml({"name": sweep.name, "source": str(sweep.source), "base": sweep.base,
-                              "trials": trials})
-    if sweep.record.is_file():
-        _check_same_trials(sweep, trials)
-        if sweep.record.read_text() == text:
-            return
+    """``<folder>/sweep.yaml`` (cifarlab.experiments.record): every trial, the file's and those it no longer lists,
+    with its command, and each version of the file. Written whole and renamed into place; nothing is written when
+    nothing changed. Refused when another sweep process has meanwhile recorded other trials (the file was edited
+    while array tasks were starting): indices would then disagree, so run again."""
+    there = read_record(sweep.record)
+    ours = {t.index: (t.name, t.settings) for t in (*sweep.trials, *sweep.removed)}
+    seen = sweep.history.mapping() if sweep.history is not None else None
+    if there is not None and there.mapping() not in (seen, ours):
+        raise UsageError(f"{sweep.record} was changed by another sweep process while this one started (was "
+                         f"{sweep.source} edited meanwhile?); run the sweep again")
+    commands = {**(there.commands if there is not None else {}),
+                **{t.index: shlex.join(sweep.command(t)) for t in sweep.trials}}
+    version = {"source": str(sweep.source), "base": absolute(sweep.base), "overrides": list(sweep.common),
+               "trials": [t.index for t in sweep.trials]}
+    text = OmegaConf.to_yaml(document(there, sweep.name, [*sweep.trials, *sweep.removed], commands, version))
+    if sweep.record.is_file() and sweep.record.read_text() == text:
+        return
     try:
         sweep.folder.mkdir(parents=True, exist_ok=True)
-        # A name of its own: array tasks on several hosts may write at once (the same text).
-        descriptor, temporary = tempfile.mkstemp(prefix=".sweep.yaml.", dir=sweep.folder)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-        files.publish(temporary, sweep.record)  # mkstemp's file is 0600
+        _write(sweep.record, text)
     except OSError as error:
         raise UsageError(f"cannot write {sweep.record} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
 
 
-def _check_same_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> None:
-    def listed(entries: Any) -> list[tuple[Any, Any, Any]]:
-        return [(t.get("index"), t.get("name"), t.get("overrides")) for t in entries if isinstance(t, dict)]
-
-    document = read_yaml(sweep.record)
-    theirs = listed(document.get("trials") or []) if isinstance(document, dict) else []
-    ours = listed(trials)
-    if theirs == ours:
-        return
-    first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-    detail = (f"trial {first} there is {theirs[first][1]}, here {ours[first][1]}" if first < min(len(theirs), len(ours))
-              else f"{len(theirs)} trials there, {len(ours)} here")
-    raise UsageError(f"{sweep.record} lists other trials than {sweep.source} ({detail}): another sweep named "
-                     f"'{sweep.name}'? Rename this one (name:) or set another train.output_dir")
+def _write(path: Path, text: str) -> None:
+    """Written whole under a name of its own (array tasks on several hosts may write at once), then renamed."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    files.publish(temporary, path)  # mkstemp's file is 0600
 
 
 # --- running trials -------------------------------------------------------------------------------------------
@@ -111,6 +144,14 @@ class Tally:
     def summary(self) -> str:
         return (f"{self.finished} finished, {self.skipped} skipped (finished before), {self.failed} failed, "
                 f"{self.refused} refused" + (f", {self.stopped} stopped" if self.stopped else ""))
+
+    def exit_code(self, not_started: int, signalled: Optional[int]) -> int:
+        """0: every trial finished (now or before); 1: some failed or were refused; 75: some were stopped, or left
+        unstarted after a stop signal (130 when that was Ctrl-C). The trials' results alone decide: a signal that
+        came after the last trial had ended, with nothing left to run, changes nothing."""
+        if self.stopped or not_started:
+            return 130 if signalled == signal.SIGINT else Preempted.exit_code
+        return 1 if self.failed or self.refused else 0
 
 
 @dataclass
@@ -146,16 +187,13 @@ class Runner:
                 self._reap()
                 if self.running:
                     time.sleep(0.1)
+            # Still under our handlers: a Ctrl-C from here on is recorded, not raised, and changes no result.
+            self._say(f"{len(trials)} trial(s) in {time.monotonic() - started:.1f}s: {self.tally.summary()}"
+                      + (f"; {len(queue)} not started" if queue else ""))
+            return self.tally.exit_code(len(queue), self.signalled)
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-        self._say(f"{len(trials)} trial(s) in {time.monotonic() - started:.1f}s: {self.tally.summary()}"
-                  + (f"; {len(queue)} not started" if queue else ""))
-        if self.signalled == signal.SIGINT:
-            return 130
-        if self.tally.stopped or self.signalled is not None:
-            return Preempted.exit_code
-        return 1 if self.tally.failed or self.tally.refused else 0
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self.signalled = signum
@@ -192,13 +230,16 @@ class Runner:
         log.write(f"\n=== cifarlab.sweep: trial {trial.index} started {time.ctime()}\n$ {shlex.join(command)}\n"
                   .encode())
         log.flush()
+        step = checkpoint_step(self.sweep.run_dir(trial))
+        self._record(trial, {"result": "started", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         # The trainer writes to the log file itself, not through a pipe to this process: it never depends on
         # this process staying alive to write its output. Another process training the same trial (a second
         # sweep) is kept out by the trainer's run lock.
         echo = Echo(log_path, log.tell()) if self.parallel == 1 else None
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment())
         self.running.append(Running(trial, process, time.monotonic(), log, echo))
-        self._say(f"{label}: started; log {log_path}")
+        verb = "started" if step is None else f"resumed from its checkpoint at step {step}"
+        self._say(f"{label}: {verb}; log {log_path}")
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run, line by line
@@ -224,16 +265,29 @@ class Runner:
         # Stopped: the trainer saved and exited 75 (130 for Ctrl-C). After a stop signal any other end counts
         # too: torchrun's agent exits 1 once its workers have saved and stopped, and a trainer signalled
         # before it handles signals dies of the signal.
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if code in STOPPED or (self.signalled is not None and code != 0):
             self.tally.stopped += 1
+            result = "stopped"
             self._say(f"{label}: stopped (exit {code}) after {seconds:.1f}s; run the sweep again to continue it")
         elif code == 0:
             self.tally.finished += 1
+            result = "finished"
             self._say(f"{label}: finished in {seconds:.1f}s")
         else:
             self.tally.failed += 1
-            shown = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            self._say(f"{label}: failed ({shown}) after {seconds:.1f}s; log {self.sweep.log(running.trial)}")
+            result = "failed"
+            self._say(f"{label}: failed ({how}) after {seconds:.1f}s; log {self.sweep.log(running.trial)}")
+        self._record(running.trial, {"result": result, "how": how, "seconds": round(seconds, 1),
+                                     "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def _record(self, trial: Trial, outcome: dict[str, Any]) -> None:
+        """The trial's outcome file (``--list`` reads it): how its last attempt ended, or that one has started."""
+        try:
+            self.sweep.outcome(trial).parent.mkdir(parents=True, exist_ok=True)
+            _write(self.sweep.outcome(trial), json.dumps(outcome) + "\n")
+        except OSError as error:  # the trial's result stands; only --list will know less
+            self._say(f"cannot write {self.sweep.outcome(trial)} ({error.strerror})")
 
 
 class Echo:

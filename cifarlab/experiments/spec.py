@@ -1,12 +1,14 @@
 """Sweep files: reading and checking one (keys, base preset, overrides, trials, grid, seeds, launcher options) and
 expanding it into trials, each with its overrides, its short filesystem-safe name and its trainer command line
-(docs/sweeps.md has the file format). Imports no torch: every trial's config is checked with the config loader."""
+(docs/sweeps.md has the file format); a trial the sweep's record lists keeps its recorded index and name. Imports no
+torch: every trial's config is checked with the config loader, and two trials of one configuration are refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import itertools
+import json
 import re
 import shlex
 import sys
@@ -17,13 +19,16 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, load_config
+from cifarlab.config import Config, flatten, load_config, run_changes, to_dict, with_run_name
 from cifarlab.errors import UsageError
+from cifarlab.experiments.record import Record, Trial, check_same_sweep, match, read_record
 from cifarlab.run.rundir import RunDir
 
 FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "launch")
 SET_BY_SWEEP = ("train.run_name", "train.resume")
 """Keys the sweep sets for every trial: a sweep file or command line that sets them is refused."""
+PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wandb.tags")
+"""Config keys the sweep sets for each trial from its name and settings: not part of what a trial trains."""
 NOT_SWEPT = ("train.output_dir",)
 """Keys that may be set for all trials but not per trial (all trials live in one folder)."""
 SEED = "train.seed"
@@ -33,14 +38,6 @@ NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
 
 
 # --- the sweep file -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Trial:
-    index: int
-    name: str
-    settings: tuple[str, ...]
-    """Its own ``key=value`` overrides (trials, grid values, seed), in that order."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,12 @@ class Sweep:
     folder: Path
     """``<train.output_dir>/<name>``: the trials' run directories, sweep.yaml and logs/."""
     trials: tuple[Trial, ...]
-    configs: tuple[Config, ...] = field(default=(), repr=False)
+    """The trials the file lists, by index."""
+    removed: tuple[Trial, ...] = ()
+    """Trials the sweep's record lists that the file no longer does, by index (their run directories stay)."""
+    history: Optional[Record] = field(default=None, repr=False)
+    """The sweep's record as it was read (None before the sweep first ran)."""
+    configs: dict[int, Config] = field(default_factory=dict, repr=False)
     """Each trial's resolved config, by index (every one loaded, hence checked, when the sweep is read)."""
 
     def run_dir(self, trial: Trial) -> RunDir:
@@ -64,6 +66,15 @@ class Sweep:
 
     def log(self, trial: Trial) -> Path:
         return self.folder / "logs" / f"{trial.name}.log"
+
+    def outcome(self, trial: Trial) -> Path:
+        """How the trial's last attempt under a sweep ended (JSON, see cifarlab.experiments.runner)."""
+        return self.folder / "logs" / f"{trial.name}.outcome.json"
+
+    @property
+    def count(self) -> int:
+        """One more than the highest index (the size of a SLURM array over all trials)."""
+        return 1 + max((trial.index for trial in (*self.trials, *self.removed)), default=-1)
 
     @property
     def record(self) -> Path:
@@ -89,7 +100,8 @@ class Sweep:
 
 def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = ()) -> Sweep:
     """The sweep in ``path`` with extra ``overrides`` and launcher options for every trial; every trial's
-    config is loaded, so a bad key or value in any of them fails here, before anything runs."""
+    config is loaded, so a bad key or value in any of them fails here, before anything runs. Where the sweep has
+    run before, its record (sweep.yaml) keeps each listed trial's index and name (see cifarlab.experiments.record)."""
     source = Path(path)
     spec = _load_file(source)
     where = f"sweep file {path}"
@@ -103,19 +115,103 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     for item in overrides:
         _check_settable(_key(item), "the command line")
     settings = _expand(spec, where)
-    swept = {_key(s) for row in settings for s in row}
-    clash = sorted(swept & {_key(item) for item in overrides})
+    places = _swept_in(spec)
+    for item in ours:
+        if _key(item) in places:
+            raise UsageError(f"{where}: {_key(item)} is set in both overrides and {places[_key(item)]}; set it in "
+                             f"one of them")
+    clash = sorted(set(places) & {_key(item) for item in overrides})
     if clash:
         raise UsageError(f"{clash[0]} is swept by {where}; it cannot also be set on the command line")
 
     common = (*ours, *overrides)
     shared = _load(base, common, f"{where} (base and overrides)")
     launch_options = (*_launch_list(spec.get("launch", []), f"{where}: launch"), *launch)
-    trials = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
+    drafts = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
                                                                                                settings)))
-    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, trials)
-    configs = tuple(_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in sweep.trials)
-    return dataclasses.replace(sweep, configs=configs)
+    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts)
+    configs = [_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in drafts]
+    record = read_record(sweep.record)
+    if record is None:
+        sweep = dataclasses.replace(sweep, configs=dict(enumerate(configs)))
+    else:
+        check_same_sweep(record, name, shared,
+                         swept=set(places) | {_key(s) for trial in record.trials for s in trial.settings})
+        sweep = _follow(sweep, record, configs)
+    _check_no_twins(sweep, where)
+    return sweep
+
+
+def _follow(sweep: Sweep, record: Record, configs: list[Config]) -> Sweep:
+    """``sweep`` (its trials in the file's order) with the recorded index and name of each trial the record
+    lists, the indices after the recorded ones for new trials, and the record's trials the file no longer lists."""
+    recorded: dict[int, Optional[Config]] = {}
+
+    def same(old: Trial, new: Trial) -> bool:
+        """Whether the recorded trial ``old`` is ``new``: its run would continue as ``new`` (the trainer's rule)."""
+        if old.index not in recorded:
+            recorded[old.index] = _recorded_config(sweep, record, old)
+        there = recorded[old.index]
+        return there is not None and not run_changes(there, configs[new.index]).refused
+
+    found = match(record, sweep.trials, same)
+    taken = {trial.name for trial in record.trials}
+    trials, following = [], record.count
+    for draft in sweep.trials:
+        if draft.index in found:
+            trials.append(Trial(found[draft.index].index, found[draft.index].name, draft.settings))
+            continue
+        name = draft.name if draft.name not in taken else f"{draft.name[:NAME_LENGTH]}-{_digest(list(draft.settings))}"
+        taken.add(name)
+        trials.append(Trial(following, name, draft.settings))
+        following += 1
+    kept = {trial.index for trial in found.values()}
+    removed = tuple(trial for trial in record.trials if trial.index not in kept)
+    named = {trial.index: with_run_name(config, trial.name) for trial, config in zip(trials, configs)}
+    return dataclasses.replace(sweep, trials=tuple(sorted(trials, key=lambda t: t.index)), removed=removed,
+                               history=record, configs=dict(sorted(named.items())))
+
+
+def _recorded_config(sweep: Sweep, record: Record, trial: Trial) -> Optional[Config]:
+    """A recorded trial's config, with the base and overrides of the last version that listed it (now's for a
+    record from before versions); None where that no longer loads."""
+    then = [version for version in record.versions
+            if trial.index in (version.get("trials") or []) and isinstance(version.get("overrides"), list)]
+    if then:
+        sweep = dataclasses.replace(sweep, base=then[-1].get("base"),
+                                    common=tuple(str(item) for item in then[-1]["overrides"]))
+    try:
+        return load_config(sweep.base, sweep.overrides(trial))
+    except UsageError:
+        return None
+
+
+def _identity(config: Config) -> str:
+    """A trial's resolved config as text, less what the sweep sets for each trial (its run name and tags, where
+    and how it starts): two trials with the same identity would train the same run."""
+    tree = flatten(to_dict(config))
+    tree["data.mean"], tree["data.std"] = (list(values) for values in config.data.normalization())
+    return json.dumps({key: value for key, value in tree.items() if key not in PER_TRIAL}, sort_keys=True,
+                      default=str)
+
+
+def _check_no_twins(sweep: Sweep, where: str) -> None:
+    seen: dict[str, Trial] = {}
+    for trial in sweep.trials:
+        twin = seen.setdefault(_identity(sweep.configs[trial.index]), trial)
+        if twin is not trial:
+            shown = [" ".join(t.settings) or "no settings: the base config" for t in (twin, trial)]
+            raise UsageError(f"{where}: trials {twin.index} ({shown[0]}) and {trial.index} ({shown[1]}) are the same "
+                             f"configuration; remove one")
+
+
+def _swept_in(spec: dict[str, Any]) -> dict[str, str]:
+    """Each key the trials, the grid or the seeds set, and which of them sets it (after :func:`_expand`)."""
+    places = {key: "trials" for row in spec.get("trials") or [] for key in row}
+    places.update({key: "grid" for key in spec.get("grid") or {} if key not in places})
+    if spec.get("seeds"):
+        places.setdefault(SEED, "seeds")
+    return places
 
 
 def _load_file(source: Path) -> dict[str, Any]:
@@ -178,18 +274,12 @@ def _expand(spec: dict[str, Any], where: str) -> list[list[str]]:
     if seeds and (SEED in grid or SEED in in_rows):
         raise UsageError(f"{where}: seeds sets {SEED}; remove it from trials and grid")
     expanded: list[list[str]] = []
-    seen: dict[frozenset[str], int] = {}
     for row in rows:
         for point in itertools.product(*grid.values()):  # no grid: one empty point
             for seed in seeds or [None]:
                 values = [*row.items(), *zip(grid, point), *([(SEED, seed)] if seed is not None else [])]
-                settings = [f"{key}={_text(value)}" for key, value in values]
-                if frozenset(settings) in seen:
-                    raise UsageError(f"{where}: trials {seen[frozenset(settings)]} and {len(expanded)} are the "
-                                     f"same ({' '.join(settings) or 'no overrides'})")
-                seen[frozenset(settings)] = len(expanded)
-                expanded.append(settings)
-    return expanded
+                expanded.append([f"{key}={_text(value)}" for key, value in values])
+    return expanded  # two trials of one configuration are refused once their configs are loaded
 
 
 def _trial_rows(value: Any, where: str) -> list[dict[str, Any]]:
