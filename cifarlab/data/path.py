@@ -1,0 +1,167 @@
+"""The data-path protocol, :class:`DataPath`, that both implementations share (``data.loader=tensor``:
+:mod:`cifarlab.data.tensors`; ``data.loader=torchvision``: :mod:`cifarlab.data.images`), and the helpers both use.
+Either way the loop asks for ``train_batches(epoch, skip)`` and ``test_batches()`` and gets (normalised images,
+labels) on the training device. This module does not know its implementations: :func:`cifarlab.data.build_data`
+picks one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cifarlab.config import DataConfig
+from cifarlab.data.sources import fingerprint
+from cifarlab.errors import UsageError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""(images, labels): normalised float images (N, 3, H, W) and integer labels, on the batch's device."""
+
+# Fixed seed for choosing data.train_size / data.test_size subsets: the subset is a property of
+# the data config, not of train.seed, so runs with different seeds see the same images.
+_SUBSET_SEED = 1234
+
+class DataPath(ABC):
+    """Both splits of a dataset and their loaders; yields batches ready for the model.
+
+    Subclasses say how a loader batch becomes (images, labels) (:meth:`to_model`), how their loaders
+    collate (:meth:`loader_options`) and how to draw samples for picture grids (:meth:`sample`).
+    The training epoch is set in one place, :meth:`set_epoch`, which :meth:`train_batches` calls.
+    """
+
+    def __init__(self, config: DataConfig, seed: int, classes: Sequence[str], train: Dataset, test: Dataset) -> None:
+        self.config = config
+        self.seed = seed
+        self.classes: tuple[str, ...] = tuple(classes)
+        """Class names by label index, so every report says 'cat', not 3."""
+        self.train = train
+        self.test = test
+        self.epoch = 0
+        self._train_loader: Optional[DataLoader] = None
+        self._test_loader: Optional[DataLoader] = None
+        self._skip: Callable[[DataLoader, int], Any] = lambda loader, count: loader
+
+    @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None],
+              device: Optional[torch.device] = None) -> DataPath:
+        """Both splits of ``data.name`` on this path (see :meth:`split`), with the same classes."""
+        train, classes = cls.split(config, seed, "train", warn, device)
+        test, test_classes = cls.split(config, seed, "test", warn, device)
+        _check_same_classes(config, classes, test_classes)
+        _check_class_count(config, classes)
+        return cls(config, seed, classes, train, test)
+
+    @classmethod
+    @abstractmethod
+    def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
+              device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
+        """One split as this path's dataset (a subset when data.train_size / data.test_size say so), and the
+        class names. ``device``: where the tensor path keeps the images."""
+
+    @abstractmethod
+    def to_model(self, batch: Any, train: bool) -> Batch:
+        """A loader batch as (normalised images, labels)."""
+
+    @abstractmethod
+    def loader_options(self) -> dict[str, Any]:
+        """DataLoader options of this path (workers, collate)."""
+
+    @abstractmethod
+    def sample(self, train: bool, count: int, augmented: bool = True) -> Batch:
+        """``count`` normalised samples spread evenly over a split, on the CPU, as the model sees them at the
+        current epoch (training images augmented unless not ``augmented``). Evenly spread: image folders are
+        sorted by class, the first ones are all airplanes."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation the training samples get (and whose order the training loader takes)."""
+        self.epoch = epoch
+        if self._train_loader is not None and hasattr(self._train_loader, "set_epoch"):
+            self._train_loader.set_epoch(epoch)
+
+    def source_keys(self) -> Optional[dict[str, str]]:
+        """The tensor cache's keys of the files each split comes from (they change when the files do), for the
+        run record; None for fake data and a dataset not on disk."""
+        found = {split: fingerprint(self.config, split) for split in ("train", "test")}
+        return {split: key[0] for split, key in found.items() if key is not None} or None
+
+    def input_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.sample(train=False, count=1)[0].shape[1:]
+        return channels, height, width
+
+    def loaders(self, batch_size: Optional[int], eval_batch_size: int) -> tuple[Optional[DataLoader], DataLoader]:
+        """Loaders over *global* batches (Accelerate, split_batches=True, slices them per process); no
+        training loader when ``batch_size`` is None (evaluation only).
+
+        Training drops the last partial batch so every step has the same size at any process count;
+        evaluation keeps every image (gather_for_metrics removes Accelerate's padding).
+        """
+        train = None
+        if batch_size is not None:
+            if size(self.train) < batch_size:
+                raise UsageError(f"train.batch_size={batch_size} exceeds the {size(self.train)} training images; "
+                                 f"lower train.batch_size or raise data.train_size")
+            train = DataLoader(self.train, batch_size=batch_size, shuffle=True, drop_last=True, **self.loader_options())
+        test = DataLoader(self.test, batch_size=eval_batch_size, shuffle=False, drop_last=False,
+                          **self.loader_options())
+        return train, test
+
+    def prepare(self, accelerator: Any, batch_size: Optional[int], eval_batch_size: int) -> int:
+        """Build the loaders and hand them to ``accelerator``; return the training batches per epoch
+        (global batches, as counted before Accelerate shards them; 0 without a training loader)."""
+        train, test = self.loaders(batch_size, eval_batch_size)
+        steps = len(train) if train is not None else 0
+        self._test_loader = accelerator.prepare(test)
+        if train is not None:
+            self._train_loader = accelerator.prepare(train)
+        self._skip = accelerator.skip_first_batches
+        return steps
+
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """The training batches of ``epoch``, less the first ``skip`` (already taken before a resume)."""
+        assert self._train_loader is not None, "prepare() with a batch_size first"
+        self.set_epoch(epoch)
+        loader = self._skip(self._train_loader, skip) if skip else self._train_loader
+        for batch in loader:
+            yield self.to_model(batch, train=True)
+
+    def test_batches(self) -> Iterator[Batch]:
+        assert self._test_loader is not None, "prepare() first"
+        for batch in self._test_loader:
+            yield self.to_model(batch, train=False)
+
+
+def size(dataset: Dataset) -> int:
+    """``len(dataset)``: torch's Dataset type declares no ``__len__``, though every map-style dataset has one."""
+    return len(dataset)  # type: ignore[arg-type]
+
+
+def spread(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)`` (all of them when there are fewer)."""
+    return [i * total // min(count, total) for i in range(min(count, total))]
+
+
+def subset_indices(total: int, size: Optional[int], key: str) -> Optional[list[int]]:
+    """Indices of the data.train_size / data.test_size subset; None for all."""
+    if size is None or size == total:
+        return None
+    if size > total:
+        raise UsageError(f"{key}={size} exceeds the {total} images available; lower it or set {key}=null (all)")
+    # Random, not the first N: image folders are sorted by class.
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))
+    return sorted(order[:size].tolist())
+
+
+def _check_same_classes(config: DataConfig, train: Sequence[str], test: Sequence[str]) -> None:
+    if list(train) != list(test):
+        raise UsageError(f"data.root={config.root}: train classes {list(train)} differ from test classes "
+                         f"{list(test)}; both splits need the same class folders")
+
+
+def _check_class_count(config: DataConfig, classes: Sequence[str]) -> None:
+    """data.num_classes, where set, is a check of what the data holds (the config checks the CIFAR sets)."""
+    if config.num_classes is not None and config.num_classes != len(classes):
+        raise UsageError(f"data.num_classes={config.num_classes} but data.root={config.root} holds {len(classes)} "
+                         f"classes; set data.num_classes={len(classes)} or null")
