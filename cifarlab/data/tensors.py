@@ -11,7 +11,6 @@ imports no torchvision.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
