@@ -134,3 +134,34 @@ def test_train_in_process_writes_the_run_and_restores_signal_handlers(tmp_path: 
     assert losses[-1] < losses[0]  # it learns (the same 64 images each epoch)
     with pytest.raises(UsageError, match="already holds a run"):
         loop.train(config)
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """SIGTERM to this process once training has taken ``step`` (as SLURM warns a job): the run stops there with a
+    checkpoint. The signal comes from a wrapper around the checkpointer's per-step call; the stop is the trainer's."""
+    after_step = Checkpointer.after_step
+
+    def then_signal(self: Checkpointer, state: TrainState) -> None:
+        after_step(self, state)
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointer, "after_step", then_signal)
+
+
+def test_a_torn_last_metrics_line_is_left_out_when_the_run_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stop_at(monkeypatch, 5)
+    with pytest.raises(Preempted):
+        loop.train(tiny_config(tmp_path, "train.epochs=2"))
+    monkeypatch.undo()
+    run = RunDir(tmp_path / "tiny")
+    with open(run.metrics, "a") as handle:
+        handle.write('{"step": 6, "time": 1765000000.5, "train/lo')  # killed while appending a record
+    capsys.readouterr()
+    loop.train(tiny_config(tmp_path, "train.epochs=2", "train.resume=auto"))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "torn last line" in line]
+    assert notes == [f"cifarlab: note: {run.metrics}:4: left out a torn last line (a trainer killed while writing it); "
+                     f"the file is rewritten without it"]
+    written = [json.loads(line) for line in run.metrics.read_text().splitlines()]  # every line whole
+    assert [r["step"] for r in written] == [2, 4, 4, 6, 8, 8]  # steps logged and evaluated, each once

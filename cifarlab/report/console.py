@@ -48,6 +48,11 @@ class Console:
         if self._warnings:
             warning(message)
 
+    def note(self, message: str) -> None:
+        """A remark on something done for the user (a torn file repaired): :func:`note` on the main process."""
+        if self._warnings:
+            note(message)
+
     def epoch_bar(self, title: str, total: int, done: int) -> EpochBar:
         return EpochBar(self._rich if self.interactive else None, title, total, done)
 
