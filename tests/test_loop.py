@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from cifarlab import train as train_command
 from cifarlab.config import Config, load_config
 from cifarlab.data import build_data
 from cifarlab.data.path import DataPath
@@ -147,6 +151,34 @@ def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Checkpointer, "after_step", then_signal)
+
+
+def test_a_stopped_run_continues_with_the_command_it_prints_and_its_epoch_loss_is_the_whole_epochs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A preset with overrides: the preset again with train.resume=auto alone would differ from the run's config.
+    overrides = ("train.epochs=2", "optim.lr=0.05", "data.augment=none", "logging.level=info")
+    preset = str(CONFIGS / "smoke.yaml")
+    whole = RunDir(loop.train(tiny_config(tmp_path / "whole", *overrides), preset=preset))
+    stop_at(monkeypatch, 5)  # mid-epoch 2 (4 steps per epoch)
+    with pytest.raises(Preempted):
+        loop.train(tiny_config(tmp_path / "stopped", *overrides), preset=preset)
+    monkeypatch.undo()
+    run = RunDir(tmp_path / "stopped" / "tiny")
+    printed = re.search(r"stopped on SIGTERM at step 5: checkpoint \S+step_00000005 saved; continue with "
+                        r"python -m cifarlab\.train (.*)$", capsys.readouterr().out, re.MULTILINE)
+    assert printed is not None
+    arguments = shlex.split(printed.group(1))
+    assert arguments == ["--config", str(run.config), "train.resume=auto"]
+    assert train_command.main(arguments) == 0  # the printed arguments through the trainer's own command line
+    assert "resumed from" in capsys.readouterr().out
+
+    # The resumed epoch's loss covers all its batches, as the uninterrupted run's does (the weights are equal).
+    def epoch_losses(path: Path) -> list[float]:
+        return [r["train/epoch_loss"] for r in records(path) if "test/acc" in r]
+
+    assert epoch_losses(run.root) == pytest.approx(epoch_losses(whole.root), rel=1e-6, abs=0)
+    first, second = load_file(str(whole.weights)), load_file(str(run.weights))
+    assert all(torch.equal(first[key], second[key]) for key in first)
 
 
 def test_a_torn_last_metrics_line_is_left_out_when_the_run_resumes(

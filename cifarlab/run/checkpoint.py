@@ -42,7 +42,10 @@ from torch import nn
 from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
-from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
+from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir, resume_command
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""The errors of a write to a full (or read-only) filesystem."""
 
 
 class Stopwatch:
@@ -359,7 +362,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             (self.run.checkpoints / f".tmp-{LATEST}").unlink(missing_ok=True)
         raise RunFailed(f"could not save checkpoint {final} ({failure}); the earlier checkpoints and `latest` "
-                        f"are intact: free space, then continue with train.resume=auto")
+                        f"are intact: free space, then continue with {resume_command(self.run)}")
 
     def load(self, path: Path) -> TrainState:
         """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
@@ -406,6 +409,13 @@ def unloadable(folder: Path, pickled_only: bool = False) -> Optional[str]:
         except Exception as error:  # any refusal names this file
             return f"{file.name} ({_first_line(error)[:200]})"
     return None
+
+
+def out_of_space(error: OSError, run: RunDir) -> RunFailed:
+    """A run stopped by a full (or read-only) filesystem outside a checkpoint save (a metrics.jsonl record, a
+    run file), in one line with the command that continues it."""
+    return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is intact: "
+                     f"free space, then continue with {resume_command(run)}")
 
 
 def _why(error: BaseException, folder: Path) -> str:

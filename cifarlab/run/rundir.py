@@ -20,6 +20,8 @@ A checkpoint folder holds Accelerate's files plus :data:`TRAINER_STATE`, :data:`
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -129,6 +131,18 @@ class RunDir:
 def of_checkpoint(folder: Path) -> Optional[RunDir]:
     """The run a checkpoint folder (``<run>/checkpoints/<name>``) belongs to; None for any other folder."""
     return RunDir(folder.parent.parent) if folder.parent.name == "checkpoints" else None
+
+
+def resume_command(run: RunDir, *overrides: str) -> str:
+    """The command that continues ``run``: the trainer on the run's own config.yaml (the resolved experiment, its
+    output directory and name included; a preset given again without the overrides it was started with would differ
+    from it, and be refused) with ``train.resume=auto``, or ``overrides`` instead (as shell words: quoted by the
+    caller where needed). Under a launcher (``accelerate
+    launch``, torchrun) its options are the user's to repeat: ``<launch options>``. Run it where the run was
+    started: the run's paths are as it was given them."""
+    launched = any(name in os.environ for name in ("ACCELERATE_DYNAMO_BACKEND", "TORCHELASTIC_RUN_ID"))
+    trainer = "accelerate launch <launch options> -m cifarlab.train" if launched else "python -m cifarlab.train"
+    return " ".join([trainer, "--config", shlex.quote(str(run.config)), *(overrides or ["train.resume=auto"])])
 
 
 @dataclass(frozen=True)
