@@ -85,7 +85,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- build: data, model, optimizer, prepared for the launch ---
     set_seed(config.train.seed)
     datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
-                               device=accelerator.device)
+                               device=accelerator.device, progress=out)
     learner, steps_per_epoch = build_learner(accelerator, config, datasets)
 
     # --- run directory: written only once the data and model are known to work ---
