@@ -197,3 +197,22 @@ def test_a_torn_last_metrics_line_is_left_out_when_the_run_resumes(
                      f"the file is rewritten without it"]
     written = [json.loads(line) for line in run.metrics.read_text().splitlines()]  # every line whole
     assert [r["step"] for r in written] == [2, 4, 4, 6, 8, 8]  # steps logged and evaluated, each once
+
+
+def test_the_batch_loop_reads_nothing_back_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch's running loss stays on the device: host reads (item, tolist) do not grow with the batches."""
+    reads: list[str] = []
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+    counts = []
+    for images in (64, 128):  # 4 and 8 steps; no logging, no saves inside the epoch
+        learner, data, recorder, checkpointer, _ = parts(tiny_config(
+            tmp_path / str(images), f"data.train_size={images}", "logging.every_n_steps=1000",
+            "checkpoint.every_n_steps=null"))
+        reads.clear()
+        monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or item(self))
+        monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or tolist(self))
+        with StopRequest(learner.accelerator, lambda message: None) as stop:
+            stats = train_epoch(learner, data, TrainState(), recorder, checkpointer, stop, no_nan(learner, 1000))
+        monkeypatch.undo()
+        counts.append((stats.batches, len(reads)))
+    assert counts[0][0] == 4 and counts[1][0] == 8 and counts[0][1] == counts[1][1]
