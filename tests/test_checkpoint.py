@@ -3,6 +3,7 @@ everything restored on load."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab.config import CheckpointConfig
-from cifarlab.run.checkpoint import Checkpointer, TrainState, problem, resumable_checkpoint
+from cifarlab.run.checkpoint import Checkpointer, TrainState, out_of_space, problem, resumable_checkpoint
 from cifarlab.run.rundir import RunDir
 
 pytestmark = pytest.mark.unit
@@ -115,3 +116,15 @@ def test_the_epoch_loss_is_carried_and_old_trainer_states_still_load() -> None:
     old.step_in_epoch += 1
     old.read_back_loss(lambda total: total)
     assert old.epoch_loss() == 2.5 and old.epoch_loss_batches == 1
+
+
+def test_a_full_disk_outside_a_save_names_the_command_that_continues_the_run(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    full = OSError(errno.ENOSPC, "No space left on device", str(run.metrics))
+    assert str(out_of_space(full, run)) == (f"No space left on device writing {run.metrics}; free space, then run the "
+                                            f"command again")  # nothing written yet: nothing to continue
+    run.root.mkdir()
+    run.config.write_text("{}\n")
+    assert str(out_of_space(full, run)) == (f"No space left on device writing {run.metrics}; the last complete "
+                                            f"checkpoint is intact: free space, then continue with python -m "
+                                            f"cifarlab.train --config {run.config} train.resume=auto")

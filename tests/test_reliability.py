@@ -148,7 +148,10 @@ def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monke
                                                                             tmp_path: Path) -> None:
     from accelerate import Accelerator
 
-    with StopRequest(Accelerator(cpu=True), lambda message: None, RunDir(tmp_path / "run")) as stop:
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.config.write_text("{}\n")  # the run has started: a second Ctrl-C names the command that continues it
+    with StopRequest(Accelerator(cpu=True), lambda message: None, run) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # a launcher passing the same Ctrl-C on, moments later
         assert stop.received == "SIGINT"

@@ -414,6 +414,9 @@ def unloadable(folder: Path, pickled_only: bool = False) -> Optional[str]:
 def out_of_space(error: OSError, run: RunDir) -> RunFailed:
     """A run stopped by a full (or read-only) filesystem outside a checkpoint save (a metrics.jsonl record, a
     run file), in one line with the command that continues it."""
+    if not run.config.is_file():  # the run had written nothing yet
+        return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; free space, then run the command "
+                         f"again")
     return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is intact: "
                      f"free space, then continue with {resume_command(run)}")
 

@@ -73,8 +73,9 @@ class StopRequest:
             now = time.monotonic()
             if self._interrupted_at is not None and now - self._interrupted_at > SECOND_CTRL_C_AFTER:
                 # The second Ctrl-C: abort now (cifarlab.train prints the message as its one line).
+                known = self.run is not None and self.run.config.is_file()  # else it has saved nothing yet
                 raise Aborted("aborted by Ctrl-C" + (f"; continue from the last checkpoint with "
-                                                     f"{resume_command(self.run)}" if self.run else ""))
+                                                     f"{resume_command(self.run)}" if self.run and known else ""))
             self._interrupted_at = self._interrupted_at or now
         self.received = self.received or signal.Signals(signum).name
 
