@@ -26,7 +26,7 @@ class Preempted(CifarlabError):
     """Raised once a run has saved its checkpoint after a stop signal (see cifarlab.run.preemption)."""
 
     exit_code = 75
-    """EX_TEMPFAIL: run again (train.resume=auto) to continue."""
+    """EX_TEMPFAIL: the run can go on (the stop line says the command, with train.resume=auto)."""
 
 
 class Interrupted(Preempted):
@@ -34,3 +34,10 @@ class Interrupted(Preempted):
 
     exit_code = 130
     """128 + SIGINT, what a shell reports for a program stopped by Ctrl-C."""
+
+
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C: the run stops at once, without saving. Still a KeyboardInterrupt (what in-process callers
+    expect of Ctrl-C); the message says how to continue from the last checkpoint."""
+
+    exit_code = 130

@@ -31,8 +31,9 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     trained = loading.load_trained(checkpoint, config_file, overrides)
     config = trained.config
     accelerator = engine.build_accelerator(config)
-    datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(),
-                               device=accelerator.device)
+    out = console.Console(accelerator.is_main_process)
+    datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
+                               device=accelerator.device, progress=out)
     if datasets.classes != trained.classes:
         raise UsageError(f"the data has classes {list(datasets.classes)} but the model was trained on "
                          f"{list(trained.classes)}; point data.name / data.root at the data it was trained on")
@@ -41,7 +42,6 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     model = accelerator.prepare(trained.model)
     result = engine.evaluate(model, datasets.test_batches(), accelerator, datasets.classes, config.train.tta)
 
-    out = console.Console(accelerator.is_main_process)
     out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")
     out.eval_table(console.accuracy_summary(result), result)
     out.confusion_table(result)

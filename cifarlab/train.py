@@ -4,7 +4,7 @@
     accelerate launch -m cifarlab.train --config configs/smoke.yaml          # fake data, seconds on a CPU
     accelerate launch -m cifarlab.train --config configs/tutorial.yaml data.name=imagefolder data.root=/data/c10
     accelerate launch --multi_gpu --num_processes 2 -m cifarlab.train --config configs/smoke.yaml
-    accelerate launch -m cifarlab.train train.run_name=exp1 train.resume=auto   # continue a run
+    accelerate launch -m cifarlab.train --config runs/exp1/config.yaml train.resume=auto   # continue a run
     python -m cifarlab.train --config configs/resnet18.yaml --print-config    # resolved config, then exit
 
 Configuration: schema defaults <- --config FILE.yaml <- key=value overrides (see cifarlab/config.py).
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from cifarlab.config import load_config, to_yaml
-from cifarlab.errors import CifarlabError, Interrupted, Preempted
+from cifarlab.errors import Aborted, CifarlabError, Interrupted, Preempted
 from cifarlab.report import console
 from cifarlab.run.preemption import stop_when_orphaned
 
@@ -63,12 +63,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise
-        console.error(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is "
-                      f"intact: free space, then continue with train.resume=auto")
+        # Before the run started, or after it ended (a full disk during a run is a RunFailed naming the command).
+        console.error(f"{error.strerror} writing {error.filename or 'a file'}; free space, then run the command "
+                      f"again")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        console.error("aborted by Ctrl-C; continue from the last checkpoint with train.resume=auto")
+        # An Aborted one (a second Ctrl-C during the run) says how to continue; another came before the run started.
+        console.error(str(error) if isinstance(error, Aborted) and str(error) else "aborted by Ctrl-C")
         return Interrupted.exit_code
     return 0
 

@@ -3,6 +3,7 @@ everything restored on load."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab.config import CheckpointConfig
-from cifarlab.run.checkpoint import Checkpointer, TrainState, problem, resumable_checkpoint
+from cifarlab.run.checkpoint import Checkpointer, TrainState, out_of_space, problem, resumable_checkpoint
 from cifarlab.run.rundir import RunDir
 
 pytestmark = pytest.mark.unit
@@ -82,3 +83,48 @@ def test_the_checkpoint_resumed_from_is_never_pruned(tmp_path: Path) -> None:
         state.global_step = step
         saver.save(state)
     assert [p.name for p in saver.run.step_checkpoints()] == ["step_00000002", "step_00000006"]
+
+
+def test_the_epoch_loss_is_carried_and_old_trainer_states_still_load() -> None:
+    state = TrainState()
+    running = state.start_running_loss(torch.device("cpu"))
+    for loss in (2.0, 1.0, 3.0):  # three batches: the loop adds on the device, nothing is read back
+        running += loss
+        state.step_in_epoch += 1
+    state.read_back_loss(lambda total: total)  # a save (one process: the mean over ranks is the sum itself)
+    assert (state.epoch_loss_sum, state.epoch_loss_batches, float(running)) == (6.0, 3, 0.0)
+    saved = state.state_dict()
+    assert saved["epoch_loss_sum"] == 6.0 and saved["epoch_loss_batches"] == 3 and "running_loss" not in saved
+    resumed = TrainState()
+    resumed.load_state_dict(saved)
+    running = resumed.start_running_loss(torch.device("cpu"))
+    running += 4.0
+    resumed.step_in_epoch += 1
+    resumed.read_back_loss(lambda total: total)
+    assert resumed.epoch_loss() == pytest.approx(10.0 / 4)  # the whole epoch, across the resume
+    resumed.end_epoch(accuracy=0.5)
+    assert (resumed.epoch_loss_sum, resumed.epoch_loss_batches, resumed.running_loss) == (0.0, 0, None)
+
+    # A trainer_state.json from before these fields, saved mid-epoch: it loads, and the epoch's loss and training
+    # seconds then cover the batches after the resume.
+    old = TrainState()
+    old.load_state_dict({"epoch": 1, "step_in_epoch": 3, "global_step": 7, "best_accuracy": 0.5, "best_epoch": 1,
+                         "wandb_run_id": None, "elapsed_s": 9.0, "train_s": 6.5, "target": None})
+    assert (old.epoch_loss_sum, old.epoch_loss_batches, old.epoch_start_train_s) == (0.0, 0, 6.5)
+    running = old.start_running_loss(torch.device("cpu"))
+    running += 2.5
+    old.step_in_epoch += 1
+    old.read_back_loss(lambda total: total)
+    assert old.epoch_loss() == 2.5 and old.epoch_loss_batches == 1
+
+
+def test_a_full_disk_outside_a_save_names_the_command_that_continues_the_run(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    full = OSError(errno.ENOSPC, "No space left on device", str(run.metrics))
+    assert str(out_of_space(full, run)) == (f"No space left on device writing {run.metrics}; free space, then run the "
+                                            f"command again")  # nothing written yet: nothing to continue
+    run.root.mkdir()
+    run.config.write_text("{}\n")
+    assert str(out_of_space(full, run)) == (f"No space left on device writing {run.metrics}; the last complete "
+                                            f"checkpoint is intact: free space, then continue with python -m "
+                                            f"cifarlab.train --config {run.config} train.resume=auto")

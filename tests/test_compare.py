@@ -119,14 +119,23 @@ def test_config_keys_the_schema_lacks_are_kept_and_new_ones_default(tmp_path: Pa
     assert config["train.epochs"] == 3 and config["train.mixed_precision"] == "no"
 
 
-def test_a_torn_last_line_is_dropped_only_in_unfinished_runs(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_dropped_only_in_unfinished_runs(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     for name, finished in (("stopped", False), ("done", True)):
         path = make_run(tmp_path, name, [0.5, 0.6], finished=finished)
         with open(path / "metrics.jsonl", "a") as handle:
             handle.write('{"step": 30, "test/a')
     assert [r["test/acc"] for r in results.read_run(tmp_path / "stopped").evaluations] == [0.5, 0.6]
-    with pytest.raises(ResultsError, match=r"metrics.jsonl:5: not a JSON record"):
+    assert capsys.readouterr().err == (f"cifarlab: note: {tmp_path / 'stopped' / 'metrics.jsonl'}:5: left out a torn "
+                                       f"last line (the run is unfinished: its trainer was killed, or is still "
+                                       f"writing, mid-line)\n")
+    with pytest.raises(ResultsError, match=r"metrics.jsonl:5: not a JSON record .*its last line, in a finished run"):
         results.read_run(tmp_path / "done")
+    # A damaged line that is not the last is never a torn tail.
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + "\n" + '{"step": 31}\n')
+    with pytest.raises(ResultsError, match=r"metrics.jsonl:5: not a JSON record .*not its last line"):
+        results.read_run(tmp_path / "stopped")
 
 
 def test_read_predictions(tmp_path: Path) -> None:

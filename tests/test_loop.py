@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from cifarlab import train as train_command
 from cifarlab.config import Config, load_config, to_yaml
 from cifarlab.data import build_data
 from cifarlab.data.path import DataPath
@@ -195,3 +199,81 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_afresh_only_as_itself(
     same.config.write_text(to_yaml(config))
     loop.train(tiny_config(tmp_path / "same", "train.epochs=1", "train.resume=auto"))
     assert same.finished() and not same.history.exists()
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """SIGTERM to this process once training has taken ``step`` (as SLURM warns a job): the run stops there with a
+    checkpoint. The signal comes from a wrapper around the checkpointer's per-step call; the stop is the trainer's."""
+    after_step = Checkpointer.after_step
+
+    def then_signal(self: Checkpointer, state: TrainState) -> None:
+        after_step(self, state)
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointer, "after_step", then_signal)
+
+
+def test_a_stopped_run_continues_with_the_command_it_prints_and_its_epoch_loss_is_the_whole_epochs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A preset with overrides: the preset again with train.resume=auto alone would differ from the run's config.
+    overrides = ("train.epochs=2", "optim.lr=0.05", "data.augment=none", "logging.level=info")
+    preset = str(CONFIGS / "smoke.yaml")
+    whole = RunDir(loop.train(tiny_config(tmp_path / "whole", *overrides), preset=preset))
+    stop_at(monkeypatch, 5)  # mid-epoch 2 (4 steps per epoch)
+    with pytest.raises(Preempted):
+        loop.train(tiny_config(tmp_path / "stopped", *overrides), preset=preset)
+    monkeypatch.undo()
+    run = RunDir(tmp_path / "stopped" / "tiny")
+    printed = re.search(r"stopped on SIGTERM at step 5: checkpoint \S+step_00000005 saved; continue with "
+                        r"python -m cifarlab\.train (.*)$", capsys.readouterr().out, re.MULTILINE)
+    assert printed is not None
+    arguments = shlex.split(printed.group(1))
+    assert arguments == ["--config", str(run.config), "train.resume=auto"]
+    assert train_command.main(arguments) == 0  # the printed arguments through the trainer's own command line
+    assert "resumed from" in capsys.readouterr().out
+
+    # The resumed epoch's loss covers all its batches, as the uninterrupted run's does (the weights are equal).
+    def epoch_losses(path: Path) -> list[float]:
+        return [r["train/epoch_loss"] for r in records(path) if "test/acc" in r]
+
+    assert epoch_losses(run.root) == pytest.approx(epoch_losses(whole.root), rel=1e-6, abs=0)
+    first, second = load_file(str(whole.weights)), load_file(str(run.weights))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_torn_last_metrics_line_is_left_out_when_the_run_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stop_at(monkeypatch, 5)
+    with pytest.raises(Preempted):
+        loop.train(tiny_config(tmp_path, "train.epochs=2"))
+    monkeypatch.undo()
+    run = RunDir(tmp_path / "tiny")
+    with open(run.metrics, "a") as handle:
+        handle.write('{"step": 6, "time": 1765000000.5, "train/lo')  # killed while appending a record
+    capsys.readouterr()
+    loop.train(tiny_config(tmp_path, "train.epochs=2", "train.resume=auto"))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "torn last line" in line]
+    assert notes == [f"cifarlab: note: {run.metrics}:4: left out a torn last line (a trainer killed while writing it); "
+                     f"the file is rewritten without it"]
+    written = [json.loads(line) for line in run.metrics.read_text().splitlines()]  # every line whole
+    assert [r["step"] for r in written] == [2, 4, 4, 6, 8, 8]  # steps logged and evaluated, each once
+
+
+def test_the_batch_loop_reads_nothing_back_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch's running loss stays on the device: host reads (item, tolist) do not grow with the batches."""
+    reads: list[str] = []
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+    counts = []
+    for images in (64, 128):  # 4 and 8 steps; no logging, no saves inside the epoch
+        learner, data, recorder, checkpointer, _ = parts(tiny_config(
+            tmp_path / str(images), f"data.train_size={images}", "logging.every_n_steps=1000",
+            "checkpoint.every_n_steps=null"))
+        reads.clear()
+        monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or item(self))
+        monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or tolist(self))
+        with StopRequest(learner.accelerator, lambda message: None) as stop:
+            stats = train_epoch(learner, data, TrainState(), recorder, checkpointer, stop, no_nan(learner, 1000))
+        monkeypatch.undo()
+        counts.append((stats.batches, len(reads)))
+    assert counts[0][0] == 4 and counts[1][0] == 8 and counts[0][1] == counts[1][1]

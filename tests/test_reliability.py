@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cifarlab.errors import Interrupted, Preempted
+from cifarlab.errors import Aborted, Interrupted, Preempted
 from cifarlab.run.checkpoint import problem
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.rundir import RunDir
@@ -110,9 +111,11 @@ def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path
     launched.signal(signum)  # the launcher (or torchrun's agent) only, as a job manager or `timeout` would
     launched.finish()
     _wait_gone(trainers)
-    step = int(launched.wait_for(r"stopped on SIGTERM at step (\d+): checkpoint \S+ saved; continue with "
-                                 r"train.resume=auto", timeout=30).group(1))
     run = RunDir(tmp_path / "runs" / name)
+    # Under a launcher the command leaves its options to the user.
+    step = int(launched.wait_for(r"stopped on SIGTERM at step (\d+): checkpoint \S+ saved; continue with accelerate "
+                                 rf"launch <launch options> -m cifarlab.train --config {run.config} train.resume=auto",
+                                 timeout=30).group(1))
     assert run.latest.read_text() == f"step_{step:08d}" and problem(run.checkpoint(step)) is None
     if processes == 1:  # the resumed run ends exactly where the uninterrupted one did
         check(run_python(smoke(tmp_path, name, *SMALL, "train.resume=auto"), tmp_path))
@@ -129,29 +132,37 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(
     assert run.finish() == Interrupted.exit_code == 130
     output = run.output()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
-    step = int(run.wait_for(r"stopped on SIGINT at step (\d+): checkpoint \S+ saved; continue with "
-                            r"train.resume=auto").group(1))
+    stopped = run.wait_for(r"stopped on SIGINT at step (\d+): checkpoint \S+ saved; continue with python -m "
+                           r"cifarlab.train (.*)")
+    step, arguments = int(stopped.group(1)), shlex.split(stopped.group(2))
     (segment,) = find_run_files(tmp_path / "runs" / "ctrlc" / "wandb")
     (exit_record,) = [r["exit"] for r in read_records(segment) if r["type"] == "exit"]
     assert exit_record.get("exit_code") == 130  # not "finished (exit code 0)"
-    check(run_python(smoke(tmp_path, "ctrlc", *SMALL, "train.resume=auto"), tmp_path))
+    check(run_python(arguments, tmp_path))  # the printed command continues the run
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "ctrlc" / "model.safetensors")
     assert step > 0
 
 
 
-def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_ctrl_c_aborts_but_a_forwarded_copy_of_the_first_does_not(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
     from accelerate import Accelerator
 
-    with StopRequest(Accelerator(cpu=True), lambda message: None) as stop:
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.config.write_text("{}\n")  # the run has started: a second Ctrl-C names the command that continues it
+    with StopRequest(Accelerator(cpu=True), lambda message: None, run) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # a launcher passing the same Ctrl-C on, moments later
         assert stop.received == "SIGINT"
         monkeypatch.setattr("cifarlab.run.preemption.SECOND_CTRL_C_AFTER", 0.0)
         time.sleep(0.01)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as aborted:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler raises here
+    assert isinstance(aborted.value, Aborted) and str(aborted.value) == (
+        f"aborted by Ctrl-C; continue from the last checkpoint with python -m cifarlab.train --config "
+        f"{tmp_path / 'run' / 'config.yaml'} train.resume=auto")
     assert Interrupted.exit_code == 130 and issubclass(Interrupted, Preempted)
 
 
@@ -161,16 +172,21 @@ def test_an_abort_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, caps
     from cifarlab import train
 
     def second_ctrl_c(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+        raise Aborted("aborted by Ctrl-C; continue from the last checkpoint with python -m cifarlab.train ...")
 
-    monkeypatch.setattr(cifarlab.run.loop, "train", second_ctrl_c)
+    def before_the_run(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Python's own, before the trainer's handlers are in place: no run to continue
+
     previous = signal.getsignal(signal.SIGINT)
     try:
-        assert train.main(smoke(tmp_path, "abort")) == 130
+        for interrupt in (second_ctrl_c, before_the_run):
+            monkeypatch.setattr(cifarlab.run.loop, "train", interrupt)
+            assert train.main(smoke(tmp_path, "abort")) == 130
     finally:
         signal.signal(signal.SIGINT, previous)
     assert error_lines(capsys.readouterr().err) == [
-        "cifarlab: error: aborted by Ctrl-C; continue from the last checkpoint with train.resume=auto"]
+        "cifarlab: error: aborted by Ctrl-C; continue from the last checkpoint with python -m cifarlab.train ...",
+        "cifarlab: error: aborted by Ctrl-C"]
 
 
 # --- 4. a run keeps its identity -----------------------------------------------------------------------------

@@ -3,7 +3,11 @@ and the foundation's guarantees (sharding, exact evaluation counts, exact resume
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from cifarlab.config import DataConfig
 from cifarlab.data import build_data
 from cifarlab.data.images import SeededTransform, build_transform
 from cifarlab.data.tensors import augment, cutout
+from cifarlab.report.console import Console, _QuarterLines
 
 from conftest import assert_sharded_counted_and_resumable
 
@@ -50,6 +55,49 @@ def test_decoded_tensors_are_cached_and_redone_when_the_source_changes(tmp_path:
     assert len(train_cache) == 1 and train_cache[0] not in cache  # the stale one is gone
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32)
     assert torch.equal(third.train.images[0], red)
+
+
+class Recorded:
+    """A :class:`cifarlab.data.path.Progress` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.bars: list[tuple[str, int, list[int]]] = []
+        self.lines: list[str] = []
+
+    @contextlib.contextmanager
+    def progress(self, title: str, total: int) -> Iterator[Callable[[int], None]]:
+        counts: list[int] = []
+        self.bars.append((title, total, counts))
+        yield counts.append
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+@pytest.mark.unit
+def test_the_one_off_decode_shows_its_progress_and_says_when_it_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    root = _folder(tmp_path / "data", per_class=200)  # 600 images a split
+    config = DataConfig(name="imagefolder", root=str(root), loader="tensor", augment="none")
+    seen = Recorded()
+    build_data(config, seed=0, progress=seen)
+    ((title, total, counts),) = seen.bars  # one bar over both splits
+    assert (title, total, sum(counts)) == ("decoding 1,200 images", 1200, 1200) and len(counts) >= 4
+    (line,) = seen.lines
+    assert re.fullmatch(rf"decoded 1,200 images in \d+\.\d s into {re.escape(str(root / '.cifarlab-cache'))}", line)
+    build_data(config, seed=0, progress=seen)  # cached: no work to show
+    build_data(DataConfig(**{**config.__dict__, "loader": "torchvision"}), seed=0, progress=seen)  # decodes per image
+    assert len(seen.bars) == 1 and len(seen.lines) == 1
+
+    # The console off a terminal (a log): a plain line at each quarter passed once the work has taken
+    # _QuarterLines.QUIET_FOR seconds (here at once), then the done line.
+    monkeypatch.setattr(_QuarterLines, "QUIET_FOR", 0.0)
+    shutil.rmtree(root / ".cifarlab-cache")
+    build_data(config, seed=0, progress=Console(True))
+    printed = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"about \d+ s", "about N s", line.split("] ", 1)[1]) for line in printed[:-1]] == [
+        f"decoding 1,200 images: {done}/1,200 done, about N s left" for done in ("500", "600", "1,100")]
+    assert len(printed) == 4 and "] decoded 1,200 images in " in printed[-1]
 
 
 @pytest.mark.unit

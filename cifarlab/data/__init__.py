@@ -29,19 +29,20 @@ from cifarlab.config import DataConfig
 if TYPE_CHECKING:
     import torch
 
-    from cifarlab.data.path import DataPath
+    from cifarlab.data.path import DataPath, Progress
 
 
 def build_data(config: DataConfig, seed: int,
                main_process_first: Optional[contextlib.AbstractContextManager[Any]] = None,
                warn: Callable[[str], None] = lambda message: None,
-               device: Optional[torch.device] = None) -> DataPath:
+               device: Optional[torch.device] = None, progress: Optional[Progress] = None) -> DataPath:
     """Both splits on the path ``data.loader`` names. ``main_process_first`` lets rank 0 download (and, for
     the tensor path, decode and cache) before the others read. ``device``: where the tensor path keeps the
-    images (the training device; None = CPU memory)."""
+    images (the training device; None = CPU memory). ``progress``: where the one-off decode of an image folder
+    into the tensor path's cache shows its progress (a bar, then one line); the per-image path has no such work."""
     from cifarlab.data import images, tensors
 
     paths: dict[str, Callable[..., DataPath]] = {"tensor": tensors.TensorData.build,
                                                   "torchvision": images.ImageData.build}
     with main_process_first or contextlib.nullcontext():
-        return paths[config.loader](config, seed, warn=warn, device=device)
+        return paths[config.loader](config, seed, warn=warn, device=device, progress=progress)

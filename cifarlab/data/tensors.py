@@ -5,17 +5,21 @@ Each sample's crop offset and flip come from a counter-based hash of (train.seed
 like the torchvision path's per-sample seeding: the same numbers at any process count, batch split or
 resume point, on CPU or GPU. The decoded tensors are cached next to the data (safetensors, keyed by a
 fingerprint of the source files, so a changed source is decoded again). A run that finds its cache
-imports no torchvision.
+imports no torchvision. The one-off decode of an image folder shows its progress where the caller says
+(:class:`cifarlab.data.path.Progress`): one bar over both splits, one line when done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -23,10 +27,12 @@ from torch.utils.data import Dataset
 
 from cifarlab import files
 from cifarlab.config import DataConfig
-from cifarlab.data.path import Batch, DataPath, size, spread, subset_indices
+from cifarlab.data.path import Batch, DataPath, Progress, size, spread, subset_indices
 from cifarlab.data.sources import fingerprint, open_source, split_size
 
 _CACHE_DIR = ".cifarlab-cache"
+_SPLITS = ("train", "test")
+_REPORT_EVERY = 500  # images decoded between progress reports (a report per image would cost more than a bar shows)
 _PAD = 4  # random crop = translation by up to 4 pixels with zero fill, as RandomCrop(32, padding=4)
 
 
@@ -63,9 +69,16 @@ class TensorData(DataPath):
     test: TensorImages
 
     @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None], device: Optional[torch.device] = None,
+              progress: Optional[Progress] = None) -> DataPath:
+        # Both splits at once: a decode of both is one bar and one line.
+        loaded = load_splits(config, warn, progress)
+        return cls.of_splits(config, seed, *(_in_memory(config, split, loaded[split], device) for split in _SPLITS))
+
+    @classmethod
     def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
               device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
-        return _in_memory(config, split, warn, device)
+        return _in_memory(config, split, load_tensors(config, split, warn), device)
 
     def to_model(self, batch: Any, train: bool) -> Batch:
         images, labels, indices = batch
@@ -92,9 +105,13 @@ class TensorData(DataPath):
         return images.cpu(), labels.cpu()
 
 
-def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
+Loaded = tuple[torch.Tensor, torch.Tensor, list[str], Optional[str]]
+"""A split, decoded: uint8 images (N, 3, H, W), labels, class names and the source files' key (None for fake data)."""
+
+
+def _in_memory(config: DataConfig, split: str, loaded: Loaded,
                device: Optional[torch.device]) -> tuple[TensorImages, list[str]]:
-    images, labels, classes, source_key = load_tensors(config, split, warn)
+    images, labels, classes, source_key = loaded
     key = "data.train_size" if split == "train" else "data.test_size"
     indices = subset_indices(len(labels), split_size(config, split), key)
     if indices is not None:
@@ -108,10 +125,9 @@ def _in_memory(config: DataConfig, split: str, warn: Callable[[str], None],
 
 # --- decoding and the cache -------------------------------------------------------------------------
 
-def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images (N, 3, H, W), labels) of a dataset of PIL images, or of torchvision's CIFAR."""
-    import numpy as np
-
+def _decode(base: Any, done: Callable[[int], None] = lambda count: None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, H, W), labels) of a dataset of PIL images, or of torchvision's CIFAR; ``done`` hears
+    every few hundred images how many more are decoded."""
     data = getattr(base, "data", None)
     if isinstance(data, np.ndarray) and data.ndim == 4:  # torchvision's CIFAR: decoded already, (N, 32, 32, 3)
         return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(base.targets)
@@ -120,35 +136,72 @@ def _decode(base: Any) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = base[index]
         images.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
         labels.append(label)
+        if (index + 1) % _REPORT_EVERY == 0:
+            done(_REPORT_EVERY)
+    done(size(base) % _REPORT_EVERY)
     return torch.stack(images), torch.tensor(labels)
 
 
-def load_tensors(config: DataConfig, split: str,
-                 warn: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[str], Optional[str]]:
-    """Decoded (images, labels, class names, the source files' key) of ``split``: from the cache under
-    ``data.root`` when it is current. The key is None where there are no files to key (fake data)."""
-    found = fingerprint(config, split)
-    cache = _cache_file(config, split, found[0]) if found else None
-    if found is not None and cache is not None and cache.is_file():
-        tensors = load_file(str(cache))
-        return tensors["images"], tensors["labels"], found[1], found[0]
-    base, classes = open_source(config, split)
-    images, labels = _decode(base)
-    if cache is None:
-        found = fingerprint(config, split)  # a CIFAR set may have been downloaded just now
+def load_tensors(config: DataConfig, split: str, warn: Callable[[str], None],
+                 progress: Optional[Progress] = None) -> Loaded:
+    """Decoded (images, labels, class names, the source files' key) of ``split``: see :func:`load_splits`."""
+    return load_splits(config, warn, progress, (split,))[split]
+
+
+def load_splits(config: DataConfig, warn: Callable[[str], None], progress: Optional[Progress] = None,
+                splits: Sequence[str] = _SPLITS) -> dict[str, Loaded]:
+    """Each split decoded, as (images, labels, class names, the source files' key): from the cache under
+    ``data.root`` when it is current, else decoded and cached. The key is None where there are no files to key
+    (fake data: decoded every time, never cached). Decoding image files into the cache, seconds of one-off work,
+    goes to ``progress``: one bar over every split decoded, one line when done."""
+    loaded: dict[str, Loaded] = {}
+    opened: dict[str, tuple[Dataset, list[str], Optional[tuple[str, list[str]]]]] = {}
+    for split in splits:
+        found = fingerprint(config, split)
         cache = _cache_file(config, split, found[0]) if found else None
-    if cache is not None:
-        try:
-            cache.parent.mkdir(exist_ok=True)
-            tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
-            save_file({"images": images, "labels": labels}, str(tmp))
-            files.publish(tmp, cache)  # a shared data folder: other users may read the cache too
-            for stale in cache.parent.glob(_cache_file(config, split, "*").name):
-                if stale != cache:
-                    stale.unlink()  # decoded from files that have changed since
-        except OSError as error:
-            warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
-    return images, labels, classes, found[0] if found else None
+        if found is not None and cache is not None and cache.is_file():
+            tensors = load_file(str(cache))
+            loaded[split] = (tensors["images"], tensors["labels"], found[1], found[0])
+        else:
+            base, classes = open_source(config, split)
+            opened[split] = (base, classes, found or fingerprint(config, split))  # a CIFAR set may be new
+    # The one-off work: image files decoded one by one into a cache (CIFAR comes decoded; fake data is not cached).
+    one_off = [split for split, (base, _, found) in opened.items()
+               if found is not None and not isinstance(getattr(base, "data", None), np.ndarray)]
+    count = sum(size(opened[split][0]) for split in one_off)
+    started = time.perf_counter()
+    bar = (progress.progress(f"decoding {count:,} images", count) if progress is not None and count
+           else contextlib.nullcontext(lambda done: None))
+    cached = True
+    with bar as done:
+        for split, (base, classes, found) in opened.items():
+            images, labels = _decode(base, done if split in one_off else lambda count: None)
+            if found is not None:
+                cached = _save_cache(config, split, found[0], images, labels, warn) and cached
+            loaded[split] = (images, labels, classes, found[0] if found else None)
+    if progress is not None and count:
+        where = f"into {Path(config.root) / _CACHE_DIR}" if cached else "(not cached: see the warning above)"
+        progress.log(f"decoded {count:,} images in {time.perf_counter() - started:.1f} s {where}")
+    return {split: loaded[split] for split in splits}
+
+
+def _save_cache(config: DataConfig, split: str, key: str, images: torch.Tensor, labels: torch.Tensor,
+                warn: Callable[[str], None]) -> bool:
+    """Write ``split``'s decoded tensors to its cache file (and remove stale ones); False, with a warning, when
+    that fails."""
+    cache = _cache_file(config, split, key)
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
+        save_file({"images": images, "labels": labels}, str(tmp))
+        files.publish(tmp, cache)  # a shared data folder: other users may read the cache too
+        for stale in cache.parent.glob(_cache_file(config, split, "*").name):
+            if stale != cache:
+                stale.unlink()  # decoded from files that have changed since
+    except OSError as error:
+        warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
+        return False
+    return True
 
 
 def _cache_file(config: DataConfig, split: str, key: str) -> Path:

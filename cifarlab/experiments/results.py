@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.errors import UsageError
-from cifarlab.run.rundir import RunDir
+from cifarlab.run.rundir import RunDir, read_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -34,20 +34,19 @@ class ResultsError(UsageError):
 
 def records(run_dir: Path, tolerate_torn_tail: bool = False) -> list[dict[str, Any]]:
     """Every record of a run's metrics.jsonl (logged steps and evaluations), in order; [] without the file.
-    ``tolerate_torn_tail`` drops a last line that is not JSON: what a process killed mid-write leaves."""
+    ``tolerate_torn_tail`` (an unfinished run): a last line that is not JSON, what a trainer killed mid-append
+    leaves, is left out with a one-line note. Any other line that is not JSON raises :class:`ResultsError`."""
     path = RunDir(Path(run_dir)).metrics
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    found: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            if tolerate_torn_tail and number == len(lines):
-                break
-            raise ResultsError(f"{path}:{number}: not a JSON record ({line[:60]!r})") from None
-    return found
+    try:
+        written = read_metrics(path, tail_may_be_torn=tolerate_torn_tail)
+    except UsageError as error:
+        raise ResultsError(str(error)) from None
+    if written.torn is not None:
+        from cifarlab.report.console import note
+
+        note(f"{path}:{written.torn}: left out a torn last line (the run is unfinished: its trainer was killed, or "
+             f"is still writing, mid-line)")
+    return written.records
 
 
 def is_evaluation(record: dict[str, Any]) -> bool:

@@ -6,6 +6,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -48,8 +50,29 @@ class Console:
         if self._warnings:
             warning(message)
 
+    def note(self, message: str) -> None:
+        """A remark on something done for the user (a torn file repaired): :func:`note` on the main process."""
+        if self._warnings:
+            note(message)
+
     def epoch_bar(self, title: str, total: int, done: int) -> EpochBar:
         return EpochBar(self._rich if self.interactive else None, title, total, done)
+
+    @contextmanager
+    def progress(self, title: str, total: int) -> Iterator[Callable[[int], None]]:
+        """Long one-off work on ``total`` items (decoding a dataset; :class:`cifarlab.data.path.Progress`): what it
+        gives is called with the count of items just done. On a terminal a bar with the time left, gone when the
+        work is; in logs a plain line at each quarter once the work has taken 2 s (short work prints none). The
+        caller says when it is done (:meth:`log`)."""
+        if self._rich is None:
+            yield lambda count: None
+        elif self.interactive:
+            with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=self._rich, transient=True) as bar:
+                task = bar.add_task(title, total=total)
+                yield lambda count: bar.advance(task, count)
+        else:
+            yield _QuarterLines(self.log, title, total).advance
 
     def eval_table(self, title: str, result: EvalResult, previous: Optional[EvalResult] = None) -> None:
         """Accuracy (and top-5) per class, or, beyond :data:`FULL_TABLE` classes, per CIFAR-100 superclass or
@@ -207,6 +230,26 @@ class EpochBar:
                 self._progress.update(self._task, completed=done)
             else:
                 self._progress.update(self._task, completed=done, stats=stats)
+
+
+class _QuarterLines:
+    """Progress as plain lines: one at each quarter of the work passed after the first :data:`QUIET_FOR` seconds."""
+
+    QUIET_FOR = 2.0
+
+    def __init__(self, log: Callable[[str], None], title: str, total: int) -> None:
+        self.log, self.title, self.total = log, title, total
+        self.done, self.quarters, self.started = 0, 0, time.perf_counter()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        passed = min(4 * self.done // max(self.total, 1), 3)  # the last quarter is the caller's done line
+        if passed > self.quarters:
+            self.quarters = passed
+            elapsed = time.perf_counter() - self.started
+            if elapsed >= self.QUIET_FOR:
+                left = elapsed * (self.total - self.done) / self.done
+                self.log(f"{self.title}: {self.done:,}/{self.total:,} done, about {left:.0f} s left")
 
 
 def _percent(fraction: float) -> str:

@@ -83,11 +83,13 @@ def _per_class(hits: torch.Tensor, totals: torch.Tensor, classes: tuple[str, ...
 @dataclass(frozen=True)
 class EpochStats:
     loss: float
-    """Mean training loss over the batches trained in this epoch by this run (all ranks)."""
+    """Mean training loss over the epoch's batches (all ranks), also across a mid-epoch resume: the checkpoint
+    carries the sum (after resuming from a checkpoint of an older version: over the batches after the resume)."""
     batches: int
-    """Training batches taken in this epoch by this run (fewer than an epoch after a mid-epoch resume)."""
+    """Training batches that ``loss`` and ``images_per_s`` cover: the whole epoch (see ``loss``)."""
     seconds: float
-    """Wall seconds of training (not evaluation) in this epoch."""
+    """Wall seconds of training (not evaluation) in this epoch, summed over the segments of a resumed epoch (time
+    lost to a crash after the last checkpoint not counted)."""
     images_per_s: float
     """Training images per second (global batch x batches / seconds)."""
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
@@ -41,7 +42,10 @@ from torch import nn
 from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
-from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir
+from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir, resume_command
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""The errors of a write to a full (or read-only) filesystem."""
 
 
 class Stopwatch:
@@ -86,21 +90,59 @@ class TrainState:
     target: Optional[dict[str, float]] = None
     """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.run.recorder`); None
     before."""
+    epoch_loss_sum: float = 0.0
+    """Training loss of the epoch in progress summed over :attr:`epoch_loss_batches` batches (each batch's loss
+    averaged over the ranks), so that a resumed epoch's ``train/epoch_loss`` covers the whole epoch. The batches
+    since the last save are summed on the device (:attr:`running_loss`) and added in by :meth:`read_back_loss`."""
+    epoch_loss_batches: int = 0
+    """The batches :attr:`epoch_loss_sum` covers: all of the epoch's so far; only those after the resume when the
+    run resumed from a checkpoint saved without these fields (older versions)."""
+    epoch_start_train_s: float = 0.0
+    """:attr:`train_s` when the epoch in progress began: the epoch's training seconds (over every segment) are
+    ``train_s`` minus this. A checkpoint saved without it counts from the resume."""
 
     def __post_init__(self) -> None:
         self.wall, self.training = Stopwatch(self.elapsed_s), Stopwatch(self.train_s)
+        self.running_loss: Optional[torch.Tensor] = None
+        """This rank's training loss summed on its device since :attr:`epoch_loss_sum` was last read back (no
+        host sync per step); None outside an epoch's batch loop."""
+        self._running_from = self.step_in_epoch  # step_in_epoch when running_loss was last zeroed
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain values for trainer_state.json; call :meth:`read_back_loss` first (the checkpointer does)."""
         return {**asdict(self), "elapsed_s": self.wall.read(), "train_s": self.training.read()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+        if "epoch_start_train_s" not in state:  # saved by an older version: the epoch's figures start here
+            self.epoch_start_train_s = self.train_s
         self.__post_init__()
+
+    def start_running_loss(self, device: torch.device) -> torch.Tensor:
+        """A zero sum on ``device`` for the batch loop to add each batch's loss to (:attr:`running_loss`)."""
+        self.running_loss, self._running_from = torch.zeros((), device=device), self.step_in_epoch
+        return self.running_loss
+
+    def read_back_loss(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Add :attr:`running_loss`, averaged over the ranks, into :attr:`epoch_loss_sum` and zero it: a host sync,
+        and with ``mean_over_ranks`` a collective (call on every rank). Only at saves and at the epoch's end."""
+        if self.running_loss is None:
+            return
+        self.epoch_loss_sum += float(mean_over_ranks(self.running_loss).item())
+        self.epoch_loss_batches += self.step_in_epoch - self._running_from
+        self.running_loss.zero_()
+        self._running_from = self.step_in_epoch
+
+    def epoch_loss(self) -> float:
+        """Mean training loss over the epoch's batches so far (as read back)."""
+        return self.epoch_loss_sum / max(self.epoch_loss_batches, 1)
 
     def end_epoch(self, accuracy: float) -> None:
         """The epoch in progress has been trained and evaluated at ``accuracy``."""
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_loss_sum, self.epoch_loss_batches, self.running_loss = 0.0, 0, None
+        self._running_from, self.epoch_start_train_s = 0, self.training.read()
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, self.epoch
 
@@ -252,6 +294,7 @@ class Checkpointer:
         """Save on every rank (each writes its RNG state), then seal, publish and prune on the main process."""
         if self.healthy is not None:
             self.healthy(state)
+        state.read_back_loss(lambda total: self.accelerator.reduce(total, reduction="mean"))
         main = self.accelerator.is_main_process
         final = self.run.checkpoint(state.global_step)
         tmp = final.with_name(f".tmp-{final.name}")
@@ -319,7 +362,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             (self.run.checkpoints / f".tmp-{LATEST}").unlink(missing_ok=True)
         raise RunFailed(f"could not save checkpoint {final} ({failure}); the earlier checkpoints and `latest` "
-                        f"are intact: free space, then continue with train.resume=auto")
+                        f"are intact: free space, then continue with {resume_command(self.run)}")
 
     def load(self, path: Path) -> TrainState:
         """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
@@ -366,6 +409,16 @@ def unloadable(folder: Path, pickled_only: bool = False) -> Optional[str]:
         except Exception as error:  # any refusal names this file
             return f"{file.name} ({_first_line(error)[:200]})"
     return None
+
+
+def out_of_space(error: OSError, run: RunDir) -> RunFailed:
+    """A run stopped by a full (or read-only) filesystem outside a checkpoint save (a metrics.jsonl record, a
+    run file), in one line with the command that continues it."""
+    if not run.config.is_file():  # the run had written nothing yet
+        return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; free space, then run the command "
+                         f"again")
+    return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is intact: "
+                     f"free space, then continue with {resume_command(run)}")
 
 
 def _why(error: BaseException, folder: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shlex
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import workarounds
 from cifarlab.run.checkpoint import TrainState
+from cifarlab.run.rundir import RunDir, resume_command
 from cifarlab.run.tracking import wandb_mode
 
 
@@ -258,13 +260,16 @@ class LossGuard:
 
     Each step's loss is checked on its device (no host sync per step); :meth:`check` compares notes across
     ranks every ``every`` steps, before every checkpoint (the checkpointer's ``healthy`` hook) and at the end
-    of each epoch, and raises :class:`RunFailed` naming the step and the last good checkpoint.
+    of each epoch, and raises :class:`RunFailed` naming the step and the last good checkpoint (and, given the
+    ``run``, the command that resumes from it with another learning rate).
     """
 
-    def __init__(self, accelerator: Accelerator, run_latest: Callable[[], Optional[str]], every: int) -> None:
+    def __init__(self, accelerator: Accelerator, run_latest: Callable[[], Optional[str]], every: int,
+                 run: Optional[RunDir] = None) -> None:
         self.accelerator = accelerator
         self.latest = run_latest
         self.every = every
+        self.run = run
         self._first_bad = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
 
     def update(self, loss: torch.Tensor, step: int) -> None:
@@ -278,10 +283,13 @@ class LossGuard:
         bad = [int(step) for step in steps.tolist() if step >= 0]
         if bad:
             latest = self.latest()
+            resume = "train.allow_changes=true"
+            if self.run is not None and latest:
+                resume = resume_command(self.run, shlex.quote(f"train.resume={latest}"), "optim.lr=<lower>", resume)
             raise RunFailed(f"the training loss is not finite (NaN or inf) at step {min(bad)}; stopped without saving "
                             f"its weights. The last good checkpoint is {latest or 'none (none saved yet)'}: lower "
                             f"optim.lr or set optim.grad_clip, and start a new run (or resume from it with "
-                            f"train.allow_changes=true)")
+                            f"{resume})")
 
 
 @torch.no_grad()

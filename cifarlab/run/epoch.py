@@ -3,10 +3,6 @@ the stop request and the loss guard each decide for themselves what to do after 
 
 from __future__ import annotations
 
-import time
-
-import torch
-
 from cifarlab.data.path import DataPath
 from cifarlab.report.metrics import EpochStats
 from cifarlab.run.checkpoint import Checkpointer, TrainState
@@ -22,13 +18,11 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
     for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
     accelerator = learner.accelerator
     steps_per_epoch = checkpointer.steps_per_epoch
-    skipped = state.step_in_epoch
-    total = torch.zeros((), device=accelerator.device)  # summed on the device: no sync per step
+    total = state.start_running_loss(accelerator.device)  # summed on the device: no sync per step
     learner.model.train()
-    start = time.perf_counter()
-    state.training.start(start)
+    state.training.start()
     with recorder.epoch_bar(state):
-        for images, labels in data.train_batches(state.epoch, skip=skipped):
+        for images, labels in data.train_batches(state.epoch, skip=state.step_in_epoch):
             loss = learner.step(images, labels)
             state.global_step += 1
             state.step_in_epoch += 1
@@ -36,15 +30,16 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             guard.check(state, force=False)
             total += loss
             recorder.train_step(state, loss, learner.lr)
-            checkpointer.after_step(state)
+            checkpointer.after_step(state)  # a save reads the running sum back into the state (one sync)
             # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
             # signal during the last batch is handled after the epoch-end checkpoint instead.
             if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
                 stop.stop_if_agreed(state, checkpointer, step=state.global_step)
     state.training.stop()
     guard.check(state)
-    seconds = time.perf_counter() - start
-    trained = state.step_in_epoch - skipped
-    loss_mean = accelerator.reduce(total, reduction="mean").item() / max(trained, 1)
-    return EpochStats(loss=loss_mean, batches=trained, seconds=seconds,
-                      images_per_s=trained * recorder.batch_size / seconds)
+    state.read_back_loss(lambda running: accelerator.reduce(running, reduction="mean"))
+    # Over the whole epoch, also when it was resumed: the checkpoint carried the loss sum and the training seconds.
+    seconds = state.training.read() - state.epoch_start_train_s
+    batches = state.epoch_loss_batches
+    return EpochStats(loss=state.epoch_loss(), batches=batches, seconds=seconds,
+                      images_per_s=batches * recorder.batch_size / max(seconds, 1e-9))

@@ -56,12 +56,14 @@ def train(config: Config, preset: Optional[str] = None) -> Path:
     try:
         # From here on SIGUSR1/SIGTERM/SIGINT mean "checkpoint and exit", also while tearing down: a signal that
         # follows a stop (SLURM cancels a job it requeues) must not kill the process before it has finished W&B.
-        with preemption.StopRequest(accelerator, out.log) as stop:
+        with preemption.StopRequest(accelerator, out.log, run_dir) as stop:
             try:
                 return run(accelerator, config, run_dir, new_wandb_id, out, stop, preset)
             except BaseException as error:
                 tracking.finish(accelerator, getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt)
                                                      else 1))  # W&B records the run as failed or stopped
+                if isinstance(error, OSError) and error.errno in checkpoint.OUT_OF_SPACE:
+                    raise checkpoint.out_of_space(error, run_dir) from error
                 raise
             finally:
                 accelerator.end_training()  # finishes W&B (also after an error) and leaves the process group
@@ -82,14 +84,15 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- build: data, model, optimizer, prepared for the launch ---
     set_seed(config.train.seed)
     datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
-                               device=accelerator.device)
+                               device=accelerator.device, progress=out)
     learner, steps_per_epoch = build_learner(accelerator, config, datasets)
 
     # --- run directory: written only once the data and model are known to work ---
     record = start_run_directory(accelerator, config, run_dir, datasets, out, preset)
 
     # --- resume ---
-    guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps)
+    guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps,
+                             run_dir)
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
                                            {"ema": learner.ema} if learner.ema is not None else {},
                                            protect=resume_from, healthy=guard.check)

@@ -3,10 +3,12 @@
 SLURM warns a job with a signal before a preemption or its time limit (``--signal``), then sends
 SIGTERM. Any of these signals only sets a flag here; the train loop asks at each optimizer-step boundary
 whether *any* rank got one (an all-reduce, so every rank stops at the same step), saves a
-checkpoint, and exits with code 75 (:class:`cifarlab.errors.Preempted`). Under SLURM the main process first
-requeues the job, and the requeued job resumes from that checkpoint (``train.resume=auto``).
+checkpoint, says the command that continues the run (:func:`cifarlab.run.rundir.resume_command`) and exits with
+code 75 (:class:`cifarlab.errors.Preempted`). Under SLURM the main process first requeues the job, and the requeued
+job resumes from that checkpoint (``train.resume=auto``).
 
-Ctrl-C (SIGINT) stops the same way but exits with 130 and is never requeued; a second Ctrl-C aborts at once.
+Ctrl-C (SIGINT) stops the same way but exits with 130 and is never requeued; a second Ctrl-C aborts at once
+(:class:`cifarlab.errors.Aborted`, saying the same command).
 A launcher forwards the terminal's SIGINT to its workers, which then see it twice within moments: a
 second SIGINT counts only after :data:`SECOND_CTRL_C_AFTER` seconds.
 
@@ -26,7 +28,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.errors import Interrupted, Preempted
+from cifarlab.errors import Aborted, Interrupted, Preempted
+from cifarlab.run.rundir import RunDir, resume_command
 
 if TYPE_CHECKING:  # no torch at import: cifarlab.train calls stop_when_orphaned before its fast paths
     from accelerate import Accelerator
@@ -43,11 +46,13 @@ CHECK_EVERY = 8
 class StopRequest:
     """Records SIGUSR1/SIGTERM while active (a context manager: the previous handlers come back on exit,
     so a run can be started in-process from tests or a notebook) and turns it into a stop all ranks agree on.
+    ``run``: the run directory, for the command a second Ctrl-C names.
     """
 
-    def __init__(self, accelerator: Accelerator, log: Callable[[str], None]) -> None:
+    def __init__(self, accelerator: Accelerator, log: Callable[[str], None], run: Optional[RunDir] = None) -> None:
         self.accelerator = accelerator
         self.log = log
+        self.run = run
         self.received: Optional[str] = None
         """The first signal this process got, by name."""
         self._interrupted_at: Optional[float] = None
@@ -67,7 +72,10 @@ class StopRequest:
         if signum == signal.SIGINT:
             now = time.monotonic()
             if self._interrupted_at is not None and now - self._interrupted_at > SECOND_CTRL_C_AFTER:
-                raise KeyboardInterrupt  # the second Ctrl-C: abort now (cifarlab.train prints one line)
+                # The second Ctrl-C: abort now (cifarlab.train prints the message as its one line).
+                known = self.run is not None and self.run.config.is_file()  # else it has saved nothing yet
+                raise Aborted("aborted by Ctrl-C" + (f"; continue from the last checkpoint with "
+                                                     f"{resume_command(self.run)}" if self.run and known else ""))
             self._interrupted_at = self._interrupted_at or now
         self.received = self.received or signal.Signals(signum).name
 
@@ -93,7 +101,7 @@ class StopRequest:
             return
         path = checkpointer.ensure_saved(state)
         self.log(f"stopped on {self.received or 'a signal to another process'} at step {state.global_step}: "
-                 f"checkpoint {path} saved; continue with train.resume=auto")
+                 f"checkpoint {path} saved; continue with {resume_command(checkpointer.run)}")
         if self.received == "SIGINT":
             raise Interrupted()
         if self.accelerator.is_main_process:
@@ -145,4 +153,4 @@ def requeue_slurm_job(log: Callable[[str], None]) -> None:
     else:
         # A preemption with PreemptMode=REQUEUE requeues the job itself; scontrol may then refuse.
         log(f"scontrol requeue {job} failed ({(result.stderr or result.stdout).strip()}); "
-            f"SLURM may requeue it itself (preemption), else resubmit with train.resume=auto")
+            f"SLURM may requeue it itself (preemption), else continue the run with the command above")

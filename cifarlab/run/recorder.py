@@ -48,7 +48,7 @@ from cifarlab.report import console, plots
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import tracking
 from cifarlab.run.checkpoint import Stopwatch, TrainState, sha256
-from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir
+from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir, read_metrics
 
 if TYPE_CHECKING:
     from cifarlab.data.path import DataPath
@@ -80,14 +80,20 @@ class Recorder:
 
     def start(self, state: TrainState, wandb_run_id: str, continuing: bool,
               environment: Optional[dict[str, Any]] = None) -> None:
-        """Drop metrics.jsonl records past ``state`` (progress a stopped run lost) and start, or continue,
+        """Drop metrics.jsonl records past ``state`` (progress a stopped run lost, and a torn last line) and start, or
+        continue,
         the W&B run. After a resume the run redoes the steps since its checkpoint, which W&B may already
         have: those are not logged to it again (an exact resume recomputes the same values). ``environment``
         (the run record) goes to W&B's config under ``environment``."""
         self._clock = state.wall
         if self.main and self.run.metrics.is_file():
-            kept = [line for line in self.run.metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= state.global_step]
+            # Only an unfinished run gets here: a torn last line is a trainer killed while appending it.
+            written = read_metrics(self.run.metrics, tail_may_be_torn=True)
+            if written.torn is not None:
+                self.out.note(f"{self.run.metrics}:{written.torn}: left out a torn last line (a trainer killed while "
+                              f"writing it); the file is rewritten without it")
+            kept = [line for line, record in zip(written.lines, written.records, strict=True)
+                    if record["step"] <= state.global_step]
             tmp = self.run.metrics.with_name(f".tmp-{self.run.metrics.name}")
             tmp.write_text("".join(f"{line}\n" for line in kept))
             files.publish(tmp, self.run.metrics)

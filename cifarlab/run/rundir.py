@@ -19,9 +19,14 @@ A checkpoint folder holds Accelerate's files plus :data:`TRAINER_STATE`, :data:`
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from cifarlab.errors import UsageError
 
 WEIGHTS = "model.safetensors"
 """Final weights in a run directory; Accelerate's name for the model in a checkpoint folder too."""
@@ -126,3 +131,47 @@ class RunDir:
 def of_checkpoint(folder: Path) -> Optional[RunDir]:
     """The run a checkpoint folder (``<run>/checkpoints/<name>``) belongs to; None for any other folder."""
     return RunDir(folder.parent.parent) if folder.parent.name == "checkpoints" else None
+
+
+def resume_command(run: RunDir, *overrides: str) -> str:
+    """The command that continues ``run``: the trainer on the run's own config.yaml (the resolved experiment, its
+    output directory and name included; a preset given again without the overrides it was started with would differ
+    from it, and be refused) with ``train.resume=auto``, or ``overrides`` instead (as shell words: quoted by the
+    caller where needed). Under a launcher (``accelerate
+    launch``, torchrun) its options are the user's to repeat: ``<launch options>``. Run it where the run was
+    started: the run's paths are as it was given them."""
+    launched = any(name in os.environ for name in ("ACCELERATE_DYNAMO_BACKEND", "TORCHELASTIC_RUN_ID"))
+    trainer = "accelerate launch <launch options> -m cifarlab.train" if launched else "python -m cifarlab.train"
+    return " ".join([trainer, "--config", shlex.quote(str(run.config)), *(overrides or ["train.resume=auto"])])
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """metrics.jsonl, read: its records in order, each with the line it was read from."""
+
+    records: list[dict[str, Any]]
+    lines: list[str]
+    """The JSON text of each record, as written."""
+    torn: Optional[int] = None
+    """The number of a last line that was not JSON and was left out (a trainer killed while appending it); None
+    when there was none."""
+
+
+def read_metrics(path: Path, tail_may_be_torn: bool) -> Metrics:
+    """The records of a metrics.jsonl (empty without the file). ``tail_may_be_torn`` (an unfinished run): a last
+    line that is not JSON is what a trainer killed mid-append leaves, and is left out (:attr:`Metrics.torn` says
+    so). Any other line that is not JSON is damage and raises :class:`UsageError` naming it."""
+    if not path.is_file():
+        return Metrics([], [])
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if tail_may_be_torn and number == len(lines):
+                return Metrics(records, lines[:-1], torn=number)
+            where = "its last line, in a finished run" if number == len(lines) else "not its last line"
+            raise UsageError(f"{path}:{number}: not a JSON record ({line[:60]!r}; {where}): the file is damaged; "
+                             f"repair or delete that line") from None
+    return Metrics(records, lines)
