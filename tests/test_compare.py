@@ -443,7 +443,7 @@ def test_plan_seeds_and_detectable_difference(tmp_path: Path, capsys: pytest.Cap
     assert plan["detectable"] == {"optim.lr=0.1": pytest.approx(smallest)} and 0.2 < smallest < 0.4
     assert compare.main([str(tmp_path / "sweep"), "--plan", "10"]) == 0
     text = capsys.readouterr().out
-    assert "10.00 points with 80% power" in text and "17 runs (seeds) per group" in text
+    assert "10.00 points with 80 % power" in text and "17 runs (seeds) per group" in text
     assert f"optim.lr=0.1: {100 * smallest:.2f} points" in text
     three = run_json(capsys, str(three_groups(tmp_path / "three")), "--plan", "1")["plan"]
     assert three["alpha"] == pytest.approx(0.025)  # two comparisons, Holm: planned at 0.05 / 2

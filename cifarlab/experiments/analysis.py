@@ -224,9 +224,9 @@ def _mean_per_class(runs: Sequence[Run]) -> dict[str, Optional[float]]:
 
 def spread_of(runs: Sequence[Run], summary: stats.Summary) -> Optional[Spread]:
     counts = {run.test_images() for run in runs}
-    if summary.std is None or summary.mean is None or len(counts) != 1 or None in counts:
+    images = counts.pop() if len(counts) == 1 else None
+    if summary.std is None or summary.mean is None or images is None:
         return None
-    images = int(next(iter(counts)))  # type: ignore[arg-type]
     test_set = stats.test_set_std(summary.mean, images)
     total = summary.std ** 2
     return Spread(images, test_set, math.sqrt(max(0.0, total - test_set ** 2)),
@@ -275,11 +275,12 @@ def _same_labels(a: Predictions, b: Predictions) -> bool:
     return a.labels.shape == b.labels.shape and bool((a.labels == b.labels).all())
 
 
-def verdict(d: Difference, higher_is_better: bool, adjust: str) -> str:
+def verdict(d: Difference, higher_is_better: bool, adjust: str, tests: int = 1) -> str:
     """The line that says what the comparison shows: about settings only from Welch's t on 2+ runs a side;
-    with one run each only whether the two trained models differ on this test set (McNemar)."""
+    with one run each only whether the two trained models differ on this test set (McNemar). ``tests``: how
+    many comparisons of the call have a test (their p-values are adjusted together when more than one)."""
     label, base = d.group.group.label, d.baseline.group.label
-    adjusted = "" if adjust == "none" or d.p_adjusted == d.p else f", {adjust}-adjusted"
+    adjusted = "" if adjust == "none" or tests < 2 else f", {adjust}-adjusted"
     if d.welch is not None and d.p_adjusted is not None:
         if d.p_adjusted >= SIGNIFICANCE:
             return f"{label} vs {base}: no significant difference (Welch t on runs, p = {d.p_adjusted:.3g}{adjusted})"
@@ -314,10 +315,10 @@ def decide(differences: Sequence[Difference], metric: Metric, adjust: str) -> No
     ps = [float(d.p) for d in tested if d.p is not None]
     for d, p, level in zip(tested, stats.adjust(ps, adjust), stats.interval_levels(ps, adjust)):
         d.p_adjusted = p
-        if d.welch is not None:
-            d.ci_adjusted = stats.welch(d.baseline.values, d.group.values, level).ci95  # type: ignore[union-attr]
+        at_level = stats.welch(d.baseline.values, d.group.values, level) if d.welch is not None else None
+        d.ci_adjusted = at_level.ci95 if at_level is not None else None
     for d in differences:
-        d.verdict = verdict(d, metric.higher_is_better, adjust)
+        d.verdict = verdict(d, metric.higher_is_better, adjust, len(tested))
 
 
 def _host_class(host: Any) -> Optional[str]:

@@ -41,7 +41,7 @@ def plan(report: Report, delta: float) -> Plan:
     if not delta > 0:
         raise UsageError(f"--plan {delta * report.metric.scale:g}: the difference to detect must be positive")
     k = len(report.differences)
-    alpha = (1 - stats.LEVEL) / (k if report.adjust != "none" and k > 1 else 1)
+    alpha = round(1 - stats.LEVEL, 12) / (k if report.adjust != "none" and k > 1 else 1)
     std = pooled_std(report)
     found = [(d.group.group.label, stats.detectable(d.welch.se, d.welch.df, alpha) if d.welch else None)
              for d in report.differences]

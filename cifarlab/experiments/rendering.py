@@ -151,12 +151,12 @@ def plan_lines(report: Report, plan: Plan) -> list[str]:
     metric = report.metric
     unit = " points" if metric.unit == "%" else f" {metric.unit}" if metric.unit else ""
     seeds = "more than 10,000" if plan.seeds is None else str(plan.seeds)
-    lines = [f"plan: to find a difference of {_number(metric, plan.delta)}{unit} with {stats.POWER:.0%} power "
+    lines = [f"plan: to find a difference of {_number(metric, plan.delta)}{unit} with {100 * stats.POWER:.0f} % power "
              f"(two-sided, {100 * plan.alpha:.3g} % level) at the pooled run-to-run spread "
              f"{_number(metric, plan.std)}{unit}: {seeds} runs (seeds) per group"]
     for label, smallest in plan.detectable:
         found = "needs 2 or more runs in each group" if smallest is None else f"{_number(metric, smallest)}{unit}"
-        lines.append(f"  smallest difference the current runs find ({stats.POWER:.0%} power), {label}: {found}")
+        lines.append(f"  smallest difference the current runs find ({100 * stats.POWER:.0f} % power), {label}: {found}")
     return lines
 
 
