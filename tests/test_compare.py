@@ -363,6 +363,18 @@ def test_two_runs_each_far_apart_on_the_test_set_but_not_across_seeds(tmp_path: 
                                                                      f"p = {difference['p']:.3g})")
 
 
+def test_five_runs_each_find_a_real_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 5 seeds a side, 0.6 points of spread, 2 points apart: Welch finds it, and the verdict, interval and p agree.
+    spread = [-0.006, -0.003, 0.0, 0.003, 0.006]
+    for seed, offset in enumerate(spread):
+        make_run(tmp_path, f"a{seed}", [0.63 + offset], seed=seed, predictions=outcomes([True, False]))
+        make_run(tmp_path, f"b{seed}", [0.65 + offset], "optim.lr=0.1", seed=seed, predictions=outcomes([True, True]))
+    (difference,) = run_json(capsys, str(tmp_path))["differences"]
+    assert difference["test"] == "welch" and difference["paired"] is None
+    assert difference["diff"] == pytest.approx(0.02) and difference["ci95"][0] > 0 and difference["p"] < 0.001
+    assert difference["verdict"].startswith("optim.lr=0.1 better than optim.lr=0.05 at the 5 % level (Welch t on runs")
+
+
 def test_runs_without_predictions_skip_the_paired_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_run(tmp_path, "a", [0.6], predictions=outcomes([True, False]))
     make_run(tmp_path, "b", [0.8], "optim.lr=0.1")
