@@ -28,7 +28,7 @@ def test_t_cdf_matches_closed_forms(t: float) -> None:
 @pytest.mark.parametrize("df", [0.7, 1.3, 2.80519, 7.5, 250.0])
 def test_t_quantile_inverts_the_cdf_at_fractional_degrees_of_freedom(df: float) -> None:
     for p in (0.6, 0.975, 0.999):
-        assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
+        assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)  # SciPy 1.9: ~1e-10
 
 
 def test_large_degrees_of_freedom_approach_the_normal() -> None:
