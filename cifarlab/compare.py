@@ -45,7 +45,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="the group the others are compared with: its number in the table, or its label "
                              "(default: the first group)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    parser.add_argument("--png", type=Path, metavar="FILE", help="also draw the means and intervals into this PNG file")
+    parser.add_argument("--png", type=Path, metavar="FILE",
+                        help="also draw each run, the groups' intervals and the differences with their adjusted "
+                             "intervals into this PNG file")
     parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
     parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                         help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
