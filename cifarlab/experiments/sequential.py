@@ -154,8 +154,6 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
                 f"{100 * (1 - level):.2f} % level (Pocock: 95 % over all looks)"
                 + (f"; equivalent within ±{plan.margin:g} points" if plan.margin is not None else ""))
     while True:
-        sweep = read_sweep(path, overrides, launch, seeds)
-        groups = _groups(sweep)
         undecided = [key for key, comparison in comparisons.items() if not comparison.decision]
         todo = [t for key in (base, *undecided) for t in groups[key] if not sweep.run_dir(t).finished()]
         _say(sweep, f"{len(seeds)} seeds: {len(todo)} trial(s) to run for the baseline and {len(undecided)} "
@@ -175,6 +173,8 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
         if all(c.decision for c in comparisons.values()) or len(seeds) >= plan.max_seeds:
             break
         seeds = [*seeds, max(seeds) + 1]
+        sweep = read_sweep(path, overrides, launch, seeds)
+        groups = _groups(sweep)
     for comparison in comparisons.values():
         outcome = (f"{comparison.decision} after {comparison.seeds} seeds" if comparison.decision
                    else f"undecided at the cap of {plan.max_seeds} seeds")
