@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     mode.add_argument("--until-decided", action="store_true",
                       help="add a seed per round until each group is decided against the first (docs/sweeps.md)")
     parser.add_argument("--max-seeds", type=int, metavar="N",
-                        help="with --until-decided: at most N seeds per group (default 10)")
+                        help=f"with --until-decided: at most N seeds per group (default {sequential.MAX_SEEDS})")
     parser.add_argument("--margin", type=float, metavar="M",
                         help="with --until-decided: differences within ±M accuracy points are equivalent "
                              "(default: no equivalence is decided)")
@@ -151,7 +151,7 @@ def until_decided(args: argparse.Namespace, launch: list[str]) -> int:
     if args.trial is not None:
         raise UsageError("--until-decided runs every round itself: not with --trial (docs/sweeps.md: on SLURM, run it "
                          "inside one allocation with --parallel N)")
-    plan = Plan(10 if args.max_seeds is None else args.max_seeds, args.margin, args.parallel)
+    plan = Plan(sequential.MAX_SEEDS if args.max_seeds is None else args.max_seeds, args.margin, args.parallel)
     return sequential.until_decided(args.sweep, args.overrides, launch, plan)
 
 

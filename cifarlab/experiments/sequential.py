@@ -36,6 +36,8 @@ GRID = 201
 POINTS = 100.0
 """Accuracy is a fraction in metrics.jsonl; differences and margins are in accuracy points (%)."""
 DECISIONS = ("better", "worse", "equivalent")
+MAX_SEEDS = 10
+"""--max-seeds by default: seeds per group at most."""
 
 
 # --- the rule ---------------------------------------------------------------------------------------------------
@@ -134,8 +136,8 @@ class Comparison:
 
 
 def run_round(sweep: Sweep, trials: Sequence[Trial], parallel: int) -> int:
-    """Runs one round's trials; the sweep's exit code for them."""
-    return Runner(sweep, parallel).run(trials)
+    """Runs one round's trials, ``parallel`` at a time (each with its share of the cores); the sweep's exit code."""
+    return Runner(sweep, min(parallel, len(trials))).run(trials)
 
 
 def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], plan: Plan) -> int:
