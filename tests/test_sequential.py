@@ -6,6 +6,8 @@ rounds end to end with a fake trainer (no training)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +25,8 @@ from cifarlab.experiments.record import Trial
 from cifarlab.experiments.sequential import decide, pocock_level, welch_intervals
 from cifarlab.experiments.spec import Sweep
 from cifarlab.run.rundir import RunDir
+
+from conftest import cli_env
 
 pytestmark = pytest.mark.unit
 
@@ -234,3 +238,10 @@ def test_flags_argparse_refuses(argv: list[str], expected: str, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_:
         sweeps.parse_args(argv)
     assert exit_.value.code == 2 and expected in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_the_sweep_command_imports_no_numpy_or_scipy_until_it_decides() -> None:
+    probe = "import sys, cifarlab.sweep; print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=60,
+                            check=True)
+    assert result.stdout.strip() == "[]"
