@@ -6,6 +6,7 @@ rounds end to end with a fake trainer (no training)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from scipy.stats import norm
-from test_sweep import SMALL, lines, spec, write
+from test_sweep import SMALL, SWEEP, lines, spec, write
 
 from cifarlab import sweep as sweeps
 from cifarlab.config import to_yaml
@@ -245,3 +246,19 @@ def test_the_sweep_command_imports_no_numpy_or_scipy_until_it_decides() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=60,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_until_decided_trains_real_trials_round_by_round(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(name="decide", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    result = subprocess.run([*SWEEP, str(file), "--until-decided", "--max-seeds", "3", "--parallel", "2",
+                             f"train.output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = lines(result.stdout)
+    assert out[0].startswith("sweep decide: until decided: 1 comparison(s) with the baseline optim.lr=0.01; ")
+    assert re.fullmatch(r"sweep decide: optim\.lr=0\.05 vs optim\.lr=0\.01: (better after [23]|worse after [23]|"
+                        r"undecided at the cap of 3) seeds? \([+-]\d+\.\d\d points, interval \[.*\]\)", out[-1])
+    seeds = 2 if " after 2 seeds" in out[-1] else 3
+    finished = sorted(run.parent.name for run in (tmp_path / "runs" / "decide").glob("*/model.safetensors"))
+    assert finished == sorted(f"lr={lr}-seed={seed}" for lr in ("0.01", "0.05") for seed in range(seeds))
