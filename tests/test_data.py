@@ -188,3 +188,15 @@ def test_loaders_use_global_batches() -> None:
     assert sum(len(labels) for _, labels in test) == 9
     with pytest.raises(UsageError, match="train.batch_size=128 exceeds the 70 training images"):
         data.loaders(batch_size=128, eval_batch_size=4)
+
+
+@pytest.mark.unit
+def test_tensor_batches_index_the_images_with_rows_on_their_device() -> None:
+    """Rows on the host indexing images on a GPU would be a blocking copy per batch: they go to the images' device
+    (the meta device stands in for a GPU here)."""
+    from cifarlab.data.tensors import TensorImages
+
+    images = TensorImages(torch.empty(10, 3, 4, 4, dtype=torch.uint8, device="meta"),
+                          torch.empty(10, dtype=torch.long, device="meta"))
+    batch, labels, rows = images.__getitems__([3, 1, 4])
+    assert rows.device.type == batch.device.type == labels.device.type == "meta" and batch.shape == (3, 3, 4, 4)

@@ -102,3 +102,40 @@ def test_onecycle_works_for_short_runs_and_refuses_too_short_ones() -> None:
         assert max(lrs) == pytest.approx(0.1) and all(math.isfinite(lr) for lr in lrs)
     with pytest.raises(UsageError, match="optim.schedule=onecycle needs at least 3 optimizer steps"):
         _lrs(OptimConfig(lr=0.1, schedule="onecycle"), epochs=1, steps=2)
+
+
+def test_the_weight_average_is_torchs_averaged_model_without_reading_its_count_back() -> None:
+    """Same state-dict keys and bitwise the same numbers as AveragedModel with get_ema_multi_avg_fn; a loaded
+    state continues with its count."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    mine = build_ema(model, 0.9, torch.device("cpu"))
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        mine.update_parameters(model)
+        theirs.update_parameters(model)
+    assert list(mine.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(mine.state_dict()[key], value), key
+    resumed = build_ema(model, 0.9, torch.device("cpu"))
+    resumed.load_state_dict(theirs.state_dict())
+    assert resumed.count == 3
+    resumed.update_parameters(model)
+    theirs.update_parameters(model)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_the_weight_average_takes_the_mean_of_its_buffers_over_ranks() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = build_ema(model, 0.9, torch.device("cpu"))
+    weight = ema.module[0].weight.clone()
+    ema.sync_buffers(lambda flat: flat + 1)  # a stand-in for the mean over ranks
+    torch.testing.assert_close(ema.module[1].running_mean, torch.ones(2))
+    torch.testing.assert_close(ema.module[1].running_var, torch.full((2,), 2.0))
+    assert int(ema.module[1].num_batches_tracked) == 0 and torch.equal(ema.module[0].weight, weight)

@@ -6,10 +6,11 @@ import copy
 import math
 import os
 import shlex
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import psutil
 import torch
@@ -19,7 +20,6 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import Config, ModelConfig, OptimConfig
 from cifarlab.data.path import Batch, DataPath
@@ -53,7 +53,9 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
         # train.batch_size is the global batch: the same run on 1 or N processes sees the same batches.
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
+        # non_blocking: batches from pinned memory (pin_memory on CUDA) are copied without a host sync.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed,
+                                                  non_blocking=True),
         log_with="wandb" if trackers and wandb_mode(config.logging.wandb) else None,
         project_config=ProjectConfiguration(project_dir=train.output_dir),
         kwargs_handlers=handlers,
@@ -160,13 +162,92 @@ def _bare(scheduler: Any) -> LRScheduler:
     return bare
 
 
-def build_ema(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:
+class WeightAverage(nn.Module):
+    """An exponential moving average of a model's weights and buffers (BatchNorm statistics), with the state dict of
+    torch's ``AveragedModel(..., multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)`` (``module.*`` and
+    ``n_averaged``: checkpoints' ema.safetensors and :mod:`cifarlab.run.loading` read those keys) and its numbers:
+    the first update copies, later ones are ``torch._foreach_lerp_(average, model, 1 - decay)`` (integer buffers:
+    ``decay * average + (1 - decay) * model``, truncated).
+
+    AveragedModel keeps its update count in a device tensor and reads it back twice per update (``bool(n_averaged
+    == 0)``, ``n_averaged > 0``): two host-device syncs per step on a GPU. Here the count lives in Python; the
+    ``n_averaged`` buffer is only written (asynchronously) for the state dict, and read once when one is loaded."""
+
+    n_averaged: torch.Tensor
+
+    def __init__(self, model: nn.Module, decay: float, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model).to(device) if device is not None else copy.deepcopy(model)
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=device))
+        self.decay = decay
+        self.count = 0
+        """Updates so far (the ``n_averaged`` buffer's value, kept on the host)."""
+        self.register_load_state_dict_post_hook(WeightAverage._count_loaded)
+
+    @staticmethod
+    def _count_loaded(module: nn.Module, incompatible: Any) -> None:
+        assert isinstance(module, WeightAverage)
+        module.count = int(module.n_averaged)  # once per checkpoint load
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """Average ``model``'s current weights and buffers in (the first update copies them)."""
+        mine = [t.detach() for t in (*self.module.parameters(), *self.module.buffers())]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self.count == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+            for average, current in zip(mine, theirs, strict=True):
+                pair = groups.setdefault((average.device, average.dtype), ([], []))
+                pair[0].append(average)
+                pair[1].append(current)
+            for (_, dtype), (averages, currents) in groups.items():
+                if dtype.is_floating_point or dtype.is_complex:
+                    torch._foreach_lerp_(averages, currents, 1 - self.decay)
+                else:  # num_batches_tracked: as get_ema_multi_avg_fn does
+                    for average, current in zip(averages, currents, strict=True):
+                        average.copy_(average * self.decay + current * (1 - self.decay))
+        self.count += 1
+        self.n_averaged.fill_(self.count)  # a host scalar written into the buffer: no read back
+
+    @torch.no_grad()
+    def sync_buffers(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Make the averaged floating-point buffers (BatchNorm running statistics) the mean over ranks, in one
+        collective: each rank averaged its own statistics, measured on its share of the batches."""
+        buffers = [b for b in self.module.buffers() if b.dtype.is_floating_point]
+        if not buffers:
+            return
+        flat = mean_over_ranks(torch.cat([b.reshape(-1) for b in buffers]))
+        torch._foreach_copy_(buffers, list(flat.split([b.numel() for b in buffers])))
+
+
+def build_ema(model: nn.Module, decay: float, device: torch.device) -> WeightAverage:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics on ``device``
-    (``update_parameters`` after each optimizer step; ``use_buffers``: running statistics are averaged like
-    weights, ghost batch norm's too, which :meth:`Learner.step` has made the same on every rank first). Built
-    from the bare model: a copy made after ``accelerator.prepare`` would share the prepared model's
-    mixed-precision forward."""
-    return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    (``update_parameters`` after each optimizer step; running statistics are averaged like weights, ghost batch
+    norm's too, which :meth:`Learner.step` has made the same on every rank first). Built from the bare model: a
+    copy made after ``accelerator.prepare`` would share the prepared model's mixed-precision forward."""
+    return WeightAverage(model, decay, device)
+
+
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for ``train.compile`` (tests count graphs with Dynamo's "eager" backend)."""
+
+
+def compile_training_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``train.compile``: the training forward of the prepared ``model``, compiled once (static shapes: training
+    batches all have one size, drop_last). Evaluation calls the model eagerly: compiling it too would add a graph
+    per mode (eval, no_grad under autocast), per test-time view's strides and for the partial last test batch.
+
+    The prepared model is compiled from the outside, DDP included (torch's guidance for DDP and torch.compile):
+    Dynamo's DDPOptimizer then splits the graph at DDP's gradient buckets (one graph per bucket under DDP), so
+    the all-reduce of a bucket overlaps the rest of the backward. Compiling the module inside DDP would make the
+    whole backward one graph whose gradients are all ready at its end, which loses that overlap. The model itself
+    is unchanged: parameter names and checkpoints stay those of the eager model."""
+    return cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(model, backend=COMPILE_BACKEND, dynamic=False))
 
 
 def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -200,11 +281,15 @@ class Learner:
     optimizer: Optimizer
     scheduler: LRScheduler
     loss_fn: nn.Module
-    ema: Optional[AveragedModel] = None
+    ema: Optional[WeightAverage] = None
     grad_clip: Optional[float] = None
     memory_format: torch.memory_format = torch.contiguous_format
+    train_forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    """The compiled training forward (``train.compile``, :func:`compile_training_forward`); None: the model's own."""
 
     def __post_init__(self) -> None:
+        self._compile_seconds: Optional[float] = None
+        self._compile_reported = False
         note = workarounds.apply().note()  # probes the installed Accelerate once per process
         if note:
             console.note(note)
@@ -224,8 +309,11 @@ class Learner:
         """Forward, backward and (at accumulation boundaries) an optimizer step; the detached loss."""
         accelerator = self.accelerator
         images = images.contiguous(memory_format=self.memory_format)
+        compiling = self.train_forward is not None and self._compile_seconds is None
+        started = time.perf_counter()
+        forward = self.model if self.train_forward is None else self.train_forward
         with accelerator.accumulate(self.model):
-            loss = self.loss_fn(self.model(images), labels)
+            loss = self.loss_fn(forward(images), labels)
             accelerator.backward(loss)
             if self.grad_clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -237,7 +325,20 @@ class Learner:
                 self._running_stats()
             if self.ema is not None:
                 self.ema.update_parameters(accelerator.unwrap_model(self.model))
+        if compiling:
+            # Host seconds of the first compiled step: Dynamo's tracing and the backend's compile of the forward and
+            # backward graphs happen on the host, in this call; the kernels it launches are not waited for (no sync).
+            self._compile_seconds = time.perf_counter() - started
         return loss.detach()
+
+    def compile_seconds(self) -> Optional[float]:
+        """``train/compile_seconds``: the host seconds of the first compiled training step of this start (compiling
+        the training forward and backward, plus that step's kernel launches), once; None after, and without
+        ``train.compile``."""
+        if self._compile_seconds is None or self._compile_reported:
+            return None
+        self._compile_reported = True
+        return self._compile_seconds
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: str) -> torch.Tensor:

@@ -142,11 +142,10 @@ def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) 
     optimizer_steps_per_epoch = -(-steps_per_epoch // config.train.grad_accum_steps)
     scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if config.train.compile:
-        accelerator.unwrap_model(model).compile()  # in place: parameter names and checkpoints stay the same
+    forward = engine.compile_training_forward(model) if config.train.compile else None
     learner = engine.Learner(accelerator, model, optimizer, scheduler,
                              nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing), ema,
-                             config.optim.grad_clip, memory_format)
+                             config.optim.grad_clip, memory_format, forward)
     return learner, steps_per_epoch
 
 
