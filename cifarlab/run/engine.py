@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import shlex
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional, cast
 
 import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, KwargsHandler, ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -42,11 +44,15 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     # Ghost batch norm averages the running statistics of all ranks itself (Learner.step); DDP's default
     # would overwrite them with rank 0's before every forward.
     ghost_bn = config.model.bn_group_size is not None
-    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)] if ghost_bn else []
+    handlers: list[KwargsHandler] = [DistributedDataParallelKwargs(broadcast_buffers=False)] if ghost_bn else []
     if ghost_bn:
         # torch 2.14 deprecates it for forward_sync_buffers=False, which Accelerate 1.15's handler cannot pass;
         # both stop the per-forward broadcast (the old one also the one at start, where ranks agree anyway).
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+    if train.timeout_minutes is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=train.timeout_minutes)))
+    # Before the Accelerator sets the device: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when CUDA work first needs it.
+    backend_switches("cpu" if multi_process_cpu or not torch.cuda.is_available() else "cuda", train.deterministic)
     accelerator = Accelerator(
         cpu=multi_process_cpu,
         # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
@@ -76,6 +82,35 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
                              f"processes; use a multiple of {accelerator.num_processes}")
     check_batchnorm(config.model, train.batch_size, accelerator.num_processes, accelerator.device.type)
     return accelerator
+
+
+@contextlib.contextmanager
+def data_first(accelerator: Accelerator) -> Iterator[None]:
+    """The order in which processes prepare the data (download, decode, cache under data.root): the main process
+    alone, then the first process of every other node, then all the others. It holds whether data.root is shared
+    by the nodes or local to each: with a shared folder the main process has done the one-off work and the others
+    only read it; with a node-local one (e.g. $SLURM_TMPDIR) each node's first process does it for its node, and
+    its other processes wait for it instead of all downloading into the same folder at once. Two barriers
+    (Accelerate's main_process_first, then local_main_process_first)."""
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        yield
+
+
+def backend_switches(device_type: str, deterministic: bool) -> None:
+    """torch's global switches for ``train.deterministic`` on a ``device_type`` device. Deterministic: cuDNN's and
+    torch's deterministic algorithms (an op without one warns and runs anyway), a fixed cuBLAS workspace (needed for
+    deterministic cuBLAS; set before CUDA starts), no TF32 (float32 matmuls and convolutions in full precision),
+    on any device (harmless on a CPU). Otherwise, on CUDA, cuDNN autotunes its convolutions per input shape
+    (cudnn.benchmark); torch's other defaults stay as they are."""
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def check_batchnorm(config: ModelConfig, batch_size: int, processes: int, device_type: str) -> None:
@@ -300,6 +335,13 @@ class Learner:
     def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(values, reduction="mean")
 
+    def sync_average(self) -> None:
+        """Before evaluating or saving the EMA on several processes: its BatchNorm statistics, averaged on each rank
+        from that rank's own, become their mean over ranks (one all-reduce); ghost batch norm's are the same on
+        every rank already (:meth:`step`). Call on every rank."""
+        if self.ema is not None and self.accelerator.num_processes > 1 and self._running_stats is None:
+            self.ema.sync_buffers(self._mean_over_ranks)
+
     @property
     def evaluated(self) -> nn.Module:
         """What is tested, picked as best and saved at the end: the weight average when there is one."""
@@ -353,6 +395,7 @@ class Learner:
 
     def evaluate(self, data: DataPath, tta: str) -> EvalResult:
         """:func:`evaluate` of the evaluated model on the whole test set."""
+        self.sync_average()
         return evaluate(self.evaluated, data.test_batches(), self.accelerator, data.classes, tta, self.memory_format)
 
 
