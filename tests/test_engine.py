@@ -182,3 +182,4 @@ def test_deterministic_and_the_process_group_timeout_reach_torch_and_accelerate(
     assert accelerator.init_handler is not None and accelerator.init_handler.timeout == timedelta(minutes=7)
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     assert engine.build_accelerator(load_config(str(CONFIGS / "smoke.yaml"))).init_handler is None  # torch's default
+
