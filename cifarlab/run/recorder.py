@@ -215,7 +215,7 @@ class Recorder:
         best = self.run.best
         if not (best / MANIFEST).is_file():
             return
-        # As a model file like the final one (the checkpoint's average is torch's AveragedModel state).
+        # As a model file like the final one (the checkpoint's average is keyed as torch's AveragedModel).
         from safetensors.torch import save_file
 
         from cifarlab.run.loading import evaluated_weights, model_weights
