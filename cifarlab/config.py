@@ -21,10 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifarlab.errors import UsageError
 
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
+CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
+                                    "dog", "frog", "horse", "ship", "truck")
 # Classes and per-channel training-set (mean, std) of the torchvision datasets, for what the schema knows
 # without reading the data (class names and CIFAR-100's superclasses: cifarlab/data/classes.py).
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -178,6 +176,10 @@ class TrainConfig:
     """Keep weights and images in channels-last memory order (faster convolutions with tensor cores in bf16/fp16)."""
     compile: bool = False
     """torch.compile the model (faster steps after a one-off compile of tens of seconds; needs a C++ compiler on CPU)."""
+    deterministic: bool = False
+    """On CUDA, exact repeatability at some speed: deterministic cuDNN and torch algorithms (ops without one warn), CUBLAS_WORKSPACE_CONFIG=:4096:8, no TF32; false = cuDNN autotuning (cudnn.benchmark). See docs/runs.md for what holds with and without it."""
+    timeout_minutes: Optional[int] = None
+    """Minutes a process waits for the others at a collective (a barrier, an all-reduce) before the run fails; null = torch's default (10 for NCCL, 30 for gloo)."""
     ema: Optional[float] = 0.99
     """Decay of an exponential moving average of the weights, updated every optimizer step (e.g. 0.99); the average is evaluated and saved. null = off."""
     tta: Literal["none", "flip", "flip_translate"] = "flip"
@@ -200,6 +202,7 @@ class TrainConfig:
         _require(self.grad_accum_steps >= 1, f"train.grad_accum_steps={self.grad_accum_steps} must be >= 1")
         _require(self.cpu_threads is None or self.cpu_threads >= 1,
                  f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (all cores)")
+        _require(self.timeout_minutes is None or self.timeout_minutes >= 1, "train.timeout_minutes must be >= 1 or null")
         _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
         _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
                  f"train.target_accuracy={self.target_accuracy} must be a fraction in (0, 1] (e.g. 0.6) or null (off)")
@@ -318,7 +321,7 @@ def differences(config: Config, base: Config) -> list[str]:
 
 
 VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
-            "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
+            "train.timeout_minutes", "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
 """Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
 reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
 key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it)."""

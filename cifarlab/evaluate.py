@@ -32,7 +32,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     config = trained.config
     accelerator = engine.build_accelerator(config)
     out = console.Console(accelerator.is_main_process)
-    datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
+    datasets = data.build_data(config.data, config.train.seed, engine.data_first(accelerator), out.warn,
                                device=accelerator.device, progress=out)
     if datasets.classes != trained.classes:
         raise UsageError(f"the data has classes {list(datasets.classes)} but the model was trained on "

@@ -366,3 +366,11 @@ def test_sync_bn_on_two_cpu_processes_is_refused_in_one_line(tmp_path: Path) -> 
         "model.sync_bn=false"]
     assert not (tmp_path / "runs").exists()
 
+
+
+@pytest.mark.integration
+def test_two_ranks_evaluate_and_save_the_mean_of_their_ema_statistics(tmp_path: Path) -> None:
+    """Without ghost groups each rank's EMA averages its own running statistics; before evaluation and saves
+    they become their mean over ranks (tests/ema_ranks.py, 2 gloo processes)."""
+    result = check(run_cli([], tmp_path, processes=2, module=str(Path(__file__).with_name("ema_ranks.py"))))
+    assert "EMA statistics averaged over ranks" in result.stdout

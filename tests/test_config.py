@@ -130,12 +130,14 @@ def test_yaml_no_is_the_mixed_precision_choice_no(tmp_path: Path) -> None:
 def test_one_identity_rule_splits_differences_into_volatile_recorded_and_refused() -> None:
     saved = load_config(str(CONFIGS / "smoke.yaml"))
     volatile = ["train.run_name=x", "train.output_dir=/elsewhere", "train.resume=auto", "train.cpu_threads=1",
-                "data.root=/moved", "data.download=false", "data.num_workers=3", "logging.level=warning",
-                "logging.wandb.tags=[a]", "checkpoint.keep_last=9", "checkpoint.every_n_steps=2"]
+                "train.timeout_minutes=5", "data.root=/moved", "data.download=false", "data.num_workers=3",
+                "logging.level=warning", "logging.wandb.tags=[a]", "checkpoint.keep_last=9",
+                "checkpoint.every_n_steps=2"]
     # Evaluation, numerics and speed switches are part of the run too: they change its results.
     refused = ["train.tta=flip", "train.eval_batch_size=10", "train.target_accuracy=0.5", "train.compile=true",
-               "train.channels_last=true", "optim.lr=0.3", "model.name=convnet_bn", "data.augment=none",
-               "train.seed=1", "train.epochs=3"]  # smoke.yaml's cosine schedule is stretched over all epochs
+               "train.deterministic=true", "train.channels_last=true", "optim.lr=0.3", "model.name=convnet_bn",
+               "data.augment=none", "train.seed=1",
+               "train.epochs=3"]  # smoke.yaml's cosine schedule is stretched over all epochs
     changes = run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"), volatile + refused))
     assert sorted(changes.volatile) == sorted(item.split("=")[0] for item in volatile)
     assert sorted(changes.refused) == sorted(item.split("=")[0] for item in refused) and not changes.recorded

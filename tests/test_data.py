@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from synthetic_cifar import CHECK, unchecked, write_cifar10, write_cifar100
+from torch.utils.data import DataLoader
 
 from cifarlab.config import CIFAR10_CLASSES, CIFAR10_STATS, CIFAR100_STATS, ConfigError, DataConfig, load_config
 from cifarlab.data import build_data
@@ -188,3 +189,38 @@ def test_loaders_use_global_batches() -> None:
     assert sum(len(labels) for _, labels in test) == 9
     with pytest.raises(UsageError, match="train.batch_size=128 exceeds the 70 training images"):
         data.loaders(batch_size=128, eval_batch_size=4)
+
+
+@pytest.mark.unit
+def test_tensor_batches_index_the_images_with_rows_on_their_device() -> None:
+    """Rows on the host indexing images on a GPU would be a blocking copy per batch: they go to the images' device
+    (the meta device stands in for a GPU here)."""
+    from cifarlab.data.tensors import TensorImages
+
+    images = TensorImages(torch.empty(10, 3, 4, 4, dtype=torch.uint8, device="meta"),
+                          torch.empty(10, dtype=torch.long, device="meta"))
+    batch, labels, rows = images.__getitems__([3, 1, 4])
+    assert rows.device.type == batch.device.type == labels.device.type == "meta" and batch.shape == (3, 3, 4, 4)
+
+
+
+@pytest.mark.unit
+def test_persistent_workers_augment_each_epoch_as_in_process_loading_does() -> None:
+    """Persistent workers keep their copy of the dataset across epochs: the epoch they augment with is the one
+    set_epoch wrote (shared memory), so every sample's augmentation is the in-process loader's."""
+    def epochs(workers: int) -> list[torch.Tensor]:
+        config = DataConfig(name="fake", train_size=32, test_size=4, augment="flip_crop", cutout=8,
+                            loader="torchvision", num_workers=workers)
+        data = build_data(config, seed=0)
+        options = data.loader_options()
+        assert options["persistent_workers"] == (workers > 0)
+        loader = DataLoader(data.train, batch_size=8, **options)  # in order: only the augmentation differs
+        seen = []
+        for epoch in range(3):
+            data.set_epoch(epoch)
+            seen.append(torch.cat([images for images, _ in loader]))
+        return seen
+
+    persistent, in_process = epochs(2), epochs(0)
+    assert all(torch.equal(a, b) for a, b in zip(persistent, in_process, strict=True))
+    assert not torch.equal(in_process[0], in_process[1])

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
 
-from cifarlab.config import OptimConfig
+from cifarlab.config import OptimConfig, load_config
 from cifarlab.errors import UsageError
 from cifarlab.report.metrics import EvalResult
+from cifarlab.run import engine
 from cifarlab.run.engine import build_ema, build_optimizer, build_scheduler, tta_logits
+
+from conftest import CONFIGS
 
 pytestmark = pytest.mark.unit
 
@@ -102,3 +108,78 @@ def test_onecycle_works_for_short_runs_and_refuses_too_short_ones() -> None:
         assert max(lrs) == pytest.approx(0.1) and all(math.isfinite(lr) for lr in lrs)
     with pytest.raises(UsageError, match="optim.schedule=onecycle needs at least 3 optimizer steps"):
         _lrs(OptimConfig(lr=0.1, schedule="onecycle"), epochs=1, steps=2)
+
+
+def test_the_weight_average_is_torchs_averaged_model_without_reading_its_count_back() -> None:
+    """Same state-dict keys and bitwise the same numbers as AveragedModel with get_ema_multi_avg_fn; a loaded
+    state continues with its count."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    mine = build_ema(model, 0.9, torch.device("cpu"))
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        mine.update_parameters(model)
+        theirs.update_parameters(model)
+    assert list(mine.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(mine.state_dict()[key], value), key
+    resumed = build_ema(model, 0.9, torch.device("cpu"))
+    resumed.load_state_dict(theirs.state_dict())
+    assert resumed.count == 3
+    resumed.update_parameters(model)
+    theirs.update_parameters(model)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_the_weight_average_takes_the_mean_of_its_buffers_over_ranks() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = build_ema(model, 0.9, torch.device("cpu"))
+    weight = ema.module[0].weight.clone()
+    ema.sync_buffers(lambda flat: flat + 1)  # a stand-in for the mean over ranks
+    torch.testing.assert_close(ema.module[1].running_mean, torch.ones(2))
+    torch.testing.assert_close(ema.module[1].running_var, torch.full((2,), 2.0))
+    assert int(ema.module[1].num_batches_tracked) == 0 and torch.equal(ema.module[0].weight, weight)
+
+
+@pytest.fixture
+def torch_switches(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """torch's global switches as they were, after the test."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved[:4]
+    torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+
+
+def test_cuda_autotunes_convolutions_unless_deterministic(torch_switches: None) -> None:
+    torch.backends.cudnn.benchmark = False
+    engine.backend_switches("cpu", deterministic=False)
+    assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    engine.backend_switches("cuda", deterministic=False)
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+    engine.backend_switches("cuda", deterministic=True)
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_deterministic_and_the_process_group_timeout_reach_torch_and_accelerate(torch_switches: None,
+                                                                                 tmp_path: Path) -> None:
+    config = load_config(str(CONFIGS / "smoke.yaml"), ["train.deterministic=true", "train.timeout_minutes=7",
+                                                       f"train.output_dir={tmp_path}"])
+    accelerator = engine.build_accelerator(config)
+    assert accelerator.init_handler is not None and accelerator.init_handler.timeout == timedelta(minutes=7)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert engine.build_accelerator(load_config(str(CONFIGS / "smoke.yaml"))).init_handler is None  # torch's default
+

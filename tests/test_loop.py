@@ -9,7 +9,9 @@ import re
 import shlex
 import shutil
 import signal
+import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -277,3 +279,79 @@ def test_the_batch_loop_reads_nothing_back_per_step(tmp_path: Path, monkeypatch:
         monkeypatch.undo()
         counts.append((stats.batches, len(reads)))
     assert counts[0][0] == 4 and counts[1][0] == 8 and counts[0][1] == counts[1][1]
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts what makes the host wait for the device: a tensor read back (item, tolist, bool, int, float,
+    index, numpy), copied to the CPU, moved to another device, or indexed with indices on another device. On the
+    CPU every tensor is a host tensor: this counts the reads that would wait for a GPU."""
+
+    READS: ClassVar[set[object]] = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0
+        self.seen: list[tuple[int, str]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if func in self.READS:
+            # The sampler draws the order with a CPU generator: host tensors in every run, read on the host.
+            if f"torch{os.sep}utils{os.sep}data{os.sep}" not in sys._getframe(1).f_code.co_filename:
+                self.seen.append((self.step, name))
+        elif func is torch.Tensor.to and isinstance(args[0], torch.Tensor):
+            target = next((a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))), None)
+            if target is not None and torch.device(target).type != args[0].device.type:
+                self.seen.append((self.step, f"to({target})"))
+        elif func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor) \
+                and args[1].device != args[0].device:
+            self.seen.append((self.step, "indexed from another device"))
+        return func(*args, **kwargs)
+
+
+def test_steps_of_the_default_preset_make_no_host_device_syncs_between_logging_boundaries(tmp_path: Path) -> None:
+    """The default preset (tensor path, EMA on) over 8 steps: a host read only at the logging steps (every 4th)."""
+    config = load_config(None, ["data.name=fake", "data.train_size=128", "data.test_size=20", "train.batch_size=16",
+                                "logging.every_n_steps=4", "checkpoint.every_n_steps=null",
+                                "logging.wandb.mode=disabled", "logging.level=warning",
+                                f"train.output_dir={tmp_path}", "train.run_name=tiny"])
+    assert config.data.loader == "tensor" and config.train.ema
+    learner, data, recorder, checkpointer, _ = parts(config)
+    counter = HostReads()
+    step = learner.step
+
+    def counted_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        counter.step += 1
+        return step(images, labels)
+
+    learner.step = counted_step  # type: ignore[method-assign]
+    with StopRequest(learner.accelerator, lambda message: None) as stop, counter:
+        stats = train_epoch(learner, data, TrainState(), recorder, checkpointer, stop,
+                            engine.LossGuard(learner.accelerator, lambda: None, 4))
+    assert stats.batches == 8
+    per_step = {step: [name for at, name in counter.seen if at == step] for step in range(1, 9)}
+    assert all(not reads for step, reads in per_step.items() if step % 4), str(per_step)
+    assert per_step[4], "the logging step reads the loss back"
+
+
+def test_compile_makes_one_graph_for_training_and_reports_its_seconds(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile compiles the training forward once (static shapes); evaluation (eval mode, no_grad, the flip
+    views, a partial last test batch) runs eagerly: the trained model itself, no EMA. Dynamo's "eager" backend: graphs
+    counted, nothing compiled."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    # 20 test images in batches of 8: a partial last batch; flip TTA: two views, one with other strides.
+    run_dir = loop.train(tiny_config(tmp_path, "train.compile=true", "train.ema=null", "train.epochs=2",
+                                     "train.tta=flip", "train.eval_batch_size=8", "data.test_size=20"))
+    assert counters["stats"]["unique_graphs"] == 1
+    evaluations = [r for r in records(run_dir) if "test/acc" in r]
+    assert len(evaluations) == 2 and evaluations[0]["test/images"] == 20
+    assert evaluations[0]["train/compile_seconds"] > 0 and "train/compile_seconds" not in evaluations[1]
+    torch._dynamo.reset()

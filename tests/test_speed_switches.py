@@ -68,3 +68,14 @@ def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path) -> None:
     stem = load_file(str(runs / "one" / "model.safetensors"))["stem.weight"]
     assert stem.shape == (24, 3, 2, 2)
     assert torch.equal(stem[12:], -stem[:12])  # set by init_whitening (filters and their negatives), and frozen
+
+
+def test_compiled_ddp_model_trains_like_the_eager_one_with_accumulation(tmp_path: Path) -> None:
+    """train.compile on 2 processes compiles the DDP-wrapped model from the outside (Dynamo's DDPOptimizer), also
+    through the accumulation steps that skip DDP's gradient sync (no_sync)."""
+    options = ("data.loader=tensor", "train.epochs=1", "checkpoint.every_n_steps=null", "train.grad_accum_steps=2")
+    check(run_cli(smoke(tmp_path, "eager", *options), tmp_path, processes=2))
+    check(run_cli(smoke(tmp_path, "compiled", *options, "train.compile=true"), tmp_path, processes=2))
+    runs = tmp_path / "runs"
+    assert_same_weights(runs / "eager" / "model.safetensors", runs / "compiled" / "model.safetensors", atol=1e-4)
+    assert "train/compile_seconds" in metrics(runs / "compiled")[0]

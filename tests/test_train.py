@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from conftest import (
     assert_same_weights,
     assert_sharded_counted_and_resumable,
     check,
+    cli_env,
     crashed_copy,
     error_lines,
     metrics,
@@ -167,3 +171,24 @@ def test_default_preset_learns_cifar10_in_one_epoch(tmp_path: Path, cifar10_jpeg
     assert record["test/images"] == 10_000
     assert record["test/acc"] > 0.35
     assert yaml.safe_load((tmp_path / "runs" / "real" / "config.yaml").read_text())["data"]["name"] == "imagefolder"
+
+
+def test_data_is_prepared_by_the_main_process_then_each_nodes_first_then_the_rest(tmp_path: Path) -> None:
+    """Two 'nodes' of two gloo processes on this machine: rank 0 prepares alone, then node 1's first process
+    (rank 2), then ranks 1 and 3: right for a data.root shared by the nodes and for a node-local one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    log = tmp_path / "order.jsonl"
+    script = str(Path(__file__).with_name("data_order.py"))
+    nodes = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               "4", "--num_machines", "2", "--machine_rank", str(node), "--main_process_ip",
+                               "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
+                               "--dynamo_backend", "no", script, str(log)], cwd=tmp_path, env=cli_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs
+    spans = {r["rank"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert sorted(spans) == [0, 1, 2, 3] and spans[2]["local"] == 0 and spans[3]["local"] == 1
+    assert spans[0]["out"] <= spans[2]["in"]  # the main process first, alone
+    assert spans[2]["out"] <= min(spans[1]["in"], spans[3]["in"])  # then node 1's first process

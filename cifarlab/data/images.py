@@ -19,6 +19,10 @@ class SeededTransform(Dataset):
 
     torchvision's random transforms draw from torch's global generator, so the draw is
     wrapped in ``fork_rng``: the caller's generator state is left untouched.
+
+    The epoch lives in a shared-memory tensor: persistent DataLoader workers keep the copy of this object they
+    were started with, and read the epoch :meth:`set_epoch` wrote in the training process (before the epoch's
+    iterator is created, hence before the workers fetch any of its samples).
     """
 
     def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor], seed: int, random: bool) -> None:
@@ -26,11 +30,14 @@ class SeededTransform(Dataset):
         self.transform = transform
         self.seed = seed
         self.random = random
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)  # a host tensor: no device involved
 
     def set_epoch(self, epoch: int) -> None:
-        # Set before each epoch's iterator is created: workers receive a copy of this object then.
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return size(self.base)
@@ -108,7 +115,11 @@ class ImageData(DataPath):
         return batch[0], batch[1]  # the workers augmented and normalised each image
 
     def loader_options(self) -> dict[str, Any]:
-        return {"num_workers": self.config.num_workers, "pin_memory": torch.cuda.is_available()}
+        # Persistent workers: no new worker processes (and no dataset copies) every epoch; SeededTransform's
+        # shared epoch keeps each sample's augmentation a function of (seed, epoch, index). Pinned batches are
+        # copied to the GPU without a host sync (the accelerator's non_blocking).
+        workers = self.config.num_workers
+        return {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
 
     def sample(self, train: bool, count: int, augmented: bool = True) -> Batch:
         dataset = self.train if train else self.test

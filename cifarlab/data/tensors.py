@@ -54,6 +54,12 @@ class TensorImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.device.type == "cuda":
+            # Indexing GPU images with CPU rows copies the rows synchronously (a stream sync per batch): copy them
+            # from pinned memory without blocking, ahead of the gather that reads them.
+            rows = rows.pin_memory().to(self.images.device, non_blocking=True)
+        elif rows.device != self.images.device:
+            rows = rows.to(self.images.device)
         return self.images[rows], self.labels[rows], rows
 
 

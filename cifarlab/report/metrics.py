@@ -92,7 +92,13 @@ class EpochStats:
     lost to a crash after the last checkpoint not counted)."""
     images_per_s: float
     """Training images per second (global batch x batches / seconds)."""
+    compile_seconds: Optional[float] = None
+    """``train.compile``: host seconds of the first compiled training step of this start, in the epoch it fell in
+    (included in ``seconds``); None otherwise."""
 
     def values(self) -> dict[str, float]:
-        return {"train/epoch_loss": self.loss, "train/epoch_images_per_s": self.images_per_s,
-                "train/epoch_seconds": self.seconds}
+        values = {"train/epoch_loss": self.loss, "train/epoch_images_per_s": self.images_per_s,
+                  "train/epoch_seconds": self.seconds}
+        if self.compile_seconds is not None:
+            values["train/compile_seconds"] = self.compile_seconds
+        return values

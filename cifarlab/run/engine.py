@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import shlex
+import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from datetime import timedelta
+from typing import Any, Optional, cast
 
 import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, KwargsHandler, ProjectConfiguration
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarlab.config import Config, ModelConfig, OptimConfig
 from cifarlab.data.path import Batch, DataPath
@@ -28,6 +30,7 @@ from cifarlab.models import batchnorm
 from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import workarounds
+from cifarlab.run.averaging import WeightAverage
 from cifarlab.run.checkpoint import TrainState
 from cifarlab.run.rundir import RunDir, resume_command
 from cifarlab.run.tracking import wandb_mode
@@ -42,18 +45,24 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
     # Ghost batch norm averages the running statistics of all ranks itself (Learner.step); DDP's default
     # would overwrite them with rank 0's before every forward.
     ghost_bn = config.model.bn_group_size is not None
-    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)] if ghost_bn else []
+    handlers: list[KwargsHandler] = [DistributedDataParallelKwargs(broadcast_buffers=False)] if ghost_bn else []
     if ghost_bn:
         # torch 2.14 deprecates it for forward_sync_buffers=False, which Accelerate 1.15's handler cannot pass;
         # both stop the per-forward broadcast (the old one also the one at start, where ranks agree anyway).
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+    if train.timeout_minutes is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=train.timeout_minutes)))
+    # Before the Accelerator sets the device: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when CUDA work first needs it.
+    backend_switches("cpu" if multi_process_cpu or not torch.cuda.is_available() else "cuda", train.deterministic)
     accelerator = Accelerator(
         cpu=multi_process_cpu,
         # None lets `accelerate launch --mixed_precision` decide; a value in the config wins.
         mixed_precision=train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
         # train.batch_size is the global batch: the same run on 1 or N processes sees the same batches.
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed),
+        # non_blocking: batches from pinned memory (pin_memory on CUDA) are copied without a host sync.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=train.seed,
+                                                  non_blocking=True),
         log_with="wandb" if trackers and wandb_mode(config.logging.wandb) else None,
         project_config=ProjectConfiguration(project_dir=train.output_dir),
         kwargs_handlers=handlers,
@@ -74,6 +83,35 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
                              f"processes; use a multiple of {accelerator.num_processes}")
     check_batchnorm(config.model, train.batch_size, accelerator.num_processes, accelerator.device.type)
     return accelerator
+
+
+@contextlib.contextmanager
+def data_first(accelerator: Accelerator) -> Iterator[None]:
+    """The order in which processes prepare the data (download, decode, cache under data.root): the main process
+    alone, then the first process of every other node, then all the others. It holds whether data.root is shared
+    by the nodes or local to each: with a shared folder the main process has done the one-off work and the others
+    only read it; with a node-local one (e.g. $SLURM_TMPDIR) each node's first process does it for its node, and
+    its other processes wait for it instead of all downloading into the same folder at once. Two barriers
+    (Accelerate's main_process_first, then local_main_process_first)."""
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        yield
+
+
+def backend_switches(device_type: str, deterministic: bool) -> None:
+    """torch's global switches for ``train.deterministic`` on a ``device_type`` device. Deterministic: cuDNN's and
+    torch's deterministic algorithms (an op without one warns and runs anyway), a fixed cuBLAS workspace (needed for
+    deterministic cuBLAS; set before CUDA starts), no TF32 (float32 matmuls and convolutions in full precision),
+    on any device (harmless on a CPU). Otherwise, on CUDA, cuDNN autotunes its convolutions per input shape
+    (cudnn.benchmark); torch's other defaults stay as they are."""
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def check_batchnorm(config: ModelConfig, batch_size: int, processes: int, device_type: str) -> None:
@@ -160,13 +198,29 @@ def _bare(scheduler: Any) -> LRScheduler:
     return bare
 
 
-def build_ema(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:
+def build_ema(model: nn.Module, decay: float, device: torch.device) -> WeightAverage:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics on ``device``
-    (``update_parameters`` after each optimizer step; ``use_buffers``: running statistics are averaged like
-    weights, ghost batch norm's too, which :meth:`Learner.step` has made the same on every rank first). Built
-    from the bare model: a copy made after ``accelerator.prepare`` would share the prepared model's
-    mixed-precision forward."""
-    return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    (``update_parameters`` after each optimizer step; running statistics are averaged like weights, ghost batch
+    norm's too, which :meth:`Learner.step` has made the same on every rank first). Built from the bare model: a
+    copy made after ``accelerator.prepare`` would share the prepared model's mixed-precision forward."""
+    return WeightAverage(model, decay, device)
+
+
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for ``train.compile`` (tests count graphs with Dynamo's "eager" backend)."""
+
+
+def compile_training_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``train.compile``: the training forward of the prepared ``model``, compiled once (static shapes: training
+    batches all have one size, drop_last). Evaluation calls the model eagerly: compiling it too would add a graph
+    per mode (eval, no_grad under autocast), per test-time view's strides and for the partial last test batch.
+
+    The prepared model is compiled from the outside, DDP included (torch's guidance for DDP and torch.compile):
+    Dynamo's DDPOptimizer then splits the graph at DDP's gradient buckets (one graph per bucket under DDP), so
+    the all-reduce of a bucket overlaps the rest of the backward. Compiling the module inside DDP would make the
+    whole backward one graph whose gradients are all ready at its end, which loses that overlap. The model itself
+    is unchanged: parameter names and checkpoints stay those of the eager model."""
+    return cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(model, backend=COMPILE_BACKEND, dynamic=False))
 
 
 def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -200,11 +254,15 @@ class Learner:
     optimizer: Optimizer
     scheduler: LRScheduler
     loss_fn: nn.Module
-    ema: Optional[AveragedModel] = None
+    ema: Optional[WeightAverage] = None
     grad_clip: Optional[float] = None
     memory_format: torch.memory_format = torch.contiguous_format
+    train_forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    """The compiled training forward (``train.compile``, :func:`compile_training_forward`); None: the model's own."""
 
     def __post_init__(self) -> None:
+        self._compile_seconds: Optional[float] = None
+        self._compile_reported = False
         note = workarounds.apply().note()  # probes the installed Accelerate once per process
         if note:
             console.note(note)
@@ -215,6 +273,13 @@ class Learner:
     def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(values, reduction="mean")
 
+    def sync_average(self) -> None:
+        """Before evaluating or saving the EMA on several processes: its BatchNorm statistics, averaged on each rank
+        from that rank's own, become their mean over ranks (one all-reduce); ghost batch norm's are the same on
+        every rank already (:meth:`step`). Call on every rank."""
+        if self.ema is not None and self.accelerator.num_processes > 1 and self._running_stats is None:
+            self.ema.sync_buffers(self._mean_over_ranks)
+
     @property
     def evaluated(self) -> nn.Module:
         """What is tested, picked as best and saved at the end: the weight average when there is one."""
@@ -224,8 +289,11 @@ class Learner:
         """Forward, backward and (at accumulation boundaries) an optimizer step; the detached loss."""
         accelerator = self.accelerator
         images = images.contiguous(memory_format=self.memory_format)
+        compiling = self.train_forward is not None and self._compile_seconds is None
+        started = time.perf_counter()
+        forward = self.model if self.train_forward is None else self.train_forward
         with accelerator.accumulate(self.model):
-            loss = self.loss_fn(self.model(images), labels)
+            loss = self.loss_fn(forward(images), labels)
             accelerator.backward(loss)
             if self.grad_clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -237,7 +305,20 @@ class Learner:
                 self._running_stats()
             if self.ema is not None:
                 self.ema.update_parameters(accelerator.unwrap_model(self.model))
+        if compiling:
+            # Host seconds of the first compiled step: Dynamo's tracing and the backend's compile of the forward and
+            # backward graphs happen on the host, in this call; the kernels it launches are not waited for (no sync).
+            self._compile_seconds = time.perf_counter() - started
         return loss.detach()
+
+    def compile_seconds(self) -> Optional[float]:
+        """``train/compile_seconds``: the host seconds of the first compiled training step of this start (compiling
+        the training forward and backward, plus that step's kernel launches), once; None after, and without
+        ``train.compile``."""
+        if self._compile_seconds is None or self._compile_reported:
+            return None
+        self._compile_reported = True
+        return self._compile_seconds
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tta: str) -> torch.Tensor:
@@ -252,6 +333,7 @@ class Learner:
 
     def evaluate(self, data: DataPath, tta: str) -> EvalResult:
         """:func:`evaluate` of the evaluated model on the whole test set."""
+        self.sync_average()
         return evaluate(self.evaluated, data.test_batches(), self.accelerator, data.classes, tta, self.memory_format)
 
 

@@ -42,4 +42,5 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
     seconds = state.training.read() - state.epoch_start_train_s
     batches = state.epoch_loss_batches
     return EpochStats(loss=state.epoch_loss(), batches=batches, seconds=seconds,
-                      images_per_s=batches * recorder.batch_size / max(seconds, 1e-9))
+                      images_per_s=batches * recorder.batch_size / max(seconds, 1e-9),
+                      compile_seconds=learner.compile_seconds())

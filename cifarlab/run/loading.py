@@ -46,8 +46,8 @@ def _locate(checkpoint: str) -> tuple[Path, RunDir]:
 
 
 def model_weights(weights: Path) -> dict[str, torch.Tensor]:
-    """The model's state dict from a weights file: a model's own, or ``ema.safetensors`` (torch's
-    AveragedModel: the model under ``module.``, plus a step count)."""
+    """The model's state dict from a weights file: a model's own, or ``ema.safetensors`` (the weight
+    average, keyed as torch's AveragedModel: the model under ``module.``, plus a step count ``n_averaged``)."""
     state = load_file(str(weights))
     if weights.name == EMA_WEIGHTS:
         state = {key.removeprefix("module."): value for key, value in state.items() if key != "n_averaged"}

@@ -83,7 +83,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
 
     # --- build: data, model, optimizer, prepared for the launch ---
     set_seed(config.train.seed)
-    datasets = data.build_data(config.data, config.train.seed, accelerator.main_process_first(), out.warn,
+    datasets = data.build_data(config.data, config.train.seed, engine.data_first(accelerator), out.warn,
                                device=accelerator.device, progress=out)
     learner, steps_per_epoch = build_learner(accelerator, config, datasets)
 
@@ -93,9 +93,14 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- resume ---
     guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps,
                              run_dir)
+
+    def before_save(state: checkpoint.TrainState) -> None:
+        guard.check(state)
+        learner.sync_average()  # the EMA's BatchNorm statistics are saved as their mean over ranks
+
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
                                            {"ema": learner.ema} if learner.ema is not None else {},
-                                           protect=resume_from, healthy=guard.check)
+                                           protect=resume_from, healthy=before_save)
     state = restore(learner, checkpointer, resumed, run_dir, out, new_wandb_id)
     state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
@@ -142,11 +147,10 @@ def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) 
     optimizer_steps_per_epoch = -(-steps_per_epoch // config.train.grad_accum_steps)
     scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if config.train.compile:
-        accelerator.unwrap_model(model).compile()  # in place: parameter names and checkpoints stay the same
+    forward = engine.compile_training_forward(model) if config.train.compile else None
     learner = engine.Learner(accelerator, model, optimizer, scheduler,
                              nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing), ema,
-                             config.optim.grad_clip, memory_format)
+                             config.optim.grad_clip, memory_format, forward)
     return learner, steps_per_epoch
 
 

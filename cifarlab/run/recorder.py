@@ -7,7 +7,8 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
     after each evaluation         test/acc, test/acc_top5 (top-5 accuracy; datasets with more than 5
                                   classes), test/loss, test/images, test/acc/<class> (every class, also at
                                   100), train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds,
-                                  train/epoch
+                                  train/epoch; with train.compile, in the first epoch a start trains:
+                                  train/compile_seconds (host seconds of the first compiled step)
 
     when train.target_accuracy is reached   target/accuracy (the target), target/epoch, target/step,
                                   target/elapsed_s, target/train_seconds (also in the W&B summary)
@@ -214,7 +215,7 @@ class Recorder:
         best = self.run.best
         if not (best / MANIFEST).is_file():
             return
-        # As a model file like the final one (the checkpoint's average is torch's AveragedModel state).
+        # As a model file like the final one (the checkpoint's average is keyed as torch's AveragedModel).
         from safetensors.torch import save_file
 
         from cifarlab.run.loading import evaluated_weights, model_weights
