@@ -182,6 +182,8 @@ class TrainConfig:
     """Decay of an exponential moving average of the weights, updated every optimizer step (e.g. 0.99); the average is evaluated and saved. null = off."""
     tta: Literal["none", "flip", "flip_translate"] = "flip"
     """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
+    eval_every_epoch: bool = True
+    """Evaluate on the test set after every epoch; false = after the last epoch only, as speed records are timed (the final evaluation, predictions and weights are the same; train.target_accuracy needs true)."""
     target_accuracy: Optional[float] = None
     """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
     allow_changes: bool = False
@@ -211,6 +213,8 @@ class TrainConfig:
 class CheckpointConfig:
     every_n_steps: Optional[int] = None
     """Also save every this many training steps (besides every epoch end); null = epoch ends only."""
+    every_epoch: bool = True
+    """Save a checkpoint at every epoch end (the best one also as best/); false = only every_n_steps and a stop's save, as speed records are timed (the run still ends with its final weights)."""
     keep_last: int = 3
     """Step checkpoints to keep (besides best/ and the one resumed from); older ones are deleted."""
 
@@ -263,6 +267,9 @@ class Config:
     def __post_init__(self) -> None:
         _require(self.optim.warmup_epochs < self.train.epochs,
                  f"optim.warmup_epochs={self.optim.warmup_epochs} must be less than train.epochs={self.train.epochs}")
+        _require(self.train.eval_every_epoch or self.train.target_accuracy is None,
+                 f"train.target_accuracy={self.train.target_accuracy} needs train.eval_every_epoch=true (the target is "
+                 f"checked at each epoch's evaluation)")
         every, accum = self.checkpoint.every_n_steps, self.train.grad_accum_steps
         # A checkpoint in the middle of an accumulation would drop the gradients summed so far.
         _require(every is None or every % accum == 0,
@@ -318,7 +325,7 @@ def differences(config: Config, base: Config) -> list[str]:
 
 
 VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
-            "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
+            "train.eval_every_epoch", "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
 """Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
 reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
 key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it)."""
