@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "slurm_multinode.sh"
 SBATCH = REPO / "slurm" / "train_multinode.sbatch"
 # 512 images in global batches of 32: 16 steps per epoch, 32 in all; with 2 processes the ranks agree on a
-# stop every 8 steps (cifarlab.run.preemption.CHECK_EVERY), so a preemption lands at step 8, 16 or 24.
+# stop every 8 steps at first (cifarlab.run.preemption.CHECK_EVERY; steps this short are then checked
+# every few hundred, past the run), so a preemption lands at step 8, 16 or 24.
 OVERRIDES = ("data.train_size=512", "checkpoint.every_n_steps=4", "logging.every_n_steps=4",
              "logging.wandb.mode=disabled")
 STEPS = 32
