@@ -12,6 +12,7 @@ rules live in ``__post_init__`` and name the dotted key. Every failure surfaces 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -205,6 +206,7 @@ class TrainConfig:
         _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
         _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
                  f"train.target_accuracy={self.target_accuracy} must be a fraction in (0, 1] (e.g. 0.6) or null (off)")
+        _require(self.eval_every_epoch or not self.target_accuracy, "train.target_accuracy needs train.eval_every_epoch")
         _require(self.run_name is None or (self.run_name != "" and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 
@@ -267,9 +269,6 @@ class Config:
     def __post_init__(self) -> None:
         _require(self.optim.warmup_epochs < self.train.epochs,
                  f"optim.warmup_epochs={self.optim.warmup_epochs} must be less than train.epochs={self.train.epochs}")
-        _require(self.train.eval_every_epoch or self.train.target_accuracy is None,
-                 f"train.target_accuracy={self.train.target_accuracy} needs train.eval_every_epoch=true (the target is "
-                 f"checked at each epoch's evaluation)")
         every, accum = self.checkpoint.every_n_steps, self.train.grad_accum_steps
         # A checkpoint in the middle of an accumulation would drop the gradients summed so far.
         _require(every is None or every % accum == 0,
@@ -415,7 +414,6 @@ def field_docs() -> list[tuple[str, str, str]]:
     """(dotted key, default, docstring) for every leaf field, read from this module's attribute docstrings."""
     import ast
     import inspect
-    import sys
 
     tree = ast.parse(inspect.getsource(sys.modules[__name__]))
     docs: dict[tuple[str, str], str] = {}
@@ -448,7 +446,5 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     # python -m cifarlab.config: print the config reference (paste it into docs/config.md).
     sys.stdout.write(reference_markdown() + "\n")
