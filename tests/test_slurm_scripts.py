@@ -1,4 +1,5 @@
-"""The sbatch scripts without a cluster: syntax, shellcheck, and the multi-node command per node."""
+"""The sbatch scripts (and the other shell scripts) without a cluster: syntax, shellcheck, the multi-node command per
+node, and the CPUs each process gets."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 
 SCRIPTS = sorted([*(REPO / "slurm").iterdir(), REPO / "tests" / "slurm_cluster.sh",
-                  REPO / "tests" / "slurm_multinode.sh", REPO / ".ci" / "run"])
+                  REPO / "tests" / "slurm_multinode.sh", REPO / ".ci" / "run", *(REPO / "bench").glob("*.sh")])
 
 # A two-node allocation, simulated: `scontrol show hostnames` expands the node list and `srun` runs its
 # command once per node with that node's SLURM_NODEID, as SLURM would on each host.
