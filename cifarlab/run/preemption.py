@@ -135,6 +135,8 @@ class StopRequest:
                                device=self.accelerator.device)
         slowest = float(self.accelerator.gather(seconds).max())
         self.check_every, self._timed = check_interval(slowest), True
+        self.log(f"checking for stop signals every {self.check_every} steps ({slowest:.3f} s per step on the slowest "
+                 f"of {self.accelerator.num_processes} processes)")
 
     def stop_if_agreed(self, state: TrainState, checkpointer: Checkpointer, step: Optional[int] = None) -> None:
         """After a stop signal: make sure this step is checkpointed, requeue under SLURM, raise :class:`Preempted`.
