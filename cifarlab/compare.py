@@ -1,10 +1,12 @@
-"""Compare groups of finished runs: mean, spread and 95 % interval of a metric per group, and each group's
-difference from a baseline group with a significance test.
+"""Compare groups of finished runs: mean, spread and 95 % interval of a metric per group, how much of the
+spread test-set sampling explains, and each group's difference from a baseline group with a verdict about the
+settings (Welch's t on the runs, 2 or more a group; Holm-adjusted when there are several comparisons).
 
     python -m cifarlab.compare runs/lr-sweep                          # groups: the config keys the runs differ in
     python -m cifarlab.compare runs/a* runs/b* --by optim.lr --by env.processes
     python -m cifarlab.compare runs/sweep --metric time_to_target --baseline 2 --json
     python -m cifarlab.compare runs/sweep --per-class --png compare.png
+    python -m cifarlab.compare runs/sweep --plan 0.5                  # seeds per group to find 0.5 points
 
 Runs are grouped by the config keys in which they differ, except those that differ between repeats by design
 (train.seed, train.run_name, train.output_dir, train.resume, logging.*, data.root, data.num_workers), or by
@@ -24,6 +26,7 @@ from typing import Optional
 
 from cifarlab.errors import UsageError
 from cifarlab.experiments.analysis import METRICS, compare
+from cifarlab.experiments.planning import plan
 from cifarlab.experiments.rendering import picture, render, to_json
 from cifarlab.experiments.results import read_runs
 from cifarlab.report import console
@@ -42,8 +45,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="the group the others are compared with: its number in the table, or its label "
                              "(default: the first group)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    parser.add_argument("--png", type=Path, metavar="FILE", help="also draw the means and intervals into this PNG file")
+    parser.add_argument("--png", type=Path, metavar="FILE",
+                        help="also draw each run, the groups' intervals and the differences with their adjusted "
+                             "intervals into this PNG file")
     parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
+    parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
+                        help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
+                             "default), bh (Benjamini-Hochberg false discovery rate) or none")
+    parser.add_argument("--plan", type=float, metavar="DELTA",
+                        help="also say how many runs (seeds) per group find a difference of DELTA (in points for "
+                             "accuracies) with 80 %% power, and the smallest difference the current runs find")
     return parser.parse_args(argv)
 
 
@@ -54,7 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(f"--metric {args.metric}: unknown; one of {', '.join(METRICS)}")
         if args.png is not None and not args.png.parent.is_dir():
             raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
-        report = compare(read_runs(args.paths), args.by, METRICS[args.metric], args.baseline)
+        metric = METRICS[args.metric]
+        report = compare(read_runs(args.paths), args.by, metric, args.baseline, args.adjust)
+        planned = plan(report, args.plan / metric.scale) if args.plan is not None else None
     except UsageError as error:
         console.error(str(error))
         return error.exit_code
@@ -63,10 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for line in report.notes:
         console.note(line)
     if args.json:
-        sys.stdout.write(json.dumps(to_json(report), indent=2) + "\n")
+        sys.stdout.write(json.dumps(to_json(report, planned), indent=2) + "\n")
     else:
         # Piped output (tests, `| less`) gets a wide console so the tables are never wrapped at 80 columns.
-        render(report, args.per_class, None if sys.stdout.isatty() else 200)
+        render(report, args.per_class, None if sys.stdout.isatty() else 200, planned)
     if args.png is not None:
         picture(report, args.per_class).save(args.png)
         console.note(f"picture written to {args.png}")

@@ -5,6 +5,7 @@
     python -m cifarlab.sweep configs/sweeps/example.yaml --parallel 2 train.output_dir=/scratch/runs
     python -m cifarlab.sweep configs/sweeps/example.yaml --trial 3   # one trial (a SLURM array task)
     python -m cifarlab.sweep configs/sweeps/example.yaml --dry-run --config_file launch/cpu_2proc.yaml
+    python -m cifarlab.sweep configs/sweeps/example.yaml --until-decided --max-seeds 10 --margin 0.5
     sbatch --array=0-$(( $(python -m cifarlab.sweep SWEEP.yaml --count) - 1 )) slurm/sweep.sbatch SWEEP.yaml
 
 A sweep file (docs/sweeps.md has the details):
@@ -26,6 +27,8 @@ apply to every trial; other options after SWEEP.yaml (--num_processes 2, --mixed
 <name>/sweep.yaml; each trial's output is appended to <name>/logs/.
 Exit codes, from the trials' results: 0 every trial finished, 1 some did not (failed or refused), 2 bad input
 (nothing written), 75 a trial was stopped by SIGUSR1/SIGTERM (run again to continue), 130 the same by Ctrl-C.
+--until-decided adds a seed per round until each group is better, worse or equivalent (within --margin points)
+compared with the first, or has --max-seeds seeds (cifarlab.experiments.sequential); it exits 0 whatever it decided.
 This module imports no torch: it checks every trial's config, then starts trainers.
 """
 
@@ -39,14 +42,18 @@ from collections.abc import Sequence
 from typing import Optional
 
 from cifarlab.errors import UsageError
+from cifarlab.experiments import sequential
 from cifarlab.experiments.runner import Runner, status, write_record
+from cifarlab.experiments.sequential import Plan
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.report import console
 
 # --- the command line -----------------------------------------------------------------------------------------
 
-USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run] [--trial I] [--parallel N] SWEEP.yaml "
-         "[key=value ...] [accelerate launch options]")
+USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run | --until-decided [--max-seeds N] "
+         "[--margin M]] [--trial I] [--parallel N] SWEEP.yaml [key=value ...] [accelerate launch options]")
+VALUED = ("--trial", "--parallel", "--max-seeds", "--margin")
+"""Our options that take a value."""
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -59,6 +66,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     mode.add_argument("--count", action="store_true",
                       help="print the highest trial index + 1 (the number of trials, for sbatch --array)")
     mode.add_argument("--dry-run", action="store_true", help="print each trial's command instead of running it")
+    mode.add_argument("--until-decided", action="store_true",
+                      help="add a seed per round until each group is decided against the first (docs/sweeps.md)")
+    parser.add_argument("--max-seeds", type=int, metavar="N",
+                        help=f"with --until-decided: at most N seeds per group (default {sequential.MAX_SEEDS})")
+    parser.add_argument("--margin", type=float, metavar="M",
+                        help="with --until-decided: differences within ±M accuracy points are equivalent "
+                             "(default: no equivalence is decided)")
     parser.add_argument("--trial", type=int, metavar="I", help="only trial I (0-based; a SLURM array task id)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="run N trials at a time (default 1)")
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
@@ -69,9 +83,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     words = list(argv)
     while words:
         word = words.pop(0)
-        if word in ("-h", "--help", "--list", "--count", "--dry-run") or word.startswith(("--trial=", "--parallel=")):
+        if word in ("-h", "--help", "--list", "--count", "--dry-run", "--until-decided") or word.startswith(
+                tuple(f"{option}=" for option in VALUED)):
             ours.append(word)
-        elif word in ("--trial", "--parallel"):
+        elif word in VALUED:
             ours += [word, *words[:1]]
             del words[:1]
         elif word.split("=")[0] in ("--config", "--print-config", "--quiet"):
@@ -96,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.parallel < 1:
             raise UsageError(f"--parallel {args.parallel}: run at least 1 trial at a time")
+        if args.until_decided or args.max_seeds is not None or args.margin is not None:
+            return until_decided(args, launch)
         sweep = read_sweep(args.sweep, args.overrides, launch)
         listed = sorted((*sweep.trials, *sweep.removed), key=lambda t: t.index)
         if args.trial is not None:
@@ -126,6 +143,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"sweep {sweep.name}: {len(trials)} of {len(sweep.trials)} trial(s) in {sweep.folder}, "
           f"{min(args.parallel, len(trials))} at a time", flush=True)
     return Runner(sweep, min(args.parallel, len(trials))).run(trials)
+
+
+def until_decided(args: argparse.Namespace, launch: list[str]) -> int:
+    if not args.until_decided:
+        raise UsageError(f"--{'max-seeds' if args.max_seeds is not None else 'margin'} goes with --until-decided")
+    if args.trial is not None:
+        raise UsageError("--until-decided runs every round itself: not with --trial (docs/sweeps.md: on SLURM, run it "
+                         "inside one allocation with --parallel N)")
+    plan = Plan(sequential.MAX_SEEDS if args.max_seeds is None else args.max_seeds, args.margin, args.parallel)
+    return sequential.until_decided(args.sweep, args.overrides, launch, plan)
 
 
 def cli() -> None:

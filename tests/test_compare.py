@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from cifarlab import compare
 from cifarlab.config import load_config, to_yaml
-from cifarlab.experiments import analysis, results
+from cifarlab.experiments import analysis, rendering, results, stats
 from cifarlab.experiments.results import ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,17 +198,22 @@ def test_groups_means_intervals_and_welch_by_hand(tmp_path: Path, capsys: pytest
     assert difference["ci95"] == pytest.approx([0.1 - 2.77644511 * se, 0.1 + 2.77644511 * se], abs=1e-7)
     assert difference["per_class"] == pytest.approx({"cat": 0.1, "dog": 0.1})
     assert difference["paired"] is None  # no predictions
-    assert difference["verdict"] == "no significant difference"  # Welch p = 0.288
+    assert difference["test"] == "welch" and difference["p"] == pytest.approx(0.288, abs=1e-3)
+    assert difference["p_adjusted"] == difference["p"] and difference["ci95_adjusted"] == difference["ci95"]  # k = 1
+    assert difference["verdict"] == ("optim.lr=0.1 vs optim.lr=0.05: no significant difference "
+                                     "(Welch t on runs, p = 0.288)")
     assert out["missing"] == [] and out["warnings"] == []
 
 
 def test_the_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = run_json(capsys, str(lr_sweep(tmp_path / "sweep")))
-    assert set(out) == {"metric", "higher_is_better", "grouped_by", "baseline", "groups", "differences", "missing",
-                        "warnings", "notes"}
-    assert set(out["groups"][0]) == {"label", "overrides", "n", "mean", "std", "ci95", "values", "runs", "per_class"}
-    assert set(out["differences"][0]) == {"group", "baseline", "diff", "ci95", "df", "p", "paired", "verdict",
-                                          "per_class"}
+    assert set(out) == {"metric", "higher_is_better", "grouped_by", "baseline", "adjust", "groups", "differences",
+                        "plan", "missing", "warnings", "notes"}
+    assert set(out["groups"][0]) == {"label", "overrides", "n", "mean", "std", "ci95", "values", "spread", "runs",
+                                     "per_class"}
+    assert set(out["differences"][0]) == {"group", "baseline", "diff", "ci95", "df", "test", "p", "p_adjusted",
+                                          "ci95_adjusted", "paired", "verdict", "per_class"}
+    assert out["adjust"] == "holm" and out["plan"] is None
 
 
 def test_table_shows_percent_and_n_below_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -217,7 +222,8 @@ def test_table_shows_percent_and_n_below_2(tmp_path: Path, capsys: pytest.Captur
     assert compare.main([str(tmp_path), "--per-class"]) == 0
     out = capsys.readouterr().out
     assert "final test accuracy (%) by group" in out and "61.23" in out and "n<2" in out
-    assert "optim.lr=0.05 (baseline)" in out and "+8.77" in out and "n<2: no test" in out
+    assert "optim.lr=0.05 (baseline)" in out and "+8.77" in out
+    assert "optim.lr=0.1 vs optim.lr=0.05: 1 and 1 run(s): no verdict about the settings" in out
     assert "final accuracy per class" in out and "70.0 (+8.8)" in out
 
 
@@ -321,34 +327,52 @@ def test_mcnemar_for_one_run_per_group(tmp_path: Path, capsys: pytest.CaptureFix
     assert paired["p"] == pytest.approx(2 * sum(math.comb(40, k) for k in range(11)) / 2 ** 40, rel=1e-12)
     assert paired["diff"] == pytest.approx(0.2) and difference["diff"] == pytest.approx(0.2)
     assert difference["ci95"] is None  # one run a side: no Welch interval
-    assert difference["verdict"] == "optim.lr=0.1 better than optim.lr=0.05 at the 5 % level"
+    assert difference["test"] == "mcnemar" and difference["p"] == paired["p"]
+    # One run a side says nothing about the settings, however small McNemar's p: only that these models differ.
+    assert difference["verdict"] == (
+        "optim.lr=0.1 vs optim.lr=0.05: one run each: these two trained models differ on this test set "
+        "(McNemar p = 0.00222); no verdict about the settings: that needs 2 or more runs (seeds) in each group")
 
 
-def test_identical_predictions_are_no_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_identical_runs_are_no_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     right = [True] * 70 + [False] * 30
     for seed in (0, 1):
         make_run(tmp_path, f"a{seed}", [0.7], seed=seed, predictions=outcomes(right))
         make_run(tmp_path, f"b{seed}", [0.7], "optim.lr=0.1", seed=seed, predictions=outcomes(right))
     (difference,) = run_json(capsys, str(tmp_path))["differences"]
-    assert difference["paired"]["test"] == "bootstrap" and difference["paired"]["resamples"] == 10_000
-    assert difference["diff"] == 0.0 and difference["paired"]["p"] == 1.0
-    assert difference["paired"]["ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert difference["verdict"] == "no significant difference"
+    assert difference["paired"] is None and difference["test"] == "welch"  # McNemar only for one run a side
+    assert difference["diff"] == 0.0 and difference["p"] == 1.0
+    assert "no significant difference" in difference["verdict"]
 
 
-def test_bootstrap_over_seeds_is_reproducible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_runs_each_far_apart_on_the_test_set_but_not_across_seeds(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # The case of issue 20: 2 runs a side, 400 images each. Over the images the groups differ clearly (a paired
+    # bootstrap said p < 0.01, "better"), but the seeds of each group disagree by 10 points: Welch on the runs,
+    # 0.15 -+ t(0.975, 2) * sqrt(0.005 / 2 * 2) = 0.15 -+ 4.30265 * 0.0707107, crosses 0: no verdict of "better".
     generator = torch.Generator().manual_seed(0)
-    for seed in range(3):
-        for name, rate, lr in (("a", 0.6, "0.05"), ("b", 0.75, "0.1")):
-            right = (torch.rand(400, generator=generator) < rate).tolist()
-            make_run(tmp_path, f"{name}{seed}", [sum(right) / 400], f"optim.lr={lr}", seed=seed,
-                     predictions=outcomes(right))
-    first, second = run_json(capsys, str(tmp_path)), run_json(capsys, str(tmp_path))
-    (difference,) = first["differences"]
-    assert difference == second["differences"][0]
-    assert difference["paired"]["diff"] == pytest.approx(difference["diff"])
-    assert difference["paired"]["p"] < 0.05 and difference["paired"]["ci95"][0] > 0
-    assert difference["verdict"] == "optim.lr=0.1 better than optim.lr=0.05 at the 5 % level"
+    for seed, (rate_a, rate_b) in enumerate(((0.55, 0.70), (0.65, 0.80))):
+        for name, rate, lr in (("a", rate_a, "0.05"), ("b", rate_b, "0.1")):
+            right = (torch.arange(400) < int(rate * 400))[torch.randperm(400, generator=generator)].tolist()
+            make_run(tmp_path, f"{name}{seed}", [rate], f"optim.lr={lr}", seed=seed, predictions=outcomes(right))
+    (difference,) = run_json(capsys, str(tmp_path))["differences"]
+    half = 4.30265273 * math.sqrt(0.005)
+    assert difference["diff"] == pytest.approx(0.15) and difference["df"] == pytest.approx(2.0)
+    assert difference["ci95"] == pytest.approx([0.15 - half, 0.15 + half], abs=1e-7)
+    assert difference["p"] > 0.05 and difference["verdict"].endswith("no significant difference (Welch t on runs, "
+                                                                     f"p = {difference['p']:.3g})")
+
+
+def test_five_runs_each_find_a_real_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 5 seeds a side, 0.6 points of spread, 2 points apart: Welch finds it, and the verdict, interval and p agree.
+    spread = [-0.006, -0.003, 0.0, 0.003, 0.006]
+    for seed, offset in enumerate(spread):
+        make_run(tmp_path, f"a{seed}", [0.63 + offset], seed=seed, predictions=outcomes([True, False]))
+        make_run(tmp_path, f"b{seed}", [0.65 + offset], "optim.lr=0.1", seed=seed, predictions=outcomes([True, True]))
+    (difference,) = run_json(capsys, str(tmp_path))["differences"]
+    assert difference["test"] == "welch" and difference["paired"] is None
+    assert difference["diff"] == pytest.approx(0.02) and difference["ci95"][0] > 0 and difference["p"] < 0.001
+    assert difference["verdict"].startswith("optim.lr=0.1 better than optim.lr=0.05 at the 5 % level (Welch t on runs")
 
 
 def test_runs_without_predictions_skip_the_paired_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -370,7 +394,92 @@ def test_paired_tests_only_for_final_accuracy(tmp_path: Path, capsys: pytest.Cap
     make_run(tmp_path, "b", [0.8], "optim.lr=0.1", predictions=outcomes([True, True]))
     out = run_json(capsys, str(tmp_path), "--metric", "best_acc")
     assert out["differences"][0]["paired"] is None
-    assert any("only with --metric final_acc" in note for note in out["notes"])
+    assert any("McNemar compares two final models' predictions: only with --metric final_acc" in note
+               for note in out["notes"])
+
+
+# --- several groups, spread, planning, output -----------------------------------------------------------
+
+
+def three_groups(root: Path) -> Path:
+    """Baseline lr 0.05: 0.50, 0.51, 0.52; lr 0.1: 0.505, 0.515, 0.525; lr 0.2: 0.525, 0.535, 0.545."""
+    for lr, finals in (("0.05", [0.50, 0.51, 0.52]), ("0.1", [0.505, 0.515, 0.525]), ("0.2", [0.525, 0.535, 0.545])):
+        for seed, final in enumerate(finals):
+            make_run(root, f"lr{lr}-s{seed}", [final], f"optim.lr={lr}", seed=seed)
+    return root
+
+
+def test_several_comparisons_are_holm_adjusted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Welch, std 0.01 in each group, n 3: se = sqrt(2 * 0.0001 / 3) = 0.0081650, df 4.
+    # lr 0.2: t = 0.025 / se = 3.0619, p = 0.0376; lr 0.1: t = 0.6124, p = 0.5734.
+    # Holm, k = 2: 2 * 0.0376 = 0.0753 (not below 0.05 any more), then max(0.0753, 0.5734).
+    out = run_json(capsys, str(three_groups(tmp_path)))
+    second, third = out["differences"]
+    assert third["p"] == pytest.approx(0.03763, abs=1e-4) and second["p"] == pytest.approx(0.57339, abs=1e-4)
+    assert third["p_adjusted"] == pytest.approx(2 * third["p"]) and second["p_adjusted"] == second["p"]
+    assert third["verdict"] == (f"optim.lr=0.2 vs optim.lr=0.05: no significant difference (Welch t on runs, "
+                                f"p = {third['p_adjusted']:.3g}, holm-adjusted)")
+    # Its interval at Holm's first step, 1 - 0.05 / 2: t(0.9875, 4) = 3.4954.
+    se = math.sqrt(2 * 0.0001 / 3)
+    assert third["ci95_adjusted"] == pytest.approx([0.025 - 3.49541 * se, 0.025 + 3.49541 * se], abs=1e-5)
+    assert third["ci95_adjusted"][0] < 0 < third["ci95"][0]
+    unadjusted = run_json(capsys, str(tmp_path), "--adjust", "none")
+    assert unadjusted["adjust"] == "none" and unadjusted["differences"][1]["p_adjusted"] == third["p"]
+    assert unadjusted["differences"][1]["verdict"] == ("optim.lr=0.2 better than optim.lr=0.05 at the 5 % level "
+                                                       f"(Welch t on runs, p = {third['p']:.3g})")
+    bh = run_json(capsys, str(tmp_path), "--adjust", "bh")["differences"]
+    assert bh[1]["p_adjusted"] == pytest.approx(2 * third["p"]) and bh[0]["p_adjusted"] == pytest.approx(second["p"])
+
+
+def test_spread_explained_by_the_test_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # lr 0.05: mean 0.6, std 0.1 on 100 images: test set alone sqrt(0.6 * 0.4 / 100) = 0.04899, variance 0.0024,
+    # 24 % of 0.01; seed luck sqrt(0.01 - 0.0024) = 0.08718.
+    out = run_json(capsys, str(lr_sweep(tmp_path / "sweep")))
+    spread = out["groups"][0]["spread"]
+    assert spread["images"] == 100 and spread["test_set_std"] == pytest.approx(math.sqrt(0.0024))
+    assert spread["test_set_share"] == pytest.approx(0.24) and spread["seed_std"] == pytest.approx(math.sqrt(0.0076))
+    assert compare.main([str(tmp_path / "sweep")]) == 0
+    table = capsys.readouterr().out
+    assert "test-set sampling alone vs seed luck" in table and "24 %" in table and "8.72" in table
+    assert run_json(capsys, str(tmp_path / "sweep"), "--metric", "test_loss")["groups"][0]["spread"] is None
+
+
+def test_plan_seeds_and_detectable_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Pooled std 0.1 (both groups), 10 points to find: d = 1, Cohen's table: 17 a group. The current 3 v 3:
+    # the smallest difference with 80 % power, noncentral t, se sqrt(0.02 / 3), df 4.
+    lr_sweep(tmp_path / "sweep")
+    plan = run_json(capsys, str(tmp_path / "sweep"), "--plan", "10")["plan"]
+    assert plan["delta"] == pytest.approx(0.1) and plan["pooled_std"] == pytest.approx(0.1)
+    assert plan["seeds_per_group"] == 17 and plan["alpha"] == pytest.approx(0.05) and plan["power"] == 0.8
+    smallest = stats.detectable(math.sqrt(0.02 / 3), 4.0)
+    assert plan["detectable"] == {"optim.lr=0.1": pytest.approx(smallest)} and 0.2 < smallest < 0.4
+    assert compare.main([str(tmp_path / "sweep"), "--plan", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "10.00 points with 80 % power" in text and "17 runs (seeds) per group" in text
+    assert f"optim.lr=0.1: {100 * smallest:.2f} points" in text
+    three = run_json(capsys, str(three_groups(tmp_path / "three")), "--plan", "1")["plan"]
+    assert three["alpha"] == pytest.approx(0.025)  # two comparisons, Holm: planned at 0.05 / 2
+
+
+def test_plan_needs_a_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", [0.6])
+    make_run(tmp_path, "b", [0.7], "optim.lr=0.1")
+    assert "--plan: no group has 2 or more runs" in usage_error(capsys, str(tmp_path), "--plan", "1")
+    assert "must be positive" in usage_error(capsys, str(tmp_path), "--plan", "-1")
+
+
+def test_verdicts_name_both_groups_in_80_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for lr in ("0.05", "0.02"):
+        for seed in range(2):
+            make_run(tmp_path, f"lr{lr}-s{seed}", [0.6 + seed / 100], f"optim.lr={lr}", "optim.weight_decay=0.0005",
+                     "train.epochs=20", seed=seed)
+    report = analysis.compare(results.read_runs([str(tmp_path)]), ["optim.lr", "optim.weight_decay", "train.epochs"],
+                              analysis.METRICS["final_acc"], None)
+    rendering.render(report, False, 80)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert ("optim.lr=0.05, optim.weight_decay=0.0005, train.epochs=20 vs optim.lr=0.02, optim.weight_decay=0.0005, "
+            "train.epochs=20: no significant difference") in " ".join(line.strip() for line in out.splitlines())
 
 
 # --- environment ----------------------------------------------------------------------------------------
@@ -414,7 +523,7 @@ def test_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     picture = tmp_path / "compare.png"
     assert compare.main([str(tmp_path / "sweep"), "--png", str(picture), "--per-class"]) == 0
     with Image.open(picture) as image:
-        assert image.format == "PNG" and image.width > 400 and image.height > 100
+        assert image.format == "PNG" and image.width > 1200 and image.height > 300
     assert "picture written to" in capsys.readouterr().err
 
 

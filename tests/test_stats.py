@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from cifarlab.experiments import stats
 
@@ -29,7 +28,7 @@ def test_t_cdf_matches_closed_forms(t: float) -> None:
 @pytest.mark.parametrize("df", [0.7, 1.3, 2.80519, 7.5, 250.0])
 def test_t_quantile_inverts_the_cdf_at_fractional_degrees_of_freedom(df: float) -> None:
     for p in (0.6, 0.975, 0.999):
-        assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
+        assert stats.t_cdf(stats.t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)  # SciPy 1.9: ~1e-10
 
 
 def test_large_degrees_of_freedom_approach_the_normal() -> None:
@@ -111,41 +110,47 @@ def test_mcnemar_symmetric_and_empty() -> None:
     assert stats.binomial_two_sided_p(0, 5) == pytest.approx(2 / 32)
 
 
-def _outcomes(both: int, only_a: int, only_b: int, neither: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Correctness of run A and run B on both + only_a + only_b + neither images."""
-    a = torch.tensor([True] * both + [True] * only_a + [False] * only_b + [False] * neither)
-    b = torch.tensor([True] * both + [False] * only_a + [True] * only_b + [False] * neither)
-    return a, b
+def test_holm_and_benjamini_hochberg_by_hand() -> None:
+    ps = [0.01, 0.04, 0.03]
+    # Holm, k = 3: sorted 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> 0.06 (never below the step before).
+    assert stats.adjust(ps, "holm") == pytest.approx([0.03, 0.06, 0.06])
+    # BH: 0.01 * 3/1 = 0.03, 0.03 * 3/2 = 0.045, 0.04 * 3/3 = 0.04; from the largest down, the running minimum.
+    assert stats.adjust(ps, "bh") == pytest.approx([0.03, 0.04, 0.04])
+    assert stats.adjust(ps, "none") == ps
+    assert stats.adjust([0.6, 0.7], "holm") == [1.0, 1.0] and stats.adjust([0.02], "holm") == [0.02]
+    # Holm tests the smallest p at 0.05/3, the next at 0.05/2, the last at 0.05: the intervals' levels.
+    assert stats.interval_levels(ps, "holm") == pytest.approx([1 - 0.05 / 3, 1 - 0.05, 1 - 0.05 / 2])
+    assert stats.interval_levels(ps, "bh") == pytest.approx([1 - 0.05 * 3 / 3] * 3)  # all three found at BH
+    assert stats.interval_levels(ps, "none") == pytest.approx([0.95] * 3)
+    with pytest.raises(ValueError, match="one of holm, bh, none"):
+        stats.adjust(ps, "bonferroni")
 
 
-def test_paired_bootstrap_one_run_each() -> None:
-    # The per-image difference is +1 on 30 images, -1 on 10, 0 on 60: mean 0.2, variance 0.4 - 0.04 = 0.36,
-    # so the mean over 100 resampled images has sd 0.6 / 10 = 0.06: interval about 0.2 -+ 1.96 * 0.06.
-    a, b = _outcomes(50, 10, 30, 10)
-    result = stats.paired_bootstrap(a[None], b[None], resamples=4000)
-    assert result.diff == pytest.approx(0.2)
-    assert result.ci95[0] == pytest.approx(0.2 - 1.96 * 0.06, abs=0.015)
-    assert result.ci95[1] == pytest.approx(0.2 + 1.96 * 0.06, abs=0.015)
-    assert result.p < 0.01  # the normal approximation: 2 * Phi(-0.2 / 0.06) = 0.0009
-    assert stats.paired_bootstrap(a[None], b[None], resamples=4000) == result  # fixed seed: reproducible
+def test_welch_interval_at_another_level() -> None:
+    # The equal-variance case above at 99 %: t(0.995, 4) = 4.60409487.
+    result = stats.welch([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], level=0.99)
+    assert result is not None
+    se = math.sqrt(0.02 / 3)
+    assert result.ci95 == pytest.approx((0.1 - 4.60409487 * se, 0.1 + 4.60409487 * se), abs=1e-7)
 
 
-def test_paired_bootstrap_identical_predictions() -> None:
-    a, _ = _outcomes(40, 20, 0, 40)
-    result = stats.paired_bootstrap(torch.stack([a, a]), torch.stack([a, a]), resamples=2000)
-    assert result.diff == 0.0
-    assert result.ci95 == pytest.approx((0.0, 0.0), abs=1e-12)
-    assert result.p == 1.0
+def test_test_set_std_by_hand() -> None:
+    # 64 % right on 10,000 images: sqrt(0.64 * 0.36 / 10,000) = 0.48 / 100.
+    assert stats.test_set_std(0.64, 10_000) == pytest.approx(0.0048)
+    assert stats.test_set_std(1.0, 100) == 0.0
 
 
-def test_paired_bootstrap_resamples_runs_too() -> None:
-    # Group A's runs score 0.5 and 0.7, group B's 0.6 and 0.8 on the same 10 images: difference of means 0.1.
-    # Resampling runs adds the seed-to-seed spread, so the interval is wider than over images alone.
-    rows = [[1] * 5 + [0] * 5, [1] * 7 + [0] * 3, [1] * 6 + [0] * 4, [1] * 8 + [0] * 2]
-    a, b = torch.tensor(rows[:2]).bool(), torch.tensor(rows[2:]).bool()
-    result = stats.paired_bootstrap(a, b, resamples=2000, seed=3)
-    assert result.diff == pytest.approx(0.1)
-    assert result.ci95[0] < 0.0 < result.ci95[1] and result.p > 0.05
-    images_only = stats.paired_bootstrap(a[:1], b[:1], resamples=2000, seed=3)
-    assert result.ci95[1] - result.ci95[0] > images_only.ci95[1] - images_only.ci95[0]
-    assert result.seed == 3 and result.resamples == 2000 and result.images == 10
+def test_seeds_needed_matches_cohens_table() -> None:
+    # Cohen (1988), two-sample t, two-sided 5 %, 80 % power: d = 0.5 -> 64 a group, 0.8 -> 26, 1.0 -> 17.
+    assert [stats.seeds_needed(d, 1.0) for d in (0.5, 0.8, 1.0)] == [64, 26, 17]
+    assert stats.seeds_needed(0.3, 0.6) == stats.seeds_needed(0.5, 1.0)  # only delta / std counts
+    assert stats.seeds_needed(1.0, 0.0) == 2 and stats.seeds_needed(1e-4, 1.0) is None
+    assert stats.seeds_needed(1.0, 1.0, alpha=0.01) > 17
+
+
+def test_power_and_detectable_difference() -> None:
+    assert stats.t_test_power(0.0, 1.0, 5) == pytest.approx(0.05)  # no difference: the test's level
+    # Large df: the normal approximation (1.959964 + 0.841621) * se.
+    assert stats.detectable(1.0, 1e6) == pytest.approx(1.959964 + 0.841621, abs=1e-3)
+    assert stats.t_test_power(stats.detectable(0.3, 4), 0.3, 4) == pytest.approx(0.8)
+    assert stats.detectable(0.3, 4) > stats.detectable(0.3, 40) and stats.detectable(0.0, 4) == 0.0

@@ -1,17 +1,19 @@
 """Comparing groups of finished runs: which runs form a group (the config keys they differ in, or --by keys,
-env.* from environment.json), each group's mean, spread and 95 % interval of a metric, each group's difference from
-a baseline with a significance test (Welch; McNemar or a paired bootstrap over per-image predictions), and the
-warnings and notes that go with them. The statistics and what they mean: docs/compare.md."""
+env.* from environment.json), each group's mean, spread and 95 % interval of a metric and how much of its spread
+test-set sampling explains, each group's difference from a baseline (Welch's t on the runs: the verdict about
+settings; McNemar on per-image predictions when each side has one run: a statement about two trained models),
+adjusted for several comparisons, and the warnings and notes that go with them. The statistics and what they
+mean: docs/compare.md."""
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from cifarlab.config import shown
 from cifarlab.errors import UsageError
@@ -41,13 +43,16 @@ class Metric:
     digits: int
     absent: str
     """Why a finished run has no value."""
+    proportion: bool = False
+    """A fraction of the test images (accuracy): test-set sampling explains part of its spread."""
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record"),
+    Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record",
+           True),
     Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record"),
     Metric("final_top5", "final top-5 test accuracy (%)", Run.final_top5, True, 100.0, "%", 2,
-           "no top-5 accuracy recorded (5 classes or fewer, or an older run)"),
+           "no top-5 accuracy recorded (5 classes or fewer, or an older run)", True),
     Metric("test_loss", "final test loss", Run.final_loss, False, 1.0, "", 4, "no evaluation record"),
     Metric("time_to_target", "wall seconds to train.target_accuracy", Run.time_to_target, False, 1.0, "s", 1,
            "did not reach train.target_accuracy"),
@@ -149,6 +154,19 @@ def pick_baseline(groups: Sequence[Group], spec: Optional[str]) -> int:
 
 
 @dataclass
+class Spread:
+    """Where a group's run-to-run spread of an accuracy comes from: the part test-set sampling alone gives
+    (binomial, sqrt(p (1 - p) / images)) and what is left for seed luck (variances subtract)."""
+
+    images: int
+    test_set_std: float
+    seed_std: float
+    """sqrt(max(0, std^2 - test_set_std^2))."""
+    explained: float
+    """test_set_std^2 / std^2, at most 1 (1 when the runs do not differ at all)."""
+
+
+@dataclass
 class GroupResult:
     group: Group
     counted: list[Run]
@@ -157,9 +175,8 @@ class GroupResult:
     summary: stats.Summary
     per_class: dict[str, Optional[float]]
     """Mean final accuracy per class over the counted runs (None where no run has the class)."""
-
-
-Paired = Union[stats.McNemar, stats.Bootstrap]
+    spread: Optional[Spread] = None
+    """For accuracies of groups of 2 or more runs whose evaluation recorded its image count."""
 
 
 @dataclass
@@ -168,9 +185,19 @@ class Difference:
     baseline: GroupResult
     diff: Optional[float]
     welch: Optional[stats.Welch]
-    paired: Optional[Paired]
-    verdict: str
+    """Welch's t on the runs' values: the test of a verdict about settings (both sides 2 runs or more)."""
+    paired: Optional[stats.McNemar]
+    """McNemar on the predictions when each side has exactly one run: do these two trained models differ?"""
     per_class: dict[str, Optional[float]]
+    p_adjusted: Optional[float] = None
+    """The p of the test behind the verdict (Welch, else McNemar), adjusted for the call's comparisons."""
+    ci_adjusted: Optional[tuple[float, float]] = None
+    """Welch's interval at the level that agrees with the adjusted test (stats.interval_levels)."""
+    verdict: str = ""
+
+    @property
+    def p(self) -> Optional[float]:
+        return self.welch.p if self.welch else self.paired.p if self.paired else None
 
 
 @dataclass
@@ -180,6 +207,7 @@ class Report:
     groups: list[GroupResult]
     baseline: int
     differences: list[Difference]
+    adjust: str = "holm"
     missing: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -194,82 +222,103 @@ def _mean_per_class(runs: Sequence[Run]) -> dict[str, Optional[float]]:
     return means
 
 
+def spread_of(runs: Sequence[Run], summary: stats.Summary) -> Optional[Spread]:
+    counts = {run.test_images() for run in runs}
+    images = counts.pop() if len(counts) == 1 else None
+    if summary.std is None or summary.mean is None or images is None:
+        return None
+    test_set = stats.test_set_std(summary.mean, images)
+    total = summary.std ** 2
+    return Spread(images, test_set, math.sqrt(max(0.0, total - test_set ** 2)),
+                  min(1.0, test_set ** 2 / total) if total > 0 else 1.0)
+
+
 def summarize_group(group: Group, metric: Metric) -> GroupResult:
     read = [(run, metric.read(run)) for run in group.runs]
     counted = [run for run, value in read if value is not None]
     values = [value for _, value in read if value is not None]
-    return GroupResult(group, counted, values, stats.summarize(values), _mean_per_class(counted))
+    summary = stats.summarize(values)
+    return GroupResult(group, counted, values, summary, _mean_per_class(counted),
+                       spread_of(counted, summary) if metric.proportion else None)
 
 
 class PairedTests:
-    """The paired test between two groups, reading each run's predictions once."""
+    """McNemar between two single runs, on their per-image predictions."""
 
-    def __init__(self) -> None:
-        self._cache: dict[Path, Predictions] = {}
-
-    def _predictions(self, run: Run) -> Predictions:
-        if run.path not in self._cache:
-            self._cache[run.path] = run.predictions()
-        return self._cache[run.path]
-
-    def run(self, base: GroupResult, other: GroupResult, notes: list[str]) -> Optional[Paired]:
-        """McNemar for one run against one, else the paired bootstrap; None (with a note saying why) when
-        some run has no predictions. Runs on different test sets are an error: pairing them is meaningless."""
-        runs = base.counted + other.counted
-        if not base.counted or not other.counted:
+    def run(self, base: GroupResult, other: GroupResult, notes: list[str]) -> Optional[stats.McNemar]:
+        """McNemar when each side has exactly one run, else None; None (with a note saying why) when a run has
+        no predictions. Runs on different test sets are an error: pairing them is meaningless."""
+        if len(base.counted) != 1 or len(other.counted) != 1:
             return None
+        runs = base.counted + other.counted
         lacking = [str(run.path) for run in runs if not run.has_predictions()]
         if lacking:
-            notes.append(f"paired test {other.group.label} vs {base.group.label} skipped: {len(lacking)} run(s) "
+            notes.append(f"McNemar {other.group.label} vs {base.group.label} skipped: {len(lacking)} run(s) "
                          f"without predictions.safetensors: {', '.join(lacking)}")
             return None
-        loaded = [(run, self._predictions(run)) for run in runs]
-        undigested = [str(run.path) for run, p in loaded if not p.test_set]
-        if undigested:
-            notes.append(f"paired test {other.group.label} vs {base.group.label} skipped: no test_set digest in "
+        (run_a, first), (run_b, second) = [(run, run.predictions()) for run in runs]
+        if not first.test_set or not second.test_set:
+            undigested = [str(r.path) for r, p in ((run_a, first), (run_b, second)) if not p.test_set]
+            notes.append(f"McNemar {other.group.label} vs {base.group.label} skipped: no test_set digest in "
                          f"the predictions of {', '.join(undigested)}")
             return None
-        first_run, first = loaded[0]
-        for run, predictions in loaded[1:]:
-            if predictions.test_set != first.test_set or not _same_labels(predictions, first):
-                raise UsageError(
-                    f"{run.path} and {first_run.path} were evaluated on different test sets "
-                    f"({predictions.test_set} vs {first.test_set}): a paired test needs the same test images; "
-                    "compare the runs of each test set in a call of their own")
-        correct_a = [self._predictions(run).correct() for run in base.counted]
-        correct_b = [self._predictions(run).correct() for run in other.counted]
-        if len(correct_a) == len(correct_b) == 1:
-            a, b = correct_a[0], correct_b[0]
-            return stats.mcnemar(int((a & ~b).sum()), int((~a & b).sum()), int(a.numel()))
-        import torch
-
-        return stats.paired_bootstrap(torch.stack(correct_a), torch.stack(correct_b))
+        if second.test_set != first.test_set or not _same_labels(second, first):
+            raise UsageError(
+                f"{run_b.path} and {run_a.path} were evaluated on different test sets "
+                f"({second.test_set} vs {first.test_set}): a paired test needs the same test images; "
+                "compare the runs of each test set in a call of their own")
+        a, b = first.correct(), second.correct()
+        return stats.mcnemar(int((a & ~b).sum()), int((~a & b).sum()), int(a.numel()))
 
 
 def _same_labels(a: Predictions, b: Predictions) -> bool:
     return a.labels.shape == b.labels.shape and bool((a.labels == b.labels).all())
 
 
-def verdict(label: str, base: str, diff: Optional[float], p: Optional[float], higher_is_better: bool) -> str:
-    if diff is None or p is None:
-        return "n<2: no test"
-    if p >= SIGNIFICANCE:
-        return "no significant difference"
-    better = (diff > 0) == higher_is_better
-    return f"{label} {'better' if better else 'worse'} than {base} at the 5 % level"
+def verdict(d: Difference, higher_is_better: bool, adjust: str, tests: int = 1) -> str:
+    """The line that says what the comparison shows: about settings only from Welch's t on 2+ runs a side;
+    with one run each only whether the two trained models differ on this test set (McNemar). ``tests``: how
+    many comparisons of the call have a test (their p-values are adjusted together when more than one)."""
+    label, base = d.group.group.label, d.baseline.group.label
+    adjusted = "" if adjust == "none" or tests < 2 else f", {adjust}-adjusted"
+    if d.welch is not None and d.p_adjusted is not None:
+        if d.p_adjusted >= SIGNIFICANCE:
+            return f"{label} vs {base}: no significant difference (Welch t on runs, p = {d.p_adjusted:.3g}{adjusted})"
+        better = (d.welch.diff > 0) == higher_is_better
+        return (f"{label} {'better' if better else 'worse'} than {base} at the 5 % level "
+                f"(Welch t on runs, p = {d.p_adjusted:.3g}{adjusted})")
+    sizes = (len(d.baseline.values), len(d.group.values))
+    if 0 in sizes:
+        return f"{label} vs {base}: no runs with a value: no test"
+    why = "no verdict about the settings: that needs 2 or more runs (seeds) in each group"
+    if d.paired is not None and d.p_adjusted is not None:
+        differ = "differ" if d.p_adjusted < SIGNIFICANCE else "do not differ significantly"
+        return (f"{label} vs {base}: one run each: these two trained models {differ} on this test set "
+                f"(McNemar p = {d.p_adjusted:.3g}{adjusted}); {why}")
+    return f"{label} vs {base}: {' and '.join(str(n) for n in sizes)} run(s): {why}"
 
 
 def _minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a - b if a is not None and b is not None else None
 
 
-def difference(other: GroupResult, base: GroupResult, metric: Metric, paired: Optional[Paired]) -> Difference:
+def difference(other: GroupResult, base: GroupResult, paired: Optional[stats.McNemar]) -> Difference:
+    """The difference without its adjustment and verdict (see :func:`decide`)."""
     diff = _minus(other.summary.mean, base.summary.mean)
-    welch = stats.welch(base.values, other.values)
-    p = paired.p if paired is not None else welch.p if welch is not None else None
     per_class = {name: _minus(other.per_class.get(name), value) for name, value in base.per_class.items()}
-    return Difference(other, base, diff, welch, paired,
-                      verdict(other.group.label, base.group.label, diff, p, metric.higher_is_better), per_class)
+    return Difference(other, base, diff, stats.welch(base.values, other.values), paired, per_class)
+
+
+def decide(differences: Sequence[Difference], metric: Metric, adjust: str) -> None:
+    """Adjusts the p-values of the comparisons that have a test, for their number, and writes each verdict."""
+    tested = [d for d in differences if d.p is not None]
+    ps = [float(d.p) for d in tested if d.p is not None]
+    for d, p, level in zip(tested, stats.adjust(ps, adjust), stats.interval_levels(ps, adjust)):
+        d.p_adjusted = p
+        at_level = stats.welch(d.baseline.values, d.group.values, level) if d.welch is not None else None
+        d.ci_adjusted = at_level.ci95 if at_level is not None else None
+    for d in differences:
+        d.verdict = verdict(d, metric.higher_is_better, adjust, len(tested))
 
 
 def _host_class(host: Any) -> Optional[str]:
@@ -329,7 +378,8 @@ def mixed_warnings(groups: Sequence[GroupResult], keys: Sequence[str]) -> list[s
     return lines
 
 
-def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Optional[str]) -> Report:
+def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Optional[str],
+            adjust: str = "holm") -> Report:
     finished = [run for run in runs if run.finished]
     unfinished = [run for run in runs if not run.finished]
     if not finished:
@@ -340,7 +390,7 @@ def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Op
     groups = group_runs(finished, keys)
     base = pick_baseline(groups, baseline)
     results = [summarize_group(group, metric) for group in groups]
-    report = Report(metric, keys, results, base, [])
+    report = Report(metric, keys, results, base, [], adjust)
     report.missing = [{"run": str(run.path), "reason": "not finished"} for run in unfinished]
     report.missing += [{"run": str(run.path), "reason": metric.absent}
                        for result in results for run in result.group.runs if run not in result.counted]
@@ -351,11 +401,12 @@ def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Op
     if absent:
         report.notes.append(f"{absent} finished run(s) left out: {metric.absent}")
     if metric.name != "final_acc" and len(groups) > 1:
-        report.notes.append("paired tests compare the final models' predictions: only with --metric final_acc")
+        report.notes.append("McNemar compares two final models' predictions: only with --metric final_acc")
     tests = PairedTests()
     for i, result in enumerate(results):
         if i != base:
             paired = tests.run(results[base], result, report.notes) if metric.name == "final_acc" else None
-            report.differences.append(difference(result, results[base], metric, paired))
+            report.differences.append(difference(result, results[base], paired))
+    decide(report.differences, metric, adjust)
     report.warnings = environment_warnings(results, keys) + (mixed_warnings(results, keys) if by else [])
     return report

@@ -1,5 +1,6 @@
-"""A comparison as people and programs read it: rich tables on the console, JSON, and a PNG of the means and
-intervals (with per-class bars)."""
+"""A comparison as people and programs read it: rich tables with the verdicts on lines of their own, JSON, and a
+PNG a slide can use (each run as a dot with its group's interval, the differences with adjusted intervals, per-class
+bars)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.experiments import stats
-from cifarlab.experiments.analysis import Difference, Metric, Paired, Report
+from cifarlab.experiments.analysis import Difference, GroupResult, Metric, Report
+from cifarlab.experiments.planning import Plan
 
 # --- output ---------------------------------------------------------------------------------------------
 
@@ -19,31 +21,49 @@ def _interval(ci: Optional[tuple[float, float]]) -> Optional[list[float]]:
     return [ci[0], ci[1]] if ci is not None else None
 
 
-def _paired_json(paired: Optional[Paired]) -> Optional[dict[str, Any]]:
-    if isinstance(paired, stats.McNemar):
-        return {"test": "mcnemar", "p": paired.p, "diff": paired.diff, "ci95": _interval(paired.ci95),
-                "images": paired.images, "only_baseline_right": paired.only_a, "only_group_right": paired.only_b}
-    if isinstance(paired, stats.Bootstrap):
-        return {"test": "bootstrap", "p": paired.p, "diff": paired.diff, "ci95": _interval(paired.ci95),
-                "images": paired.images, "resamples": paired.resamples, "seed": paired.seed}
-    return None
+def _paired_json(paired: Optional[stats.McNemar]) -> Optional[dict[str, Any]]:
+    if paired is None:
+        return None
+    return {"test": "mcnemar", "p": paired.p, "diff": paired.diff, "ci95": _interval(paired.ci95),
+            "images": paired.images, "only_baseline_right": paired.only_a, "only_group_right": paired.only_b}
 
 
-def to_json(report: Report) -> dict[str, Any]:
+def _spread_json(g: GroupResult) -> Optional[dict[str, Any]]:
+    s = g.spread
+    return None if s is None else {"images": s.images, "test_set_std": s.test_set_std, "seed_std": s.seed_std,
+                                   "test_set_share": s.explained}
+
+
+def _plan_json(plan: Optional[Plan]) -> Optional[dict[str, Any]]:
+    if plan is None:
+        return None
+    return {"delta": plan.delta, "power": stats.POWER, "alpha": plan.alpha, "pooled_std": plan.std,
+            "seeds_per_group": plan.seeds, "detectable": {label: value for label, value in plan.detectable}}
+
+
+def _test(d: Difference) -> Optional[str]:
+    return "welch" if d.welch else "mcnemar" if d.paired else None
+
+
+def to_json(report: Report, plan: Optional[Plan] = None) -> dict[str, Any]:
     base = report.groups[report.baseline]
     return {
         "metric": report.metric.name,
         "higher_is_better": report.metric.higher_is_better,
         "grouped_by": report.keys,
         "baseline": base.group.label,
+        "adjust": report.adjust,
         "groups": [{"label": g.group.label, "overrides": g.group.overrides, "n": g.summary.n, "mean": g.summary.mean,
                     "std": g.summary.std, "ci95": _interval(g.summary.ci95), "values": g.values,
-                    "runs": [str(run.path) for run in g.counted], "per_class": g.per_class} for g in report.groups],
+                    "spread": _spread_json(g), "runs": [str(run.path) for run in g.counted],
+                    "per_class": g.per_class} for g in report.groups],
         "differences": [{"group": d.group.group.label, "baseline": d.baseline.group.label, "diff": d.diff,
                          "ci95": _interval(d.welch.ci95) if d.welch else None,
-                         "df": d.welch.df if d.welch else None, "p": d.welch.p if d.welch else None,
+                         "df": d.welch.df if d.welch else None, "test": _test(d), "p": d.p,
+                         "p_adjusted": d.p_adjusted, "ci95_adjusted": _interval(d.ci_adjusted),
                          "paired": _paired_json(d.paired), "verdict": d.verdict, "per_class": d.per_class}
                         for d in report.differences],
+        "plan": _plan_json(plan),
         "missing": report.missing,
         "warnings": report.warnings,
         "notes": report.notes,
@@ -60,11 +80,28 @@ def _span(metric: Metric, ci: Optional[tuple[float, float]], sign: bool = False)
     return "n<2" if ci is None else f"[{_number(metric, ci[0], sign)}, {_number(metric, ci[1], sign)}]"
 
 
-def render(report: Report, per_class: bool, width: Optional[int]) -> None:
+def render(report: Report, per_class: bool, width: Optional[int], plan: Optional[Plan] = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     out = Console(highlight=False, markup=False, width=width)
+    out.print(_group_table(report))
+    if any(g.spread for g in report.groups):
+        out.print(_spread_table(report))
+    if report.differences:
+        out.print(_difference_table(report))
+        out.print("verdicts:")
+        for d in report.differences:
+            out.print(f"  {d.verdict}")
+    if plan is not None:
+        for line in plan_lines(report, plan):
+            out.print(line)
+    if per_class:
+        out.print(_class_table(report))
+
+
+def _group_table(report: Report) -> Any:
+    from rich.table import Table
+
     metric, base = report.metric, report.groups[report.baseline]
     table = Table(title=f"{metric.title} by group")
     table.add_column("#", justify="right")
@@ -76,23 +113,51 @@ def render(report: Report, per_class: bool, width: Optional[int]) -> None:
         std = "n<2" if g.summary.std is None else _number(metric, g.summary.std)
         table.add_row(str(i), label, str(g.summary.n), _number(metric, g.summary.mean), std,
                       _span(metric, g.summary.ci95))
-    out.print(table)
-    if report.differences:
-        points = " (points)" if metric.unit == "%" else ""
-        table = Table(title=f"difference from {base.group.label}{points}")
-        for name in ("group", "difference", "95 % CI (Welch)", "test", "paired 95 % CI", "p", "verdict"):
-            table.add_column(name, justify="left" if name in ("group", "test", "verdict") else "right")
-        for d in report.differences:
-            test = ("McNemar" if isinstance(d.paired, stats.McNemar) else "paired bootstrap" if d.paired
-                    else "Welch t" if d.welch else "-")
-            p = d.paired.p if d.paired else d.welch.p if d.welch else None
-            table.add_row(d.group.group.label, _number(metric, d.diff, sign=True),
-                          _span(metric, d.welch.ci95 if d.welch else None, sign=True), test,
-                          _span(metric, d.paired.ci95, sign=True) if d.paired else "-",
-                          "-" if p is None else f"{p:.3g}", d.verdict)
-        out.print(table)
-    if per_class:
-        out.print(_class_table(report))
+    return table
+
+
+def _spread_table(report: Report) -> Any:
+    from rich.table import Table
+
+    metric = report.metric
+    table = Table(title="run-to-run spread: test-set sampling alone vs seed luck (std)")
+    for name in ("group", "std", "test set", "share", "seed luck"):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    for g in report.groups:
+        if g.spread is not None:
+            table.add_row(g.group.label, _number(metric, g.summary.std), _number(metric, g.spread.test_set_std),
+                          f"{100 * g.spread.explained:.0f} %", _number(metric, g.spread.seed_std))
+    return table
+
+
+def _difference_table(report: Report) -> Any:
+    from rich.table import Table
+
+    metric, base = report.metric, report.groups[report.baseline]
+    points = " (points)" if metric.unit == "%" else ""
+    table = Table(title=f"difference from {base.group.label}{points}")
+    adjusted = "p" if report.adjust == "none" else f"p ({report.adjust})"
+    for name in ("group", "difference", "95 % CI (Welch)", "test", "p", adjusted):
+        table.add_column(name, justify="left" if name in ("group", "test") else "right")
+    for d in report.differences:
+        table.add_row(d.group.group.label, _number(metric, d.diff, sign=True),
+                      _span(metric, d.welch.ci95 if d.welch else None, sign=True),
+                      {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}[_test(d)],
+                      "-" if d.p is None else f"{d.p:.3g}", "-" if d.p_adjusted is None else f"{d.p_adjusted:.3g}")
+    return table
+
+
+def plan_lines(report: Report, plan: Plan) -> list[str]:
+    metric = report.metric
+    unit = " points" if metric.unit == "%" else f" {metric.unit}" if metric.unit else ""
+    seeds = "more than 10,000" if plan.seeds is None else str(plan.seeds)
+    lines = [f"plan: to find a difference of {_number(metric, plan.delta)}{unit} with {100 * stats.POWER:.0f} % power "
+             f"(two-sided, {100 * plan.alpha:.3g} % level) at the pooled run-to-run spread "
+             f"{_number(metric, plan.std)}{unit}: {seeds} runs (seeds) per group"]
+    for label, smallest in plan.detectable:
+        found = "needs 2 or more runs in each group" if smallest is None else f"{_number(metric, smallest)}{unit}"
+        lines.append(f"  smallest difference the current runs find ({100 * stats.POWER:.0f} % power), {label}: {found}")
+    return lines
 
 
 def _class_table(report: Report) -> Any:
@@ -115,52 +180,114 @@ def _class_table(report: Report) -> Any:
     return table
 
 
+_WHITE, _BLACK, _GREY, _BLUE = (255, 255, 255), (0, 0, 0), (120, 120, 120), (40, 90, 200)
+_GREEN, _RED, _LIGHT = (20, 140, 40), (220, 30, 30), (150, 170, 220)
+_TEXT, _ROW, _PLOT = 22, 40, 900
+"""Font size, row height and plot width in pixels: readable on a slide (the image is about 1,600 wide)."""
+
+
+def _font(size: int) -> Any:
+    """A scalable font at ``size`` pixels: DejaVu Sans where installed, else Pillow's own (scalable from
+    Pillow 10.1), else its small bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:
+            return ImageFont.load_default()
+
+
+class _Axis:
+    """Maps values to x pixels over [low, high] padded by a tenth."""
+
+    def __init__(self, values: list[float], left: int, include_zero: bool = False) -> None:
+        ends = values + ([0.0] if include_zero else [])
+        low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
+        pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
+        self.low, self.high, self.left = low - pad, high + pad, left
+
+    def __call__(self, value: float) -> int:
+        return int(self.left + (value - self.low) / (self.high - self.low) * _PLOT)
+
+
 def picture(report: Report, per_class: bool) -> Image.Image:
-    """Each group's mean (a dot) and 95 % interval (a bar), the baseline's mean as a grey line, and with
-    ``per_class`` each group's per-class difference from the baseline (bars around zero). PIL only, like
-    cifarlab/report/plots.py."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Top: each run's value (a grey dot), each group's mean (black) and 95 % interval (blue bar). Below: each
+    group's difference from the baseline with its adjusted interval (the one that agrees with the verdict; green
+    better, red worse, grey no verdict) around a zero line. With ``per_class``: each group's per-class difference
+    from the baseline (bars around zero). PIL only, like cifarlab/report/plots.py."""
+    from PIL import Image, ImageDraw
 
-    font, metric, base = ImageFont.load_default(), report.metric, report.groups[report.baseline]
-    rows = [(g.group.label, g.summary.mean, g.summary.ci95) for g in report.groups]
-    classes = list(base.per_class) if per_class and report.differences else []
-    bar_labels = [_class_label(name, d) for name in classes for d in report.differences]
-    left, plot, row = 12 + 6 * max(len(label) for label in [*(r[0] for r in rows), *bar_labels]), 420, 22
-    axis = 30 + row * len(rows)
-    top = axis + 40  # below the axis numbers: the per-class panel
-    image = Image.new("RGB", (left + plot + 90, (top + 14 * len(bar_labels) + 6) if classes else axis + 20), _WHITE)
+    font = _font(_TEXT)
+    classes = list(report.groups[report.baseline].per_class) if per_class and report.differences else []
+    labels = [g.group.label for g in report.groups] + [_class_label(c, d) for c in classes for d in report.differences]
+    left = 24 + int(max(font.getlength(label) for label in labels))
+    groups_h = 50 + _ROW * len(report.groups) + 40
+    diffs_h = (60 + _ROW * len(report.differences) + 40) if report.differences else 0
+    classes_h = (60 + 30 * len(classes) * len(report.differences)) if classes else 0
+    image = Image.new("RGB", (left + _PLOT + 200, groups_h + diffs_h + classes_h), _WHITE)
     draw = ImageDraw.Draw(image)
-    draw.text((6, 4), f"{metric.title}: mean (dot) and 95 % interval (bar; none when n<2)", fill=_BLACK, font=font)
-    ends = [v for _, centre, ci in rows for v in ((centre,) if ci is None else ci) if v is not None]
-    low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
-    pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
-    low, high = low - pad, high + pad
-
-    def x(value: float) -> int:
-        return int(left + (value - low) / (high - low) * plot)
-
-    if base.summary.mean is not None:
-        draw.line([x(base.summary.mean), 24, x(base.summary.mean), axis], fill=_GREY)
-    for i, (label, centre, ci) in enumerate(rows):
-        y = 30 + i * row + row // 2
-        draw.text((6, y - 6), label, fill=_BLACK, font=font)
-        if ci is not None:
-            draw.line([x(ci[0]), y, x(ci[1]), y], fill=_BLUE, width=3)
-            for end in ci:
-                draw.line([x(end), y - 5, x(end), y + 5], fill=_BLUE, width=2)
-        if centre is not None:
-            draw.ellipse([x(centre) - 4, y - 4, x(centre) + 4, y + 4], fill=_BLACK)
-            draw.text((left + plot + 8, y - 6), f"{_number(metric, centre)} {metric.unit}", fill=_BLACK, font=font)
-    draw.line([left, axis, left + plot, axis], fill=_GREY)
-    for value in (low, high):
-        draw.text((x(value) - (40 if value == high else 0), axis + 3), _number(metric, value), fill=_GREY, font=font)
+    _group_panel(draw, font, report, left, 0)
+    if report.differences:
+        _difference_panel(draw, font, report, left, groups_h)
     if classes:
-        _class_bars(draw, font, report, classes, top, left, plot)
+        _class_bars(draw, font, report, classes, groups_h + diffs_h + 40, left, _PLOT)
     return image
 
 
-_WHITE, _BLACK, _GREY, _BLUE = (255, 255, 255), (0, 0, 0), (120, 120, 120), (40, 90, 200)
-_GREEN, _RED = (20, 140, 40), (220, 30, 30)
+def _group_panel(draw: Any, font: Any, report: Report, left: int, top: int) -> None:
+    metric, base = report.metric, report.groups[report.baseline]
+    draw.text((12, top + 8), f"{metric.title}: runs (grey), mean (black), 95 % interval (blue)", fill=_BLACK,
+              font=font)
+    x = _Axis([v for g in report.groups for v in [*g.values, *(g.summary.ci95 or ())]], left)
+    bottom = top + 50 + _ROW * len(report.groups)
+    if base.summary.mean is not None:
+        draw.line([x(base.summary.mean), top + 44, x(base.summary.mean), bottom], fill=_GREY, width=2)
+    for i, g in enumerate(report.groups):
+        y = top + 50 + i * _ROW + _ROW // 2
+        draw.text((12, y - _TEXT // 2 - 2), g.group.label, fill=_BLACK, font=font)
+        if g.summary.ci95 is not None:
+            draw.line([x(g.summary.ci95[0]), y, x(g.summary.ci95[1]), y], fill=_BLUE, width=5)
+        for value in g.values:
+            draw.ellipse([x(value) - 5, y - 12, x(value) + 5, y - 2], fill=_LIGHT, outline=_GREY)
+        if g.summary.mean is not None:
+            draw.ellipse([x(g.summary.mean) - 7, y - 7, x(g.summary.mean) + 7, y + 7], fill=_BLACK)
+            draw.text((left + _PLOT + 16, y - _TEXT // 2 - 2), f"{_number(metric, g.summary.mean)} {metric.unit}",
+                      fill=_BLACK, font=font)
+    _ticks(draw, font, metric, x, bottom)
+
+
+def _ticks(draw: Any, font: Any, metric: Metric, x: _Axis, y: int, sign: bool = False) -> None:
+    draw.line([x.left, y, x.left + _PLOT, y], fill=_GREY, width=2)
+    for value in (x.low, x.high):
+        text = _number(metric, value, sign)
+        draw.text((x(value) - (int(font.getlength(text)) if value == x.high else 0), y + 4), text, fill=_GREY,
+                  font=font)
+
+
+def _difference_panel(draw: Any, font: Any, report: Report, left: int, top: int) -> None:
+    metric, base = report.metric, report.groups[report.baseline]
+    adjusted = "" if report.adjust == "none" else f", {report.adjust}-adjusted"
+    draw.text((12, top + 8), f"difference from {base.group.label} with its interval (Welch{adjusted})",
+              fill=_BLACK, font=font)
+    ends = [v for d in report.differences for v in [*((d.diff,) if d.diff is not None else ()),
+                                                     *(d.ci_adjusted or ())]]
+    x = _Axis(ends, left, include_zero=True)
+    bottom = top + 50 + _ROW * len(report.differences)
+    draw.line([x(0.0), top + 44, x(0.0), bottom], fill=_GREY, width=2)
+    for i, d in enumerate(report.differences):
+        y = top + 50 + i * _ROW + _ROW // 2
+        colour = (_GREEN if " better than " in d.verdict else _RED if " worse than " in d.verdict else _GREY)
+        draw.text((12, y - _TEXT // 2 - 2), d.group.group.label, fill=_BLACK, font=font)
+        if d.ci_adjusted is not None:
+            draw.line([x(d.ci_adjusted[0]), y, x(d.ci_adjusted[1]), y], fill=colour, width=5)
+        if d.diff is not None:
+            draw.ellipse([x(d.diff) - 7, y - 7, x(d.diff) + 7, y + 7], fill=colour)
+            draw.text((left + _PLOT + 16, y - _TEXT // 2 - 2), _number(metric, d.diff, sign=True), fill=_BLACK,
+                      font=font)
+    _ticks(draw, font, metric, x, bottom, sign=True)
 
 
 def _class_label(name: str, d: Difference) -> str:
@@ -171,17 +298,17 @@ def _class_bars(draw: Any, font: Any, report: Report, classes: list[str], top: i
     """Per-class difference from the baseline in points: one bar per (class, group), green up, red down,
     scaled to the largest difference."""
     base = report.groups[report.baseline].group.label
-    draw.text((6, top - 16), f"per-class final accuracy minus {base} (points)", fill=_BLACK, font=font)
+    draw.text((12, top - 36), f"per-class final accuracy minus {base} (points)", fill=_BLACK, font=font)
     diffs = [d.per_class.get(name) for d in report.differences for name in classes]
     largest = max((abs(v) for v in diffs if v is not None), default=0.0) or 0.01
     zero, y = left + plot // 2, top
-    draw.line([zero, top, zero, top + 14 * len(classes) * len(report.differences)], fill=_GREY)
+    draw.line([zero, top, zero, top + 30 * len(classes) * len(report.differences)], fill=_GREY, width=2)
     for name in classes:
         for d in report.differences:
             value = d.per_class.get(name)
-            draw.text((6, y), _class_label(name, d), fill=_BLACK, font=font)
+            draw.text((12, y), _class_label(name, d), fill=_BLACK, font=font)
             if value is not None:
                 end = zero + int(value / largest * (plot // 2 - 4))
-                draw.rectangle([min(zero, end), y + 2, max(zero, end), y + 11], fill=_GREEN if value >= 0 else _RED)
-                draw.text((left + plot + 8, y), f"{100 * value:+.1f}", fill=_BLACK, font=font)
-            y += 14
+                draw.rectangle([min(zero, end), y + 4, max(zero, end), y + 24], fill=_GREEN if value >= 0 else _RED)
+                draw.text((left + plot + 16, y), f"{100 * value:+.1f}", fill=_BLACK, font=font)
+            y += 30

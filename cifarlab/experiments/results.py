@@ -173,6 +173,11 @@ class Run:
         values = [v for v in (_number(r, "test/acc") for r in self.evaluations) if v is not None]
         return max(values) if values else None
 
+    def test_images(self) -> Optional[int]:
+        """How many test images the final evaluation scored."""
+        count = _number(self.final, "test/images")
+        return int(count) if count else None
+
     def final_loss(self) -> Optional[float]:
         return _number(self.final, "test/loss")
 

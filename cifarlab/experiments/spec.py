@@ -98,12 +98,16 @@ class Sweep:
         return [sys.executable, *trainer]
 
 
-def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = ()) -> Sweep:
+def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = (),
+               seeds: Optional[Sequence[int]] = None) -> Sweep:
     """The sweep in ``path`` with extra ``overrides`` and launcher options for every trial; every trial's
     config is loaded, so a bad key or value in any of them fails here, before anything runs. Where the sweep has
-    run before, its record (sweep.yaml) keeps each listed trial's index and name (see cifarlab.experiments.record)."""
+    run before, its record (sweep.yaml) keeps each listed trial's index and name (see cifarlab.experiments.record).
+    ``seeds`` replace the file's ``seeds:`` (those a sequential sweep has grown to: cifarlab.experiments.sequential)."""
     source = Path(path)
     spec = _load_file(source)
+    if seeds is not None:
+        spec["seeds"] = list(seeds)
     where = f"sweep file {path}"
     name = spec.get("name", source.stem)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):

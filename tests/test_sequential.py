@@ -1,0 +1,264 @@
+"""Sequential sweeps (cifarlab.experiments.sequential, ``cifarlab.sweep --until-decided``): Pocock's boundary against
+its published constants; the rule simulated under the null (its false-positive rate, looking after every round up to
+the cap), under a real difference (its power and how early it stops) and with an equivalence margin; and the CLI's
+rounds end to end with a fake trainer (no training)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import norm
+from test_sweep import SMALL, SWEEP, lines, spec, write
+
+from cifarlab import sweep as sweeps
+from cifarlab.config import to_yaml
+from cifarlab.experiments import sequential
+from cifarlab.experiments.record import Trial
+from cifarlab.experiments.sequential import decide, pocock_level, welch_intervals
+from cifarlab.experiments.spec import Sweep
+from cifarlab.run.rundir import RunDir
+
+from conftest import cli_env
+
+pytestmark = pytest.mark.unit
+
+
+# --- the rule ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("looks, constant", [([1], 1.960), ([1, 2], 2.178), ([1, 2, 3, 4, 5], 2.413),
+                                             (list(range(1, 11)), 2.555)])
+def test_pococks_constants_for_equally_spaced_looks_are_the_published_ones(looks: list[int], constant: float) -> None:
+    # Pocock (1977), two-sided 5 %: the same nominal level at every look.
+    assert norm.isf(pocock_level(looks) / 2) == pytest.approx(constant, abs=2e-3)
+
+
+def test_welch_intervals_and_decisions_of_one_comparison() -> None:
+    diff, low, high = welch_intervals([60.0, 60.4, 59.8], [61.0, 61.2, 60.9], 0.05)
+    assert diff == pytest.approx(61.0333 - 60.0667, abs=1e-3)
+    assert low > 0 and high > diff  # a t interval at 95 % with Welch's degrees of freedom
+    assert welch_intervals([1.0, 1.0], [2.0, 2.0], 0.05)[1:] == (1.0, 1.0)  # no spread: the difference itself
+    assert list(decide([0.1, -2, -0.4, -0.4, 0.2], [0.9, -0.1, 0.3, 0.6, 0.4], 0.5)) == [
+        "better", "worse", "equivalent", "", "better"]  # a real difference wins over the margin
+    assert list(decide([-0.4], [0.3], None)) == [""]  # no margin: no equivalence
+
+
+SPREAD = 0.3
+"""Seed-to-seed standard deviation of a run's final accuracy, in points (a small CIFAR run's)."""
+
+
+def simulate(delta: float, first: int, cap: int, margin: Optional[float] = None, sims: int = 20000,
+             seed: int = 0, spread_other: float = SPREAD) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``sims`` sweeps' decision and seeds per group when it stopped (the cap when undecided): normal
+    accuracies, the other group ``delta`` points better, looked at after every seed from ``first`` to ``cap``."""
+    rng = np.random.default_rng(seed)
+    level = pocock_level(range(first, cap + 1))
+    base = rng.normal(60.0, SPREAD, (sims, cap))
+    other = rng.normal(60.0 + delta, spread_other, (sims, cap))
+    decision = np.full(sims, "", dtype="<U10")
+    used = np.full(sims, cap)
+    for n in range(first, cap + 1):
+        _, low, high = welch_intervals(base[:, :n], other[:, :n], level)
+        now = decide(low, high, margin)
+        new = (decision == "") & (now != "")
+        decision[new], used[new] = now[new], n
+    return decision, used
+
+
+def bound(rate: float, sims: int) -> float:
+    """``rate`` plus three Monte-Carlo standard errors."""
+    return rate + 3 * (rate * (1 - rate) / sims) ** 0.5
+
+
+@pytest.mark.parametrize("first, cap", [(2, 10), (3, 15), (2, 20)])
+def test_under_the_null_looking_after_every_round_keeps_false_positives_within_5_percent(first: int, cap: int) -> None:
+    decision, _ = simulate(0.0, first, cap)
+    false_positive = np.isin(decision, ["better", "worse"]).mean()
+    print(f"null, seeds {first}..{cap}: false-positive rate {false_positive:.4f}")
+    assert false_positive <= bound(0.05, len(decision))
+    assert false_positive > 0.03  # not bought by never deciding anything
+    looked_once = simulate(0.0, cap, cap)[0]  # one look at the cap: the plain 5 % test
+    assert np.isin(looked_once, ["better", "worse"]).mean() == pytest.approx(0.05, abs=0.006)
+
+
+def test_unequal_spreads_keep_the_rate_near_5_percent() -> None:
+    decision, _ = simulate(0.0, 2, 10, spread_other=2 * SPREAD)
+    assert np.isin(decision, ["better", "worse"]).mean() <= bound(0.05, len(decision))
+
+
+@pytest.mark.parametrize("delta, median, power", [(2 * SPREAD, 5, 0.9), (3 * SPREAD, 4, 0.99)])
+def test_a_real_difference_stops_early_in_the_right_direction(delta: float, median: int, power: float) -> None:
+    decision, used = simulate(delta, 2, 10)
+    print(f"difference {delta / SPREAD:g} sd: decided better {np.mean(decision == 'better'):.3f}, median seeds "
+          f"{np.median(used):g}, mean {used.mean():.2f}")
+    assert np.mean(decision == "better") >= power
+    assert np.median(used) <= median  # the cap is 10
+    assert np.mean(decision == "worse") < 1e-3
+    worse, _ = simulate(-delta, 2, 10, sims=2000)
+    assert np.mean(worse == "worse") >= power - 0.02
+
+
+def test_the_equivalence_margin_is_decided_when_groups_agree_and_rarely_when_they_differ_by_it() -> None:
+    margin = 1.5 * SPREAD
+    decision, used = simulate(0.0, 2, 10, margin=margin)
+    print(f"null, margin {margin:g}: equivalent {np.mean(decision == 'equivalent'):.3f}, median seeds "
+          f"{np.median(used):g}")
+    assert np.mean(decision == "equivalent") > 0.4
+    assert np.isin(decision, ["better", "worse"]).mean() <= bound(0.05, len(decision))
+    at_the_margin, _ = simulate(margin, 2, 10, margin=margin)  # a difference of the margin: not equivalent
+    assert np.mean(at_the_margin == "equivalent") <= bound(0.05, len(at_the_margin))
+    wide = simulate(0.0, 2, 10, margin=4 * SPREAD)
+    assert np.mean(wide[0] == "equivalent") > 0.9 and np.median(wide[1]) <= 5
+
+
+# --- the CLI, rounds end to end with a fake trainer ----------------------------------------------------------------
+
+NOISE = [0.3, -0.3, 0.2, -0.2, 0.1, -0.1, 0.25, -0.25, 0.15, -0.15]
+"""Each seed's deviation of a run's accuracy from its group's, in points (seed 0, 1, ...)."""
+
+
+def faked(accuracy: dict[str, float], calls: list[list[str]], fail: Sequence[str] = ()) -> Any:
+    """A ``run_round`` whose trainer leaves, for each trial, what a finished run leaves (its config, final weights and
+    an evaluation of accuracy ``accuracy[learning rate] + NOISE[seed]`` points); a trial named in ``fail`` leaves
+    nothing, and the round exits 1 as a sweep with a failed trial does."""
+    def run_round(sweep: Sweep, trials: Sequence[Trial], parallel: int) -> int:
+        calls.append([trial.name for trial in trials])
+        for trial in trials:
+            if trial.name in fail:
+                continue
+            settings = dict(setting.split("=", 1) for setting in trial.settings)
+            run = RunDir(sweep.run_dir(trial).root)
+            run.root.mkdir(parents=True)
+            run.config.write_text(to_yaml(sweep.configs[trial.index]))
+            points = accuracy[settings["optim.lr"]] + NOISE[int(settings["train.seed"])]
+            run.metrics.write_text(json.dumps({"step": 8, "test/loss": 1.0, "test/acc": points / 100}) + "\n")
+            run.weights.write_bytes(b"not really weights")
+        return 1 if fail else 0
+    return run_round
+
+
+def until(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accuracy: dict[str, float], *flags: str,
+          fail: Sequence[str] = (), lrs: Sequence[float] = (0.01, 0.05, 0.1)) -> tuple[int, list[list[str]], Path]:
+    file = write(tmp_path, spec(overrides=[item for item in SMALL if not item.startswith("optim.lr")],
+                                grid={"optim.lr": list(lrs)}, seeds=[0, 1]))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sequential, "run_round", faked(accuracy, calls, fail))
+    code = sweeps.main([str(file), "--until-decided", *flags, f"train.output_dir={tmp_path / 'runs'}"])
+    return code, calls, file
+
+
+def test_rounds_add_a_seed_until_each_group_is_decided_or_the_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # lr=0.05 is 1.5 points better than the baseline lr=0.01; lr=0.1 the same: undecided without a margin.
+    code, calls, file = until(tmp_path, monkeypatch, {"0.01": 60.0, "0.05": 61.5, "0.1": 60.0}, "--max-seeds", "4")
+    out = lines(capsys.readouterr().out)
+    assert code == 0, out
+    assert calls[0] == ["lr=0.01-seed=0", "lr=0.01-seed=1", "lr=0.05-seed=0", "lr=0.05-seed=1", "lr=0.1-seed=0",
+                        "lr=0.1-seed=1"]
+    assert calls[1] == ["lr=0.01-seed=2", "lr=0.05-seed=2", "lr=0.1-seed=2"]
+    assert calls[2:] == [["lr=0.01-seed=3", "lr=0.1-seed=3"]]  # lr=0.05 decided after 3 seeds; the cap is 4
+    assert out[-2].startswith("sweep s: optim.lr=0.05 vs optim.lr=0.01: better after 3 seeds (+1.50 points")
+    assert out[-1].startswith("sweep s: optim.lr=0.1 vs optim.lr=0.01: undecided at the cap of 4 seeds (+0.00 points")
+    # The rounds grew the sweep's record: new indices after the recorded ones, kept when the file lists fewer.
+    assert sweeps.main(["--list", str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    listed = [line.split("\t")[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed[6:] == [["6", "not in the file (finished)", "lr=0.01-seed=2"],
+                          ["7", "not in the file (finished)", "lr=0.05-seed=2"],
+                          ["8", "not in the file (finished)", "lr=0.1-seed=2"],
+                          ["9", "not in the file (finished)", "lr=0.01-seed=3"],
+                          ["10", "not in the file (not started)", "lr=0.05-seed=3"],
+                          ["11", "not in the file (finished)", "lr=0.1-seed=3"]]
+
+    # Run again: every look is replayed from the finished runs, nothing trains, the same decisions.
+    assert until(tmp_path, monkeypatch, {}, "--max-seeds", "4")[:2] == (0, [])
+    assert lines(capsys.readouterr().out)[-2:] == out[-2:]
+
+
+def test_a_margin_decides_equal_groups_equivalent_and_the_sweep_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, calls, _ = until(tmp_path, monkeypatch, {"0.01": 60.0, "0.1": 60.0}, "--margin", "1", "--max-seeds", "8",
+                           lrs=(0.01, 0.1))
+    out = lines(capsys.readouterr().out)
+    assert code == 0, out
+    assert out[-1].startswith("sweep s: optim.lr=0.1 vs optim.lr=0.01: equivalent after ")
+    decided_after = int(out[-1].split(" after ")[1].split()[0])
+    assert 3 <= decided_after < 8 and len(calls) == decided_after - 1  # stopped before the cap
+
+
+def test_a_failed_round_exits_with_the_sweeps_code_and_running_again_continues(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    accuracy = {"0.01": 60.0, "0.05": 64.0}
+    code, calls, _ = until(tmp_path, monkeypatch, accuracy, fail=["lr=0.05-seed=1"], lrs=(0.01, 0.05))
+    assert code == 1 and len(calls) == 1
+    assert lines(capsys.readouterr().out)[-1] == ("sweep s: not every trial of this round finished: nothing decided "
+                                                  "with 2 seeds; run the same command again to continue")
+    code, calls, _ = until(tmp_path, monkeypatch, accuracy, lrs=(0.01, 0.05))
+    assert code == 0 and calls[0] == ["lr=0.05-seed=1"]
+    assert lines(capsys.readouterr().out)[-1].startswith("sweep s: optim.lr=0.05 vs optim.lr=0.01: better after ")
+
+
+BAD_FLAGS = {
+    "max seeds alone": (["--max-seeds", "5"], {}, "--max-seeds goes with --until-decided"),
+    "margin alone": (["--margin", "0.5"], {}, "--margin goes with --until-decided"),
+    "cap below the file's seeds": (["--until-decided", "--max-seeds", "1"], {}, "--max-seeds 1: "),
+    "no margin": (["--until-decided", "--margin", "0"], {}, "--margin 0: give a positive number"),
+    "with a trial": (["--until-decided", "--trial", "0"], {}, "not with --trial"),
+    "one seed": (["--until-decided"], {"seeds": [0]}, "needs at least 2"),
+    "no seeds": (["--until-decided"], {"seeds": None}, "needs at least 2"),
+    "one group": (["--until-decided"], {"grid": None}, "has one group"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS, ids=list(BAD_FLAGS))
+def test_bad_flags_are_one_line_with_exit_2_and_nothing_written(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flags, changes, expected = BAD_FLAGS[case]
+    content = {**spec(overrides=[item for item in SMALL if not item.startswith("optim.lr")],
+                      grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]), **changes}
+    file = tmp_path / "sweep.yaml"
+    file.write_text(yaml.safe_dump({key: value for key, value in content.items() if value is not None}))
+    assert sweeps.main([str(file), *flags, f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith("cifarlab: error: ") and expected in captured.err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [(["S.yaml", "--until-decided", "--list"], "not allowed with argument"),
+                                            (["S.yaml", "--until-decided", "--margin", "x"], "invalid float value")])
+def test_flags_argparse_refuses(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        sweeps.parse_args(argv)
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_the_sweep_command_imports_no_numpy_or_scipy_until_it_decides() -> None:
+    probe = "import sys, cifarlab.sweep; print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=60,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_until_decided_trains_real_trials_round_by_round(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(name="decide", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    result = subprocess.run([*SWEEP, str(file), "--until-decided", "--max-seeds", "3", "--parallel", "2",
+                             f"train.output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = lines(result.stdout)
+    assert out[0].startswith("sweep decide: until decided: 1 comparison(s) with the baseline optim.lr=0.01; ")
+    assert re.fullmatch(r"sweep decide: optim\.lr=0\.05 vs optim\.lr=0\.01: (better after [23]|worse after [23]|"
+                        r"undecided at the cap of 3) seeds? \([+-]\d+\.\d\d points, interval \[.*\]\)", out[-1])
+    seeds = 2 if " after 2 seeds" in out[-1] else 3
+    finished = sorted(run.parent.name for run in (tmp_path / "runs" / "decide").glob("*/model.safetensors"))
+    assert finished == sorted(f"lr={lr}-seed={seed}" for lr in ("0.01", "0.05") for seed in range(seeds))
