@@ -184,6 +184,8 @@ class TrainConfig:
     """Decay of an exponential moving average of the weights, updated every optimizer step (e.g. 0.99); the average is evaluated and saved. null = off."""
     tta: Literal["none", "flip", "flip_translate"] = "flip"
     """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
+    eval_every_epoch: bool = True
+    """Evaluate on the test set after every epoch; false = after the last epoch only, as speed records are timed (the final evaluation, predictions and weights are the same; train.target_accuracy needs true)."""
     target_accuracy: Optional[float] = None
     """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
     allow_changes: bool = False
@@ -206,6 +208,7 @@ class TrainConfig:
         _require(self.ema is None or 0 < self.ema < 1, f"train.ema={self.ema} must be in (0, 1) (e.g. 0.99) or null (off)")
         _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
                  f"train.target_accuracy={self.target_accuracy} must be a fraction in (0, 1] (e.g. 0.6) or null (off)")
+        _require(self.eval_every_epoch or not self.target_accuracy, "train.target_accuracy needs train.eval_every_epoch")
         _require(self.run_name is None or (self.run_name != "" and "/" not in self.run_name),
                  f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
 
@@ -214,6 +217,8 @@ class TrainConfig:
 class CheckpointConfig:
     every_n_steps: Optional[int] = None
     """Also save every this many training steps (besides every epoch end); null = epoch ends only."""
+    every_epoch: bool = True
+    """Save a checkpoint at every epoch end (the best one also as best/); false = only every_n_steps and a stop's save, as speed records are timed (the run still ends with its final weights)."""
     keep_last: int = 3
     """Step checkpoints to keep (besides best/ and the one resumed from); older ones are deleted."""
 
@@ -321,7 +326,8 @@ def differences(config: Config, base: Config) -> list[str]:
 
 
 VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
-            "train.timeout_minutes", "data.root", "data.download", "data.num_workers", "logging.", "checkpoint.")
+            "train.timeout_minutes", "train.eval_every_epoch", "data.root", "data.download", "data.num_workers",
+            "logging.", "checkpoint.")
 """Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
 reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
 key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it)."""
@@ -405,46 +411,3 @@ def _allowed_keys(section: str) -> list[str]:
         node = fields[part].default_factory
         node = type(node()) if callable(node) else node
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
-
-
-def field_docs() -> list[tuple[str, str, str]]:
-    """(dotted key, default, docstring) for every leaf field, read from this module's attribute docstrings."""
-    import ast
-    import inspect
-    import sys
-
-    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
-    docs: dict[tuple[str, str], str] = {}
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            for field_node, doc_node in zip(node.body, node.body[1:]):
-                if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
-                        and isinstance(doc_node, ast.Expr) and isinstance(doc_node.value, ast.Constant)):
-                    docs[(node.name, field_node.target.id)] = str(doc_node.value.value)
-
-    rows: list[tuple[str, str, str]] = []
-
-    def walk(cls: type, prefix: str, instance: Any) -> None:
-        for item in dataclasses.fields(cls):
-            value = getattr(instance, item.name)
-            if dataclasses.is_dataclass(value):
-                walk(type(value), f"{prefix}{item.name}.", value)
-            else:
-                rows.append((f"{prefix}{item.name}", shown(value), docs.get((cls.__name__, item.name), "")))
-
-    walk(Config, "", Config())
-    return rows
-
-
-def reference_markdown() -> str:
-    """The config reference table in docs/config.md, generated from the schema (a test keeps the two in sync)."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{key}` | `{default}` | {doc.replace('|', '/')} |" for key, default, doc in field_docs()]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    import sys
-
-    # python -m cifarlab.config: print the config reference (paste it into docs/config.md).
-    sys.stdout.write(reference_markdown() + "\n")

@@ -29,7 +29,7 @@ def modules() -> list[str]:
 
 def wing(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("config", "errors", "files"):
+    if len(parts) == 1 or parts[1] in ("config", "config_docs", "errors", "files"):
         return "ground"
     return "commands" if parts[1] in COMMANDS else parts[1]
 

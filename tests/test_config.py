@@ -10,13 +10,12 @@ import yaml
 from cifarlab.config import (
     Config,
     ConfigError,
-    field_docs,
     load_config,
-    reference_markdown,
     run_changes,
     to_dict,
     to_yaml,
 )
+from cifarlab.config_docs import field_docs, reference_markdown
 
 from conftest import CONFIGS, error_lines, run_python
 
@@ -116,7 +115,7 @@ def test_config_reference_doc_matches_the_schema() -> None:
     text = (CONFIGS.parent / "docs" / "config.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     documented = text[text.index(start) + len(start):text.index(end)]
-    assert documented == reference_markdown(), "docs/config.md is stale: paste `python -m cifarlab.config`"
+    assert documented == reference_markdown(), "docs/config.md is stale: paste `python -m cifarlab.config_docs`"
     assert all(doc for _, _, doc in field_docs()), "every config field needs a docstring"
 
 

@@ -355,3 +355,44 @@ def test_compile_makes_one_graph_for_training_and_reports_its_seconds(tmp_path: 
     assert len(evaluations) == 2 and evaluations[0]["test/images"] == 20
     assert evaluations[0]["train/compile_seconds"] > 0 and "train/compile_seconds" not in evaluations[1]
     torch._dynamo.reset()
+
+
+# --- a speed record's settings: evaluated only at the end, no epoch-end checkpoints ----------------------------
+
+RECORD_MODE = ("train.epochs=3", "train.eval_every_epoch=false", "checkpoint.every_epoch=false",
+               "checkpoint.every_n_steps=null", "optim.lr=0.05", "data.augment=none")
+
+
+def test_record_mode_evaluates_once_saves_no_epoch_checkpoints_and_still_finishes(tmp_path: Path) -> None:
+    run = RunDir(loop.train(tiny_config(tmp_path / "record", *RECORD_MODE)))
+    evaluations = [r for r in records(run.root) if "test/acc" in r]
+    assert [(r["step"], r["train/epoch"], r["test/images"]) for r in evaluations] == [(12, 3.0, 20)]
+    trained = [r for r in records(run.root) if "train/epoch_loss" in r and "test/acc" not in r]
+    assert [r["train/epoch"] for r in trained] == [1.0, 2.0]  # the epochs not evaluated still say how they went
+    assert run.step_checkpoints() == [] and not run.best.exists()
+    assert run.weights.is_file() and run.predictions.is_file()
+
+    # The same training, evaluated and saved every epoch, ends with the same weights: the mode changes only those.
+    usual = RunDir(loop.train(tiny_config(tmp_path / "usual", *RECORD_MODE[:1], *RECORD_MODE[3:])))
+    first, second = load_file(str(usual.weights)), load_file(str(run.weights))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_record_mode_still_saves_on_a_stop_and_resumes_to_the_same_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = RunDir(loop.train(tiny_config(tmp_path / "whole", *RECORD_MODE)))
+    stop_at(monkeypatch, 6)  # mid-epoch 2
+    with pytest.raises(Preempted):
+        loop.train(tiny_config(tmp_path / "stopped", *RECORD_MODE))
+    monkeypatch.undo()
+    run = RunDir(tmp_path / "stopped" / "tiny")
+    assert [p.name for p in run.step_checkpoints()] == ["step_00000006"]  # the stop's save, and only it
+    loop.train(tiny_config(tmp_path / "stopped", *RECORD_MODE, "train.resume=auto"))
+    assert [r["step"] for r in records(run.root) if "test/acc" in r] == [12]
+    first, second = load_file(str(whole.weights)), load_file(str(run.weights))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_target_accuracy_needs_every_epoch_evaluated(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="train.target_accuracy needs train.eval_every_epoch"):
+        tiny_config(tmp_path, "train.eval_every_epoch=false", "train.target_accuracy=0.5")

@@ -141,3 +141,29 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_exactly(slurm_env: 
         _slurm(slurm_env, "scancel", "--batch", "--signal=USR1", job)
 
     _interrupt_and_finish(slurm_env, tmp_path, warn)
+
+
+# A stand-in for the job's Python: prints what the trainer would be started with (its threads and arguments).
+FAKE_PYTHON = """#!/bin/bash
+echo "trainer: OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset} $*"
+"""
+
+
+@pytest.mark.parametrize(("processes", "threads"), [("1", "2"), ("2", "1")])
+def test_the_allocated_cpus_are_shared_out_among_the_processes(slurm_env: dict[str, str], tmp_path: Path,
+                                                                processes: str, threads: str) -> None:
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    job = _slurm(slurm_env, "sbatch", "--parsable", "--cpus-per-task=2", f"--chdir={tmp_path}",
+                 "--export=ALL," + ",".join([f"CIFARLAB_PYTHON={python}", f"CIFARLAB_PROCESSES={processes}"]),
+                 str(SBATCH), "train.epochs=1")
+    log = tmp_path / f"slurm-cifarlab-{job}.out"
+    _wait(lambda: log.is_file() and "launcher exited with status 0" in log.read_text(), "the job")
+    text = log.read_text()
+    # 2 CPUs: one process gets both as threads; two get one each; too few for loader workers either way.
+    assert f"{processes} process(es), 0 GPU(s), 2 CPU(s): {threads} thread(s) and 0 loader worker(s)" in text, text
+    trainer = next(line for line in text.splitlines() if line.startswith("trainer: "))
+    assert trainer.startswith(f"trainer: OMP_NUM_THREADS={threads} ")
+    assert f" train.cpu_threads={threads} data.num_workers=0 " in trainer
+    assert trainer.endswith("train.resume=auto train.epochs=1")

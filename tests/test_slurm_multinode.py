@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "slurm_multinode.sh"
 SBATCH = REPO / "slurm" / "train_multinode.sbatch"
 # 512 images in global batches of 32: 16 steps per epoch, 32 in all; with 2 processes the ranks agree on a
-# stop every 8 steps (cifarlab.run.preemption.CHECK_EVERY), so a preemption lands at step 8, 16 or 24.
+# stop every 8 steps at first (cifarlab.run.preemption.CHECK_EVERY; steps this short are then checked
+# every few hundred, past the run), so a preemption lands at step 8, 16 or 24.
 OVERRIDES = ("data.train_size=512", "checkpoint.every_n_steps=4", "logging.every_n_steps=4",
              "logging.wandb.mode=disabled")
 STEPS = 32
@@ -169,3 +170,17 @@ def test_preempted_two_node_job_checkpoints_every_rank_requeues_and_resumes(
     _assert_on_both_nodes(text, _nodes(cluster), starts=2)
     difference = _assert_close(reference, tmp_path / "runs" / f"slurm-{job}" / "model.safetensors")
     print(f"preempted at step {step}, resumed on 2 nodes vs 1 process: largest weight difference {difference:.3g}")
+
+
+def test_each_node_gets_the_cpus_the_job_asked_for_each_task(cluster: dict[str, str], tmp_path: Path) -> None:
+    # srun does not pass the job's --cpus-per-task on by itself (Slurm >= 22.05): the script does.
+    job = _slurm(cluster, "sbatch", "--parsable", "--nodes=2", "--cpus-per-task=2", f"--chdir={tmp_path}",
+                 "--export=ALL," + ",".join([f"CIFARLAB_REPO={REPO}", "CIFARLAB_DRY_RUN=1",
+                                             "CIFARLAB_PROCESSES_PER_NODE=2"]), str(SBATCH))
+    log = tmp_path / f"slurm-cifarlab-multinode-{job}.out"
+    _finish(cluster, job, log, timeout=120)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("node ")]
+    assert sorted(line.split(":")[0] for line in lines) == [f"node {node} rank {rank}"
+                                                           for rank, node in enumerate(_nodes(cluster))]
+    # 2 CPUs per node over 2 processes: 1 thread each, no loader workers.
+    assert all(": 2 CPU(s): " in line and " train.cpu_threads=1 data.num_workers=0 " in line for line in lines)

@@ -581,7 +581,7 @@ def test_a_wandb_agent_command_line_is_accepted_by_the_config_loader(monkeypatch
 
 
 def _field_keys() -> list[tuple[str, str, str]]:
-    from cifarlab.config import field_docs
+    from cifarlab.config_docs import field_docs
 
     return field_docs()
 

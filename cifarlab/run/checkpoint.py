@@ -138,12 +138,12 @@ class TrainState:
         """Mean training loss over the epoch's batches so far (as read back)."""
         return self.epoch_loss_sum / max(self.epoch_loss_batches, 1)
 
-    def end_epoch(self, accuracy: float) -> None:
-        """The epoch in progress has been trained and evaluated at ``accuracy``."""
+    def end_epoch(self, accuracy: Optional[float]) -> None:
+        """The epoch in progress has been trained and evaluated at ``accuracy`` (None: not evaluated)."""
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.epoch_loss_sum, self.epoch_loss_batches, self.running_loss = 0.0, 0, None
         self._running_from, self.epoch_start_train_s = 0, self.training.read()
-        if accuracy > self.best_accuracy:
+        if accuracy is not None and accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, self.epoch
 
     def reached(self, target: Optional[float], accuracy: float) -> bool:
@@ -280,8 +280,11 @@ class Checkpointer:
         if every and state.global_step % every == 0 and state.step_in_epoch < self.steps_per_epoch:
             self.save(state)
 
-    def after_epoch(self, state: TrainState) -> Path:
-        """Every epoch end is saved; it becomes ``best/`` when it set the best accuracy."""
+    def after_epoch(self, state: TrainState) -> Optional[Path]:
+        """Every epoch end is saved (unless ``checkpoint.every_epoch`` is false: then None); it becomes ``best/`` when
+        it set the best accuracy."""
+        if not self.config.every_epoch:
+            return None
         return self.save(state, best=state.best_epoch == state.epoch)
 
     def ensure_saved(self, state: TrainState) -> Path:

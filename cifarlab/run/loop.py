@@ -111,11 +111,15 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     result: Optional[EvalResult] = None
     while state.epoch < config.train.epochs and state.target is None:
         stats = train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
-        result = learner.evaluate(datasets, config.train.tta)
-        state.end_epoch(result.accuracy)
-        recorder.evaluation(state, result, stats)
-        if state.reached(config.train.target_accuracy, result.accuracy):
-            recorder.target(state)
+        if config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs:
+            result = learner.evaluate(datasets, config.train.tta)
+            state.end_epoch(result.accuracy)
+            recorder.evaluation(state, result, stats)
+            if state.reached(config.train.target_accuracy, result.accuracy):
+                recorder.target(state)
+        else:  # a speed record's epoch: evaluated only at the end
+            state.end_epoch(None)
+            recorder.trained(state, stats)
         checkpointer.after_epoch(state)
         if state.epoch < config.train.epochs and state.target is None:
             stop.stop_if_agreed(state, checkpointer)  # a signal during evaluation: the epoch is saved, stop here

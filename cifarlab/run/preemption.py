@@ -40,7 +40,20 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 SECOND_CTRL_C_AFTER = 2.0
 """Seconds after a first SIGINT before another one aborts (a launcher's forwarded copy comes sooner)."""
 CHECK_EVERY = 8
-"""With several processes, steps between checks for a stop signal (a signal waits at most this long)."""
+"""With several processes, steps between checks for a stop signal until the step time is known (see
+:meth:`StopRequest.agreed`)."""
+CHECK_WITHIN_S = 5.0
+"""With several processes, seconds of training between checks for a stop signal once the step time is known: a
+signal waits at most this long plus a step before the save starts. torchrun's agent kills its workers 30 s after
+forwarding a signal, so this, the step and the checkpoint's save must fit in 30 s (bench/stop_check.py measures
+what a check costs)."""
+
+
+def check_interval(step_seconds: float, within_s: float = CHECK_WITHIN_S) -> int:
+    """Steps between stop checks for steps of ``step_seconds``: as many as fit in ``within_s``, at least 1."""
+    if not step_seconds > 0:  # no time measured (or NaN): keep the fixed count
+        return CHECK_EVERY
+    return max(1, int(within_s / step_seconds))
 
 
 class StopRequest:
@@ -57,6 +70,11 @@ class StopRequest:
         """The first signal this process got, by name."""
         self._interrupted_at: Optional[float] = None
         self._previous: dict[int, Any] = {}
+        self.check_every = CHECK_EVERY
+        """Steps between checks with several processes: :data:`CHECK_EVERY`, then :func:`check_interval` of the
+        measured step time (the same on every rank)."""
+        self._last_check: Optional[tuple[int, float]] = None  # (step, monotonic seconds) of the last timed check
+        self._timed = False  # check_every has been set from the step time
 
     def __enter__(self) -> StopRequest:
         for signum in SIGNALS:
@@ -83,16 +101,42 @@ class StopRequest:
         """True on every rank once any rank has received a signal. Call on all ranks at the same points.
 
         Several processes agree through an all-reduce whose result the host must wait for; so that
-        this does not stall the GPU queue every step, they compare notes only every
-        ``CHECK_EVERY`` steps (always when ``step`` is None). One process just looks at its flag.
+        this does not stall the GPU queue every step, they compare notes only every :attr:`check_every` steps
+        (always when ``step`` is None). That is :data:`CHECK_EVERY` steps at first; the two checks after it
+        time the steps between them (each check waits for the device, so the time is the steps' real time),
+        and from then on every rank checks every :func:`check_interval` of the slowest rank's step time: the
+        ranks agree on it once, through one gather, at the same step. One process just looks at its flag.
         """
         if self.accelerator.num_processes == 1:
             return self.received is not None
-        if step is not None and step % CHECK_EVERY:
+        if step is not None and step % self.check_every:
             return False
         if self.received:
             self.accelerator.set_trigger()
-        return self.accelerator.check_trigger()
+        stop = self.accelerator.check_trigger()
+        if not stop:
+            self._time_steps(step)
+        return stop
+
+    def _time_steps(self, step: Optional[int]) -> None:
+        """After a check at ``step`` (all ranks): set :attr:`check_every` from the time since the previous check,
+        once. A check between epochs (``step`` None) restarts the timing: an evaluation is no training step."""
+        if self._timed:
+            return
+        now = time.monotonic()
+        if step is None or self._last_check is None:
+            self._last_check = None if step is None else (step, now)
+            return
+        if step <= self._last_check[0]:
+            return  # the same step twice
+        import torch  # here, not at import: cifarlab.train imports this module before torch for its fast paths
+
+        seconds = torch.tensor([(now - self._last_check[1]) / (step - self._last_check[0])],
+                               device=self.accelerator.device)
+        slowest = float(self.accelerator.gather(seconds).max())
+        self.check_every, self._timed = check_interval(slowest), True
+        self.log(f"checking for stop signals every {self.check_every} steps ({slowest:.3f} s per step on the slowest "
+                 f"of {self.accelerator.num_processes} processes)")
 
     def stop_if_agreed(self, state: TrainState, checkpointer: Checkpointer, step: Optional[int] = None) -> None:
         """After a stop signal: make sure this step is checkpointed, requeue under SLURM, raise :class:`Preempted`.

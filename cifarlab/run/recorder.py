@@ -9,6 +9,8 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
                                   100), train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds,
                                   train/epoch; with train.compile, in the first epoch a start trains:
                                   train/compile_seconds (host seconds of the first compiled step)
+    after an epoch not evaluated  train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds, train/epoch
+                                  (train.eval_every_epoch=false: only the last epoch is evaluated)
 
     when train.target_accuracy is reached   target/accuracy (the target), target/epoch, target/step,
                                   target/elapsed_s, target/train_seconds (also in the W&B summary)
@@ -175,6 +177,12 @@ class Recorder:
         if self.wandb is not None:
             self.wandb.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
         self._previous = result
+
+    def trained(self, state: TrainState, stats: EpochStats) -> None:
+        """After an epoch that is not evaluated (``train.eval_every_epoch=false``; ``state`` already past it)."""
+        self.record({"train/epoch": float(state.epoch), **stats.values()}, state.global_step)
+        self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
+                     f"{stats.seconds:.1f}s; not evaluated (train.eval_every_epoch=false)")
 
     def target(self, state: TrainState) -> None:
         """``train.target_accuracy`` was reached at the evaluation just recorded (``state.target``)."""
