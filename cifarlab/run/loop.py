@@ -34,7 +34,7 @@ from cifarlab.config import (
 from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
 from cifarlab.report import console
-from cifarlab.report.metrics import EvalResult
+from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
 from cifarlab.run.epoch import train_epoch
 from cifarlab.run.recorder import Recorder
@@ -111,15 +111,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     result: Optional[EvalResult] = None
     while state.epoch < config.train.epochs and state.target is None:
         stats = train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
-        if config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs:
-            result = learner.evaluate(datasets, config.train.tta)
-            state.end_epoch(result.accuracy)
-            recorder.evaluation(state, result, stats)
-            if state.reached(config.train.target_accuracy, result.accuracy):
-                recorder.target(state)
-        else:  # a speed record's epoch: evaluated only at the end
-            state.end_epoch(None)
-            recorder.trained(state, stats)
+        result = evaluate_epoch(config, learner, datasets, state, recorder, stats) or result
         checkpointer.after_epoch(state)
         if state.epoch < config.train.epochs and state.target is None:
             stop.stop_if_agreed(state, checkpointer)  # a signal during evaluation: the epoch is saved, stop here
@@ -134,6 +126,22 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
             f"(epoch {state.best_epoch}); weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
     return run_dir.root
+
+
+def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: checkpoint.TrainState,
+                   recorder: Recorder, stats: EpochStats) -> Optional[EvalResult]:
+    """End the epoch ``state`` has just trained: evaluate and record it (every epoch, or with
+    train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone."""
+    if not (config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs):
+        state.end_epoch(None)
+        recorder.trained(state, stats)
+        return None
+    result = learner.evaluate(datasets, config.train.tta)
+    state.end_epoch(result.accuracy)
+    recorder.evaluation(state, result, stats)
+    if state.reached(config.train.target_accuracy, result.accuracy):
+        recorder.target(state)
+    return result
 
 
 def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) -> tuple[engine.Learner, int]:
