@@ -33,6 +33,12 @@ STOPPED = (Preempted.exit_code, 130)
 """Exit codes of a trainer that was stopped (a signal, Ctrl-C) and resumes when run again."""
 
 
+def say(sweep: Sweep, message: str) -> None:
+    """A line of the sweep's progress on stdout (a single-process command: its output is the product, no rank
+    policy needed)."""
+    print(f"sweep {sweep.name}: {message}", flush=True)
+
+
 # --- what is there already ------------------------------------------------------------------------------------
 
 
@@ -209,7 +215,7 @@ class Runner:
         return self.signalled is not None or self.tally.stopped > 0
 
     def _say(self, message: str) -> None:
-        print(f"sweep {self.sweep.name}: {message}", flush=True)
+        say(self.sweep, message)
 
     def _start(self, trial: Trial) -> None:
         label = f"trial {trial.index} {trial.name}"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from cifarlab.errors import UsageError
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Runner, write_record
+from cifarlab.experiments.runner import Runner, say, write_record
 from cifarlab.experiments.spec import SEED, Sweep, read_sweep, read_yaml
 
 if TYPE_CHECKING:
@@ -151,26 +151,26 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
     base = next(iter(groups))
     label = {key: " ".join(key) or "base" for key in groups}
     comparisons = {key: Comparison(label[key]) for key in list(groups)[1:]}
-    _say(sweep, f"until decided: {len(comparisons)} comparison(s) with the baseline {label[base]}; seeds {seeds}, "
+    say(sweep, f"until decided: {len(comparisons)} comparison(s) with the baseline {label[base]}; seeds {seeds}, "
                 f"then one more per round, up to {plan.max_seeds} per group; each look's interval at the "
                 f"{100 * (1 - level):.2f} % level (Pocock: 95 % over all looks)"
                 + (f"; equivalent within ±{plan.margin:g} points" if plan.margin is not None else ""))
     while True:
         undecided = [key for key, comparison in comparisons.items() if not comparison.decision]
         todo = [t for key in (base, *undecided) for t in groups[key] if not sweep.run_dir(t).finished()]
-        _say(sweep, f"{len(seeds)} seeds: {len(todo)} trial(s) to run for the baseline and {len(undecided)} "
+        say(sweep, f"{len(seeds)} seeds: {len(todo)} trial(s) to run for the baseline and {len(undecided)} "
                     f"undecided group(s)")
         if todo:
             write_record(sweep)
             code = run_round(sweep, todo, plan.parallel)
             if code != 0:
-                _say(sweep, f"not every trial of this round finished: nothing decided with {len(seeds)} seeds; "
+                say(sweep, f"not every trial of this round finished: nothing decided with {len(seeds)} seeds; "
                             f"run the same command again to continue")
                 return code
         baseline = _accuracies(sweep, groups[base])
         for key in undecided:
             comparison = _look(comparisons[key], baseline, _accuracies(sweep, groups[key]), level, plan.margin)
-            _say(sweep, f"after {len(seeds)} seeds: {comparison.label} vs {label[base]}: {comparison.shown()}: "
+            say(sweep, f"after {len(seeds)} seeds: {comparison.label} vs {label[base]}: {comparison.shown()}: "
                         f"{comparison.decision or 'undecided'}")
         if all(c.decision for c in comparisons.values()) or len(seeds) >= plan.max_seeds:
             break
@@ -180,7 +180,7 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
     for comparison in comparisons.values():
         outcome = (f"{comparison.decision} after {comparison.seeds} seeds" if comparison.decision
                    else f"undecided at the cap of {plan.max_seeds} seeds")
-        _say(sweep, f"{comparison.label} vs {label[base]}: {outcome} ({comparison.shown()})")
+        say(sweep, f"{comparison.label} vs {label[base]}: {outcome} ({comparison.shown()})")
     return 0
 
 
@@ -230,6 +230,3 @@ def _look(comparison: Comparison, base: Sequence[float], other: Sequence[float],
     comparison.decision = str(decide(low, high, margin))
     return comparison
 
-
-def _say(sweep: Sweep, message: str) -> None:
-    print(f"sweep {sweep.name}: {message}", flush=True)
