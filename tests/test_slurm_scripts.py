@@ -37,14 +37,19 @@ def test_scripts_parse_and_pass_shellcheck(script: Path) -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_multinode_script_builds_one_command_per_node(tmp_path: Path) -> None:
+def two_node_job(tmp_path: Path) -> dict[str, str]:
+    """The environment of a two-node job (gpu07, gpu08) whose scontrol and srun are the fakes above, on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "31337", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_GPUS_ON_NODE": "4", "CIFARLAB_DRY_RUN": "1",
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "31337", "SLURM_NNODES": "2",
+            "SLURM_JOB_NODELIST": "gpu[07-08]"}
+
+
+def test_multinode_script_builds_one_command_per_node(tmp_path: Path) -> None:
+    env = {**two_node_job(tmp_path), "SLURM_GPUS_ON_NODE": "4", "CIFARLAB_DRY_RUN": "1",
            "CIFARLAB_REPO": str(REPO), "CIFARLAB_CONFIG": "configs/resnet18.yaml"}
     result = subprocess.run(["bash", str(REPO / "slurm" / "train_multinode.sbatch"), "train.epochs=3"], env=env,
                             cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -92,13 +97,7 @@ def test_the_job_cpus_are_shared_out_among_its_processes(allocation: dict[str, s
 
 
 def test_each_node_shares_out_the_cpus_srun_gave_its_task(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "31337", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "64",
+    env = {**two_node_job(tmp_path), "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "64",
            "CIFARLAB_DRY_RUN": "1", "CIFARLAB_REPO": str(REPO)}
     result = subprocess.run(["bash", str(REPO / "slurm" / "train_multinode.sbatch")], env=env, cwd=tmp_path,
                             capture_output=True, text=True, check=True)
