@@ -1,6 +1,6 @@
-"""Print pip constraints that pin each of setup.cfg's install_requires to the lowest version its ``>=`` bound
-admits (``torch>=2.4`` -> ``torch==2.4``): the second environment .ci/run tests, so that the declared ranges are
-tested ranges at both ends."""
+"""Print pip constraints that pin each of setup.cfg's install_requires, and its ``search`` extra, to the lowest
+version its ``>=`` bound admits (``torch>=2.4`` -> ``torch==2.4``): the second environment .ci/run tests, so that
+the declared ranges are tested ranges at both ends."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ BOUND = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)\s*")
 def main() -> None:
     setup = configparser.ConfigParser()
     setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
-    requirements = [line for line in setup["options"]["install_requires"].splitlines() if line.strip()]
+    declared = setup["options"]["install_requires"] + "\n" + setup["options.extras_require"]["search"]
+    requirements = [line for line in declared.splitlines() if line.strip()]
     for requirement in requirements:
         bound = BOUND.fullmatch(requirement)
         if bound is None:

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from cifarlab.errors import UsageError
-from cifarlab.experiments import sequential
+from cifarlab.experiments import searching, sequential
 from cifarlab.experiments.runner import Runner, status, write_record
 from cifarlab.experiments.sequential import Plan
 from cifarlab.experiments.spec import read_sweep
@@ -50,7 +50,7 @@ from cifarlab.report import console
 
 # --- the command line -----------------------------------------------------------------------------------------
 
-USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run | --until-decided [--max-seeds N] "
+USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run | --best | --until-decided [--max-seeds N] "
          "[--margin M]] [--trial I] [--parallel N] SWEEP.yaml [key=value ...] [accelerate launch options]")
 VALUED = ("--trial", "--parallel", "--max-seeds", "--margin")
 """Our options that take a value."""
@@ -66,6 +66,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     mode.add_argument("--count", action="store_true",
                       help="print the highest trial index + 1 (the number of trials, for sbatch --array)")
     mode.add_argument("--dry-run", action="store_true", help="print each trial's command instead of running it")
+    mode.add_argument("--best", action="store_true",
+                      help="a search: print the best confirmed settings as trainer options (--config ... key=value)")
     mode.add_argument("--until-decided", action="store_true",
                       help="add a seed per round until each group is decided against the first (docs/sweeps.md)")
     parser.add_argument("--max-seeds", type=int, metavar="N",
@@ -83,7 +85,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     words = list(argv)
     while words:
         word = words.pop(0)
-        if word in ("-h", "--help", "--list", "--count", "--dry-run", "--until-decided") or word.startswith(
+        if word in ("-h", "--help", "--list", "--count", "--dry-run", "--best", "--until-decided") or word.startswith(
                 tuple(f"{option}=" for option in VALUED)):
             ours.append(word)
         elif word in VALUED:
@@ -114,6 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.until_decided or args.max_seeds is not None or args.margin is not None:
             return until_decided(args, launch)
         sweep = read_sweep(args.sweep, args.overrides, launch)
+        if sweep.search is not None:
+            return searching.main(sweep, args)
+        if args.best:
+            raise UsageError(f"--best: {args.sweep} has no search: section; compare shows a grid's results")
         listed = sorted((*sweep.trials, *sweep.removed), key=lambda t: t.index)
         if args.trial is not None:
             listed = [trial for trial in listed if trial.index == args.trial]

@@ -152,6 +152,8 @@ class Run:
     """environment.json of the run's first start; {} when absent."""
     finished: bool = False
     """Whether the final weights were written (the last thing a run does)."""
+    pruned: Optional[dict[str, Any]] = None
+    """The ``prune/*`` record of a search's trial its pruner stopped (cifarlab.run.pruning); None otherwise."""
 
     @property
     def name(self) -> str:
@@ -231,6 +233,7 @@ def read_run(path: Path) -> Run:
         target=next((r for r in found if is_target(r)), None),
         environment=read_environment(run_dir.environment),
         finished=finished,
+        pruned=next((r for r in found if "prune/epoch" in r), None),
     )
 
 

@@ -122,13 +122,13 @@ def write_record(sweep: Sweep) -> None:
         return
     try:
         sweep.folder.mkdir(parents=True, exist_ok=True)
-        _write(sweep.record, text)
+        write_whole(sweep.record, text)
     except OSError as error:
         raise UsageError(f"cannot write {sweep.record} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
 
 
-def _write(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """Written whole under a name of its own (array tasks on several hosts may write at once), then renamed."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(descriptor, "w") as file:
@@ -147,6 +147,9 @@ class Tally:
     refused: int = 0
     stopped: int = 0
 
+    def total(self) -> int:
+        return self.finished + self.skipped + self.failed + self.refused + self.stopped
+
     def summary(self) -> str:
         return (f"{self.finished} finished, {self.skipped} skipped (finished before), {self.failed} failed, "
                 f"{self.refused} refused" + (f", {self.stopped} stopped" if self.stopped else ""))
@@ -158,6 +161,29 @@ class Tally:
         if self.stopped or not_started:
             return 130 if signalled == signal.SIGINT else Preempted.exit_code
         return 1 if self.failed or self.refused else 0
+
+
+class Feed:
+    """Where a :class:`Runner`'s trials come from and what is told when each ends: here a sweep's list, taken in
+    order (a search's study feeds its sampled trials: cifarlab.experiments.study)."""
+
+    def __init__(self, trials: Sequence[Trial] = ()) -> None:
+        self.queue = list(trials)
+
+    def take(self) -> Optional[Trial]:
+        """The next trial to run; None when there is none (now)."""
+        return self.queue.pop(0) if self.queue else None
+
+    def left(self) -> int:
+        """Trials still to run after a stop (the exit code says so)."""
+        return len(self.queue)
+
+    def ended(self, trial: Trial, result: str) -> None:
+        """The trial's attempt ended: finished, skipped (finished before), failed, refused or stopped."""
+
+    def environment(self, trial: Trial) -> dict[str, str]:
+        """Extra environment variables for the trial's trainer."""
+        return {}
 
 
 @dataclass
@@ -180,23 +206,30 @@ class Runner:
         self.tally = Tally()
         self.running: list[Running] = []
         self.signalled: Optional[int] = None
+        self.feed = Feed()
 
-    def run(self, trials: Sequence[Trial]) -> int:
+    def run(self, trials: Sequence[Trial] | Feed) -> int:
         started = time.monotonic()
+        self.feed = trials if isinstance(trials, Feed) else Feed(trials)
         handlers = {signum: signal.signal(signum, self._on_signal)
                     for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
         try:
-            queue = list(trials)
-            while (queue and not self._stopping()) or self.running:
-                while queue and len(self.running) < self.parallel and not self._stopping():
-                    self._start(queue.pop(0))
+            exhausted = False
+            while not exhausted or self.running:
+                while len(self.running) < self.parallel and not self._stopping():
+                    trial = self.feed.take()
+                    if trial is None:
+                        break
+                    self._start(trial)  # or refused, or skipped: then take the next one at once
+                exhausted = self._stopping() or len(self.running) < self.parallel
                 self._reap()
                 if self.running:
                     time.sleep(0.1)
             # Still under our handlers: a Ctrl-C from here on is recorded, not raised, and changes no result.
-            self._say(f"{len(trials)} trial(s) in {time.monotonic() - started:.1f}s: {self.tally.summary()}"
-                      + (f"; {len(queue)} not started" if queue else ""))
-            return self.tally.exit_code(len(queue), self.signalled)
+            left = self.feed.left() if self._stopping() else 0
+            self._say(f"{self.tally.total()} trial(s) in {time.monotonic() - started:.1f}s: {self.tally.summary()}"
+                      + (f"; {left} not started" if left else ""))
+            return self.tally.exit_code(left, self.signalled)
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
@@ -224,10 +257,12 @@ class Runner:
             self.tally.refused += 1
             self._say(f"{label}: refused: {self.sweep.run_dir(trial).root} {reason}; move it away or give "
                       f"the sweep another name")
+            self.feed.ended(trial, "refused")
             return
         if self.sweep.run_dir(trial).finished():
             self.tally.skipped += 1
             self._say(f"{label}: skipped, finished before")
+            self.feed.ended(trial, "skipped")
             return
         log_path = self.sweep.log(trial)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +277,8 @@ class Runner:
         # this process staying alive to write its output. Another process training the same trial (a second
         # sweep) is kept out by the trainer's run lock.
         echo = Echo(log_path, log.tell()) if self.parallel == 1 else None
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**self._environment(), **self.feed.environment(trial)})
         self.running.append(Running(trial, process, time.monotonic(), log, echo))
         verb = "started" if step is None else f"resumed from its checkpoint at step {step}"
         self._say(f"{label}: {verb}; log {log_path}")
@@ -286,12 +322,13 @@ class Runner:
             self._say(f"{label}: failed ({how}) after {seconds:.1f}s; log {self.sweep.log(running.trial)}")
         self._record(running.trial, {"result": result, "how": how, "seconds": round(seconds, 1),
                                      "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self.feed.ended(running.trial, result)
 
     def _record(self, trial: Trial, outcome: dict[str, Any]) -> None:
         """The trial's outcome file (``--list`` reads it): how its last attempt ended, or that one has started."""
         try:
             self.sweep.outcome(trial).parent.mkdir(parents=True, exist_ok=True)
-            _write(self.sweep.outcome(trial), json.dumps(outcome) + "\n")
+            write_whole(self.sweep.outcome(trial), json.dumps(outcome) + "\n")
         except OSError as error:  # the trial's result stands; only --list will know less
             self._say(f"cannot write {self.sweep.outcome(trial)} ({error.strerror})")
 

@@ -145,6 +145,9 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
     and each undecided group) until every comparison with the baseline is decided or has ``plan.max_seeds`` seeds.
     0 when the rounds ran, whatever was decided; a round's exit code when some of its trials did not finish."""
     sweep = read_sweep(path, overrides, launch)
+    if sweep.search is not None:
+        raise UsageError(f"--until-decided: {path} is a search; its search: confirm: re-runs the best settings on "
+                         f"seeds and compares them (docs/sweeps.md)")
     seeds = _first_seeds(sweep, path, plan)
     level = pocock_level(range(len(seeds), plan.max_seeds + 1))
     groups = _groups(sweep)

@@ -22,9 +22,10 @@ from omegaconf import OmegaConf
 from cifarlab.config import Config, flatten, load_config, run_changes, to_dict, with_run_name
 from cifarlab.errors import UsageError
 from cifarlab.experiments.record import Record, Trial, check_same_sweep, match, read_record
+from cifarlab.experiments.space import Search, read_search
 from cifarlab.run.rundir import RunDir
 
-FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "launch")
+FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "search", "launch")
 SET_BY_SWEEP = ("train.run_name", "train.resume")
 """Keys the sweep sets for every trial: a sweep file or command line that sets them is refused."""
 PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wandb.tags")
@@ -59,7 +60,10 @@ class Sweep:
     history: Optional[Record] = field(default=None, repr=False)
     """The sweep's record as it was read (None before the sweep first ran)."""
     configs: dict[int, Config] = field(default_factory=dict, repr=False)
-    """Each trial's resolved config, by index (every one loaded, hence checked, when the sweep is read)."""
+    """Each trial's resolved config, by index (every one loaded, hence checked, when the sweep is read; a search's
+    as its trials are sampled)."""
+    search: Optional[Search] = None
+    """The ``search:`` section: trials are sampled by a study (cifarlab.experiments.study), not listed."""
 
     def run_dir(self, trial: Trial) -> RunDir:
         return RunDir(self.folder / trial.name)
@@ -131,6 +135,10 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     common = (*ours, *overrides)
     shared = _load(base, common, f"{where} (base and overrides)")
     launch_options = (*_launch_list(spec.get("launch", []), f"{where}: launch"), *launch)
+    if "search" in spec:
+        search = _read_search(spec, where, base, common)
+        return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
+                     search=search)
     drafts = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
                                                                                                settings)))
     sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts)
@@ -176,6 +184,27 @@ def _follow(sweep: Sweep, record: Record, configs: list[Config]) -> Sweep:
                                history=record, configs=dict(sorted(named.items())))
 
 
+def _read_search(spec: dict[str, Any], where: str, base: Optional[str], common: Sequence[str]) -> Search:
+    """The ``search:`` section, checked: alone (no trials, grid or seeds), its keys settable per trial and set
+    nowhere else, and the config loading at each end of every range (a bad key or value fails before anything
+    runs)."""
+    for other in ("trials", "grid", "seeds"):
+        if spec.get(other) is not None:
+            raise UsageError(f"{where}: search samples the trials; remove {other}: (a search's winners are re-run on "
+                             f"seeds by search: confirm:)")
+    search = read_search(spec["search"], where)
+    for param in search.space:
+        _check_key(param.key, f"{where}: search space")
+        _check_settable(param.key, f"{where}: search space", per_trial=True)
+        if any(_key(item) == param.key for item in common):
+            raise UsageError(f"{where}: {param.key} is searched; it cannot also be set in overrides or on the "
+                             f"command line")
+    for param in search.space:
+        for value in param.values:
+            _load(base, [*common, f"{param.key}={_text(value)}"], f"{where}: search space {param.key}={value!r}")
+    return search
+
+
 def _recorded_config(sweep: Sweep, record: Record, trial: Trial) -> Optional[Config]:
     """A recorded trial's config, with the base and overrides of the last version that listed it (now's for a
     record from before versions); None where that no longer loads."""
@@ -190,7 +219,7 @@ def _recorded_config(sweep: Sweep, record: Record, trial: Trial) -> Optional[Con
         return None
 
 
-def _identity(config: Config) -> str:
+def identity(config: Config) -> str:
     """A trial's resolved config as text, less what the sweep sets for each trial (its run name and tags, where
     and how it starts): two trials with the same identity would train the same run."""
     tree = flatten(to_dict(config))
@@ -202,7 +231,7 @@ def _identity(config: Config) -> str:
 def _check_no_twins(sweep: Sweep, where: str) -> None:
     seen: dict[str, Trial] = {}
     for trial in sweep.trials:
-        twin = seen.setdefault(_identity(sweep.configs[trial.index]), trial)
+        twin = seen.setdefault(identity(sweep.configs[trial.index]), trial)
         if twin is not trial:
             shown = [" ".join(t.settings) or "no settings: the base config" for t in (twin, trial)]
             raise UsageError(f"{where}: trials {twin.index} ({shown[0]}) and {trial.index} ({shown[1]}) are the same "
@@ -350,6 +379,11 @@ def _load(base: Optional[str], overrides: Sequence[str], where: str) -> Config:
 
 
 # --- override values and trial names ----------------------------------------------------------------------------
+
+
+def setting(key: str, value: Any) -> str:
+    """``key=value`` as an override that reads back as ``value``."""
+    return f"{key}={_text(value)}"
 
 
 def _text(value: Any, in_list: bool = False) -> str:

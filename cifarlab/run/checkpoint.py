@@ -90,6 +90,8 @@ class TrainState:
     target: Optional[dict[str, float]] = None
     """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.run.recorder`); None
     before."""
+    pruned: Optional[dict[str, float]] = None
+    """Where a search's pruner stopped the run (``prune/*`` names, see :mod:`cifarlab.run.pruning`); None before."""
     epoch_loss_sum: float = 0.0
     """Training loss of the epoch in progress summed over :attr:`epoch_loss_batches` batches (each batch's loss
     averaged over the ranks), so that a resumed epoch's ``train/epoch_loss`` covers the whole epoch. The batches
@@ -145,6 +147,11 @@ class TrainState:
         self._running_from, self.epoch_start_train_s = 0, self.training.read()
         if accuracy is not None and accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = accuracy, self.epoch
+
+    @property
+    def ended_early(self) -> bool:
+        """The run stops before train.epochs: it reached train.target_accuracy, or a search pruned it."""
+        return self.target is not None or self.pruned is not None
 
     def reached(self, target: Optional[float], accuracy: float) -> bool:
         """Whether the evaluation just ended (at ``accuracy``) is the first to reach ``target``; if so,

@@ -37,6 +37,7 @@ from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
 from cifarlab.run.epoch import train_epoch
+from cifarlab.run.pruning import Pruning
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.runlock import RunLock
@@ -107,13 +108,14 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
     recorder.training_images(datasets, state)
 
-    # --- train: every epoch, or until an evaluation reaches train.target_accuracy ---
+    # --- train: every epoch, or until an evaluation reaches train.target_accuracy or a search prunes the run ---
     result: Optional[EvalResult] = None
-    while state.epoch < config.train.epochs and state.target is None:
+    pruning = Pruning.from_environment(accelerator)
+    while state.epoch < config.train.epochs and not state.ended_early:
         stats = train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
-        result = evaluate_epoch(config, learner, datasets, state, recorder, stats) or result
+        result = evaluate_epoch(config, learner, datasets, state, recorder, stats, pruning) or result
         checkpointer.after_epoch(state)
-        if state.epoch < config.train.epochs and state.target is None:
+        if state.epoch < config.train.epochs and not state.ended_early:
             stop.stop_if_agreed(state, checkpointer)  # a signal during evaluation: the epoch is saved, stop here
 
     # --- finish ---
@@ -129,9 +131,10 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
 
 
 def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: checkpoint.TrainState,
-                   recorder: Recorder, stats: EpochStats) -> Optional[EvalResult]:
+                   recorder: Recorder, stats: EpochStats, pruning: Optional[Pruning] = None) -> Optional[EvalResult]:
     """End the epoch ``state`` has just trained: evaluate and record it (every epoch, or with
-    train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone."""
+    train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone; a search's
+    trial reports the evaluation to its study, whose pruner may end the run here."""
     if not (config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs):
         state.end_epoch(None)
         recorder.trained(state, stats)
@@ -141,6 +144,8 @@ def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, 
     recorder.evaluation(state, result, stats)
     if state.reached(config.train.target_accuracy, result.accuracy):
         recorder.target(state)
+    elif pruning is not None and pruning.stops(state, result.values(), config.train.epochs):
+        recorder.pruned(state)
     return result
 
 
@@ -255,7 +260,8 @@ def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn
                                  f"train.epochs={new}; start a new run (new train.run_name) to train longer")
             return Resume(finished=True)
         position = json.loads((found / checkpoint.TRAINER_STATE).read_text())
-        if run_dir.finished() and (position["epoch"] >= config.train.epochs or position.get("target") is not None):
+        ended_early = position.get("target") is not None or position.get("pruned") is not None
+        if run_dir.finished() and (position["epoch"] >= config.train.epochs or ended_early):
             return Resume(found, finished=True)
         before = environment.last_process_count(run_dir)
         if before is not None and before != accelerator.num_processes:

@@ -14,6 +14,7 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
 
     when train.target_accuracy is reached   target/accuracy (the target), target/epoch, target/step,
                                   target/elapsed_s, target/train_seconds (also in the W&B summary)
+    when a search prunes the run  prune/epoch, prune/step, prune/elapsed_s (also in the W&B summary)
 
 metrics.jsonl holds one JSON object per record: ``step`` (the global step), ``time`` (unix seconds when it
 was recorded), ``elapsed_s`` (wall seconds of the run so far, over all its segments) and the values (NaN as
@@ -194,6 +195,16 @@ class Recorder:
         self.out.log(f"reached the target accuracy {100 * t['target/accuracy']:.2f} % at epoch {t['target/epoch']} "
                      f"(step {t['target/step']}) after {t['target/elapsed_s']:.1f}s ({t['target/train_seconds']:.1f}s "
                      f"training); finishing the run")
+
+    def pruned(self, state: TrainState) -> None:
+        """A search's pruner stopped the run at the evaluation just recorded (``state.pruned``)."""
+        assert state.pruned is not None
+        self.record(state.pruned, state.global_step)
+        if self.wandb is not None:
+            self.wandb.summary.update(state.pruned)
+        at = state.pruned
+        self.out.log(f"pruned by the search at epoch {at['prune/epoch']} (step {at['prune/step']}): its pruner "
+                     f"expects no better result than other trials'; finishing the run")
 
     # --- the end of the run ---------------------------------------------------------------------------
 

@@ -1,0 +1,194 @@
+"""A search, run by ``python -m cifarlab.sweep FILE`` when FILE has a ``search:`` section: this process is one
+worker of the study (with ``--parallel N`` it runs N trials at a time); when the study has its trials, the best
+settings are confirmed on fresh seeds (``search: confirm:``) and compared, with compare's calibrated table, against
+the base configuration. ``--list`` shows the study's trials, ``--best`` the best confirmed settings as trainer
+options.
+
+The confirmation is an ordinary sweep file the search writes, ``<sweep folder>/confirm.yaml`` (its trials in
+``<sweep folder>/confirm/``), shared by every worker that gets there: each takes the runs nobody else holds."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from cifarlab.config import load_config
+from cifarlab.errors import UsageError
+from cifarlab.experiments import space
+from cifarlab.experiments.analysis import Report, compare
+from cifarlab.experiments.record import Trial
+from cifarlab.experiments.rendering import render
+from cifarlab.experiments.results import read_run
+from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
+from cifarlab.experiments.spec import Sweep, read_sweep, setting
+from cifarlab.experiments.study import ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
+
+CONFIRM = "confirm"
+
+
+def main(sweep: Sweep, args: argparse.Namespace) -> int:
+    assert sweep.search is not None
+    if args.count:
+        raise UsageError("--count: a search's SLURM array tasks are its workers, as many as you like: "
+                         "sbatch --array=0-3 slurm/sweep.sbatch FILE runs 4 (docs/sweeps.md)")
+    if args.dry_run:
+        raise UsageError("--dry-run: a search samples its trials as it runs; --list shows those sampled so far")
+    study = open_study(sweep)
+    if args.list:
+        list_trials(sweep, study)
+        return 0
+    if args.best:
+        return best(sweep, study)
+    search = sweep.search
+    worker = f" (worker {args.trial})" if args.trial is not None else ""
+    say(sweep, f"search{worker}: {search.trials} trials, {search.method}, {search.direction} {search.metric}, "
+               f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
+    code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
+    if code != 0:
+        return code
+    running = _unended(study)
+    if running:
+        say(sweep, f"{running} trial(s) still running under other workers (or to be resumed: run the search "
+                   f"again once they have stopped); {progress(sweep, study)}")
+        return 0
+    say(sweep, f"search done: {progress(sweep, study)}")
+    return confirm(sweep, study, args.parallel) if search.confirm is not None else 0
+
+
+def _unended(study: Any) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def ranked(sweep: Sweep, study: Any) -> list[Any]:
+    """The study's completed trials, best first (ties: the earlier trial)."""
+    import optuna
+
+    assert sweep.search is not None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    sign = -1.0 if sweep.search.maximize else 1.0
+    return sorted(complete, key=lambda t: (sign * t.value, t.number))
+
+
+def list_trials(sweep: Sweep, study: Any) -> None:
+    """``--list``: every trial of the study, with its state, value and settings."""
+    assert sweep.search is not None
+    print("index\tstate\tname\tvalue\toverrides")
+    for frozen in study.get_trials(deepcopy=False):
+        state = frozen.state.name.lower()
+        if state == "running":
+            state += f" ({status(sweep, _as_trial(sweep, frozen))})"
+        value = space.shown(sweep.search, frozen.value) if frozen.value is not None else "-"
+        chosen = space.settings(sweep.search, frozen.params) if frozen.params else {}
+        settings = " ".join(setting(key, value) for key, value in chosen.items())
+        print(f"{frozen.number}\t{state}\t{trial_name(frozen.number)}\t{value}\t{settings}")
+
+
+def _as_trial(sweep: Sweep, frozen: Any) -> Trial:
+    trial = Trial(frozen.number, trial_name(frozen.number), ())
+    sweep.configs.setdefault(frozen.number, load_config(sweep.base, sweep.overrides(trial)))
+    return trial
+
+
+# --- confirmation ------------------------------------------------------------------------------------------
+
+
+def confirm_file(sweep: Sweep, study: Any) -> Path:
+    """``<folder>/confirm.yaml``: the top trials' settings and the base configuration (no settings: the control),
+    each with ``confirm.seeds`` seeds after the base configuration's train.seed (the seed every trial used)."""
+    assert sweep.search is not None and sweep.search.confirm is not None
+    chosen = ranked(sweep, study)[:sweep.search.confirm.top]
+    if not chosen:
+        raise UsageError(f"search {sweep.name}: no trial completed (all pruned or failed): nothing to confirm")
+    seed = load_config(sweep.base, list(sweep.common)).train.seed
+    common = [item for item in sweep.common if not item.startswith("train.output_dir=")]
+    spec = {"name": CONFIRM, **({"base": str(Path(sweep.base).resolve())} if sweep.base else {}),
+            "overrides": [*common, f"train.output_dir={sweep.folder.resolve()}"],
+            "trials": [{}, *[space.settings(sweep.search, t.params) for t in chosen]],
+            "seeds": [seed + i for i in range(1, sweep.search.confirm.seeds + 1)],
+            **({"launch": [shlex.join(sweep.launch)]} if sweep.launch else {})}
+    path = sweep.folder / "confirm.yaml"
+    text = "# written by cifarlab.sweep: the search's best settings and the base, on fresh seeds\n" + \
+        OmegaConf.to_yaml(OmegaConf.create(spec))
+    if not path.is_file() or path.read_text() != text:
+        write_whole(path, text)
+    return path
+
+
+def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
+    """Run the confirmation (the runs no other worker holds), then print its table once every run has finished."""
+    assert sweep.search is not None and sweep.search.confirm is not None
+    check = read_sweep(str(confirm_file(sweep, study)))
+    write_record(check)
+    say(sweep, f"confirming the {len(check.trials) // sweep.search.confirm.seeds - 1} best setting(s) and the base "
+               f"configuration on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
+               f"{check.folder}")
+    code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.folder)))
+    if code != 0:
+        return code
+    if not all(check.run_dir(t).finished() for t in check.trials):
+        say(sweep, "other workers are still running confirmation runs; run the search again for the table")
+        return 0
+    report = confirmed(sweep, check)
+    render(report, False, None if sys.stdout.isatty() else 200)
+    keys = [p.key for p in sweep.search.space]
+    searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in ranked(sweep, study)}
+    for result in report.groups:
+        trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
+        mean = space.shown(sweep.search, result.summary.mean) if result.summary.mean is not None else "-"
+        found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
+                 if trial is not None else "the base configuration (control)")
+        say(sweep, f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
+    return 0
+
+
+def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
+    """compare's report on the confirmation runs, grouped by the searched keys, the base configuration (the
+    control) as the baseline."""
+    assert sweep.search is not None
+    check = check or read_sweep(str(sweep.folder / "confirm.yaml"))
+    runs = [read_run(check.run_dir(t).root) for t in check.trials]
+    keys = [p.key for p in sweep.search.space]
+    control = {key: run.config.get(key) for run in runs[:1] for key in keys}
+    metric = space.metric(sweep.search)
+    report = compare(runs, keys, metric, None)
+    base = next((i for i, g in enumerate(report.groups) if g.group.overrides == control), 0)
+    return compare(runs, keys, metric, str(base + 1))
+
+
+def best(sweep: Sweep, study: Any) -> int:
+    """``--best``: the best confirmed settings (the best search trial's, said to be unconfirmed, without
+    ``confirm:``) as the trainer's options."""
+    from cifarlab.report import console
+
+    assert sweep.search is not None
+    keys = [p.key for p in sweep.search.space]
+    if sweep.search.confirm is None:
+        top = ranked(sweep, study)
+        if not top:
+            raise UsageError(f"--best: search {sweep.name} has no completed trial yet")
+        chosen = space.settings(sweep.search, top[0].params)
+        console.note(f"trial {top[0].number}'s settings, not confirmed: the best of {len(top)} noisy trials "
+                     f"overstates its score; add search: confirm: to re-run it on fresh seeds")
+    else:
+        check = read_sweep(str(sweep.folder / "confirm.yaml")) if (sweep.folder / "confirm.yaml").is_file() else None
+        if check is None or not all(check.run_dir(t).finished() for t in check.trials):
+            raise UsageError(f"--best: search {sweep.name} has no finished confirmation yet; run the search to its end")
+        report = confirmed(sweep, check)
+        sign = 1.0 if sweep.search.maximize else -1.0
+        winner = max((g for g in report.groups if g.summary.mean is not None),
+                     key=lambda g: sign * (g.summary.mean or 0.0))
+        chosen = {key: winner.group.overrides.get(key) for key in keys}
+        if winner is report.groups[report.baseline]:
+            console.note("the base configuration did best in the confirmation: none of the searched settings beat it")
+    words = [*(["--config", sweep.base] if sweep.base else []),
+             *[item for item in sweep.common if not item.startswith("train.output_dir=")],
+             *[setting(key, chosen[key]) for key in keys]]
+    print(shlex.join(words))
+    return 0

@@ -1,0 +1,204 @@
+"""A sweep file's ``search:`` section (docs/sweeps.md, "Searching"): the space of settings to sample, the sampler
+(TPE or random), how many trials, the metric to optimize, pruning at the trainer's evaluations, and the
+confirmation of the best settings on fresh seeds. Checked here, without Optuna; :func:`sampler` builds Optuna's
+sampler and :func:`suggest` samples one trial's settings (cifarlab.run.pruning builds the pruners and the journal,
+which the trainer needs too)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from cifarlab.errors import UsageError
+from cifarlab.run.pruning import PRUNERS
+
+if TYPE_CHECKING:
+    import optuna
+
+    from cifarlab.experiments.analysis import Metric
+
+KEYS = ("space", "method", "trials", "metric", "direction", "seed", "pruning", "confirm")
+METHODS = ("tpe", "random")
+KINDS = ("log_uniform", "uniform", "int", "choice")
+EVALUATED = {"final_acc": "test/acc", "best_acc": "test/acc", "final_top5": "test/acc_top5", "test_loss": "test/loss"}
+"""The metrics a trial can be pruned on, with the evaluation record's figure reported after each epoch."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    kind: str
+    values: tuple[Any, ...]
+    """(low, high) for log_uniform, uniform and int; the choices for choice."""
+
+    def describe(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+
+@dataclass(frozen=True)
+class Confirm:
+    top: int
+    """How many of the best settings to re-run."""
+    seeds: int
+    """Fresh seeds for each of them, and for the base configuration (the control)."""
+
+
+@dataclass(frozen=True)
+class Search:
+    space: tuple[Param, ...]
+    method: str = "tpe"
+    trials: int = 20
+    """Trials to complete (pruned ones count; failed ones do not)."""
+    metric: str = "final_acc"
+    maximize: bool = True
+    seed: int = 0
+    pruning: str = "none"
+    confirm: Optional[Confirm] = None
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a study this search: its space, metric and direction (the sampler, its seed, the number of
+        trials, pruning and confirmation may change between runs)."""
+        return {"space": {p.key: p.describe() for p in self.space}, "metric": self.metric,
+                "direction": self.direction}
+
+
+def metric(search: Search) -> Metric:
+    from cifarlab.experiments.analysis import METRICS
+
+    return METRICS[search.metric]
+
+
+def shown(search: Search, value: float) -> str:
+    """``61.20 %``: a value of the search's metric as compare shows it."""
+    m = metric(search)
+    return f"{value * m.scale:.{m.digits}f}{' ' + m.unit if m.unit else ''}"
+
+
+def read_search(value: Any, where: str) -> Search:
+    """The ``search:`` mapping of a sweep file, checked: every problem is one :class:`UsageError` line."""
+    from cifarlab.experiments.analysis import METRICS  # reads run files only; no torch
+
+    where = f"{where}: search"
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: must be a mapping with space: (and method, trials, metric, pruning, confirm)")
+    unknown = [str(key) for key in value if key not in KEYS]
+    if unknown:
+        raise UsageError(f"{where}: unknown key '{unknown[0]}'; keys: {', '.join(KEYS)}")
+    space = _space(value.get("space"), where)
+    method = _one_of(value.get("method", "tpe"), METHODS, f"{where}: method")
+    metric = _one_of(value.get("metric", "final_acc"), tuple(METRICS), f"{where}: metric")
+    direction = value.get("direction", "maximize" if METRICS[metric].higher_is_better else "minimize")
+    _one_of(direction, ("maximize", "minimize"), f"{where}: direction")
+    pruning = _one_of(str(value.get("pruning", "none")).lower() if value.get("pruning") is not False else "none",
+                      PRUNERS, f"{where}: pruning")
+    if pruning != "none" and metric not in EVALUATED:
+        raise UsageError(f"{where}: pruning: {pruning} decides at each epoch's evaluation, and {metric} has no "
+                         f"figure there; use pruning: none or a metric of {', '.join(EVALUATED)}")
+    return Search(space, method, _count(value.get("trials", 20), f"{where}: trials"), metric,
+                  direction == "maximize", _integer(value.get("seed", 0), f"{where}: seed"), pruning,
+                  _confirm(value.get("confirm"), f"{where}: confirm"))
+
+
+def _space(value: Any, where: str) -> tuple[Param, ...]:
+    example = "e.g. {optim.lr: {log_uniform: [1.0e-3, 1]}}"
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f"{where}: space must be a non-empty mapping of key: {{kind: values}} ({example})")
+    params = []
+    for key, spec in value.items():
+        at = f"{where}: space {key}"
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+            raise UsageError(f"{at}: {spec!r} must be one of {', '.join(f'{{{k}: ...}}' for k in KINDS)} ({example})")
+        kind, values = next(iter(spec.items()))
+        params.append(Param(str(key), kind, _values(kind, values, at)))
+    return tuple(params)
+
+
+def _values(kind: str, values: Any, where: str) -> tuple[Any, ...]:
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{where}: choice: {values!r} must be a non-empty list of values")
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            raise UsageError(f"{where}: choice: {values!r} must list plain values (numbers, strings, true/false, null)")
+        if len({repr(v) for v in values}) != len(values):
+            raise UsageError(f"{where}: choice: {values} repeats a value")
+        return tuple(values)
+    numbers = isinstance(values, list) and len(values) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not numbers or not values[0] < values[1]:
+        raise UsageError(f"{where}: {kind}: {values!r} must be [low, high] with low < high")
+    if kind == "int" and not all(isinstance(v, int) for v in values):
+        raise UsageError(f"{where}: int: {values!r} must be two integers [low, high]")
+    if kind == "log_uniform" and not values[0] > 0:
+        raise UsageError(f"{where}: log_uniform: {values!r} needs low > 0 (a log scale); use uniform to include 0")
+    return (values[0], values[1])
+
+
+def _confirm(value: Any, where: str) -> Optional[Confirm]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"top", "seeds"}:
+        raise UsageError(f"{where}: must be {{top: K, seeds: S}} (re-run the K best settings with S fresh seeds)")
+    seeds = _count(value["seeds"], f"{where}: seeds")
+    if seeds < 2:
+        raise UsageError(f"{where}: seeds: {seeds}; compare needs at least 2 seeds per setting for a spread")
+    return Confirm(_count(value["top"], f"{where}: top"), seeds)
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise UsageError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _integer(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageError(f"{where}: {value!r} must be an integer")
+    return value
+
+
+def _count(value: Any, where: str) -> int:
+    if _integer(value, where) < 1:
+        raise UsageError(f"{where}: {value} must be at least 1")
+    return int(value)
+
+
+# --- Optuna's objects -----------------------------------------------------------------------------------------
+
+
+def sampler(search: Search, salt: int) -> optuna.samplers.BaseSampler:
+    """The sampler for one ask: seeded from the search's seed and ``salt`` (the trials the study had), so a
+    study run by one worker samples the same settings every time, and workers asking at once rarely alike."""
+    import optuna
+
+    seed = (search.seed * 1_000_003 + salt) % 2**32
+    if search.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.trials // 4)))
+
+
+def settings(search: Search, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's settings from the study's sampled values: floats to 4 significant digits (0.001738, not
+    0.0017376198756776707), so that names, tables and pasted options read; the run trains with these values."""
+    return {p.key: float(f"{params[p.key]:.4g}") if isinstance(params[p.key], float) and p.kind != "choice"
+            else params[p.key] for p in search.space}
+
+
+def suggest(search: Search, trial: optuna.Trial) -> dict[str, Any]:
+    """Sample one trial's settings ({key: value}, as sampled: :func:`settings` rounds them)."""
+    chosen: dict[str, Any] = {}
+    for param in search.space:
+        low, *rest = param.values
+        if param.kind == "log_uniform":
+            chosen[param.key] = trial.suggest_float(param.key, low, rest[0], log=True)
+        elif param.kind == "uniform":
+            chosen[param.key] = trial.suggest_float(param.key, low, rest[0])
+        elif param.kind == "int":
+            chosen[param.key] = trial.suggest_int(param.key, low, rest[0])
+        else:
+            chosen[param.key] = trial.suggest_categorical(param.key, list(param.values))
+    return chosen

@@ -1,0 +1,259 @@
+"""A search's study: Optuna's journal file ``<sweep folder>/search.journal``, shared by every worker (local ones,
+SLURM array tasks, on any host that sees the folder), and the feed that gives a :class:`Runner` its trials.
+
+A worker takes, in this order: a trial another worker left unfinished (it died: SIGKILL, preemption, node loss),
+resumed from its checkpoint; else a new trial sampled by the study, while fewer than ``trials`` are completed,
+pruned or running. A trial is worked on by one worker at a time: the worker holds a lock on
+``claims/<trial>.lock`` (a POSIX lock, dropped by the kernel when the worker dies), and a trial whose trainer
+still holds its run lock (cifarlab.run.runlock) is left alone. The worker alone tells the study how its trials
+ended: a trial killed with its worker stays "running" in the study until a later worker resumes and ends it, so the
+study ends with exactly ``trials`` completed or pruned, none run twice. Failed trials do not count; once as many
+have failed as were asked for, no more are sampled."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from cifarlab.config import load_config
+from cifarlab.errors import UsageError
+from cifarlab.experiments import space
+from cifarlab.experiments.record import Trial
+from cifarlab.experiments.results import read_run
+from cifarlab.experiments.runner import Feed, say
+from cifarlab.experiments.spec import Sweep, identity, setting
+from cifarlab.run import pruning
+from cifarlab.run.rundir import RunDir
+
+JOURNAL = "search.journal"
+ASKING_S = 60.0
+"""A running trial with no claim file for this long lost its worker between sampling it and claiming it."""
+QUIET_S = 2.0
+"""How long a worker with free slots waits before asking the study again (while its other trials run)."""
+
+
+def trial_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+def open_study(sweep: Sweep) -> Any:
+    """The sweep's study, created on first use; refused when the folder's study searches another space, metric or
+    direction, or another base configuration."""
+    import optuna  # pruning.journal has said how to install it if it is missing
+
+    assert sweep.search is not None
+    path = sweep.folder / JOURNAL
+    try:
+        (sweep.folder / "claims").mkdir(parents=True, exist_ok=True)
+        storage = pruning.journal(str(path))
+        study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
+                                    direction=optuna.study.StudyDirection.MAXIMIZE if sweep.search.maximize
+                                    else optuna.study.StudyDirection.MINIMIZE)
+    except OSError as error:
+        raise UsageError(f"cannot write the study {path} ({error.strerror}); choose a writable "
+                         f"train.output_dir") from None
+    ours = {**sweep.search.identity(), "base": identity(load_config(sweep.base, list(sweep.common)))}
+    there = study.user_attrs.get("search")
+    if there is None:
+        study.set_user_attr("search", ours)
+    elif there != ours:
+        changed = next(key for key in ours if there.get(key) != ours[key])
+        raise UsageError(f"{path} is the study of another search (its {changed} differs from {sweep.source}'s: "
+                         f"base, overrides or command line); give this search another name: or move "
+                         f"{sweep.folder} away")
+    return study
+
+
+class StudyFeed(Feed):
+    """The study's trials for a :class:`Runner` (see the module docstring)."""
+
+    def __init__(self, sweep: Sweep, study: Any) -> None:
+        super().__init__()
+        assert sweep.search is not None
+        self.sweep, self.search, self.study = sweep, sweep.search, study
+        self.claims = Claims(sweep.folder)
+        self.quiet_until = 0.0
+        self.failed: list[int] = []
+
+    def take(self) -> Optional[Trial]:
+        import optuna
+
+        if time.monotonic() < self.quiet_until:
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        for frozen in trials:
+            if frozen.state == optuna.trial.TrialState.RUNNING and self._adopt(frozen):
+                return self._trial(frozen.number, frozen.params)
+        states = [t.state for t in trials]
+        done = states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED)
+        running = states.count(optuna.trial.TrialState.RUNNING)
+        if done + running >= self.search.trials or states.count(optuna.trial.TrialState.FAIL) >= self.search.trials:
+            self.quiet_until = time.monotonic() + QUIET_S
+            return None
+        self.study.sampler = space.sampler(self.search, len(trials))
+        asked = self.study.ask()
+        self.claims.claim(trial_name(asked.number), new=True)
+        return self._trial(asked.number, space.suggest(self.search, asked))
+
+    def _adopt(self, frozen: Any) -> bool:
+        """Claim a running trial whose worker has gone (its claim lock is free), unless its trainer still runs."""
+        name = trial_name(frozen.number)
+        started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
+        if not self.claims.path(name).exists() and time.time() - started < ASKING_S:
+            return False  # just sampled: its worker is about to claim it
+        if not self.claims.claim(name):
+            return False
+        if _locked(run_dir(self.sweep, frozen.number).lock):
+            self.claims.release(name)  # the trainer of a worker that died runs on: it ends the trial's run
+            return False
+        if set(frozen.params) != {p.key for p in self.search.space}:  # its worker died while sampling it
+            self._tell(frozen.number, None, "it lost its worker before its settings were sampled")
+            return False
+        say(self.sweep, f"trial {frozen.number} {trial_name(frozen.number)}: its worker has gone; taking it over")
+        return True
+
+    def _trial(self, number: int, params: dict[str, Any]) -> Trial:
+        chosen = space.settings(self.search, params)
+        trial = Trial(number, trial_name(number), tuple(setting(key, value) for key, value in chosen.items()))
+        self.sweep.configs[number] = load_config(self.sweep.base, self.sweep.overrides(trial))
+        return trial
+
+    def environment(self, trial: Trial) -> dict[str, str]:
+        order = {"journal": str((self.sweep.folder / JOURNAL).resolve()), "study": self.sweep.name,
+                 "trial": trial.index, "pruning": self.search.pruning,
+                 "report": space.EVALUATED.get(self.search.metric, "test/acc")}
+        return {pruning.VARIABLE: json.dumps(order)}
+
+    def left(self) -> int:
+        import optuna
+
+        ended = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                               optuna.trial.TrialState.PRUNED))
+        return max(0, self.search.trials - len(ended))
+
+    def ended(self, trial: Trial, result: str) -> None:
+        self.quiet_until = 0.0
+        if result in ("finished", "skipped"):
+            run = read_run(self.sweep.run_dir(trial).root)
+            value = space.metric(self.search).read(run)
+            if run.pruned is not None:
+                self._tell(trial.index, "pruned", f"pruned at epoch {run.pruned['prune/epoch']}")
+            elif value is None or not math.isfinite(value):
+                self._tell(trial.index, None, f"its run has no {self.search.metric}")
+            else:
+                self._tell(trial.index, value, space.shown(self.search, value))
+        elif result in ("failed", "refused"):
+            self._tell(trial.index, None, result)
+        else:  # stopped: it stays running in the study, for the next worker to resume
+            self.claims.release(trial.name)
+
+    def _tell(self, number: int, value: Optional[float | str], note: str) -> None:
+        import optuna
+
+        if value == "pruned":
+            self.study.tell(number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+        elif value is None:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            self.failed.append(number)
+        else:
+            self.study.tell(number, float(value), skip_if_finished=True)
+        self.claims.release(trial_name(number))
+        say(self.sweep, f"trial {number} {trial_name(number)}: {note}; {progress(self.sweep, self.study)}")
+
+
+
+class Claims:
+    """Locks on ``<sweep folder>/claims/<name>.lock``, one per trial a worker works on (see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / "claims"
+        self.held: dict[str, int] = {}  # name -> the claim file's descriptor (holding its lock)
+
+    def claim(self, name: str, new: bool = False) -> bool:
+        """Lock the trial's claim file; False when another worker holds it. A new trial's file is locked under a
+        name of its own and then renamed into place, so that nobody can lock it in between."""
+        if name in self.held:
+            return False
+        path = self.path(name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if new:
+            descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
+            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(temporary, path)
+        else:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(descriptor)
+                return False
+        self.held[name] = descriptor
+        return True
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.lock"
+
+    def release(self, name: str) -> None:
+        descriptor = self.held.pop(name, None)
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+class ClaimFeed(Feed):
+    """A list of trials shared by several workers: each takes the next one nobody else holds (a search's
+    confirmation runs, cifarlab.experiments.searching)."""
+
+    def __init__(self, trials: list[Trial], claims: Claims) -> None:
+        super().__init__(trials)
+        self.claims = claims
+
+    def take(self) -> Optional[Trial]:
+        while self.queue:
+            trial = self.queue.pop(0)
+            if self.claims.claim(trial.name):
+                return trial
+        return None
+
+    def ended(self, trial: Trial, result: str) -> None:
+        self.claims.release(trial.name)
+
+
+def _locked(lock: Path) -> bool:
+    """Whether a trainer holds this run lock (tried and, if free, let go at once)."""
+    if not lock.is_file():
+        return False
+    descriptor = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def progress(sweep: Sweep, study: Any) -> str:
+    """``7/20 trials done (2 pruned, 1 failed); best 61.20 % (trial 3)``."""
+    import optuna
+
+    assert sweep.search is not None
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    done = count[optuna.trial.TrialState.COMPLETE] + count[optuna.trial.TrialState.PRUNED]
+    text = (f"{done}/{sweep.search.trials} trials done ({count[optuna.trial.TrialState.PRUNED]} pruned, "
+            f"{count[optuna.trial.TrialState.FAIL]} failed)")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = (max if sweep.search.maximize else min)(complete, key=lambda t: t.value)
+        text += f"; best {space.shown(sweep.search, best.value)} (trial {best.number})"
+    return text
+
+
+def run_dir(sweep: Sweep, number: int) -> RunDir:
+    return sweep.run_dir(Trial(number, trial_name(number), ()))
