@@ -45,7 +45,8 @@ def trial_name(number: int) -> str:
 def open_study(sweep: Sweep) -> Any:
     """The sweep's study, created on first use; refused when the folder's study searches another space, metric or
     direction, or another base configuration."""
-    import optuna  # pruning.journal has said how to install it if it is missing
+    pruning.require()  # before anything is written
+    import optuna
 
     assert sweep.search is not None
     path = sweep.folder / JOURNAL

@@ -80,14 +80,20 @@ def _attach(order: dict[str, Any]) -> Any:
     return optuna.trial.Trial(study, trial_id)
 
 
-def journal(path: str) -> optuna.storages.JournalStorage:
-    """Optuna's file journal at ``path``: every worker and trainer appends under its lock file, which works on
-    NFS; a lock left by a process killed while writing is broken after 30 s (Optuna >= 4.3)."""
+def require() -> None:
+    """Optuna is an optional extra: without it, one line that says how to install it."""
     try:
         import optuna
     except ImportError:
         raise UsageError(f"a search needs Optuna, an optional extra: {INSTALL}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def journal(path: str) -> optuna.storages.JournalStorage:
+    """Optuna's file journal at ``path``: every worker and trainer appends under its lock file, which works on
+    NFS; a lock left by a process killed while writing is broken after 30 s (Optuna >= 4.3)."""
+    require()
+    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=30)))

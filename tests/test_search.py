@@ -1,0 +1,303 @@
+"""cifarlab.sweep with a search: section: the section checked before anything runs, claims that die with their
+worker, a trial pruned at an evaluation by its study, and 20-trial searches that survive SIGKILLs of workers,
+of the whole command and of SLURM array tasks, ending with exactly 20 trials, none run twice, the interrupted ones
+resumed from their checkpoints, then confirmed on fresh seeds."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_slurm
+import yaml
+
+from cifarlab import sweep as sweeps
+from cifarlab.config import load_config
+from cifarlab.errors import UsageError
+from cifarlab.experiments import space
+from cifarlab.experiments.spec import read_sweep
+from cifarlab.experiments.study import JOURNAL, Claims, open_study, trial_name
+from cifarlab.run import loop, pruning
+from cifarlab.run.rundir import RunDir
+
+from conftest import CONFIGS, REPO, Background, check, cli_env, records
+
+optuna = pytest.importorskip("optuna")  # the [search] extra; `pip install -e ".[test]"` brings it too
+
+SMOKE = str(CONFIGS / "smoke.yaml")
+# 256 fake images in batches of 32: 8 steps an epoch, 3 epochs, a checkpoint every 4 steps; seconds per trial.
+TRIAL = ["data.name=fake", "data.train_size=256", "data.test_size=64", "train.batch_size=32", "train.epochs=3",
+         "checkpoint.every_n_steps=4", "logging.every_n_steps=4", "logging.wandb.mode=disabled", "model.name=lenet"]
+SPACE = {"optim.lr": {"log_uniform": [1.0e-3, 1.0]}, "optim.weight_decay": {"log_uniform": [1.0e-5, 1.0e-2]}}
+SWEEP = [sys.executable, "-m", "cifarlab.sweep"]
+slurm_env = test_slurm.slurm_env  # the fixture: a running SLURM's environment, else the test skips
+
+
+def write(folder: Path, search: dict[str, Any], **extra: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"name": "search", "base": SMOKE, "overrides": TRIAL, "search": search, **extra}
+    (folder / "search.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder / "search.yaml"
+
+
+# --- the search: section, checked ---------------------------------------------------------------------------
+
+BAD = {
+    "unknown key": ({"space": SPACE, "trails": 3}, {}, "search: unknown key 'trails'"),
+    "no space": ({"trials": 3}, {}, "space must be a non-empty mapping"),
+    "unknown kind": ({"space": {"optim.lr": {"loguniform": [0.1, 1]}}}, {}, "must be one of {log_uniform: ...}"),
+    "log of zero": ({"space": {"optim.lr": {"log_uniform": [0, 1]}}}, {}, "needs low > 0"),
+    "low above high": ({"space": {"optim.lr": {"uniform": [1, 0.1]}}}, {}, "with low < high"),
+    "int of floats": ({"space": {"train.epochs": {"int": [1, 2.5]}}}, {}, "must be two integers"),
+    "choice repeated": ({"space": {"model.name": {"choice": ["lenet", "lenet"]}}}, {}, "repeats a value"),
+    "unknown config key": ({"space": {"optim.lrr": {"uniform": [0.1, 1]}}}, {}, "unknown config key 'optim.lrr'"),
+    "bad value at an end": ({"space": {"optim.lr": {"uniform": [-1, 1]}}}, {}, "search space optim.lr=-1"),
+    "bad choice": ({"space": {"optim.schedule": {"choice": ["cosine", "wobbly"]}}}, {}, "optim.schedule='wobbly'"),
+    "searched and set": ({"space": {"train.epochs": {"int": [1, 3]}}}, {},
+                         "train.epochs is searched; it cannot also be set in overrides"),
+    "with a grid": ({"space": SPACE}, {"grid": {"train.seed": [0, 1]}}, "search samples the trials; remove grid:"),
+    "unknown metric": ({"space": SPACE, "metric": "accuracy"}, {}, "metric: 'accuracy' is not one of final_acc"),
+    "pruning a time": ({"space": SPACE, "metric": "time_to_target", "pruning": "median"}, {},
+                       "time_to_target has no figure there"),
+    "unknown pruner": ({"space": SPACE, "pruning": "hyperband"}, {}, "pruning: 'hyperband' is not one of none"),
+    "no trials": ({"space": SPACE, "trials": 0}, {}, "trials: 0 must be at least 1"),
+    "confirm on one seed": ({"space": SPACE, "confirm": {"top": 2, "seeds": 1}}, {}, "at least 2 seeds"),
+    "confirm misspelt": ({"space": SPACE, "confirm": {"best": 2, "seeds": 3}}, {}, "must be {top: K, seeds: S}"),
+    "run name searched": ({"space": {"train.run_name": {"choice": ["a", "b"]}}}, {}, "is set by the sweep"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_a_bad_search_section_is_one_line_with_exit_2_and_nothing_written(case: str, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    search, extra, expected = BAD[case]
+    file = write(tmp_path, search, **extra)
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith("cifarlab: error: "), captured.err
+    assert expected in captured.err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("option, expected", [("--count", "array tasks are its workers"),
+                                              ("--dry-run", "samples its trials as it runs"),
+                                              ("--until-decided", "is a search")])
+def test_options_that_need_a_list_of_trials_say_why_not_for_a_search(option: str, expected: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, {"space": SPACE})
+    assert sweeps.main([str(file), option, f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_without_optuna_a_search_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    file = write(tmp_path, {"space": SPACE})
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    assert capsys.readouterr().err == 'cifarlab: error: a search needs Optuna, an optional extra: pip install -e ' \
+                                      '".[search]"\n'
+
+
+@pytest.mark.unit
+def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_every_time(tmp_path: Path) -> None:
+    search = read_sweep(str(write(tmp_path, {"space": SPACE, "method": "random", "seed": 3}))).search
+    assert search is not None
+    assert space.settings(search, {"optim.lr": 0.0017376198756776707, "optim.weight_decay": 1e-5}) == \
+        {"optim.lr": 0.001738, "optim.weight_decay": 1e-5}
+
+    def sampled() -> list[dict[str, Any]]:
+        study = optuna.create_study()
+        chosen = []
+        for _ in range(4):
+            study.sampler = space.sampler(search, len(study.trials))
+            trial = study.ask()
+            chosen.append(space.suggest(search, trial))
+            study.tell(trial, 0.5)
+        return chosen
+
+    first = sampled()
+    assert first == sampled() and len({json.dumps(c) for c in first}) == 4
+
+
+def _hold(path: str, ready: Any) -> None:
+    claims = Claims(Path(path))
+    assert claims.claim("trial-0000", new=True)
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.unit
+def test_a_claim_excludes_other_workers_until_its_worker_dies(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_hold, args=(str(tmp_path), ready))
+    holder.start()
+    assert ready.wait(60)
+    claims = Claims(tmp_path)
+    assert not claims.claim("trial-0000")  # held by the other worker
+    assert holder.pid is not None
+    os.kill(holder.pid, signal.SIGKILL)  # the kernel drops a dead process's POSIX locks
+    holder.join()
+    assert claims.claim("trial-0000")
+    assert not claims.claim("trial-0000")  # this worker holds it already
+    claims.release("trial-0000")
+
+
+@pytest.mark.unit
+def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "pruning": "median"})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    for _ in range(5):  # five earlier trials, far better at every epoch than fake data allows
+        earlier = study.ask()
+        earlier.suggest_float("optim.lr", 0.01, 0.1)
+        for epoch in (1, 2, 3):
+            earlier.report(0.95, epoch)
+        study.tell(earlier, 0.95)
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 0.01, 0.1)
+    order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
+             "pruning": "median", "report": "test/acc"}
+    monkeypatch.setenv(pruning.VARIABLE, json.dumps(order))
+    config = load_config(SMOKE, [*TRIAL, "data.loader=tensor", f"train.output_dir={sweep.folder}",
+                                 f"train.run_name={trial_name(trial.number)}", "train.resume=auto", "logging.level=warning"])
+    run = RunDir(loop.train(config))
+    assert run.finished()
+    pruned = [r for r in records(run.root) if "prune/epoch" in r]
+    assert [r["prune/epoch"] for r in pruned] == [1] and pruned[0]["prune/step"] == 8
+    assert len([r for r in records(run.root) if "test/acc" in r]) == 1  # stopped after its first evaluation
+    frozen = study.get_trials()[trial.number]
+    assert list(frozen.intermediate_values) == [1]
+    assert loop.train(config) == run.root  # finished: a start again does nothing
+
+
+# --- the whole search, killed and continued -----------------------------------------------------------------
+
+
+def study_of(folder: Path) -> Any:
+    return optuna.load_study(study_name="search", storage=pruning.journal(str(folder / JOURNAL)))
+
+
+def ended(folder: Path) -> list[Any]:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return study_of(folder).get_trials(states=states) if (folder / JOURNAL).is_file() else []
+
+
+def running_with_checkpoint(folder: Path) -> bool:
+    """Some trial is training and has saved a checkpoint (a kill now leaves something to resume)."""
+    return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints())
+               for run in folder.glob("trial-*"))
+
+
+def check_search(folder: Path, trials: int) -> list[Any]:
+    """Exactly ``trials`` completed or pruned trials, none still running, none failed; each its own finished run
+    directory, which no two trainers ever trained at once."""
+    study = study_of(folder)
+    counted = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(counted) == trials, [(t.number, t.state) for t in study.get_trials()]
+    assert len(study.get_trials()) == trials  # nothing failed, nothing sampled twice
+    runs = sorted(folder.glob("trial-*"))
+    assert [run.name for run in runs] == [trial_name(n) for n in range(trials)]
+    assert all(RunDir(run).finished() for run in runs)
+    logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
+    assert "in use by another trainer" not in logs
+    for trial in counted:
+        pruned = [r for r in records(folder / trial_name(trial.number)) if "prune/epoch" in r]
+        assert (trial.state == optuna.trial.TrialState.PRUNED) == bool(pruned)
+    return counted
+
+
+@pytest.mark.integration
+def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_is_confirmed(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "search"
+    file = write(tmp_path, {"space": SPACE, "method": "tpe", "trials": 20, "pruning": "median", "seed": 0,
+                            "confirm": {"top": 2, "seeds": 2}})
+    command = [*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"]
+    chance = random.Random(22)
+    for round_, what in enumerate(["worker", "everything", "worker", "everything"]):
+        worker = Background(command, tmp_path, tmp_path / f"round{round_}.log")
+        # A random moment after some trial has saved a checkpoint (and some have ended).
+        test_slurm._wait(lambda: len(ended(folder)) >= 3 * round_ + 2 and running_with_checkpoint(folder),
+                         f"round {round_}: trials to end and one to checkpoint", timeout=300)
+        time.sleep(chance.uniform(0, 1.5))
+        worker.signal(signal.SIGKILL, tree=what == "everything")  # "worker": its trainers train on, orphaned
+        worker.process.wait()
+    last = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
+    check(last)
+    counted = check_search(folder, 20)
+    everything = last.stdout + "".join((tmp_path / f"round{i}.log").read_text() for i in range(4))
+    assert "its worker has gone; taking it over" in everything
+    logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
+    assert "resumed from" in logs  # a trial killed mid-run continued from its checkpoint
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in counted)
+    # Confirmed: the 2 best and the base configuration, 2 fresh seeds each, compared with the base.
+    assert "difference from optim.lr=0.02, optim.weight_decay=0.0005" in last.stdout
+    assert last.stdout.count("in the search; confirmed") == 2 and "the base configuration (control)" in last.stdout
+    assert len([run for run in (folder / "confirm").iterdir() if RunDir(run).finished()]) == 6
+    best = subprocess.run([*command, "--best"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    words = check(best).stdout.split()
+    assert words[:2] == ["--config", SMOKE] and words[-2].startswith("optim.lr=")
+    check(subprocess.run([sys.executable, "-m", "cifarlab.train", *words, "--print-config"], cwd=tmp_path,
+                         env=cli_env(), capture_output=True, text=True))  # pasted as is, it loads
+    again = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert check(again).stdout.count(": started;") == 0  # everything done: nothing runs again
+
+
+@pytest.mark.slurm
+def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    env = slurm_env
+    _slurm, _wait = test_slurm._slurm, test_slurm._wait
+    folder = tmp_path / "runs" / "search"
+    file = write(tmp_path, {"space": SPACE, "trials": 20, "pruning": "median"})
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+
+    def submit() -> str:
+        return _slurm(env, "sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--chdir={tmp_path}",
+                      f"--export=ALL,CIFARLAB_PYTHON={sys.executable},WANDB_SILENT=true",
+                      str(REPO / "slurm" / "sweep.sbatch"), *arguments)
+
+    def gone(array: str) -> bool:
+        return not _slurm(env, "squeue", "--noheader", "--jobs", array)
+
+    array = submit()
+    _wait(lambda: len(ended(folder)) >= 4 and running_with_checkpoint(folder), "trials to end and one to checkpoint",
+          timeout=300)
+    _slurm(env, "scancel", "--signal=KILL", "--full", f"{array}_0")  # node loss: the task and its trainer die
+    _wait(lambda: len(ended(folder)) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
+    _slurm(env, "scancel", "--signal=KILL", "--full", array)  # then everything
+    _wait(lambda: gone(array), "the array to end")
+    array = submit()  # the study continues
+    _wait(lambda: gone(array), "the second array to end", timeout=600)
+    check_search(folder, 20)
+    logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
+    assert "resumed from" in logs
+    slurm_logs = "".join(path.read_text() for path in tmp_path.glob("slurm-cifarlab-sweep-*.out"))
+    assert "search (worker 0)" in slurm_logs and "search (worker 1)" in slurm_logs
+    assert "its worker has gone; taking it over" in slurm_logs
+
+
+@pytest.mark.unit
+def test_a_study_of_another_space_in_the_folder_is_refused(tmp_path: Path) -> None:
+    first = read_sweep(str(write(tmp_path, {"space": SPACE})), [f"train.output_dir={tmp_path / 'runs'}"])
+    open_study(first)
+    other = {"optim.lr": {"log_uniform": [1.0e-4, 1.0]}}
+    second = read_sweep(str(write(tmp_path, {"space": other})), [f"train.output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(UsageError, match="is the study of another search \\(its space differs"):
+        open_study(second)
+    more = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 40, "method": "random"})),
+                      [f"train.output_dir={tmp_path / 'runs'}"])
+    open_study(more)  # more trials, another sampler: the same study goes on
