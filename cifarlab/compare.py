@@ -7,11 +7,14 @@ settings (Welch's t on the runs, 2 or more a group; Holm-adjusted when there are
     python -m cifarlab.compare runs/sweep --metric time_to_target --baseline 2 --json
     python -m cifarlab.compare runs/sweep --per-class --png compare.png
     python -m cifarlab.compare runs/sweep --plan 0.5                  # seeds per group to find 0.5 points
+    python -m cifarlab.compare runs/my-search --png search.png        # a search's folder: its best trials
 
 Runs are grouped by the config keys in which they differ, except those that differ between repeats by design
 (train.seed, train.run_name, train.output_dir, train.resume, logging.*, data.root, data.num_workers), or by
 the --by keys: a dotted config key, or env.<field> of environment.json (env.processes, env.mixed_precision).
-Only finished runs count; the others are listed. The statistics and what they mean: docs/compare.md.
+Only finished runs count; the others are listed. The statistics and what they mean: docs/compare.md. A search's
+folder (a sweep file with search:) shows its completed trials best first, with their settings, and with --png the
+best-so-far curve and each searched setting against the metric (docs/sweeps.md).
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from cifarlab.errors import UsageError
+from cifarlab.experiments import searchview
 from cifarlab.experiments.analysis import METRICS, compare
 from cifarlab.experiments.planning import plan
 from cifarlab.experiments.rendering import picture, render, to_json
@@ -66,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.png is not None and not args.png.parent.is_dir():
             raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
         metric = METRICS[args.metric]
+        if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
+            return search(Path(args.paths[0]), args)
         report = compare(read_runs(args.paths), args.by, metric, args.baseline, args.adjust)
         planned = plan(report, args.plan / metric.scale) if args.plan is not None else None
     except UsageError as error:
@@ -82,6 +88,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         render(report, args.per_class, None if sys.stdout.isatty() else 200, planned)
     if args.png is not None:
         picture(report, args.per_class).save(args.png)
+        console.note(f"picture written to {args.png}")
+    return 0
+
+
+def search(folder: Path, args: argparse.Namespace) -> int:
+    """A search's folder: its best trials with their settings (cifarlab.experiments.searchview)."""
+    if args.by or args.baseline or args.plan is not None or args.per_class:
+        raise UsageError(f"{folder} is a search: --by, --baseline, --plan and --per-class compare groups of runs; "
+                         f"use them on its confirmation, {folder / 'confirm'}")
+    metric = METRICS[args.metric]
+    trials, keys = searchview.read_trials(folder, metric)
+    if args.json:
+        sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, metric), indent=2) + "\n")
+    else:
+        searchview.render(folder, trials, keys, metric, None if sys.stdout.isatty() else 200)
+    if args.png is not None:
+        searchview.picture(trials, keys, metric).save(args.png)
         console.note(f"picture written to {args.png}")
     return 0
 

@@ -1,0 +1,188 @@
+"""A search folder as ``compare`` shows it: the trials read from their run directories (``trial-NNNN``; no Optuna
+needed), the completed ones best first with their settings, how many were pruned; with ``--png`` the best-so-far
+curve over the trials and each searched setting against the metric, pruned trials marked. The best of many noisy
+trials overstates its score (the winner's curse): the table says where the confirmation on fresh seeds is."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from cifarlab.experiments.analysis import Metric, differing_keys
+from cifarlab.experiments.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
+from cifarlab.experiments.results import Run, read_run
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+JOURNAL = "search.journal"  # cifarlab.experiments.study writes it; this module reads run files only
+SHOWN = 15
+"""Completed trials the table shows, best first."""
+
+
+@dataclass(frozen=True)
+class SearchTrial:
+    number: int
+    run: Run
+    value: Optional[float]
+    settings: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        if not self.run.finished:
+            return "unfinished"
+        return f"pruned at epoch {self.run.pruned['prune/epoch']}" if self.run.pruned else "complete"
+
+
+def is_search(path: str) -> bool:
+    return (Path(path) / JOURNAL).is_file()
+
+
+def read_trials(folder: Path, metric: Metric) -> tuple[list[SearchTrial], list[str]]:
+    """The folder's trials by number, and the searched keys (those whose values differ between trials)."""
+    found = sorted((int(m[1]), path) for path in folder.glob("trial-*")
+                   if (m := re.fullmatch(r"trial-(\d+)", path.name)) and (path / "config.yaml").is_file())
+    runs = [(number, read_run(path)) for number, path in found]
+    keys = differing_keys([run for _, run in runs]) if len(runs) > 1 else []
+    return [SearchTrial(number, run, metric.read(run) if run.finished else None,
+                        {key: run.config.get(key) for key in keys}) for number, run in runs], keys
+
+
+def ranked(trials: list[SearchTrial], metric: Metric) -> list[SearchTrial]:
+    """The completed trials with a value, best first (ties: the earlier trial)."""
+    done = [t for t in trials if t.state == "complete" and t.value is not None and not math.isnan(t.value)]
+    sign = -1.0 if metric.higher_is_better else 1.0
+    return sorted(done, key=lambda t: (sign * (t.value or 0.0), t.number))
+
+
+def summary(folder: Path, trials: list[SearchTrial], metric: Metric) -> list[str]:
+    pruned = [t for t in trials if t.state.startswith("pruned")]
+    lines = [f"search {folder}: {len(trials)} trials: {len(ranked(trials, metric))} complete, {len(pruned)} pruned, "
+             f"{sum(t.state == 'unfinished' for t in trials)} unfinished"]
+    confirm = folder / "confirm"
+    lines.append(f"the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
+                 f"{'cifarlab.compare ' + str(confirm) if confirm.is_dir() else 'add search: confirm: to the file'}")
+    return lines
+
+
+def render(folder: Path, trials: list[SearchTrial], keys: list[str], metric: Metric, width: Optional[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    best = ranked(trials, metric)
+    table = Table(title=f"{metric.title}: the best completed trials of {len(trials)}")
+    for column in ("rank", "trial", metric.name, *keys):
+        table.add_column(column, justify="right" if column != "trial" else "left")
+    for rank, trial in enumerate(best[:SHOWN], 1):
+        table.add_row(str(rank), f"trial-{trial.number:04d}", _number(metric, trial.value),
+                      *[f"{trial.settings[key]:.4g}" if isinstance(trial.settings[key], float)
+                        else str(trial.settings[key]) for key in keys])
+    out = Console(highlight=False, markup=False, width=width)
+    out.print(table)
+    if len(best) > SHOWN:
+        out.print(f"... and {len(best) - SHOWN} more completed trials")
+    for line in summary(folder, trials, metric):
+        out.print(line)
+
+
+def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], metric: Metric) -> dict[str, Any]:
+    order = {t.number: rank for rank, t in enumerate(ranked(trials, metric), 1)}
+    return {"search": str(folder), "metric": metric.name, "keys": keys,
+            "trials": [{"number": t.number, "run": str(t.run.path), "state": t.state, "value": t.value,
+                        "rank": order.get(t.number), "settings": t.settings} for t in trials]}
+
+
+# --- the picture -------------------------------------------------------------------------------------------
+
+_SIDE = 560  # each panel's plot area, pixels
+
+
+def picture(trials: list[SearchTrial], keys: list[str], metric: Metric) -> Image.Image:
+    """Left: each trial's value by trial number (dots; pruned: red crosses at their last evaluation) and the best
+    so far (a line). Then one panel per searched key: its values (log scale where they span 20x or more, all
+    positive) against the metric."""
+    from PIL import Image, ImageDraw
+
+    font = _font(_TEXT)
+    image = Image.new("RGB", (60 + (_SIDE + 120) * (1 + len(keys)), _SIDE + 190), _WHITE)
+    draw = ImageDraw.Draw(image)
+    draw.text((80, _SIDE + 150), "black dots: completed trials; red crosses: pruned trials, at their last evaluation; "
+              "line: the best so far", fill=_GREY, font=font)
+    shown = [t for t in trials if t.value is not None or t.run.pruned]
+    values = [_value(t, metric) for t in shown]
+    y = _Scale([v for v in values if v is not None], 70 + _SIDE, -_SIDE)
+    best: list[tuple[float, float]] = []  # (trial number, the best value up to it)
+    for trial, value in zip(shown, values):
+        if trial.state == "complete" and value is not None:
+            if best and (value <= best[-1][1] if metric.higher_is_better else value >= best[-1][1]):
+                value = best[-1][1]
+            best.append((trial.number, value))
+    x = _Scale([float(t.number) for t in trials] or [0.0], 80, _SIDE)
+    _panel(draw, font, 80, f"{metric.title} by trial; best so far", "trial", x, y, metric)
+    if len(best) > 1:
+        draw.line([(x(n), y(v)) for n, v in best], fill=_BLACK, width=3)
+    for trial, value in zip(shown, values):
+        if value is not None:
+            _mark(draw, x(float(trial.number)), y(value), trial)
+    for i, key in enumerate(keys, 1):
+        left = 80 + i * (_SIDE + 120)
+        points = [(t, float(t.settings[key]), v) for t, v in zip(shown, values)
+                  if isinstance(t.settings.get(key), (int, float)) and v is not None]
+        if not points:
+            draw.text((left, 90), f"{key}: not numeric", fill=_GREY, font=font)
+            continue
+        kx = _Scale([p for _, p, _ in points], left, _SIDE)
+        _panel(draw, font, left, f"{key} vs {metric.name}" + (" (log)" if kx.log else ""), key, kx, y, metric)
+        for trial, setting, value in points:
+            _mark(draw, kx(setting), y(value), trial)
+    return image
+
+
+def _value(trial: SearchTrial, metric: Metric) -> Optional[float]:
+    """A trial's value, or a pruned trial's at its last evaluation."""
+    if trial.value is not None:
+        return trial.value
+    return metric.read(trial.run) if trial.run.evaluations else None
+
+
+class _Scale:
+    """Values to pixels: ``start`` + ``length`` * position, padded by a tenth; log where they span 20x (positive)."""
+
+    def __init__(self, values: list[float], start: int, length: int) -> None:
+        self.log = bool(values) and min(values) > 0 and max(values) / min(values) >= 20
+        ends = [self._t(v) for v in values] or [0.0, 1.0]
+        low, high = min(ends), max(ends)
+        pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
+        self.low, self.high, self.start, self.length = low - pad, high + pad, start, length
+
+    def _t(self, value: float) -> float:
+        return math.log10(value) if self.log else value
+
+    def __call__(self, value: float) -> int:
+        return int(self.start + (self._t(value) - self.low) / (self.high - self.low) * self.length)
+
+    def ends(self) -> tuple[float, float]:
+        return (10 ** self.low, 10 ** self.high) if self.log else (self.low, self.high)
+
+
+def _panel(draw: Any, font: Any, left: int, title: str, label: str, x: _Scale, y: _Scale, metric: Metric) -> None:
+    top, bottom = 70, 70 + _SIDE
+    draw.text((left, 20), title, fill=_BLACK, font=font)
+    draw.rectangle([left, top, left + _SIDE, bottom], outline=_GREY, width=2)
+    low, high = x.ends()
+    draw.text((left, bottom + 8), f"{low:.3g}", fill=_GREY, font=font)
+    draw.text((left + _SIDE - 80, bottom + 8), f"{high:.3g}", fill=_GREY, font=font)
+    draw.text((left + _SIDE // 2 - 40, bottom + 36), label, fill=_BLACK, font=font)
+    for value in y.ends():
+        draw.text((left - 70, y(value) - _TEXT), _number(metric, value), fill=_GREY, font=font)
+
+
+def _mark(draw: Any, x: int, y: int, trial: SearchTrial) -> None:
+    if trial.run.pruned:
+        draw.line([x - 7, y - 7, x + 7, y + 7], fill=_RED, width=3)
+        draw.line([x - 7, y + 7, x + 7, y - 7], fill=_RED, width=3)
+    else:
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=_BLACK)
