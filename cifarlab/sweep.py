@@ -7,6 +7,8 @@
     python -m cifarlab.sweep configs/sweeps/example.yaml --dry-run --config_file launch/cpu_2proc.yaml
     python -m cifarlab.sweep configs/sweeps/example.yaml --until-decided --max-seeds 10 --margin 0.5
     sbatch --array=0-$(( $(python -m cifarlab.sweep SWEEP.yaml --count) - 1 )) slurm/sweep.sbatch SWEEP.yaml
+    python -m cifarlab.sweep configs/sweeps/search.yaml --parallel 2   # a search: this process is one worker
+    python -m cifarlab.sweep configs/sweeps/search.yaml --best         # the best confirmed settings
 
 A sweep file (docs/sweeps.md has the details):
 
@@ -29,6 +31,9 @@ Exit codes, from the trials' results: 0 every trial finished, 1 some did not (fa
 (nothing written), 75 a trial was stopped by SIGUSR1/SIGTERM (run again to continue), 130 the same by Ctrl-C.
 --until-decided adds a seed per round until each group is better, worse or equivalent (within --margin points)
 compared with the first, or has --max-seeds seeds (cifarlab.experiments.sequential); it exits 0 whatever it decided.
+A file with search: instead of trials/grid/seeds samples its trials with Optuna (the [search] extra), prunes them at
+their evaluations, any number of workers on one study, and confirms the best on fresh seeds
+(cifarlab.experiments.searching; docs/sweeps.md, "Searching").
 This module imports no torch: it checks every trial's config, then starts trainers.
 """
 

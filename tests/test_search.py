@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import test_slurm
 import yaml
@@ -174,7 +175,8 @@ def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_say
              "pruning": "median", "report": "test/acc"}
     monkeypatch.setenv(pruning.VARIABLE, json.dumps(order))
     config = load_config(SMOKE, [*TRIAL, "data.loader=tensor", f"train.output_dir={sweep.folder}",
-                                 f"train.run_name={trial_name(trial.number)}", "train.resume=auto", "logging.level=warning"])
+                                 f"train.run_name={trial_name(trial.number)}", "train.resume=auto",
+                                 "logging.level=warning"])
     run = RunDir(loop.train(config))
     assert run.finished()
     pruned = [r for r in records(run.root) if "prune/epoch" in r]
@@ -231,7 +233,8 @@ def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_i
     for round_, what in enumerate(["worker", "everything", "worker", "everything"]):
         worker = Background(command, tmp_path, tmp_path / f"round{round_}.log")
         # A random moment after some trial has saved a checkpoint (and some have ended).
-        test_slurm._wait(lambda: len(ended(folder)) >= 3 * round_ + 2 and running_with_checkpoint(folder),
+        least = 3 * round_ + 2
+        test_slurm._wait(lambda: len(ended(folder)) >= least and running_with_checkpoint(folder),  # noqa: B023
                          f"round {round_}: trials to end and one to checkpoint", timeout=300)
         time.sleep(chance.uniform(0, 1.5))
         worker.signal(signal.SIGKILL, tree=what == "everything")  # "worker": its trainers train on, orphaned
@@ -257,6 +260,24 @@ def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_i
     assert check(again).stdout.count(": started;") == 0  # everything done: nothing runs again
 
 
+def kill_tasks(file: Path, worker: str = "") -> None:
+    """Node loss: SIGKILL the batch shells running ``file`` (only array task ``worker``'s, if given) and every
+    process below them, all at once (nothing gets to checkpoint or requeue)."""
+    victims = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = process.info["cmdline"] or []
+        if str(file) in line and any(word.endswith("slurm_script") for word in line):
+            children = process.children(recursive=True)
+            if not worker or any(f"--trial {worker}" in " ".join(c.cmdline()) for c in children):
+                victims += [process, *children]
+    assert victims, f"no batch shell of {file} running"
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.mark.slurm
 def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dict[str, str], tmp_path: Path) -> None:
     env = slurm_env
@@ -271,14 +292,14 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
                       str(REPO / "slurm" / "sweep.sbatch"), *arguments)
 
     def gone(array: str) -> bool:
-        return not _slurm(env, "squeue", "--noheader", "--jobs", array)
+        return not _slurm(env, "squeue", "--noheader", "--array", "--jobs", array)
 
     array = submit()
     _wait(lambda: len(ended(folder)) >= 4 and running_with_checkpoint(folder), "trials to end and one to checkpoint",
           timeout=300)
-    _slurm(env, "scancel", "--signal=KILL", "--full", f"{array}_0")  # node loss: the task and its trainer die
+    kill_tasks(file, worker="0")  # task 0's node is lost; task 1 goes on
     _wait(lambda: len(ended(folder)) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
-    _slurm(env, "scancel", "--signal=KILL", "--full", array)  # then everything
+    kill_tasks(file)  # then every node
     _wait(lambda: gone(array), "the array to end")
     array = submit()  # the study continues
     _wait(lambda: gone(array), "the second array to end", timeout=600)

@@ -1,4 +1,5 @@
 """Many runs: reading run directories (``results``), statistics (``stats``), sweep files and their trials
-(``spec``), a sweep's record of its trials and versions (``record``), running trials (``runner``) and comparing
-groups of runs (``analysis``, ``rendering``). Imports run (the run directory's names), report and the ground floor;
+(``spec``), a sweep's record of its trials and versions (``record``), running trials (``runner``), seeds until
+decided (``sequential``), searches (``space``, ``study``, ``searching``, ``searchview``) and comparing groups of
+runs (``analysis``, ``rendering``, ``planning``). Imports run (the run directory's names), report and the ground floor;
 runs trainers only as subprocesses."""

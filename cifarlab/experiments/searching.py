@@ -26,7 +26,7 @@ from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
 from cifarlab.experiments.spec import Sweep, read_sweep, setting
-from cifarlab.experiments.study import ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
+from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
 
 CONFIRM = "confirm"
 
@@ -38,6 +38,11 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
                          "sbatch --array=0-3 slurm/sweep.sbatch FILE runs 4 (docs/sweeps.md)")
     if args.dry_run:
         raise UsageError("--dry-run: a search samples its trials as it runs; --list shows those sampled so far")
+    if (args.list or args.best) and not (sweep.folder / JOURNAL).is_file():  # not started: write nothing
+        if args.best:
+            raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
+        print("index\tstate\tname\tvalue\toverrides")
+        return 0
     study = open_study(sweep)
     if args.list:
         list_trials(sweep, study)
