@@ -54,6 +54,11 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
     say(sweep, f"search{worker}: {search.trials} trials, {search.method}, {search.direction} {search.metric}, "
                f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
     code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
+    failed = _count(study, "FAIL")
+    if code == 1 and failed < search.trials:
+        code = 0  # a failed trial (diverged, say) does not count: the study sampled another in its place
+    elif code == 1:
+        say(sweep, f"no more trials sampled: {failed} failed, as many as trials: asks for; see --list and their logs")
     if code != 0:
         return code
     running = _unended(study)
@@ -66,9 +71,13 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
 
 
 def _unended(study: Any) -> int:
+    return _count(study, "RUNNING")
+
+
+def _count(study: Any, state: str) -> int:
     import optuna
 
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState[state],)))
 
 
 def ranked(sweep: Sweep, study: Any) -> list[Any]:
