@@ -30,7 +30,7 @@ from cifarlab.experiments.study import JOURNAL, Claims, open_study, trial_name
 from cifarlab.run import loop, pruning
 from cifarlab.run.rundir import RunDir
 
-from conftest import CONFIGS, REPO, Background, check, cli_env, records
+from conftest import CONFIGS, REPO, Background, check, cli_env, launch_command, records
 
 optuna = pytest.importorskip("optuna")  # the [search] extra; `pip install -e ".[test]"` brings it too
 
@@ -258,6 +258,46 @@ def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_i
                          env=cli_env(), capture_output=True, text=True))  # pasted as is, it loads
     again = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert check(again).stdout.count(": started;") == 0  # everything done: nothing runs again
+    # compare on the search folder: the completed trials best first, the pruned ones counted, the picture.
+    compare = [sys.executable, "-m", "cifarlab.compare", str(folder)]
+    shown = check(subprocess.run([*compare, "--png", str(tmp_path / "search.png")], cwd=tmp_path, env=cli_env(),
+                                 capture_output=True, text=True)).stdout
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in counted)
+    assert f"search {folder}: 20 trials: {20 - pruned} complete, {pruned} pruned, 0 unfinished" in shown
+    assert shown.count("trial-00") == min(15, 20 - pruned) and f"cifarlab.compare {folder / 'confirm'}" in shown
+    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = json.loads(check(subprocess.run([*compare, "--json"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                                             text=True)).stdout)
+    assert [t["number"] for t in listed["trials"]] == list(range(20))
+    assert listed["keys"] == ["optim.lr", "optim.weight_decay"]
+    states = {t.number: t.state for t in counted}
+    assert all((t["state"] == "complete") == (states[t["number"]] == optuna.trial.TrialState.COMPLETE)
+               for t in listed["trials"])
+
+
+@pytest.mark.integration
+def test_a_trial_on_two_processes_is_pruned_on_both_at_the_same_evaluation(tmp_path: Path) -> None:
+    file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "pruning": "median"})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    for _ in range(5):  # five earlier trials, far better at every epoch than fake data allows
+        earlier = study.ask()
+        earlier.suggest_float("optim.lr", 0.01, 0.1)
+        for epoch in (1, 2, 3):
+            earlier.report(0.95, epoch)
+        study.tell(earlier, 0.95)
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 0.01, 0.1)
+    order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
+             "pruning": "median", "report": "test/acc"}
+    arguments = ["--config", SMOKE, *TRIAL, f"train.output_dir={sweep.folder}", "train.run_name=two"]
+    done = subprocess.run([*launch_command(2), *arguments], cwd=tmp_path, capture_output=True, text=True,
+                          env=cli_env(**{pruning.VARIABLE: json.dumps(order)}), timeout=300)
+    check(done)
+    assert "pruned by the search at epoch 1 (step 8)" in done.stdout + done.stderr  # global batches of 32
+    run = RunDir(sweep.folder / "two")
+    assert run.finished() and [r["prune/epoch"] for r in records(run.root) if "prune/epoch" in r] == [1]
+    assert list(study.get_trials()[trial.number].intermediate_values) == [1]
 
 
 def kill_tasks(file: Path, worker: str = "") -> None:
@@ -319,6 +359,10 @@ def test_a_study_of_another_space_in_the_folder_is_refused(tmp_path: Path) -> No
     second = read_sweep(str(write(tmp_path, {"space": other})), [f"train.output_dir={tmp_path / 'runs'}"])
     with pytest.raises(UsageError, match="is the study of another search \\(its space differs"):
         open_study(second)
+    longer = read_sweep(str(write(tmp_path, {"space": SPACE})), [f"train.output_dir={tmp_path / 'runs'}",
+                                                                  "train.epochs=5"])
+    with pytest.raises(UsageError, match=r"its train.epochs \(3 there, 5 here\) differs"):
+        open_study(longer)
     more = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 40, "method": "random"})),
-                      [f"train.output_dir={tmp_path / 'runs'}"])
-    open_study(more)  # more trials, another sampler: the same study goes on
+                      [f"train.output_dir={tmp_path / 'runs'}", "logging.wandb.mode=offline", "data.root=/elsewhere"])
+    open_study(more)  # more trials, another sampler, W&B on, the data elsewhere: the same study goes on

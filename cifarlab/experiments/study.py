@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from cifarlab.config import load_config
+from cifarlab.config import VOLATILE, load_config, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
@@ -59,16 +59,26 @@ def open_study(sweep: Sweep) -> Any:
     except OSError as error:
         raise UsageError(f"cannot write the study {path} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
-    ours = {**sweep.search.identity(), "base": identity(load_config(sweep.base, list(sweep.common)))}
+    ours = {**sweep.search.identity(), "base": _experiment(sweep)}
     there = study.user_attrs.get("search")
     if there is None:
         study.set_user_attr("search", ours)
-    elif there != ours:
-        changed = next(key for key in ours if there.get(key) != ours[key])
-        raise UsageError(f"{path} is the study of another search (its {changed} differs from {sweep.source}'s: "
-                         f"base, overrides or command line); give this search another name: or move "
-                         f"{sweep.folder} away")
+        return study
+    changed = [key for key in ours if key != "base" and there.get(key) != ours[key]]
+    base = there.get("base") or {}
+    changed += [f"{key} ({shown(base.get(key))} there, {shown(ours['base'].get(key))} here)"
+                for key in sorted(set(base) | set(ours["base"])) if base.get(key) != ours["base"].get(key)]
+    if changed:
+        raise UsageError(f"{path} is the study of another search (its {changed[0]} differs from {sweep.source}'s); "
+                         f"give this search another name: or move {sweep.folder} away")
     return study
+
+
+def _experiment(sweep: Sweep) -> dict[str, Any]:
+    """The base configuration (with the overrides) as the trainer's identity rule sees it: where the data lives,
+    logging and checkpointing aside (cifarlab.config.VOLATILE), so another host or W&B mode is the same search."""
+    settings = json.loads(identity(load_config(sweep.base, list(sweep.common))))
+    return {key: value for key, value in settings.items() if not key.startswith(VOLATILE)}
 
 
 class StudyFeed(Feed):
