@@ -122,8 +122,10 @@ def confirm_file(sweep: Sweep, study: Any) -> Path:
         raise UsageError(f"search {sweep.name}: no trial completed (all pruned or failed): nothing to confirm")
     seed = load_config(sweep.base, list(sweep.common)).train.seed
     common = [item for item in sweep.common if not item.startswith("train.output_dir=")]
+    group = [] if any(item.startswith("logging.wandb.group=") for item in common) else [
+        f"logging.wandb.group={sweep.name}-confirm"]  # not "confirm": every search's confirmation would share it
     spec = {"name": CONFIRM, **({"base": str(Path(sweep.base).resolve())} if sweep.base else {}),
-            "overrides": [*common, f"train.output_dir={sweep.folder.resolve()}"],
+            "overrides": [*common, f"train.output_dir={sweep.folder.resolve()}", *group],
             "trials": [{}, *[space.settings(sweep.search, t.params) for t in chosen]],
             "seeds": [seed + i for i in range(1, sweep.search.confirm.seeds + 1)],
             **({"launch": [shlex.join(sweep.launch)]} if sweep.launch else {})}

@@ -65,7 +65,7 @@ def open_study(sweep: Sweep) -> Any:
         study.set_user_attr("search", ours)
         return study
     changed = [key for key in ours if key != "base" and there.get(key) != ours[key]]
-    base = there.get("base") or {}
+    base = there.get("base") if isinstance(there.get("base"), dict) else {}
     changed += [f"{key} ({shown(base.get(key))} there, {shown(ours['base'].get(key))} here)"
                 for key in sorted(set(base) | set(ours["base"])) if base.get(key) != ours["base"].get(key)]
     if changed:

@@ -102,7 +102,7 @@ def journal(path: str) -> optuna.storages.JournalStorage:
 def pruner(name: str) -> optuna.pruners.BasePruner:
     """median: below the median of earlier trials at the same epoch (after 5 trials); asha: asynchronous successive
     halving (a third go on at each rung); wilcoxon: a paired signed-rank test of the trial's curve against the
-    best trial's, epoch by epoch (p < 0.1); none: never."""
+    best trial's, epoch by epoch (p < 0.1, so from the 4th epoch on: with n pairs p is at least 2^-n); none: never."""
     import optuna
 
     if name == "median":
@@ -110,5 +110,7 @@ def pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.6: the interface is what we use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
     return optuna.pruners.NopPruner()
