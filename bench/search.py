@@ -43,6 +43,8 @@ def main() -> None:
     sweep = [sys.executable, "-m", "cifarlab.sweep", SEARCH, *overrides]
     compare = [sys.executable, "-m", "cifarlab.compare"]
     folder = Path(args.output) / NAME
+    if folder.exists():
+        sys.exit(f"{folder} exists: the bench times a search from an empty folder; remove it or pick another --output")
     searched, seconds = run([*sweep, "--parallel", str(args.parallel)])
     shown, _ = run([*compare, str(folder), "--png", str(RESULTS / "search.png")])
     best, _ = run([*sweep, "--best"])
@@ -59,9 +61,9 @@ def main() -> None:
     markdown = f"""# A search and its confirmation on the CIFAR-10 JPEG copy (CPU)
 
 Machine: {machine()}; {time.strftime('%Y-%m-%d')}.
-`python bench/search.py --data-root ROOT --parallel {args.parallel}`: `{' '.join(['python -m cifarlab.sweep', SEARCH,
-                                                                                   *overrides])}` from an empty
-folder, then `compare` on the search folder, `--best` and `--list`. The search and its confirmation took
+`python bench/search.py --data-root ROOT --parallel {args.parallel}`, which runs
+`{' '.join(['python -m cifarlab.sweep', SEARCH, *overrides])}` from an empty folder, then `compare` on the search
+folder, `--best` and `--list`. The search and its confirmation took
 **{seconds:.0f} s** ({summary['trials']} trials, {pruned} pruned, then 9 confirmation runs).
 
 ## The search's progress and the confirmation (the sweep's own lines)

@@ -203,8 +203,8 @@ def best(sweep: Sweep, study: Any) -> int:
         chosen = {key: winner.group.overrides.get(key) for key in keys}
         if winner is report.groups[report.baseline]:
             console.note("the base configuration did best in the confirmation: none of the searched settings beat it")
-    words = [*(["--config", sweep.base] if sweep.base else []),
-             *[item for item in sweep.common if not item.startswith("train.output_dir=")],
-             *[setting(key, chosen[key]) for key in keys]]
-    print(shlex.join(words))
+    settings = {item.split("=", 1)[0]: item for item in sweep.common}  # the last of a key's values wins
+    settings.pop("train.output_dir", None)
+    settings.update({key: setting(key, chosen[key]) for key in keys})
+    print(shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()]))
     return 0

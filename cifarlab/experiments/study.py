@@ -90,27 +90,36 @@ class StudyFeed(Feed):
         self.sweep, self.search, self.study = sweep, sweep.search, study
         self.claims = Claims(sweep.folder)
         self.quiet_until = 0.0
-        self.failed: list[int] = []
 
     def take(self) -> Optional[Trial]:
-        import optuna
-
         if time.monotonic() < self.quiet_until:
             return None
+        while (picked := self._pick()) is not None:
+            number, params = picked
+            try:
+                return self._trial(number, params)
+            except UsageError as error:  # each range's ends load, but not these settings together
+                self._tell(number, None, f"its settings do not load ({error})")
+        self.quiet_until = time.monotonic() + QUIET_S
+        return None
+
+    def _pick(self) -> Optional[tuple[int, dict[str, Any]]]:
+        """A trial whose worker has gone, else a new one while the study needs one: its number and settings."""
+        import optuna
+
         trials = self.study.get_trials(deepcopy=False)
         for frozen in trials:
             if frozen.state == optuna.trial.TrialState.RUNNING and self._adopt(frozen):
-                return self._trial(frozen.number, frozen.params)
+                return frozen.number, frozen.params
         states = [t.state for t in trials]
         done = states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED)
         running = states.count(optuna.trial.TrialState.RUNNING)
         if done + running >= self.search.trials or states.count(optuna.trial.TrialState.FAIL) >= self.search.trials:
-            self.quiet_until = time.monotonic() + QUIET_S
             return None
         self.study.sampler = space.sampler(self.search, len(trials))
         asked = self.study.ask()
         self.claims.claim(trial_name(asked.number), new=True)
-        return self._trial(asked.number, space.suggest(self.search, asked))
+        return asked.number, space.suggest(self.search, asked)
 
     def _adopt(self, frozen: Any) -> bool:
         """Claim a running trial whose worker has gone (its claim lock is free), unless its trainer still runs."""
@@ -171,12 +180,10 @@ class StudyFeed(Feed):
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         elif value is None:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            self.failed.append(number)
         else:
             self.study.tell(number, float(value), skip_if_finished=True)
         self.claims.release(trial_name(number))
         say(self.sweep, f"trial {number} {trial_name(number)}: {note}; {progress(self.sweep, self.study)}")
-
 
 
 class Claims:
