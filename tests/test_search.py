@@ -157,9 +157,9 @@ def test_a_claim_excludes_other_workers_until_its_worker_dies(tmp_path: Path) ->
     claims.release("trial-0000")
 
 
-@pytest.mark.unit
-def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_says_so(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A study whose five trials did far better at every epoch than fake data allows, and a sixth trial asked of
+    it: its sweep, the study, the trial and what the sweep would tell its trainer (CIFARLAB_SEARCH)."""
     file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "pruning": "median"})
     sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
     study = open_study(sweep)
@@ -173,6 +173,13 @@ def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_say
     trial.suggest_float("optim.lr", 0.01, 0.1)
     order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
              "pruning": "median", "report": "test/acc"}
+    return sweep, study, trial, order
+
+
+@pytest.mark.unit
+def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep, study, trial, order = doomed_trial(tmp_path)
     monkeypatch.setenv(pruning.VARIABLE, json.dumps(order))
     config = load_config(SMOKE, [*TRIAL, "data.loader=tensor", f"train.output_dir={sweep.folder}",
                                  f"train.run_name={trial_name(trial.number)}", "train.resume=auto",
@@ -277,19 +284,7 @@ def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_i
 
 @pytest.mark.integration
 def test_a_trial_on_two_processes_is_pruned_on_both_at_the_same_evaluation(tmp_path: Path) -> None:
-    file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "pruning": "median"})
-    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
-    study = open_study(sweep)
-    for _ in range(5):  # five earlier trials, far better at every epoch than fake data allows
-        earlier = study.ask()
-        earlier.suggest_float("optim.lr", 0.01, 0.1)
-        for epoch in (1, 2, 3):
-            earlier.report(0.95, epoch)
-        study.tell(earlier, 0.95)
-    trial = study.ask()
-    trial.suggest_float("optim.lr", 0.01, 0.1)
-    order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
-             "pruning": "median", "report": "test/acc"}
+    sweep, study, trial, order = doomed_trial(tmp_path)
     arguments = ["--config", SMOKE, *TRIAL, f"train.output_dir={sweep.folder}", "train.run_name=two"]
     done = subprocess.run([*launch_command(2), *arguments], cwd=tmp_path, capture_output=True, text=True,
                           env=cli_env(**{pruning.VARIABLE: json.dumps(order)}), timeout=300)

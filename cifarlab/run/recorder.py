@@ -187,24 +187,25 @@ class Recorder:
 
     def target(self, state: TrainState) -> None:
         """``train.target_accuracy`` was reached at the evaluation just recorded (``state.target``)."""
-        assert state.target is not None
-        self.record(state.target, state.global_step)
-        if self.wandb is not None:
-            self.wandb.summary.update(state.target)
         t = state.target
-        self.out.log(f"reached the target accuracy {100 * t['target/accuracy']:.2f} % at epoch {t['target/epoch']} "
-                     f"(step {t['target/step']}) after {t['target/elapsed_s']:.1f}s ({t['target/train_seconds']:.1f}s "
-                     f"training); finishing the run")
+        assert t is not None
+        self._ended_early(t, state.global_step, f"reached the target accuracy {100 * t['target/accuracy']:.2f} % at "
+                          f"epoch {t['target/epoch']} (step {t['target/step']}) after {t['target/elapsed_s']:.1f}s "
+                          f"({t['target/train_seconds']:.1f}s training)")
 
     def pruned(self, state: TrainState) -> None:
         """A search's pruner stopped the run at the evaluation just recorded (``state.pruned``)."""
-        assert state.pruned is not None
-        self.record(state.pruned, state.global_step)
-        if self.wandb is not None:
-            self.wandb.summary.update(state.pruned)
         at = state.pruned
-        self.out.log(f"pruned by the search at epoch {at['prune/epoch']} (step {at['prune/step']}): its pruner "
-                     f"expects no better result than other trials'; finishing the run")
+        assert at is not None
+        self._ended_early(at, state.global_step, f"pruned by the search at epoch {at['prune/epoch']} (step "
+                          f"{at['prune/step']}): its pruner expects no better result than other trials'")
+
+    def _ended_early(self, where: dict[str, float], step: int, why: str) -> None:
+        """The run ends before train.epochs: ``where`` to metrics.jsonl and the W&B summary, ``why`` to the console."""
+        self.record(where, step)
+        if self.wandb is not None:
+            self.wandb.summary.update(where)
+        self.out.log(f"{why}; finishing the run")
 
     # --- the end of the run ---------------------------------------------------------------------------
 
