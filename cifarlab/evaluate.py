@@ -48,6 +48,9 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     if png is not None and accelerator.is_main_process:
         plots.confusion_image(result.confusion, datasets.classes).save(png)
         out.log(f"confusion matrix written to {png}")
+    # Every rank leaves the process group together: once (in CI, 2 gloo processes) rank 1 aborted in its teardown
+    # ("terminate called without an active exception") while rank 0 was still printing the tables.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
