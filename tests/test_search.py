@@ -25,10 +25,12 @@ from cifarlab import sweep as sweeps
 from cifarlab.config import load_config
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
+from cifarlab.experiments.record import Trial
 from cifarlab.experiments.spec import read_sweep
-from cifarlab.experiments.study import JOURNAL, Claims, open_study, trial_name
+from cifarlab.experiments.study import JOURNAL, Claims, StudyFeed, open_study, run_dir, trial_name
 from cifarlab.run import loop, pruning
 from cifarlab.run.rundir import RunDir
+from cifarlab.run.runlock import RunLock
 
 from conftest import CONFIGS, REPO, Background, check, cli_env, launch_command, records
 
@@ -174,6 +176,43 @@ def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
     order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
              "pruning": "median", "report": "test/acc"}
     return sweep, study, trial, order
+
+
+def _hold_run_lock(path: str, ready: Any, release: Any) -> None:
+    lock = RunLock(RunDir(Path(path)))
+    lock.acquire()
+    ready.set()
+    release.wait(60)
+    lock.release()
+
+
+@pytest.mark.unit
+def test_a_trainer_that_outlived_its_worker_is_waited_for_and_its_trial_is_never_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker died while its trainer was still starting (too early for the SIGTERM that stops the others): the
+    next worker may not fail the trial when its own trainer finds the run locked; it waits, then takes it."""
+    sweep = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 1})), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    asked = study.ask()
+    space.suggest(sweep.search, asked)  # type: ignore[arg-type]
+    Claims(sweep.folder).path(trial_name(asked.number)).touch()  # claimed by a worker that has died since
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    trainer = context.Process(target=_hold_run_lock, args=(str(run_dir(sweep, asked.number).root), ready, release))
+    trainer.start()
+    assert ready.wait(60)
+    feed = StudyFeed(sweep, study)
+    assert feed.take() is None and feed.waiting()
+    assert "trial 0 trial-0000: its worker has gone but its trainer still runs; waiting for it to end" in \
+        capsys.readouterr().out
+    feed.ended(Trial(0, trial_name(0), ()), "failed")  # a trainer of ours refused by that run lock
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING  # not failed
+    release.set()
+    trainer.join()
+    feed.quiet_until = 0.0
+    taken = feed.take()
+    assert taken is not None and taken.index == 0 and not feed.waiting()
+    feed.claims.release(taken.name)
 
 
 @pytest.mark.unit

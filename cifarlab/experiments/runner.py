@@ -181,6 +181,10 @@ class Feed:
     def ended(self, trial: Trial, result: str) -> None:
         """The trial's attempt ended: finished, skipped (finished before), failed, refused or stopped."""
 
+    def waiting(self) -> bool:
+        """Whether trials this feed cannot give yet will come (the runner then keeps asking instead of ending)."""
+        return False
+
     def environment(self, trial: Trial) -> dict[str, str]:
         """Extra environment variables for the trial's trainer."""
         return {}
@@ -221,9 +225,9 @@ class Runner:
                     if trial is None:
                         break
                     self._start(trial)  # or refused, or skipped: then take the next one at once
-                exhausted = self._stopping() or len(self.running) < self.parallel
+                exhausted = self._stopping() or (len(self.running) < self.parallel and not self.feed.waiting())
                 self._reap()
-                if self.running:
+                if self.running or not exhausted:
                     time.sleep(0.1)
             # Still under our handlers: a Ctrl-C from here on is recorded, not raised, and changes no result.
             left = self.feed.left() if self._stopping() else 0

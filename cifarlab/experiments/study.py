@@ -90,6 +90,8 @@ class StudyFeed(Feed):
         self.sweep, self.search, self.study = sweep, sweep.search, study
         self.claims = Claims(sweep.folder)
         self.quiet_until = 0.0
+        self.orphans: set[int] = set()
+        """Trials whose worker has gone while their trainer runs on (see :meth:`_orphaned`)."""
 
     def take(self) -> Optional[Trial]:
         if time.monotonic() < self.quiet_until:
@@ -108,6 +110,7 @@ class StudyFeed(Feed):
         import optuna
 
         trials = self.study.get_trials(deepcopy=False)
+        self.orphans &= {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING}
         for frozen in trials:
             if frozen.state == optuna.trial.TrialState.RUNNING and self._adopt(frozen):
                 return frozen.number, frozen.params
@@ -128,15 +131,29 @@ class StudyFeed(Feed):
         if not self.claims.path(name).exists() and time.time() - started < ASKING_S:
             return False  # just sampled: its worker is about to claim it
         if not self.claims.claim(name):
+            self.orphans.discard(frozen.number)  # another worker has it
             return False
         if _locked(run_dir(self.sweep, frozen.number).lock):
-            self.claims.release(name)  # the trainer of a worker that died runs on: it ends the trial's run
+            self.claims.release(name)
+            self._orphaned(frozen.number)
             return False
         if set(frozen.params) != {p.key for p in self.search.space}:  # its worker died while sampling it
             self._tell(frozen.number, None, "it lost its worker before its settings were sampled")
             return False
+        self.orphans.discard(frozen.number)
         say(self.sweep, f"trial {frozen.number} {trial_name(frozen.number)}: its worker has gone; taking it over")
         return True
+
+    def _orphaned(self, number: int) -> None:
+        """The trial's worker has gone but its trainer runs on (one that was still starting when its worker died
+        does not get the SIGTERM that stops the others): it ends the trial's run, and this worker records it."""
+        if number not in self.orphans:
+            say(self.sweep, f"trial {number} {trial_name(number)}: its worker has gone but its trainer still runs; "
+                            f"waiting for it to end")
+        self.orphans.add(number)
+
+    def waiting(self) -> bool:
+        return bool(self.orphans)
 
     def _trial(self, number: int, params: dict[str, Any]) -> Trial:
         chosen = space.settings(self.search, params)
@@ -159,11 +176,18 @@ class StudyFeed(Feed):
 
     def ended(self, trial: Trial, result: str) -> None:
         self.quiet_until = 0.0
+        run = self.sweep.run_dir(trial)
+        if result in ("failed", "refused") and _locked(run.lock):  # its trainer refused: another holds the run
+            self.claims.release(trial.name)
+            self._orphaned(trial.index)
+            return
+        if result in ("failed", "refused") and run.finished():  # ... and has finished it meanwhile
+            result = "skipped"
         if result in ("finished", "skipped"):
-            run = read_run(self.sweep.run_dir(trial).root)
-            value = space.metric(self.search).read(run)
-            if run.pruned is not None:
-                self._tell(trial.index, "pruned", f"pruned at epoch {run.pruned['prune/epoch']}")
+            found = read_run(run.root)
+            value = space.metric(self.search).read(found)
+            if found.pruned is not None:
+                self._tell(trial.index, "pruned", f"pruned at epoch {found.pruned['prune/epoch']}")
             elif value is None or not math.isfinite(value):
                 self._tell(trial.index, None, f"its run has no {self.search.metric}")
             else:
