@@ -121,6 +121,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.until_decided or args.max_seeds is not None or args.margin is not None:
             return until_decided(args, launch)
         sweep = read_sweep(args.sweep, args.overrides, launch)
+        if sweep.search is not None and args.list:
+            print("\n".join(searching.listing(sweep)))
+            return 0
+        if sweep.search is not None and args.best:
+            print(searching.best(sweep))
+            return 0
         if sweep.search is not None:
             return searching.main(sweep, args)
         if args.best:

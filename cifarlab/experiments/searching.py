@@ -2,7 +2,7 @@
 worker of the study (with ``--parallel N`` it runs N trials at a time); when the study has its trials, the best
 settings are confirmed on fresh seeds (``search: confirm:``) and compared, with compare's calibrated table, against
 the base configuration. ``--list`` shows the study's trials, ``--best`` the best confirmed settings as trainer
-options.
+options (returned for the command to print).
 
 The confirmation is an ordinary sweep file the search writes, ``<sweep folder>/confirm.yaml`` (its trials in
 ``<sweep folder>/confirm/``), shared by every worker that gets there: each takes the runs nobody else holds."""
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from cifarlab.config import load_config
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
-from cifarlab.experiments.analysis import Report, compare
+from cifarlab.experiments.analysis import Report, compare, group_runs
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
@@ -38,17 +38,7 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
                          "sbatch --array=0-3 slurm/sweep.sbatch FILE runs 4 (docs/sweeps.md)")
     if args.dry_run:
         raise UsageError("--dry-run: a search samples its trials as it runs; --list shows those sampled so far")
-    if (args.list or args.best) and not (sweep.folder / JOURNAL).is_file():  # not started: write nothing
-        if args.best:
-            raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
-        print("index\tstate\tname\tvalue\toverrides")
-        return 0
     study = open_study(sweep)
-    if args.list:
-        list_trials(sweep, study)
-        return 0
-    if args.best:
-        return best(sweep, study)
     search = sweep.search
     worker = f" (worker {args.trial})" if args.trial is not None else ""
     say(sweep, f"search{worker}: {search.trials} trials, {search.method}, {search.direction} {search.metric}, "
@@ -61,17 +51,13 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
         say(sweep, f"no more trials sampled: {failed} failed, as many as trials: asks for; see --list and their logs")
     if code != 0:
         return code
-    running = _unended(study)
+    running = _count(study, "RUNNING")
     if running:
         say(sweep, f"{running} trial(s) still running under other workers (or to be resumed: run the search "
                    f"again once they have stopped); {progress(sweep, study)}")
         return 0
     say(sweep, f"search done: {progress(sweep, study)}")
     return confirm(sweep, study, args.parallel) if search.confirm is not None else 0
-
-
-def _unended(study: Any) -> int:
-    return _count(study, "RUNNING")
 
 
 def _count(study: Any, state: str) -> int:
@@ -90,18 +76,25 @@ def ranked(sweep: Sweep, study: Any) -> list[Any]:
     return sorted(complete, key=lambda t: (sign * t.value, t.number))
 
 
-def list_trials(sweep: Sweep, study: Any) -> None:
-    """``--list``: every trial of the study, with its state, value and settings."""
+def started(sweep: Sweep) -> Optional[Any]:
+    """The study, or None before the search first ran (nothing is written then)."""
+    return open_study(sweep) if (sweep.folder / JOURNAL).is_file() else None
+
+
+def listing(sweep: Sweep) -> list[str]:
+    """``--list``: a header, then every trial of the study with its state, value and settings."""
     assert sweep.search is not None
-    print("index\tstate\tname\tvalue\toverrides")
-    for frozen in study.get_trials(deepcopy=False):
+    study = started(sweep)
+    lines = ["index\tstate\tname\tvalue\toverrides"]
+    for frozen in study.get_trials(deepcopy=False) if study is not None else []:
         state = frozen.state.name.lower()
         if state == "running":
             state += f" ({status(sweep, _as_trial(sweep, frozen))})"
         value = space.shown(sweep.search, frozen.value) if frozen.value is not None else "-"
         chosen = space.settings(sweep.search, frozen.params) if frozen.params else {}
         settings = " ".join(setting(key, value) for key, value in chosen.items())
-        print(f"{frozen.number}\t{state}\t{trial_name(frozen.number)}\t{value}\t{settings}")
+        lines.append(f"{frozen.number}\t{state}\t{trial_name(frozen.number)}\t{value}\t{settings}")
+    return lines
 
 
 def _as_trial(sweep: Sweep, frozen: Any) -> Trial:
@@ -172,18 +165,20 @@ def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
     runs = [read_run(check.run_dir(t).root) for t in check.trials]
     keys = [p.key for p in sweep.search.space]
     control = {key: run.config.get(key) for run in runs[:1] for key in keys}
-    metric = space.metric(sweep.search)
-    report = compare(runs, keys, metric, None)
-    base = next((i for i, g in enumerate(report.groups) if g.group.overrides == control), 0)
-    return compare(runs, keys, metric, str(base + 1))
+    groups = group_runs([run for run in runs if run.finished], keys)  # compare's groups, in its order
+    base = next((i for i, g in enumerate(groups) if g.overrides == control), 0)
+    return compare(runs, keys, space.metric(sweep.search), str(base + 1))
 
 
-def best(sweep: Sweep, study: Any) -> int:
+def best(sweep: Sweep) -> str:
     """``--best``: the best confirmed settings (the best search trial's, said to be unconfirmed, without
     ``confirm:``) as the trainer's options."""
     from cifarlab.report import console
 
     assert sweep.search is not None
+    study = started(sweep)
+    if study is None:
+        raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
     keys = [p.key for p in sweep.search.space]
     if sweep.search.confirm is None:
         top = ranked(sweep, study)
@@ -206,5 +201,4 @@ def best(sweep: Sweep, study: Any) -> int:
     settings = {item.split("=", 1)[0]: item for item in sweep.common}  # the last of a key's values wins
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})
-    print(shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()]))
-    return 0
+    return shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()])

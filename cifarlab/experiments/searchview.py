@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Optional
 from cifarlab.experiments.analysis import Metric, differing_keys
 from cifarlab.experiments.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
 from cifarlab.experiments.results import Run, read_run
+from cifarlab.experiments.study import JOURNAL
 
 if TYPE_CHECKING:
     from PIL import Image
 
-JOURNAL = "search.journal"  # cifarlab.experiments.study writes it; this module reads run files only
 SHOWN = 15
 """Completed trials the table shows, best first."""
 
