@@ -22,7 +22,8 @@ import yaml
 from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments.runner import Runner, Tally, write_record
+from cifarlab.experiments.record import Trial
+from cifarlab.experiments.runner import Runner, Tally, conflict, status, write_record
 from cifarlab.experiments.spec import NAME_LENGTH, Sweep, read_sweep
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 from cifarlab.train import parse_args as trainer_args
@@ -400,6 +401,84 @@ def test_a_setting_moved_from_the_overrides_into_the_grid_keeps_the_sweep_and_it
     write(tmp_path, spec(grid={"optim.lr": [0.05, 0.1]}, seeds=[0, 1]))
     assert named(read_sweep(str(file), [runs])) == [(0, "seed=0"), (1, "seed=1"), (2, "lr=0.1-seed=0"),
                                                     (3, "lr=0.1-seed=1")]
+
+
+# Every key the grid, trials or seeds set is a trial's identity, even one a run may change (data.root moves with the
+# data; train.allow_changes=true lets a run change anything): a finished run of another value is never the trial's.
+EDITED = {"data.root": ("data.root", "/data/set-a", "/data/set-b", [], ("root=_data_set-a", "root=_data_set-b")),
+          "optim.lr with allow_changes": ("optim.lr", 0.01, 0.05, ["train.allow_changes=true"], ("lr=0.01", "lr=0.05"))}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", EDITED, ids=list(EDITED))
+def test_an_edited_grid_value_is_a_new_trial_not_the_finished_one_of_the_old_value(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key, old, new, extra, names = EDITED[case]
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [old]}))
+    assert named(ran(file, runs)) == [(0, names[0])]
+    write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [new]}))
+    edited = read_sweep(str(file), [runs])
+    assert named(edited) == [(1, names[1])]
+    assert [(t.index, t.settings) for t in edited.removed] == [(0, (f"{key}={old}",))]
+    capsys.readouterr()
+    assert sweeps.main(["--list", str(file), runs]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["0", "not in the file (finished)"], ["1", "not started"]]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", EDITED, ids=list(EDITED))
+def test_a_finished_run_of_another_swept_value_in_a_trials_folder_is_refused_not_skipped(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The folder of the trial (no record to go by: a sweep.yaml deleted, or two values whose names read the same)
+    # holds the finished run of the old value.
+    key, old, new, extra, _ = EDITED[case]
+    arguments = [str(write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [new]}))),
+                 f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = read_sweep(arguments[0], arguments[1:])
+    fake_run(sweep, 0, finished=True, **{key: str(old)})
+    assert sweeps.main(arguments) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[1] == (f"sweep s: trial 0 {sweep.trials[0].name}: refused: {sweep.run_dir(sweep.trials[0]).root} "
+                      f"holds a run of another configuration ({key}: {old} there, {new} here); move it away or "
+                      f"give the sweep another name")
+    assert sweeps.main(["--list", *arguments]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[1] == "other config"
+
+
+@pytest.mark.unit
+def test_a_search_trials_folder_holding_a_run_of_other_sampled_values_is_refused(tmp_path: Path) -> None:
+    # A search's space is swept: trial-0003 of this study is not the finished trial-0003 of another sampling (a
+    # study moved away, its runs left), though with train.allow_changes=true the trainer would continue it.
+    file = write(tmp_path, spec(overrides=[*SMALL, "train.allow_changes=true"],
+                                search={"space": {"optim.lr": {"log_uniform": [0.001, 1]}}}))
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    trial = Trial(3, "trial-0003", ("optim.lr=0.05",))
+    sweep.configs[3] = load_config(sweep.base, sweep.overrides(trial))  # as the study's feed does
+    run = sweep.run_dir(trial).root
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(load_config(sweep.base, [*sweep.overrides(trial), "optim.lr=0.01"])))
+    (run / "model.safetensors").write_bytes(b"not really weights")
+    assert conflict(sweep, trial) == "holds a run of another configuration (optim.lr: 0.01 there, 0.05 here)"
+    assert status(sweep, trial) == "other config"
+
+
+@pytest.mark.unit
+def test_until_decided_never_counts_a_finished_run_of_another_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The round's trials are those not finished *as themselves*: the run of another learning rate in lr=0.05-seed=1's
+    # folder is refused, not read as that trial's accuracy.
+    arguments = [str(write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))),
+                 f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = read_sweep(arguments[0], arguments[1:])
+    for trial in sweep.trials:
+        run = fake_run(sweep, trial.index, finished=True, **({"optim.lr": "0.5"} if trial.index == 3 else {}))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 4, "test/loss": 1.0, "test/acc": 0.6}) + "\n")
+    assert sweeps.main([*arguments, "--until-decided", "--max-seeds", "2"]) == 1  # one look: no trainer either way
+    out = lines(capsys.readouterr().out)
+    assert out[1] == "sweep s: 2 seeds: 1 trial(s) to run for the baseline and 1 undecided group(s)"
+    assert f"sweep s: trial 3 lr=0.05-seed=1: refused: {sweep.run_dir(sweep.trials[3]).root} holds a run" in out[2]
 
 
 @pytest.mark.unit

@@ -23,9 +23,9 @@ from typing import IO, Any, Optional
 from omegaconf import OmegaConf
 
 from cifarlab import files
-from cifarlab.config import load_config, run_changes, shown
+from cifarlab.config import load_config, shown
 from cifarlab.errors import Preempted, UsageError
-from cifarlab.experiments.record import Trial, absolute, document, read_record
+from cifarlab.experiments.record import Trial, absolute, changes, document, read_record
 from cifarlab.experiments.spec import Sweep
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
@@ -44,7 +44,8 @@ def say(sweep: Sweep, message: str) -> None:
 
 def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
     """Why the trial's run directory holds a run the trial must not continue (a one-line reason), or None. The
-    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses."""
+    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses; and
+    a swept key is the trial's identity even where a run may change it (cifarlab.experiments.record.changes)."""
     run = sweep.run_dir(trial)
     if not run.config.is_file():
         return None
@@ -52,11 +53,16 @@ def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
         there = load_config(str(run.config))
     except UsageError as error:
         return f"its config.yaml does not load ({error})"
-    refused = run_changes(there, sweep.configs[trial.index]).refused
+    refused = changes(there, sweep.configs[trial.index], sweep.swept)
     if not refused:
         return None
     return "holds a run of another configuration (" + ", ".join(
         f"{key}: {shown(old)} there, {shown(new)} here" for key, (old, new) in refused.items()) + ")"
+
+
+def finished(sweep: Sweep, trial: Trial) -> bool:
+    """Whether the trial has finished: its run directory holds a finished run, and that run is the trial's."""
+    return sweep.run_dir(trial).finished() and conflict(sweep, trial) is None
 
 
 def status(sweep: Sweep, trial: Trial) -> str:

@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, flatten, load_config, run_changes, to_dict, with_run_name
+from cifarlab.config import Config, flatten, load_config, to_dict, with_run_name
 from cifarlab.errors import UsageError
-from cifarlab.experiments.record import Record, Trial, check_same_sweep, match, read_record
+from cifarlab.experiments.record import Record, Trial, changes, check_same_sweep, match, read_record
 from cifarlab.experiments.space import Search, read_search
 from cifarlab.run.rundir import RunDir
 
@@ -64,6 +64,9 @@ class Sweep:
     as its trials are sampled)."""
     search: Optional[Search] = None
     """The ``search:`` section: trials are sampled by a study (cifarlab.experiments.study), not listed."""
+    swept: frozenset[str] = frozenset()
+    """The keys the grid, trials and seeds set, now or in the sweep's record (a search's: its space): a trial's
+    identity, whatever the trainer's resume rule lets one run change (cifarlab.experiments.record.changes)."""
 
     def run_dir(self, trial: Trial) -> RunDir:
         return RunDir(self.folder / trial.name)
@@ -138,17 +141,18 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     if "search" in spec:
         search = _read_search(spec, where, base, common)
         return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
-                     search=search)
+                     search=search, swept=frozenset(param.key for param in search.space))
     drafts = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
                                                                                                settings)))
-    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts)
+    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts,
+                  swept=frozenset(places))
     configs = [_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in drafts]
     record = read_record(sweep.record)
     if record is None:
         sweep = dataclasses.replace(sweep, configs=dict(enumerate(configs)))
     else:
-        check_same_sweep(record, name, shared,
-                         swept=set(places) | {_key(s) for trial in record.trials for s in trial.settings})
+        sweep = dataclasses.replace(sweep, swept=sweep.swept | {_key(s) for t in record.trials for s in t.settings})
+        check_same_sweep(record, name, shared, swept=sweep.swept)
         sweep = _follow(sweep, record, configs)
     _check_no_twins(sweep, where)
     return sweep
@@ -160,11 +164,12 @@ def _follow(sweep: Sweep, record: Record, configs: list[Config]) -> Sweep:
     recorded: dict[int, Optional[Config]] = {}
 
     def same(old: Trial, new: Trial) -> bool:
-        """Whether the recorded trial ``old`` is ``new``: its run would continue as ``new`` (the trainer's rule)."""
+        """Whether the recorded trial ``old`` is ``new``: its run would continue as ``new`` (the trainer's rule) with
+        the same value of every swept key."""
         if old.index not in recorded:
             recorded[old.index] = _recorded_config(sweep, record, old)
         there = recorded[old.index]
-        return there is not None and not run_changes(there, configs[new.index]).refused
+        return there is not None and not changes(there, configs[new.index], sweep.swept)
 
     found = match(record, sweep.trials, same)
     taken = {trial.name for trial in record.trials}
