@@ -318,11 +318,17 @@ class Runner:
         # too: torchrun's agent exits 1 once its workers have saved and stopped, and a trainer signalled
         # before it handles signals dies of the signal.
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        run = self.sweep.run_dir(running.trial)
+        done = code == 0 and run.finished()
+        if code == 0 and not done:
+            # A trainer that ends its run writes the final weights last (a pruned or target-reached run too): an
+            # exit 0 without them trained nothing this trial can count.
+            how = f"exit code 0 but no {run.weights.name}: its run did not finish"
         if code in STOPPED or (self.signalled is not None and code != 0):
             self.tally.stopped += 1
             result = "stopped"
             self._say(f"{label}: stopped (exit {code}) after {seconds:.1f}s; run the sweep again to continue it")
-        elif code == 0:
+        elif done:
             self.tally.finished += 1
             result = "finished"
             self._say(f"{label}: finished in {seconds:.1f}s")
