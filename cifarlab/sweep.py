@@ -25,8 +25,9 @@ sweep again skips finished trials and resumes the others; a trial whose run dire
 configuration is refused. The file may grow and shrink between runs: new trials get the indices after the
 recorded ones, no trial is renamed, removed ones are listed as "not in the file". Extra key=value arguments
 apply to every trial; other options after SWEEP.yaml (--num_processes 2, --mixed_precision=bf16, ...) go to
-`accelerate launch`. Every trial, with its command, and each version of the file are recorded in
-<name>/sweep.yaml; each trial's output is appended to <name>/logs/.
+`accelerate launch`: only those for processes, machines and precision (docs/sweeps.md, "Launcher options").
+Every trial, with its command, and each version of the file are recorded in <name>/sweep.yaml; each trial's
+output is appended to <name>/logs/. A trial has finished when its run has (its final weights are written).
 Exit codes, from the trials' results: 0 every trial finished, 1 some did not (failed or refused), 2 bad input
 (nothing written), 75 a trial was stopped by SIGUSR1/SIGTERM (run again to continue), 130 the same by Ctrl-C.
 --until-decided adds a seed per round until each group is better, worse or equivalent (within --margin points)

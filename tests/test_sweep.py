@@ -22,7 +22,8 @@ import yaml
 from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments.runner import Runner, Tally, write_record
+from cifarlab.experiments.record import Trial
+from cifarlab.experiments.runner import Runner, Tally, conflict, status, write_record
 from cifarlab.experiments.spec import NAME_LENGTH, Sweep, read_sweep
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 from cifarlab.train import parse_args as trainer_args
@@ -170,6 +171,120 @@ def test_launcher_options_go_to_accelerate_launch(tmp_path: Path, capsys: pytest
     assert " train.epochs=2 train.seed=0 " in command
 
 
+# What a sweep may pass to `accelerate launch`: options for processes, machines, devices and precision only. The
+# sweep names the program (-m cifarlab.train); anything that would run another one is refused before anything is
+# written (cifarlab.experiments.launching).
+LAUNCH_REFUSED = {
+    "another program": (["--num_processes 1 --no_python sh -c 'echo trained'"], [],
+                        "launch: --no_python is not a launch option a sweep passes on; the sweep runs cifarlab.train "
+                        "itself; allowed: --config_file, --num_processes, "),
+    "a module": (["-m os"], [], "launch: -m is not a launch option"),
+    "a module, = form": (["--module=os"], [], "launch: --module is not a launch option"),
+    "hyphens, on the command line": ([], ["--no-python"], "launch options on the command line: --no-python is not"),
+    "a program after a flag": (["--cpu sh"], [], "launch: 'sh' is not an accelerate launch option (accelerate would "
+                                                 "run it as the program)"),
+    "a word after a value": (["--num_processes 2 sh"], [], "launch: 'sh' is not an accelerate launch option"),
+    "another launcher": ([], ["--use_deepspeed"], "--use_deepspeed is not a launch option a sweep passes on"),
+    "a log file": ([], ["--log_dir", "/tmp/x"], "--log_dir is not a launch option"),
+    "a flag with a value": (["--multi_gpu=yes"], [], "launch: --multi_gpu takes no value (--multi_gpu=yes)"),
+    "no value": (["--num_processes"], [], "launch: --num_processes needs a value"),
+    "an option for a value": (["--main_process_ip -m x"], [], "launch: --main_process_ip needs a value"),
+    "an empty = value": ([], ["--gpu_ids="], "--gpu_ids needs a value"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", LAUNCH_REFUSED, ids=list(LAUNCH_REFUSED))
+def test_launch_options_that_could_run_another_program_are_refused(case: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    launch, command_line, expected = LAUNCH_REFUSED[case]
+    file = write(tmp_path, spec(seeds=[0], **({"launch": launch} if launch else {})))
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}", *command_line]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith("cifarlab: error: ") and expected in captured.err, captured.err
+    assert not (tmp_path / "runs").exists()
+
+
+# What `accelerate config` writes for two GPUs: every key a file may hold at its harmless value.
+ACCELERATE_CONFIG = {"compute_environment": "LOCAL_MACHINE", "debug": False, "distributed_type": "MULTI_GPU",
+                     "downcast_bf16": "no", "enable_cpu_affinity": False, "gpu_ids": "all", "machine_rank": 0,
+                     "main_training_function": "main", "mixed_precision": "bf16", "num_machines": 1,
+                     "num_processes": 2, "rdzv_backend": "static", "same_network": True, "tpu_env": [],
+                     "tpu_use_cluster": False, "tpu_use_sudo": False, "use_cpu": False,
+                     "dynamo_config": {"dynamo_backend": "INDUCTOR", "dynamo_mode": "default"}}
+CONFIG_FILES_REFUSED = {
+    # Accelerate copies these sections onto its own options (1.16: those not given; 1.1: all of them, and
+    # dynamo_config's too): no_python, or the training script itself.
+    "a section that sets no_python": ({"mpirun_config": {"no_python": True}}, "mpirun_config is set; a sweep's "
+                                      "launcher sets processes, machines, devices and precision only"),
+    "the same through dynamo_config": ({"dynamo_config": {"training_script": "sh"}},
+                                       "dynamo_config: training_script is not a dynamo setting"),
+    "DeepSpeed's launcher": ({"distributed_type": "DEEPSPEED"},
+                             "distributed_type: DEEPSPEED starts trials another way; a sweep accepts NO or MULTI_GPU "
+                             "or MULTI_CPU"),
+    "SageMaker": ({"compute_environment": "AMAZON_SAGEMAKER"}, "compute_environment: AMAZON_SAGEMAKER starts"),
+    "a TPU pod over gcloud": ({"tpu_use_cluster": True, "tpu_use_sudo": True}, "tpu_use_cluster is set"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", CONFIG_FILES_REFUSED, ids=list(CONFIG_FILES_REFUSED))
+def test_an_accelerate_config_file_that_sets_more_than_processes_and_precision_is_refused(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    changes, expected = CONFIG_FILES_REFUSED[case]
+    accelerate = write(tmp_path, {**ACCELERATE_CONFIG, **changes}, "accelerate.yaml")
+    file = write(tmp_path, spec(seeds=[0], launch=[f"--config_file {accelerate}"]))
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"cifarlab: error: sweep file {file}: launch: --config_file {accelerate}: {expected}")
+    assert len(error.splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.unit
+def test_a_missing_or_unreadable_accelerate_config_file_is_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "list.yaml").write_text("[1, 2]\n")
+    for path, expected in ((tmp_path / "nope.yaml", "no such file"), (tmp_path / "list.yaml", "not an Accelerate "
+                                                                                               "config file")):
+        file = write(tmp_path, spec(seeds=[0]))
+        assert sweeps.main([str(file), f"--config_file={path}"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"cifarlab: error: launch options on the command line: --config_file {path}: "
+                                f"{expected}") and len(error.splitlines()) == 1, error
+
+
+@pytest.mark.unit
+def test_options_for_processes_devices_and_precision_and_the_repositorys_launch_files_are_accepted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(REPO)  # the launch files' paths, as the docs give them
+    accelerate = write(tmp_path, ACCELERATE_CONFIG, "accelerate.yaml")
+    file = write(tmp_path, spec(seeds=[0], launch=[f"--config_file={accelerate}", "--num-processes=2"]))
+    slurm = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "29123",
+             "--mixed_precision", "no", "--dynamo_backend", "no"]  # what slurm/sweep.sbatch passes
+    for options in (slurm, *(["--config_file", str(path)] for path in sorted((REPO / "launch").glob("*.yaml"))),
+                    ["--cpu", "--gpu_ids=0", "--same_network", "--machine_rank", "0", "--main_process_ip", "10.0.0.1",
+                     "--num_cpu_threads_per_process", "2", "--rdzv_backend", "c10d", "--max_restarts", "0",
+                     "--monitor_interval", "5"]):
+        assert sweeps.main(["--dry-run", str(file), f"train.output_dir={tmp_path}", *options]) == 0, options
+        command = shlex.split(capsys.readouterr().out.split("\t")[1])
+        assert command[command.index("-m", 2):][:2] == ["-m", "cifarlab.train"]
+        assert command[3:command.index("-m", 2)] == [f"--config_file={accelerate}", "--num-processes=2", *options]
+
+
+@pytest.mark.unit
+def test_the_launch_options_a_sweep_accepts_are_accelerates_own() -> None:
+    # The installed Accelerate knows each one, with a value or without as cifarlab.experiments.launching says: a
+    # release that drops or changes one turns this red, not a user's sweep.
+    from accelerate.commands.launch import launch_command_parser
+
+    from cifarlab.experiments.launching import FLAGS, VALUED
+
+    actions = {option: action for action in launch_command_parser()._actions for option in action.option_strings}
+    assert {option: actions[option].nargs for option in (*VALUED, *FLAGS)} == {
+        **{option: None for option in VALUED}, **{option: 0 for option in FLAGS}}
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("argv, expected", [
     (["--num_processes", "2", "S.yaml"], "--num_processes: accelerate launch options come after SWEEP.yaml"),
@@ -196,6 +311,8 @@ BAD = {
     "grid value not a list": (spec(grid={"optim.lr": 0.1}), [], "grid optim.lr: 0.1 must be a non-empty list"),
     "empty grid list": (spec(grid={"optim.lr": []}), [], "must be a non-empty list"),
     "seeds not integers": (spec(seeds=["a"]), [], "seeds must be a non-empty list of integers"),
+    "a negative seed": (spec(seeds=[0, -1]), [], "seeds: -1 is not a seed; train.seed is 0 to 2**32 - 1 (4294967295)"),
+    "a seed too large": (spec(seeds=[2**32]), [], "seeds: 4294967296 is not a seed; train.seed is 0 to 2**32 - 1"),
     "key in trials and grid": (spec(trials=[{"optim.lr": 1}], grid={"optim.lr": [2]}), [], "in both trials and grid"),
     "seed twice": (spec(grid={"train.seed": [1]}, seeds=[0]), [], "seeds sets train.seed"),
     "run name set": (spec(overrides=["train.run_name=x"]), [], "train.run_name is set by the sweep"),
@@ -402,6 +519,84 @@ def test_a_setting_moved_from_the_overrides_into_the_grid_keeps_the_sweep_and_it
                                                     (3, "lr=0.1-seed=1")]
 
 
+# Every key the grid, trials or seeds set is a trial's identity, even one a run may change (data.root moves with the
+# data; train.allow_changes=true lets a run change anything): a finished run of another value is never the trial's.
+EDITED = {"data.root": ("data.root", "/data/set-a", "/data/set-b", [], ("root=_data_set-a", "root=_data_set-b")),
+          "optim.lr with allow_changes": ("optim.lr", 0.01, 0.05, ["train.allow_changes=true"], ("lr=0.01", "lr=0.05"))}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", EDITED, ids=list(EDITED))
+def test_an_edited_grid_value_is_a_new_trial_not_the_finished_one_of_the_old_value(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key, old, new, extra, names = EDITED[case]
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    file = write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [old]}))
+    assert named(ran(file, runs)) == [(0, names[0])]
+    write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [new]}))
+    edited = read_sweep(str(file), [runs])
+    assert named(edited) == [(1, names[1])]
+    assert [(t.index, t.settings) for t in edited.removed] == [(0, (f"{key}={old}",))]
+    capsys.readouterr()
+    assert sweeps.main(["--list", str(file), runs]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["0", "not in the file (finished)"], ["1", "not started"]]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", EDITED, ids=list(EDITED))
+def test_a_finished_run_of_another_swept_value_in_a_trials_folder_is_refused_not_skipped(
+        case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The folder of the trial (no record to go by: a sweep.yaml deleted, or two values whose names read the same)
+    # holds the finished run of the old value.
+    key, old, new, extra, _ = EDITED[case]
+    arguments = [str(write(tmp_path, spec(overrides=[*SMALL, *extra], grid={key: [new]}))),
+                 f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = read_sweep(arguments[0], arguments[1:])
+    fake_run(sweep, 0, finished=True, **{key: str(old)})
+    assert sweeps.main(arguments) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[1] == (f"sweep s: trial 0 {sweep.trials[0].name}: refused: {sweep.run_dir(sweep.trials[0]).root} "
+                      f"holds a run of another configuration ({key}: {old} there, {new} here); move it away or "
+                      f"give the sweep another name")
+    assert sweeps.main(["--list", *arguments]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[1] == "other config"
+
+
+@pytest.mark.unit
+def test_a_search_trials_folder_holding_a_run_of_other_sampled_values_is_refused(tmp_path: Path) -> None:
+    # A search's space is swept: trial-0003 of this study is not the finished trial-0003 of another sampling (a
+    # study moved away, its runs left), though with train.allow_changes=true the trainer would continue it.
+    file = write(tmp_path, spec(overrides=[*SMALL, "train.allow_changes=true"],
+                                search={"space": {"optim.lr": {"log_uniform": [0.001, 1]}}}))
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    trial = Trial(3, "trial-0003", ("optim.lr=0.05",))
+    sweep.configs[3] = load_config(sweep.base, sweep.overrides(trial))  # as the study's feed does
+    run = sweep.run_dir(trial).root
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(load_config(sweep.base, [*sweep.overrides(trial), "optim.lr=0.01"])))
+    (run / "model.safetensors").write_bytes(b"not really weights")
+    assert conflict(sweep, trial) == "holds a run of another configuration (optim.lr: 0.01 there, 0.05 here)"
+    assert status(sweep, trial) == "other config"
+
+
+@pytest.mark.unit
+def test_until_decided_never_counts_a_finished_run_of_another_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The round's trials are those not finished *as themselves*: the run of another learning rate in lr=0.05-seed=1's
+    # folder is refused, not read as that trial's accuracy.
+    arguments = [str(write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))),
+                 f"train.output_dir={tmp_path / 'runs'}"]
+    sweep = read_sweep(arguments[0], arguments[1:])
+    for trial in sweep.trials:
+        run = fake_run(sweep, trial.index, finished=True, **({"optim.lr": "0.5"} if trial.index == 3 else {}))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 4, "test/loss": 1.0, "test/acc": 0.6}) + "\n")
+    assert sweeps.main([*arguments, "--until-decided", "--max-seeds", "2"]) == 1  # one look: no trainer either way
+    out = lines(capsys.readouterr().out)
+    assert out[1] == "sweep s: 2 seeds: 1 trial(s) to run for the baseline and 1 undecided group(s)"
+    assert f"sweep s: trial 3 lr=0.05-seed=1: refused: {sweep.run_dir(sweep.trials[3]).root} holds a run" in out[2]
+
+
 @pytest.mark.unit
 def test_trials_no_longer_in_the_file_stay_listed_with_their_indices(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -508,6 +703,33 @@ def test_a_sweep_record_from_before_versions_is_read_as_one_version(tmp_path: Pa
     sweep.record.write_text("trials: 3\n")
     with pytest.raises(UsageError, match="sweep.yaml: not a sweep record; move it away"):
         read_sweep(str(file), runs)
+
+
+@pytest.mark.unit
+def test_a_trainer_that_exits_0_without_finishing_its_run_is_told_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Trainers standing in for cifarlab.train: trial 0's writes the final weights and exits 0 (finished), trial 1's
+    # exits 0 having trained nothing (what `launch: [--no_python sh -c ...]` did before it was refused).
+    arguments = [str(write(tmp_path, spec(seeds=[0, 1]))), f"train.output_dir={tmp_path / 'runs'}"]
+
+    def command(self: Sweep, trial: Trial) -> list[str]:
+        weights = self.run_dir(trial).weights
+        write_weights = f"import pathlib; p = pathlib.Path({str(weights)!r}); p.parent.mkdir(); p.write_bytes(b'')"
+        return [sys.executable, "-c", write_weights if trial.index == 0 else "pass"]
+
+    monkeypatch.setattr(Sweep, "command", command)
+    assert sweeps.main(arguments) == 1
+    out = lines(capsys.readouterr().out)
+    assert re.fullmatch(r"sweep s: trial 0 seed=0: finished in [\d.]+s", out[2]), out
+    how = "exit code 0 but no model.safetensors: its run did not finish"
+    assert re.fullmatch(rf"sweep s: trial 1 seed=1: failed \({how}\) after [\d.]+s; log .*seed=1\.log", out[4]), out
+    assert out[5].endswith(": 1 finished, 0 skipped (finished before), 1 failed, 0 refused")
+    sweep = read_sweep(arguments[0], arguments[1:])
+    outcome = json.loads(sweep.outcome(sweep.trials[1]).read_text())
+    assert (outcome["result"], outcome["how"]) == ("failed", how)
+    assert sweeps.main(["--list", *arguments]) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()[1:]] == ["finished",
+                                                                                         f"failed ({how})"]
 
 
 # --- the sweep's exit code --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, load_config, run_changes, shown
+from cifarlab.config import Config, flatten, load_config, run_changes, shown, to_dict
 from cifarlab.errors import UsageError
 
 VERSION_KEYS = ("base", "overrides", "trials")
@@ -97,6 +97,19 @@ def check_same_sweep(record: Record, name: str, shared: Config, swept: Collectio
         detail = ", ".join(f"{key}: {shown(changes[key][0])} there, {shown(changes[key][1])} here" for key in keys[:3])
         raise UsageError(f"{record.path} records another sweep named '{name}' ({detail}); rename this one (name:) "
                          f"or set another train.output_dir")
+
+
+def changes(saved: Config, now: Config, swept: Collection[str]) -> dict[str, tuple[Any, Any]]:
+    """What makes ``now`` another trial than the run of ``saved``, ``{key: (saved value, value now)}`` in schema
+    order: what the trainer's resume rule refuses (cifarlab.config.run_changes), and any change of a ``swept`` key.
+    The keys the grid, trials and seeds set are what tells one trial from another, so they are its identity even
+    where a run may change them (data.root; anything under train.allow_changes=true): a finished run of another
+    swept value is never this trial's. Every decision that a run directory is a trial's goes by this."""
+    found = run_changes(saved, now)
+    prefixes = tuple(f"{key}." for key in swept)
+    differing = {**{key: pair for key, pair in {**found.volatile, **found.recorded}.items()
+                    if key in swept or key.startswith(prefixes)}, **found.refused}
+    return {key: differing[key] for key in flatten(to_dict(now)) if key in differing}
 
 
 def absolute(base: Optional[str]) -> Optional[str]:

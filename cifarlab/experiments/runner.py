@@ -23,9 +23,9 @@ from typing import IO, Any, Optional
 from omegaconf import OmegaConf
 
 from cifarlab import files
-from cifarlab.config import load_config, run_changes, shown
+from cifarlab.config import load_config, shown
 from cifarlab.errors import Preempted, UsageError
-from cifarlab.experiments.record import Trial, absolute, document, read_record
+from cifarlab.experiments.record import Trial, absolute, changes, document, read_record
 from cifarlab.experiments.spec import Sweep
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
@@ -44,7 +44,8 @@ def say(sweep: Sweep, message: str) -> None:
 
 def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
     """Why the trial's run directory holds a run the trial must not continue (a one-line reason), or None. The
-    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses."""
+    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses; and
+    a swept key is the trial's identity even where a run may change it (cifarlab.experiments.record.changes)."""
     run = sweep.run_dir(trial)
     if not run.config.is_file():
         return None
@@ -52,11 +53,16 @@ def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
         there = load_config(str(run.config))
     except UsageError as error:
         return f"its config.yaml does not load ({error})"
-    refused = run_changes(there, sweep.configs[trial.index]).refused
+    refused = changes(there, sweep.configs[trial.index], sweep.swept)
     if not refused:
         return None
     return "holds a run of another configuration (" + ", ".join(
         f"{key}: {shown(old)} there, {shown(new)} here" for key, (old, new) in refused.items()) + ")"
+
+
+def finished(sweep: Sweep, trial: Trial) -> bool:
+    """Whether the trial has finished: its run directory holds a finished run, and that run is the trial's."""
+    return sweep.run_dir(trial).finished() and conflict(sweep, trial) is None
 
 
 def status(sweep: Sweep, trial: Trial) -> str:
@@ -312,11 +318,17 @@ class Runner:
         # too: torchrun's agent exits 1 once its workers have saved and stopped, and a trainer signalled
         # before it handles signals dies of the signal.
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        run = self.sweep.run_dir(running.trial)
+        done = code == 0 and run.finished()
+        if code == 0 and not done:
+            # A trainer that ends its run writes the final weights last (a pruned or target-reached run too): an
+            # exit 0 without them trained nothing this trial can count.
+            how = f"exit code 0 but no {run.weights.name}: its run did not finish"
         if code in STOPPED or (self.signalled is not None and code != 0):
             self.tally.stopped += 1
             result = "stopped"
             self._say(f"{label}: stopped (exit {code}) after {seconds:.1f}s; run the sweep again to continue it")
-        elif code == 0:
+        elif done:
             self.tally.finished += 1
             result = "finished"
             self._say(f"{label}: finished in {seconds:.1f}s")

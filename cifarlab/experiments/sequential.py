@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from cifarlab.errors import UsageError
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Runner, say, write_record
+from cifarlab.experiments.runner import Runner, finished, say, write_record
 from cifarlab.experiments.spec import SEED, Sweep, read_sweep, read_yaml
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
                 + (f"; equivalent within ±{plan.margin:g} points" if plan.margin is not None else ""))
     while True:
         undecided = [key for key, comparison in comparisons.items() if not comparison.decision]
-        todo = [t for key in (base, *undecided) for t in groups[key] if not sweep.run_dir(t).finished()]
+        todo = [t for key in (base, *undecided) for t in groups[key] if not finished(sweep, t)]
         say(sweep, f"{len(seeds)} seeds: {len(todo)} trial(s) to run for the baseline and {len(undecided)} "
                     f"undecided group(s)")
         if todo:

@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, flatten, load_config, run_changes, to_dict, with_run_name
+from cifarlab.config import Config, flatten, load_config, to_dict, with_run_name
 from cifarlab.errors import UsageError
-from cifarlab.experiments.record import Record, Trial, check_same_sweep, match, read_record
+from cifarlab.experiments.launching import check_launch, launch_list
+from cifarlab.experiments.record import Record, Trial, changes, check_same_sweep, match, read_record
 from cifarlab.experiments.space import Search, read_search
 from cifarlab.run.rundir import RunDir
 
@@ -33,7 +33,8 @@ PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wand
 NOT_SWEPT = ("train.output_dir",)
 """Keys that may be set for all trials but not per trial (all trials live in one folder)."""
 SEED = "train.seed"
-"""A trainer's exit codes after it saved a checkpoint on SIGUSR1/SIGTERM, and on Ctrl-C."""
+SEED_LIMIT = 2**32
+"""Seeds are 0 <= seed < SEED_LIMIT (NumPy's range, which the trainer seeds)."""
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
 
@@ -50,7 +51,8 @@ class Sweep:
     common: tuple[str, ...]
     """``key=value`` overrides of every trial: the file's, then the command line's."""
     launch: tuple[str, ...]
-    """``accelerate launch`` options; none: the trainer runs without a launcher."""
+    """``accelerate launch`` options (those cifarlab.experiments.launching allows); none: the trainer runs without a
+    launcher."""
     folder: Path
     """``<train.output_dir>/<name>``: the trials' run directories, sweep.yaml and logs/."""
     trials: tuple[Trial, ...]
@@ -64,6 +66,9 @@ class Sweep:
     as its trials are sampled)."""
     search: Optional[Search] = None
     """The ``search:`` section: trials are sampled by a study (cifarlab.experiments.study), not listed."""
+    swept: frozenset[str] = frozenset()
+    """The keys the grid, trials and seeds set, now or in the sweep's record (a search's: its space): a trial's
+    identity, whatever the trainer's resume rule lets one run change (cifarlab.experiments.record.changes)."""
 
     def run_dir(self, trial: Trial) -> RunDir:
         return RunDir(self.folder / trial.name)
@@ -134,21 +139,23 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
 
     common = (*ours, *overrides)
     shared = _load(base, common, f"{where} (base and overrides)")
-    launch_options = (*_launch_list(spec.get("launch", []), f"{where}: launch"), *launch)
+    launch_options = (*launch_list(spec.get("launch", []), f"{where}: launch"),
+                      *check_launch(launch, "launch options on the command line"))
     if "search" in spec:
         search = _read_search(spec, where, base, common)
         return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
-                     search=search)
+                     search=search, swept=frozenset(param.key for param in search.space))
     drafts = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
                                                                                                settings)))
-    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts)
+    sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts,
+                  swept=frozenset(places))
     configs = [_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in drafts]
     record = read_record(sweep.record)
     if record is None:
         sweep = dataclasses.replace(sweep, configs=dict(enumerate(configs)))
     else:
-        check_same_sweep(record, name, shared,
-                         swept=set(places) | {_key(s) for trial in record.trials for s in trial.settings})
+        sweep = dataclasses.replace(sweep, swept=sweep.swept | {_key(s) for t in record.trials for s in t.settings})
+        check_same_sweep(record, name, shared, swept=sweep.swept)
         sweep = _follow(sweep, record, configs)
     _check_no_twins(sweep, where)
     return sweep
@@ -160,11 +167,12 @@ def _follow(sweep: Sweep, record: Record, configs: list[Config]) -> Sweep:
     recorded: dict[int, Optional[Config]] = {}
 
     def same(old: Trial, new: Trial) -> bool:
-        """Whether the recorded trial ``old`` is ``new``: its run would continue as ``new`` (the trainer's rule)."""
+        """Whether the recorded trial ``old`` is ``new``: its run would continue as ``new`` (the trainer's rule) with
+        the same value of every swept key."""
         if old.index not in recorded:
             recorded[old.index] = _recorded_config(sweep, record, old)
         there = recorded[old.index]
-        return there is not None and not run_changes(there, configs[new.index]).refused
+        return there is not None and not changes(there, configs[new.index], sweep.swept)
 
     found = match(record, sweep.trials, same)
     taken = {trial.name for trial in record.trials}
@@ -289,12 +297,6 @@ def _override_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def _launch_list(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, (str, int, float)) for item in value):
-        raise UsageError(f"{where}: must be a list of accelerate launch options (e.g. [--num_processes 2])")
-    return [word for item in value for word in shlex.split(str(item))]
-
-
 def _expand(spec: dict[str, Any], where: str) -> list[list[str]]:
     """Each trial's own settings: every explicit trial x every grid point x every seed, in that order."""
     rows = _trial_rows(spec.get("trials"), where)
@@ -351,6 +353,9 @@ def _seeds(value: Any, where: str) -> list[Optional[int]]:
         raise UsageError(f"{where}: seeds must be a non-empty list of integers (e.g. [0, 1, 2])")
     if len(set(value)) != len(value):
         raise UsageError(f"{where}: seeds {value} repeats a seed")
+    for seed in value:
+        if not 0 <= seed < SEED_LIMIT:
+            raise UsageError(f"{where}: seeds: {seed} is not a seed; train.seed is 0 to 2**32 - 1 ({SEED_LIMIT - 1})")
     return value
 
 
