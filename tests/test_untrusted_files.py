@@ -5,7 +5,10 @@ run code, and torch's loader is one without a known weights_only escape."""
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +17,23 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
 from cifarlab import compare, evaluate, predict, summary, sweep, train
-from cifarlab.config import ConfigError, load_config, to_yaml
+from cifarlab.config import CheckpointConfig, ConfigError, load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import results
 from cifarlab.experiments.runner import conflict
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import StudyFeed
+from cifarlab.run import pickles
+from cifarlab.run.checkpoint import Checkpointer, TrainState
+from cifarlab.run.rundir import RunDir
 
-from conftest import CONFIGS, error_lines
+from conftest import CONFIGS, REPO, error_lines
 
 pytestmark = pytest.mark.unit
 
@@ -224,3 +231,94 @@ def test_a_journals_value_calling_a_resolver_is_never_run(tmp_path: Path, spy: l
     with pytest.raises(UsageError, match="resolver"):
         feed._trial(0, {"model.name": "${spy:}"})  # as a journal someone else wrote would hand it out
     assert spy == []
+
+
+# --- checkpoints: pickles never run code; torch's floor -----------------------------------------------------
+
+class Payload:
+    """Unpickling this would run ``call(argument)``: a marker file appears."""
+
+    def __init__(self, call: Any, argument: str) -> None:
+        self.call, self.argument = call, argument
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return self.call, (self.argument,)
+
+
+def saved_checkpoint(tmp_path: Path) -> Checkpointer:
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    saver = Checkpointer(accelerator, RunDir(tmp_path / "run"), CheckpointConfig(every_n_steps=2), 4)
+    saver.save(TrainState(global_step=2))
+    return saver
+
+
+def replace_sealed(folder: Path, name: str, data: bytes) -> None:
+    """Replace a checkpoint's file and its manifest entry, as someone sharing a checkpoint could."""
+    import hashlib
+
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("victim", ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"])
+@pytest.mark.parametrize("how", ["os.system", "builtins.exec", "plain pickle"])
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path: Path, victim: str,
+                                                                         how: str) -> None:
+    saver = saved_checkpoint(tmp_path)
+    folder = saver.run.checkpoint(2)
+    assert (folder / victim).is_file()
+    marker = tmp_path / "executed"
+    if how == "builtins.exec":
+        payload = Payload(exec, f"open({str(marker)!r}, 'w').close()")
+    else:
+        payload = Payload(os.system, f"touch {marker}")
+    buffer = tmp_path / "payload"
+    if how == "plain pickle":
+        buffer.write_bytes(pickle.dumps({"state": payload}, protocol=2))
+    else:
+        torch.save({"state": payload}, buffer)
+    if how == "plain pickle":  # the payload is live: unpickled, it runs
+        pickle.loads(buffer.read_bytes())
+    else:
+        torch.load(buffer, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    replace_sealed(folder, victim, buffer.read_bytes())
+    with pytest.raises(UsageError) as refused:
+        saver.load(folder)
+    message = str(refused.value)
+    assert "\n" not in message and victim in message and "nothing in it was executed" in message
+    assert not marker.exists()
+
+
+def torch_floor() -> str:
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    (floor,) = re.findall(r"(?m)^\s*torch>=(\S+)$", setup["options"]["install_requires"])
+    return floor
+
+
+def test_torch_is_one_without_a_known_weights_only_escape() -> None:
+    # CVE-2025-32434 (fixed in 2.6) and CVE-2026-24747 (fixed in 2.10): torch.load(weights_only=True) ran code.
+    assert torch_floor() == pickles.SAFE_TORCH
+    assert tuple(int(part) for part in pickles.SAFE_TORCH.split(".")) >= (2, 10)
+    assert torch.__version__ >= pickles.SAFE_TORCH
+
+
+def test_an_older_torch_loads_no_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saver = saved_checkpoint(tmp_path)
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.1"))
+
+    def unpickled(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.load ran")
+
+    monkeypatch.setattr(torch, "load", unpickled)
+    with pytest.raises(UsageError, match=r"torch 2\.9\.1 .*upgrade torch to >= 2\.10") as refused:
+        saver.load(saver.run.checkpoint(2))
+    assert "\n" not in str(refused.value)
