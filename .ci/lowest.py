@@ -1,5 +1,5 @@
 """Print pip constraints that pin each of setup.cfg's install_requires, and its ``search`` extra, to the lowest
-version its ``>=`` bound admits (``torch>=2.4`` -> ``torch==2.4``): the second environment .ci/run tests, so that
+version its ``>=`` bound admits (``torch>=2.10`` -> ``torch==2.10``): the second environment .ci/run tests, so that
 the declared ranges are tested ranges at both ends."""
 
 from __future__ import annotations

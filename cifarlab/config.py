@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifarlab.errors import UsageError
+from cifarlab.interpolation import resolver_call
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
@@ -277,25 +278,49 @@ class Config:
                  f"checkpoint.every_n_steps={every} must be a multiple of train.grad_accum_steps={accum}")
 
 
-def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`Config`."""
+def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
+                overrides_from: Optional[str] = None) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`Config`.
+
+    Overrides are the command line's, typed by the person running it: their interpolations are resolved once, here
+    (``train.run_name=${oc.env:WANDB_RUN_ID}``), and the config holds the values. A file may have been written by
+    someone else (a shared preset, a copied run's config.yaml): it may refer to other keys (``${optim.lr}``) but
+    call no resolver (:func:`refuse_resolvers`). ``overrides_from`` names the file the overrides were read from (a
+    sweep's record): they are then held to a file's rule."""
     try:
         merged = OmegaConf.structured(Config)
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
                 raise ConfigError(f"--config {config_file}: no such file; presets live in configs/ (e.g. configs/smoke.yaml)")
-            merged = OmegaConf.merge(merged, _yaml_no(OmegaConf.load(path)))
+            loaded = OmegaConf.load(path)
+            refuse_resolvers(loaded, config_file)
+            merged = OmegaConf.merge(merged, _yaml_no(loaded))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
         if overrides:
-            merged = OmegaConf.merge(merged, _yaml_no(OmegaConf.from_dotlist(list(overrides))))
+            typed = OmegaConf.from_dotlist(list(overrides))
+            if overrides_from is not None:
+                refuse_resolvers(typed, overrides_from)
+            merged = OmegaConf.merge(merged, _yaml_no(typed))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
     assert isinstance(config, Config)
     return config
+
+
+def refuse_resolvers(document: Any, where: str) -> None:
+    """Refuse a file's interpolation that calls a resolver, anywhere in ``document`` (a loaded YAML file, as
+    OmegaConf or plain containers): see :mod:`cifarlab.interpolation`."""
+    found = resolver_call(OmegaConf.to_container(document, resolve=False) if OmegaConf.is_config(document)
+                          else document)
+    if found is not None:
+        key, text = found
+        raise ConfigError(f"{where}: {key or 'a value'}: {text} calls a resolver, which a file may not (it could read "
+                          f"the environment); a file may refer to other keys (${{optim.lr}}): set {key or 'the value'} "
+                          f"on the command line instead")
 
 
 def _yaml_no(node: Any) -> Any:

@@ -88,7 +88,8 @@ def check_same_sweep(record: Record, name: str, shared: Config, swept: Collectio
     if not isinstance(last.get("overrides"), list):
         return  # a record from before versions were kept: its trials are matched as they are
     try:
-        theirs = load_config(last.get("base"), [str(item) for item in last["overrides"]])
+        theirs = load_config(last.get("base"), [str(item) for item in last["overrides"]],
+                             overrides_from=str(record.path))  # another's record: nothing in it is resolved
     except UsageError:
         return
     changes = run_changes(theirs, shared).refused

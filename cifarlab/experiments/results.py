@@ -89,7 +89,8 @@ def read_config(path: Path) -> dict[str, Any]:
     from cifarlab.config import flatten
 
     try:
-        written = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        # Never resolved: ${oc.env:...} in a copied run's file would read this machine's environment into the table.
+        written = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except (OmegaConfBaseException, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ResultsError(f"{path}: not a readable config ({reason})") from None

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, flatten, load_config, to_dict, with_run_name
+from cifarlab.config import Config, flatten, load_config, refuse_resolvers, to_dict, with_run_name
 from cifarlab.errors import UsageError
 from cifarlab.experiments.launching import check_launch, launch_list
 from cifarlab.experiments.record import Record, Trial, changes, check_same_sweep, match, read_record
@@ -222,7 +222,7 @@ def _recorded_config(sweep: Sweep, record: Record, trial: Trial) -> Optional[Con
         sweep = dataclasses.replace(sweep, base=then[-1].get("base"),
                                     common=tuple(str(item) for item in then[-1]["overrides"]))
     try:
-        return load_config(sweep.base, sweep.overrides(trial))
+        return load_config(sweep.base, sweep.overrides(trial), overrides_from=str(record.path))
     except UsageError:
         return None
 
@@ -264,6 +264,7 @@ def _load_file(source: Path) -> dict[str, Any]:
     unknown = [str(key) for key in loaded if key not in FILE_KEYS]
     if unknown:
         raise UsageError(f"sweep file {source}: unknown key '{unknown[0]}'; keys: {', '.join(FILE_KEYS)}")
+    refuse_resolvers(loaded, f"sweep file {source}")  # its values reach trainers' command lines, which resolve
     return {str(key): value for key, value in loaded.items()}
 
 

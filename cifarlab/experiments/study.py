@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from cifarlab.config import VOLATILE, load_config, shown
+from cifarlab.config import VOLATILE, load_config, refuse_resolvers, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
@@ -158,6 +158,7 @@ class StudyFeed(Feed):
     def _trial(self, number: int, params: dict[str, Any]) -> Trial:
         chosen = space.settings(self.search, params)
         trial = Trial(number, trial_name(number), tuple(setting(key, value) for key, value in chosen.items()))
+        refuse_resolvers(chosen, str(self.sweep.folder / JOURNAL))  # values read back from the journal
         self.sweep.configs[number] = load_config(self.sweep.base, self.sweep.overrides(trial))
         return trial
 

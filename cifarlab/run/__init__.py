@@ -2,6 +2,6 @@
 accelerator, optimizer, schedule and evaluation (``engine``), one epoch of training (``epoch``), every metric to W&B,
 metrics.jsonl and the console (``recorder``, ``tracking``), checkpoints (``checkpoint``), stop signals and requeue
 (``preemption``), the run directory's names and lock (``rundir``, ``runlock``), the run record (``environment``),
-Accelerate bypasses (``workarounds``), a trained model read back (``loading``) and a search's trial reporting to its
-study (``pruning``). Imports report, data, models and
+Accelerate bypasses (``workarounds``), a trained model read back (``loading``), a search's trial reporting to its
+study (``pruning``) and what loads a checkpoint's pickles (``pickles``). Imports report, data, models and
 the ground floor, never the experiments or the commands."""

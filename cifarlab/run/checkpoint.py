@@ -12,9 +12,8 @@ A save writes ``checkpoints/.tmp-step_N``, waits for every rank's files, fsyncs 
 updates ``latest``. A process killed at any moment therefore leaves the previous checkpoints
 untouched, and a checkpoint damaged later (truncated copy, full disk) fails its manifest check.
 
-The trainer's state is JSON, not a ``register_for_checkpointing`` object: Accelerate loads those
-with weights_only=False, i.e. by unpickling, which can execute code stored in the checkpoint.
-Accelerate's own files are loaded with ``weights_only=True`` (its ``load`` default).
+The trainer's state is JSON, not a ``register_for_checkpointing`` object (Accelerate unpickles those with
+weights_only=False); Accelerate's own files are pickles, loaded as :mod:`cifarlab.run.pickles` says.
 
 :class:`Checkpointer` owns the cadence (every ``checkpoint.every_n_steps`` steps and every epoch end),
 retention and ``best/``; the train loop only tells it where training is.
@@ -42,6 +41,7 @@ from torch import nn
 from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
+from cifarlab.run.pickles import require_safe_torch
 from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir, resume_command
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -375,9 +375,9 @@ class Checkpointer:
                         f"are intact: free space, then continue with {resume_command(self.run)}")
 
     def load(self, path: Path) -> TrainState:
-        """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
-        return the trainer state. Nothing pickled is ever executed: Accelerate loads with weights_only=True and
-        refuses anything else, which ends the run with one line naming the file."""
+        """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint and return
+        the trainer state. Nothing pickled is ever executed (:mod:`cifarlab.run.pickles`): one line names the file."""
+        require_safe_torch(path)
         # Accelerate skips an RNG file it cannot load with a note at INFO level: check the pickled files first
         # (safetensors files cannot hold code; they are read once, below).
         refused = unloadable(path, pickled_only=True)
