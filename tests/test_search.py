@@ -122,10 +122,9 @@ def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_
         {"optim.lr": 0.001738, "optim.weight_decay": 1e-5}
 
     def sampled() -> list[dict[str, Any]]:
-        study = optuna.create_study()
+        study = optuna.create_study(sampler=space.sampler(search))
         chosen = []
         for _ in range(4):
-            study.sampler = space.sampler(search, len(study.trials))
             trial = study.ask()
             chosen.append(space.suggest(search, trial))
             study.tell(trial, 0.5)
@@ -133,6 +132,57 @@ def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_
 
     first = sampled()
     assert first == sampled() and len({json.dumps(c) for c in first}) == 4
+
+
+def _draws(folder: Path, method: str, together: bool) -> dict[int, dict[str, Any]]:
+    """Four trials sampled by two workers' feeds on one journal, two rounds: ``together``, in each round the second
+    worker samples while the first is asking (both saw the same trials: what array tasks started at once do),
+    else one after another. Each trial is told a value before the next round."""
+    sweep = read_sweep(str(write(folder, {"space": SPACE, "method": method, "seed": 3, "trials": 8})),
+                       [f"train.output_dir={folder / 'runs'}"])
+    first, second = (StudyFeed(sweep, open_study(sweep)) for _ in range(2))
+    drawn: dict[int, dict[str, Any]] = {}
+
+    def pick(feed: StudyFeed) -> None:
+        picked = feed._pick()
+        assert picked is not None
+        drawn[picked[0]] = picked[1]
+
+    def tell() -> None:  # (one process holds every claim: a running trial would be adopted by the other feed)
+        for number in sorted(drawn):
+            for feed in (first, second):
+                if trial_name(number) in feed.claims.held:
+                    feed._tell(number, number / 10, "told")
+
+    asking = first.study.ask
+
+    def ask_after_the_other(*args: Any, **kwargs: Any) -> Any:
+        pick(second)
+        return asking(*args, **kwargs)
+
+    for _ in range(2):
+        if together:
+            setattr(first.study, "ask", ask_after_the_other)  # noqa: B010 - on this object only
+            pick(first)
+            delattr(first.study, "ask")
+        else:
+            pick(first)
+            tell()
+            pick(second)
+        tell()
+    return drawn
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_workers_asking_at_once_draw_their_own_settings_and_a_rerun_draws_them_again(method: str,
+                                                                                    tmp_path: Path) -> None:
+    together = _draws(tmp_path / "a", method, together=True)
+    assert sorted(together) == [0, 1, 2, 3]
+    assert len({json.dumps(params, sort_keys=True) for params in together.values()}) == 4  # none drawn twice
+    assert _draws(tmp_path / "b", method, together=True) == together  # from the study's seed and trial numbers
+    if method == "random":  # each draw is its trial's own: who asked when does not matter
+        assert _draws(tmp_path / "c", method, together=False) == together
 
 
 def _hold(path: str, ready: Any) -> None:

@@ -170,12 +170,46 @@ def _count(value: Any, where: str) -> int:
 # --- Optuna's objects -----------------------------------------------------------------------------------------
 
 
-def sampler(search: Search, salt: int) -> optuna.samplers.BaseSampler:
-    """The sampler for one ask: seeded from the search's seed and ``salt`` (the trials the study had), so a
-    study run by one worker samples the same settings every time, and workers asking at once rarely alike."""
+def sampler(search: Search) -> optuna.samplers.BaseSampler:
+    """The search's sampler: trial *n*'s settings are drawn by a sampler seeded from the search's seed and *n*, the
+    number the study hands out (the journal numbers trials atomically). Workers asking at once (array tasks started
+    together) draw their own settings, and a study run again from an empty folder draws the same ones."""
     import optuna
 
-    seed = (search.seed * 1_000_003 + salt) % 2**32
+    class PerTrial(optuna.samplers.BaseSampler):
+        """Optuna's sampler for each trial, seeded by its number (every method is given the trial)."""
+
+        def __init__(self) -> None:
+            self.made: dict[int, optuna.samplers.BaseSampler] = {}
+
+        def of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+            if trial.number not in self.made:
+                while len(self.made) >= 64:  # a long-running worker's parallel trials: a few at a time
+                    self.made.pop(next(iter(self.made)))
+                self.made[trial.number] = _seeded(search, (search.seed * 1_000_003 + trial.number) % 2**32)
+            return self.made[trial.number]
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return self.of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+            return self.of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            return self.of(trial).sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.of(trial).before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.of(trial).after_trial(study, trial, state, values)
+
+    return PerTrial()
+
+
+def _seeded(search: Search, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if search.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.trials // 4)))

@@ -88,6 +88,7 @@ class StudyFeed(Feed):
         super().__init__()
         assert sweep.search is not None
         self.sweep, self.search, self.study = sweep, sweep.search, study
+        self.study.sampler = space.sampler(self.search)
         self.claims = Claims(sweep.folder)
         self.quiet_until = 0.0
         self.orphans: set[int] = set()
@@ -119,7 +120,6 @@ class StudyFeed(Feed):
         running = states.count(optuna.trial.TrialState.RUNNING)
         if done + running >= self.search.trials or states.count(optuna.trial.TrialState.FAIL) >= self.search.trials:
             return None
-        self.study.sampler = space.sampler(self.search, len(trials))
         asked = self.study.ask()
         self.claims.claim(trial_name(asked.number), new=True)
         return asked.number, space.suggest(self.search, asked)
