@@ -6,6 +6,7 @@ resumed from their checkpoints, then confirmed on fresh seeds."""
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -76,6 +77,7 @@ BAD = {
     "confirm on one seed": ({"space": SPACE, "confirm": {"top": 2, "seeds": 1}}, {}, "at least 2 seeds"),
     "confirm misspelt": ({"space": SPACE, "confirm": {"best": 2, "seeds": 3}}, {}, "must be {top: K, seeds: S}"),
     "run name searched": ({"space": {"train.run_name": {"choice": ["a", "b"]}}}, {}, "is set by the sweep"),
+    "seed searched": ({"space": {"train.seed": {"int": [0, 9]}}}, {}, "train.seed cannot be searched"),
 }
 
 
@@ -132,6 +134,53 @@ def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_
 
     first = sampled()
     assert first == sampled() and len({json.dumps(c) for c in first}) == 4
+
+
+@pytest.mark.unit
+def test_rounded_values_stay_inside_their_range_with_4_digits_where_they_can() -> None:
+    ema = space.read_search({"space": {"train.ema": {"uniform": [0.99995, 0.99999]}}}, "f")
+    rounded = space.settings(ema, {"train.ema": 0.99998713})["train.ema"]
+    assert 0.99995 <= rounded <= 0.99999  # 4 digits would give 1.0, which no trial can load
+    chance = random.Random(27)
+    for _ in range(3000):
+        kind = chance.choice(["uniform", "log_uniform", "int"])
+        if kind == "int":
+            low = chance.randint(-10**chance.randint(0, 18), 10**chance.randint(0, 18))
+            high = low + chance.randint(1, 10**chance.randint(0, 18))
+            values = [low, high, chance.randint(low, high)]
+        else:
+            sign = 1 if kind == "log_uniform" or chance.random() < 0.5 else -1
+            low = sign * 10 ** chance.uniform(-30, 30) * chance.uniform(1, 10)
+            high = low + abs(low) * 10 ** chance.uniform(-15, 3)
+            if not low < high:
+                continue
+            values = [low, high, math.nextafter(low, math.inf), math.nextafter(high, -math.inf),
+                      *(chance.uniform(low, high) for _ in range(3))]
+        search = space.read_search({"space": {"k": {kind: [low, high]}}}, "f")
+        for value in values:
+            got = space.settings(search, {"k": value})["k"]
+            assert low <= got <= high, (kind, low, high, value, got)
+            four = float(f"{value:.4g}")
+            if kind == "int":
+                assert got == value and isinstance(got, int)
+            elif low <= four <= high:
+                assert got == four
+            else:  # the fewest digits that stay inside: one fewer leaves the range
+                digits = len(repr(got).split("e")[0].replace("-", "").replace(".", "").strip("0"))
+                assert not low <= float(f"{value:.{digits - 1}g}") <= high, (value, got)
+
+
+@pytest.mark.unit
+def test_a_search_whose_every_trial_failed_exits_1_also_when_none_loaded(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each end loads alone (warmup 1.5 of the preset's 2 epochs; 1 epoch with its 0.5 warmup), no trial together."""
+    file = write(tmp_path, {"space": {"optim.warmup_epochs": {"choice": [1.5]}, "train.epochs": {"choice": [1]}},
+                            "trials": 2}, overrides=[item for item in TRIAL if not item.startswith("train.epochs=")])
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("its settings do not load") == 2 and "search done" not in out
+    assert "no more trials sampled: 2 failed, as many as trials: asks for" in out
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1  # and again, sampling nothing
 
 
 def _draws(folder: Path, method: str, together: bool) -> dict[int, dict[str, Any]]:

@@ -45,10 +45,12 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
                f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
     code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
     failed = _count(study, "FAIL")
-    if code == 1 and failed < search.trials:
-        code = 0  # a failed trial (diverged, say) does not count: the study sampled another in its place
-    elif code == 1:
+    if code in (0, 1) and failed >= search.trials > _count(study, "COMPLETE") + _count(study, "PRUNED"):
+        # However they failed: their trainers, or the feed (settings that do not load, a worker lost mid-sampling).
         say(sweep, f"no more trials sampled: {failed} failed, as many as trials: asks for; see --list and their logs")
+        return 1
+    if code == 1:
+        code = 0  # a failed trial (diverged, say) does not count: the study sampled another in its place
     if code != 0:
         return code
     running = _count(study, "RUNNING")

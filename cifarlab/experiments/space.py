@@ -218,8 +218,20 @@ def _seeded(search: Search, seed: int) -> optuna.samplers.BaseSampler:
 def settings(search: Search, params: dict[str, Any]) -> dict[str, Any]:
     """A trial's settings from the study's sampled values: floats to 4 significant digits (0.001738, not
     0.0017376198756776707), so that names, tables and pasted options read; the run trains with these values."""
-    return {p.key: float(f"{params[p.key]:.4g}") if isinstance(params[p.key], float) and p.kind != "choice"
-            else params[p.key] for p in search.space}
+    return {p.key: rounded(params[p.key], p) for p in search.space}
+
+
+def rounded(value: Any, param: Param) -> Any:
+    """A sampled float to 4 significant digits, or to as many more as it takes to stay inside the range (0.99998713
+    in [0.99995, 0.99999] is 0.99999, not 1.0, which the range excludes); other values as they are."""
+    if not isinstance(value, float) or param.kind == "choice":
+        return value
+    low, high = param.values
+    for digits in range(4, 18):  # 17 significant digits give back every float exactly
+        shortened = float(f"{value:.{digits}g}")
+        if low <= shortened <= high:
+            return shortened
+    return value
 
 
 def suggest(search: Search, trial: optuna.Trial) -> dict[str, Any]:
