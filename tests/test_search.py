@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -256,6 +257,28 @@ def test_a_claim_excludes_other_workers_until_its_worker_dies(tmp_path: Path) ->
     assert claims.claim("trial-0000")
     assert not claims.claim("trial-0000")  # this worker holds it already
     claims.release("trial-0000")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_claim_files_follow_the_umask_and_a_planted_link_is_refused(mask: int, tmp_path: Path) -> None:
+    """A colleague's worker on a shared study opens the claim files this worker made (0600 before: PermissionError)."""
+    previous = os.umask(mask)
+    try:
+        claims = Claims(tmp_path)
+        assert claims.claim("trial-0000", new=True) and claims.claim("trial-0001")
+        for name in ("trial-0000", "trial-0001"):
+            assert stat.S_IMODE(claims.path(name).stat().st_mode) == 0o666 & ~mask
+        assert not list(claims.folder.glob(".*"))  # no temporary file left
+        (tmp_path / "elsewhere").write_text("someone's file\n")
+        claims.path("trial-0002").symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(UsageError, match=r"claims/trial-0002.lock is a symbolic link"):
+            claims.claim("trial-0002")
+        assert (tmp_path / "elsewhere").read_text() == "someone's file\n"
+    finally:
+        os.umask(previous)
+        for name in list(claims.held):
+            claims.release(name)
 
 
 def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:

@@ -12,6 +12,7 @@ have failed as were asked for, no more are sampled."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from cifarlab import files
 from cifarlab.config import VOLATILE, load_config, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
@@ -227,9 +229,14 @@ class Claims:
         if new:
             descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
             fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(temporary, path)
+            files.publish(temporary, path)  # mkstemp's 0600 would lock a colleague's worker out of the claim
         else:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # a link planted in claims/ is not followed: its target is nobody's claim
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                raise UsageError(f"{path} is a symbolic link, not a claim cifarlab made; remove it") from None
             try:
                 fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
