@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import psutil
 import pytest
@@ -24,9 +24,9 @@ import test_slurm
 import yaml
 
 from cifarlab import sweep as sweeps
-from cifarlab.config import load_config
+from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments import space
+from cifarlab.experiments import searching, space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import JOURNAL, Claims, StudyFeed, open_study, run_dir, trial_name
@@ -353,6 +353,82 @@ def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_say
     frozen = study.get_trials()[trial.number]
     assert list(frozen.intermediate_values) == [1]
     assert loop.train(config) == run.root  # finished: a start again does nothing
+
+
+# --- the confirmation, on run directories made here ------------------------------------------------------------
+
+
+def finished_run(run: RunDir, config: Any, accuracy: float, loss: Optional[float] = None) -> None:
+    """A finished run directory as the trainer leaves it, with one evaluation (no training here)."""
+    run.root.mkdir(parents=True)
+    run.config.write_text(to_yaml(config))
+    record = {"step": 8, "time": 1e9, "elapsed_s": 1.0, "train/epoch": 1.0, "test/acc": accuracy,
+              "test/loss": 1 - accuracy if loss is None else loss, "test/images": 64}
+    run.metrics.write_text(json.dumps(record) + "\n")
+    run.weights.write_bytes(b"")
+
+
+def searched(tmp_path: Path, top: int, trials: list[tuple[float, float]]) -> tuple[Path, Any, Any]:
+    """A search of optim.lr over choices (the base's 0.02 among them) whose study holds ``trials`` (lr, value),
+    completed: its file, sweep and study."""
+    file = write(tmp_path, {"space": {"optim.lr": {"choice": [0.02, 0.05, 0.1]}}, "trials": len(trials),
+                            "confirm": {"top": top, "seeds": 2}})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    lr = optuna.distributions.CategoricalDistribution([0.02, 0.05, 0.1])
+    for value, score in trials:
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": value}, distributions={"optim.lr": lr},
+                                                  value=score))
+    return file, sweep, study
+
+
+def confirmed_runs(sweep: Any, accuracies: dict[str, list[float]]) -> None:
+    """Each confirmation run finished, with its setting's accuracies by seed ("base" for the control)."""
+    check = read_sweep(str(sweep.folder / "confirm.yaml"))
+    for trial in check.trials:
+        setting = next((s for s in trial.settings if s.startswith("optim.lr=")), "base")
+        seed = int(next(s for s in trial.settings if s.startswith("train.seed=")).split("=")[1])
+        finished_run(check.run_dir(trial), check.configs[trial.index], accuracies[setting][seed - 1])
+
+
+@pytest.mark.unit
+def test_two_winners_of_one_setting_and_a_winner_equal_to_the_base_are_each_confirmed_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The 3 best distinct settings: lr 0.05 (trials 0 and 1: once), the base's 0.02 (trial 2: the control), 0.1."""
+    file, sweep, study = searched(tmp_path, 3, [(0.05, 0.30), (0.05, 0.29), (0.02, 0.25), (0.1, 0.20), (0.1, 0.1)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))  # loads: no two trials of one configuration
+    assert [t.settings[0] for t in check.trials] == \
+        ["train.seed=1", "train.seed=2", "optim.lr=0.05", "optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.1"]
+    # The confirmation's runs, finished by other workers: the confirmation reads them.
+    confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32], "optim.lr=0.1": [0.20, 0.22]})
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out
+    assert "trial 2 trial-0002 has the base configuration's settings: it is confirmed as the control" in out
+    assert "confirming the 2 best setting(s) and the base configuration on 2 fresh seeds each: 6 runs" in out
+    assert ("optim.lr=0.02: the base configuration (control); trial 2 scored 25.00 % with these settings in the "
+            "search; confirmed 41.00 % (mean of 2 fresh seeds)") in out
+    assert "optim.lr=0.05: trial 0 scored 30.00 % in the search; confirmed 31.00 %" in out
+    assert "optim.lr=0.1: trial 3 scored 20.00 % in the search; confirmed 21.00 %" in out
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split()[-1] == "optim.lr=0.02"
+    assert "the base configuration did best in the confirmation (trial 2 of the search had its settings)" in \
+        captured.err
+
+
+@pytest.mark.unit
+def test_a_best_trial_with_the_base_settings_is_confirmed_as_the_control_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file, sweep, study = searched(tmp_path, 1, [(0.02, 0.30), (0.05, 0.29)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))  # loads: the best trial is not the base's twin
+    assert [t.settings for t in check.trials] == [("train.seed=1",), ("train.seed=2",)]
+    confirmed_runs(sweep, {"base": [0.40, 0.42]})
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 trial-0000 has the base configuration's settings" in out
+    assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in out
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
 
 
 # --- the whole search, killed and continued -----------------------------------------------------------------

@@ -25,7 +25,7 @@ from cifarlab.experiments.record import Trial
 from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
-from cifarlab.experiments.spec import Sweep, read_sweep, setting
+from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
 from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
 
 CONFIRM = "confirm"
@@ -108,12 +108,34 @@ def _as_trial(sweep: Sweep, frozen: Any) -> Trial:
 # --- confirmation ------------------------------------------------------------------------------------------
 
 
-def confirm_file(sweep: Sweep, study: Any) -> Path:
-    """``<folder>/confirm.yaml``: the top trials' settings and the base configuration (no settings: the control),
-    each with ``confirm.seeds`` seeds after the base configuration's train.seed (the seed every trial used)."""
+def winners(sweep: Sweep, study: Any) -> tuple[list[Any], Optional[Any]]:
+    """The best completed trials of the ``confirm.top`` best distinct settings (after rounding; told apart by the
+    configuration they train, spec.identity: two trials of one setting are confirmed once), best first, less the
+    one whose settings are the base configuration's, returned second: it is confirmed as the control."""
     assert sweep.search is not None and sweep.search.confirm is not None
-    chosen = ranked(sweep, study)[:sweep.search.confirm.top]
-    if not chosen:
+    base = identity(load_config(sweep.base, list(sweep.common)))
+    seen: set[str] = set()
+    chosen, control = [], None
+    for trial in ranked(sweep, study):
+        settings = [setting(key, value) for key, value in space.settings(sweep.search, trial.params).items()]
+        trains = identity(load_config(sweep.base, [*sweep.common, *settings]))
+        if len(seen) == sweep.search.confirm.top or trains in seen:
+            continue
+        seen.add(trains)
+        if trains == base:
+            control = trial
+        else:
+            chosen.append(trial)
+    return chosen, control
+
+
+def confirm_file(sweep: Sweep, study: Any) -> Path:
+    """``<folder>/confirm.yaml``: the :func:`winners`' settings and the base configuration (no settings: the
+    control), each with ``confirm.seeds`` seeds after the base configuration's train.seed (the seed every trial
+    used)."""
+    assert sweep.search is not None and sweep.search.confirm is not None
+    chosen, control = winners(sweep, study)
+    if not chosen and control is None:
         raise UsageError(f"search {sweep.name}: no trial completed (all pruned or failed): nothing to confirm")
     seed = load_config(sweep.base, list(sweep.common)).train.seed
     common = [item for item in sweep.common if not item.startswith("train.output_dir=")]
@@ -136,9 +158,13 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     """Run the confirmation (the runs no other worker holds), then print its table once every run has finished."""
     assert sweep.search is not None and sweep.search.confirm is not None
     check = read_sweep(str(confirm_file(sweep, study)))
+    chosen, control = winners(sweep, study)
     write_record(check)
-    say(sweep, f"confirming the {len(check.trials) // sweep.search.confirm.seeds - 1} best setting(s) and the base "
-               f"configuration on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
+    if control is not None:
+        say(sweep, f"trial {control.number} {trial_name(control.number)} has the base configuration's settings: "
+                   f"it is confirmed as the control, not a second time")
+    what = f"the {len(chosen)} best setting(s) and the base configuration" if chosen else "the base configuration"
+    say(sweep, f"confirming {what} on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
                f"{check.folder}")
     code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.folder)))
     if code != 0:
@@ -149,12 +175,17 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     report = confirmed(sweep, check)
     render(report, False, None if sys.stdout.isatty() else 200)
     keys = [p.key for p in sweep.search.space]
-    searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in ranked(sweep, study)}
+    searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in chosen}
     for result in report.groups:
-        trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
         mean = space.shown(sweep.search, result.summary.mean) if result.summary.mean is not None else "-"
-        found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
-                 if trial is not None else "the base configuration (control)")
+        if result is report.groups[report.baseline]:
+            found = "the base configuration (control)" + (
+                f"; trial {control.number} scored {space.shown(sweep.search, control.value)} with these settings in "
+                f"the search" if control is not None else "")
+        else:
+            trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
+            found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
+                     if trial is not None else "a searched setting")
         say(sweep, f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
     return 0
 
@@ -199,7 +230,10 @@ def best(sweep: Sweep) -> str:
                      key=lambda g: sign * (g.summary.mean or 0.0))
         chosen = {key: winner.group.overrides.get(key) for key in keys}
         if winner is report.groups[report.baseline]:
-            console.note("the base configuration did best in the confirmation: none of the searched settings beat it")
+            control = winners(sweep, study)[1]
+            console.note("the base configuration did best in the confirmation" + (
+                f" (trial {control.number} of the search had its settings)" if control is not None else "") +
+                ": none of the searched settings beat it")
     settings = {item.split("=", 1)[0]: item for item in sweep.common}  # the last of a key's values wins
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})
