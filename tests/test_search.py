@@ -10,10 +10,12 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -429,6 +431,63 @@ def test_a_best_trial_with_the_base_settings_is_confirmed_as_the_control_alone(
     assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in out
     assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
     assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
+
+
+def read_only_search(root: Path) -> tuple[Path, Path]:
+    """A confirmed search with a trial still running, every folder and file in it then made read-only: its file
+    and its output folder."""
+    file, sweep, study = searched(root, 2, [(0.05, 0.30), (0.1, 0.20)])
+    searching.confirm_file(sweep, study)
+    confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32], "optim.lr=0.1": [0.20, 0.22]})
+    asked = study.ask()
+    asked.suggest_categorical("optim.lr", [0.02, 0.05, 0.1])
+    for path in [root / "runs", *(root / "runs").rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return file, root / "runs"
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` (itself too) with its size, modification time and mode: what writing changes."""
+    return {str(path): (path.lstat().st_size, path.lstat().st_mtime_ns, path.lstat().st_mode)
+            for path in [root, *root.rglob("*")]}
+
+
+@pytest.mark.unit
+def test_list_and_best_read_a_read_only_search_folder_without_writing(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Tests run as root here, which permission bits do not stop: that nothing is written is checked on the folder
+    itself (no path added or removed, none changed in size, time or mode: the journal appended to, a lock file made
+    and removed in it)."""
+    file, runs = read_only_search(tmp_path)
+    before = snapshot(runs)
+    assert sweeps.main([str(file), "--list", f"train.output_dir={runs}"]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()] == \
+        [["index", "state"], ["0", "complete"], ["1", "complete"], ["2", "running (not started)"]]
+    assert sweeps.main([str(file), "--best", f"train.output_dir={runs}"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
+    assert snapshot(runs) == before
+
+
+@pytest.mark.integration
+def test_list_and_best_work_for_a_user_who_cannot_write_the_folder(tmp_path: Path) -> None:
+    """As an unprivileged user (root runs the test as nobody, with setpriv), whom the folder's modes keep out."""
+    root = os.geteuid() == 0
+    if root and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as an unprivileged user")
+    shared = Path(tempfile.mkdtemp(prefix="cifarlab-shared-"))  # tmp_path's parents are root's alone (0700)
+    try:
+        shared.chmod(0o755)
+        file, runs = read_only_search(shared)
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if root else []
+        for option in ("--list", "--best"):
+            done = subprocess.run([*user, *SWEEP, str(file), option, f"train.output_dir={runs}"], cwd=shared,
+                                  env=cli_env(HOME=str(shared)), capture_output=True, text=True, timeout=120)
+            check(done)
+        assert done.stdout.split()[-1] == "optim.lr=0.02"
+    finally:
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o755)
+        shutil.rmtree(shared)
 
 
 # --- the whole search, killed and continued -----------------------------------------------------------------

@@ -26,7 +26,7 @@ from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
 from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
-from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
+from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, reading, trial_name
 
 CONFIRM = "confirm"
 
@@ -78,15 +78,14 @@ def ranked(sweep: Sweep, study: Any) -> list[Any]:
     return sorted(complete, key=lambda t: (sign * t.value, t.number))
 
 
-def started(sweep: Sweep) -> Optional[Any]:
-    """The study, or None before the search first ran (nothing is written then)."""
-    return open_study(sweep) if (sweep.folder / JOURNAL).is_file() else None
-
-
 def listing(sweep: Sweep) -> list[str]:
-    """``--list``: a header, then every trial of the study with its state, value and settings."""
+    """``--list``: a header, then every trial of the study with its state, value and settings (nothing written)."""
+    with reading(sweep) as study:
+        return _listing(sweep, study)
+
+
+def _listing(sweep: Sweep, study: Optional[Any]) -> list[str]:
     assert sweep.search is not None
-    study = started(sweep)
     lines = ["index\tstate\tname\tvalue\toverrides"]
     for frozen in study.get_trials(deepcopy=False) if study is not None else []:
         state = frozen.state.name.lower()
@@ -205,11 +204,15 @@ def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
 
 def best(sweep: Sweep) -> str:
     """``--best``: the best confirmed settings (the best search trial's, said to be unconfirmed, without
-    ``confirm:``) as the trainer's options."""
+    ``confirm:``) as the trainer's options (nothing written)."""
+    with reading(sweep) as study:
+        return _best(sweep, study)
+
+
+def _best(sweep: Sweep, study: Optional[Any]) -> str:
     from cifarlab.report import console
 
     assert sweep.search is not None
-    study = started(sweep)
     if study is None:
         raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
     keys = [p.key for p in sweep.search.space]

@@ -17,8 +17,11 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,11 +64,44 @@ def open_study(sweep: Sweep) -> Any:
     except OSError as error:
         raise UsageError(f"cannot write the study {path} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
-    ours = {**sweep.search.identity(), "base": _experiment(sweep)}
-    there = study.user_attrs.get("search")
+    if not _same_search(sweep, study, path):
+        study.set_user_attr("search", _ours(sweep))
+    return study
+
+
+@contextmanager
+def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
+    """The study as it is now, for ``--list`` and ``--best``, read from a copy of its journal: nothing in the folder
+    is written (opening the journal itself appends to it and takes Optuna's lock file), so a read-only folder, a
+    colleague's, works. None before the search first ran; refused as :func:`open_study` refuses."""
+    path = sweep.folder / JOURNAL
+    if not path.is_file():
+        yield None
+        return
+    pruning.require()
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix="cifarlab-study-") as scratch:
+        copy = Path(scratch) / JOURNAL
+        shutil.copyfile(path, copy)  # a line a worker is appending meanwhile is torn: Optuna's reader leaves it out
+        try:
+            study = optuna.load_study(study_name=sweep.name, storage=pruning.journal(str(copy)))
+        except KeyError:
+            raise UsageError(f"{path} holds no study named {sweep.name}; move {sweep.folder} away") from None
+        _same_search(sweep, study, path)
+        yield study
+
+
+def _ours(sweep: Sweep) -> dict[str, Any]:
+    assert sweep.search is not None
+    return {**sweep.search.identity(), "base": _experiment(sweep)}
+
+
+def _same_search(sweep: Sweep, study: Any, path: Path) -> bool:
+    """Whether the study says which search it is (a new one does not yet); refused when it is another search."""
+    ours, there = _ours(sweep), study.user_attrs.get("search")
     if there is None:
-        study.set_user_attr("search", ours)
-        return study
+        return False
     changed = [key for key in ours if key != "base" and there.get(key) != ours[key]]
     base = there.get("base") if isinstance(there.get("base"), dict) else {}
     changed += [f"{key} ({shown(base.get(key))} there, {shown(ours['base'].get(key))} here)"
@@ -73,7 +109,7 @@ def open_study(sweep: Sweep) -> Any:
     if changed:
         raise UsageError(f"{path} is the study of another search (its {changed[0]} differs from {sweep.source}'s); "
                          f"give this search another name: or move {sweep.folder} away")
-    return study
+    return True
 
 
 def _experiment(sweep: Sweep) -> dict[str, Any]:
