@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -25,6 +26,7 @@ import pytest
 import test_slurm
 import yaml
 
+from cifarlab import compare
 from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
@@ -488,6 +490,45 @@ def test_list_and_best_work_for_a_user_who_cannot_write_the_folder(tmp_path: Pat
         for path in [shared, *shared.rglob("*")]:
             path.chmod(0o755)
         shutil.rmtree(shared)
+
+
+@pytest.mark.unit
+def test_compare_ranks_a_search_folder_by_the_search_metric_and_direction(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A search on test_loss: the lowest loss is its best, though its accuracy is not the highest; --metric is an
+    explicit override; a folder from before search.yaml falls back to final_acc and says so. No Optuna needed."""
+    file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "metric": "test_loss", "trials": 3})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    open_study(sweep)
+    assert yaml.safe_load((sweep.folder / "search.yaml").read_text()) == {
+        "space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "metric": "test_loss", "direction": "minimize"}
+    for number, (lr, accuracy, loss) in enumerate([(0.01, 0.30, 2.0), (0.0517, 0.20, 1.5), (0.1, 0.25, 1.8)]):
+        trial = Trial(number, trial_name(number), (f"optim.lr={lr}",))
+        finished_run(sweep.run_dir(trial), load_config(SMOKE, sweep.overrides(trial)), accuracy, loss)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+
+    def ranks(*options: str) -> tuple[list[int], dict[str, Any]]:
+        assert compare.main([str(sweep.folder), *options]) == 0
+        table = capsys.readouterr().out
+        assert compare.main([str(sweep.folder), "--json", *options]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        by_rank = sorted((t["rank"], t["number"]) for t in listed["trials"])
+        assert [int(n) for n in re.findall(r"trial-000(\d)", table)] == [number for _, number in by_rank]
+        return [number for _, number in by_rank], listed
+
+    order, listed = ranks()
+    assert order == [1, 2, 0] and (listed["metric"], listed["direction"]) == ("test_loss", "minimize")
+    assert listed["keys"] == ["optim.lr"] and listed["trials"][1]["settings"] == {"optim.lr": 0.0517}
+    assert ranks("--metric", "final_acc")[0] == [0, 2, 1]
+    (sweep.folder / "search.yaml").unlink()
+    assert compare.main([str(sweep.folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [t["rank"] for t in json.loads(captured.out)["trials"]] == [1, 3, 2]
+    assert "does not say what its search optimizes" in captured.err and "ranked by final_acc" in captured.err
+    (sweep.folder / "search.yaml").write_text("metric: accuracy\n")
+    assert compare.main([str(sweep.folder)]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
 
 
 # --- the whole search, killed and continued -----------------------------------------------------------------

@@ -25,18 +25,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from cifarlab import files
 from cifarlab.config import VOLATILE, load_config, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Feed, say
+from cifarlab.experiments.runner import Feed, say, write_whole
 from cifarlab.experiments.spec import Sweep, identity, setting
 from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir
 
 JOURNAL = "search.journal"
+DESCRIPTION = "search.yaml"
+"""Beside the journal: the search's metric, direction and space (Search.identity), for what reads the folder without
+Optuna (compare, cifarlab.experiments.searchview)."""
 ASKING_S = 60.0
 """A running trial with no claim file for this long lost its worker between sampling it and claiming it."""
 QUIET_S = 2.0
@@ -66,7 +71,21 @@ def open_study(sweep: Sweep) -> Any:
                          f"train.output_dir") from None
     if not _same_search(sweep, study, path):
         study.set_user_attr("search", _ours(sweep))
+    _describe(sweep)
     return study
+
+
+def _describe(sweep: Sweep) -> None:
+    """``search.yaml`` (:data:`DESCRIPTION`), written whole and renamed into place (never through a link there)."""
+    assert sweep.search is not None
+    path = sweep.folder / DESCRIPTION
+    text = "# written by cifarlab.sweep: what this search optimizes (cifarlab.compare reads it)\n" + \
+        OmegaConf.to_yaml(OmegaConf.create(sweep.search.identity()))
+    try:
+        if path.is_symlink() or not path.is_file() or path.read_text() != text:
+            write_whole(path, text)
+    except OSError as error:
+        raise UsageError(f"cannot write {path} ({error.strerror}); choose a writable train.output_dir") from None
 
 
 @contextmanager
