@@ -26,7 +26,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searchview
@@ -36,6 +36,9 @@ from cifarlab.experiments.rendering import picture, render, to_json
 from cifarlab.experiments.results import read_runs
 from cifarlab.experiments.study import DESCRIPTION
 from cifarlab.report import console
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # --- entry point ----------------------------------------------------------------------------------------
 
@@ -54,7 +57,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--png", type=Path, metavar="FILE",
                         help="also draw each run, the groups' intervals and the differences with their adjusted "
-                             "intervals into this PNG file")
+                             "intervals into this PNG file (a name ending in .png)")
     parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
     parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                         help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
@@ -70,8 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.metric is not None and args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: unknown; one of {', '.join(METRICS)}")
-        if args.png is not None and not args.png.parent.is_dir():
-            raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
+        if args.png is not None:
+            _check_png(args.png)
         if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
             return search(Path(args.paths[0]), args)
         metric = METRICS[args.metric or "final_acc"]
@@ -89,9 +92,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         # Piped output (tests, `| less`) gets a wide console so the tables are never wrapped at 80 columns.
         render(report, args.per_class, None if sys.stdout.isatty() else 200, planned)
-    if args.png is not None:
-        picture(report, args.per_class).save(args.png)
-        console.note(f"picture written to {args.png}")
+    return _save(picture(report, args.per_class), args.png) if args.png is not None else 0
+
+
+def _check_png(path: Path) -> None:
+    """Before any work: a file the picture can be written to, a PNG (PIL picks the format by the name's ending)."""
+    if path.is_dir():
+        raise UsageError(f"--png {path}: is a folder; give a file name ending in .png")
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--png {path}: the picture is a PNG file; give a file name ending in .png")
+    if not path.parent.is_dir():
+        raise UsageError(f"--png {path}: folder {path.parent} does not exist")
+
+
+def _save(image: Image.Image, path: Path) -> int:
+    try:
+        image.save(path, format="PNG")
+    except OSError as error:  # checked before: the folder refuses us (permissions, a full disk)
+        console.error(f"--png {path}: cannot write it ({error.strerror or error})")
+        return 2
+    console.note(f"picture written to {path}")
     return 0
 
 
@@ -109,10 +129,7 @@ def search(folder: Path, args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, goal), indent=2) + "\n")
     else:
         searchview.render(folder, trials, keys, goal, None if sys.stdout.isatty() else 200)
-    if args.png is not None:
-        searchview.picture(trials, keys, goal).save(args.png)
-        console.note(f"picture written to {args.png}")
-    return 0
+    return _save(searchview.picture(trials, keys, goal), args.png) if args.png is not None else 0
 
 
 def cli() -> None:
