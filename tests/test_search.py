@@ -285,6 +285,19 @@ def test_claim_files_follow_the_umask_and_a_planted_link_is_refused(mask: int, t
             claims.release(name)
 
 
+@pytest.mark.unit
+def test_a_link_planted_as_a_trials_log_is_not_written_through(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, {"space": SPACE, "trials": 1})
+    logs = tmp_path / "runs" / "search" / "logs"
+    logs.mkdir(parents=True)
+    (tmp_path / "elsewhere").write_text("someone's file\n")
+    (logs / "trial-0000.log").symlink_to(tmp_path / "elsewhere")
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1  # its one trial refused
+    assert f"refused: its log {logs / 'trial-0000.log'} is a symbolic link" in capsys.readouterr().out
+    assert (tmp_path / "elsewhere").read_text() == "someone's file\n"
+
+
 def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
     """A study whose five trials did far better at every epoch than fake data allows, and a sixth trial asked of
     it: its sweep, the study, the trial and what the sweep would tell its trainer (CIFARLAB_SEARCH)."""
