@@ -116,9 +116,11 @@ def winners(sweep: Sweep, study: Any) -> tuple[list[Any], Optional[Any]]:
     seen: set[str] = set()
     chosen, control = [], None
     for trial in ranked(sweep, study):
+        if len(seen) == sweep.search.confirm.top:
+            break
         settings = [setting(key, value) for key, value in space.settings(sweep.search, trial.params).items()]
         trains = identity(load_config(sweep.base, [*sweep.common, *settings]))
-        if len(seen) == sweep.search.confirm.top or trains in seen:
+        if trains in seen:
             continue
         seen.add(trains)
         if trains == base:

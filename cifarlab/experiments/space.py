@@ -173,7 +173,8 @@ def _count(value: Any, where: str) -> int:
 def sampler(search: Search) -> optuna.samplers.BaseSampler:
     """The search's sampler: trial *n*'s settings are drawn by a sampler seeded from the search's seed and *n*, the
     number the study hands out (the journal numbers trials atomically). Workers asking at once (array tasks started
-    together) draw their own settings, and a study run again from an empty folder draws the same ones."""
+    together) draw their own settings, and a study run again from an empty folder draws the same ones (TPE's, after
+    its random start-up, from the same results so far)."""
     import optuna
 
     class PerTrial(optuna.samplers.BaseSampler):
@@ -184,7 +185,7 @@ def sampler(search: Search) -> optuna.samplers.BaseSampler:
 
         def of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
             if trial.number not in self.made:
-                while len(self.made) >= 64:  # a long-running worker's parallel trials: a few at a time
+                while len(self.made) >= 64:  # only the trials still running are asked about: far fewer
                     self.made.pop(next(iter(self.made)))
                 self.made[trial.number] = _seeded(search, (search.seed * 1_000_003 + trial.number) % 2**32)
             return self.made[trial.number]
