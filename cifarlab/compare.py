@@ -13,8 +13,9 @@ Runs are grouped by the config keys in which they differ, except those that diff
 (train.seed, train.run_name, train.output_dir, train.resume, logging.*, data.root, data.num_workers), or by
 the --by keys: a dotted config key, or env.<field> of environment.json (env.processes, env.mixed_precision).
 Only finished runs count; the others are listed. The statistics and what they mean: docs/compare.md. A search's
-folder (a sweep file with search:) shows its completed trials best first, with their settings, and with --png the
-best-so-far curve and each searched setting against the metric (docs/sweeps.md).
+folder (a sweep file with search:) shows its completed trials best first by the search's metric and direction
+(--metric: by another), with their settings, and with --png the best-so-far curve and each searched setting against
+the metric (docs/sweeps.md).
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
@@ -25,7 +26,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searchview
@@ -33,7 +34,11 @@ from cifarlab.experiments.analysis import METRICS, compare
 from cifarlab.experiments.planning import plan
 from cifarlab.experiments.rendering import picture, render, to_json
 from cifarlab.experiments.results import read_runs
+from cifarlab.experiments.study import DESCRIPTION
 from cifarlab.report import console
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # --- entry point ----------------------------------------------------------------------------------------
 
@@ -44,14 +49,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories, folders of runs, or glob patterns")
     parser.add_argument("--by", action="append", default=[], metavar="KEY",
                         help="group by this config key (optim.lr) or environment field (env.processes); repeatable")
-    parser.add_argument("--metric", default="final_acc", help=f"one of {', '.join(METRICS)} (default final_acc)")
+    parser.add_argument("--metric", help=f"one of {', '.join(METRICS)} (default final_acc; for a search's folder, "
+                                          f"the search's metric, in its direction)")
     parser.add_argument("--baseline", metavar="GROUP",
                         help="the group the others are compared with: its number in the table, or its label "
                              "(default: the first group)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--png", type=Path, metavar="FILE",
                         help="also draw each run, the groups' intervals and the differences with their adjusted "
-                             "intervals into this PNG file")
+                             "intervals into this PNG file (a name ending in .png)")
     parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
     parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                         help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
@@ -65,13 +71,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        if args.metric not in METRICS:
+        if args.metric is not None and args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: unknown; one of {', '.join(METRICS)}")
-        if args.png is not None and not args.png.parent.is_dir():
-            raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
-        metric = METRICS[args.metric]
+        if args.png is not None:
+            _check_png(args.png)
         if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
             return search(Path(args.paths[0]), args)
+        metric = METRICS[args.metric or "final_acc"]
         report = compare(read_runs(args.paths), args.by, metric, args.baseline, args.adjust)
         planned = plan(report, args.plan / metric.scale) if args.plan is not None else None
     except UsageError as error:
@@ -86,9 +92,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         # Piped output (tests, `| less`) gets a wide console so the tables are never wrapped at 80 columns.
         render(report, args.per_class, None if sys.stdout.isatty() else 200, planned)
-    if args.png is not None:
-        picture(report, args.per_class).save(args.png)
-        console.note(f"picture written to {args.png}")
+    return _save(picture(report, args.per_class), args.png) if args.png is not None else 0
+
+
+def _check_png(path: Path) -> None:
+    """Before any work: a file the picture can be written to, a PNG (PIL picks the format by the name's ending)."""
+    if path.is_dir():
+        raise UsageError(f"--png {path}: is a folder; give a file name ending in .png")
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--png {path}: the picture is a PNG file; give a file name ending in .png")
+    if not path.parent.is_dir():
+        raise UsageError(f"--png {path}: folder {path.parent} does not exist")
+
+
+def _save(image: Image.Image, path: Path) -> int:
+    try:
+        image.save(path, format="PNG")
+    except OSError as error:  # checked before: the folder refuses us (permissions, a full disk)
+        console.error(f"--png {path}: cannot write it ({error.strerror or error})")
+        return 2
+    console.note(f"picture written to {path}")
     return 0
 
 
@@ -97,16 +120,16 @@ def search(folder: Path, args: argparse.Namespace) -> int:
     if args.by or args.baseline or args.plan is not None or args.per_class:
         raise UsageError(f"{folder} is a search: --by, --baseline, --plan and --per-class compare groups of runs; "
                          f"use them on its confirmation, {folder / 'confirm'}")
-    metric = METRICS[args.metric]
-    trials, keys = searchview.read_trials(folder, metric)
+    goal = searchview.objective(folder, args.metric)
+    if goal.keys is None and args.metric is None:
+        console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
+                     f"{folder / DESCRIPTION}): ranked by {goal.metric.name}; --metric picks another")
+    trials, keys = searchview.read_trials(folder, goal)
     if args.json:
-        sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, metric), indent=2) + "\n")
+        sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, goal), indent=2) + "\n")
     else:
-        searchview.render(folder, trials, keys, metric, None if sys.stdout.isatty() else 200)
-    if args.png is not None:
-        searchview.picture(trials, keys, metric).save(args.png)
-        console.note(f"picture written to {args.png}")
-    return 0
+        searchview.render(folder, trials, keys, goal, None if sys.stdout.isatty() else 200)
+    return _save(searchview.picture(trials, keys, goal), args.png) if args.png is not None else 0
 
 
 def cli() -> None:

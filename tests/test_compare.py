@@ -541,6 +541,24 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: l
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.parametrize("view", ["runs", "search"])
+@pytest.mark.parametrize(("name", "message"), [("out.txt", "give a file name ending in .png"),
+                                               ("out", "give a file name ending in .png"),
+                                               ("folder.png", "is a folder; give a file name ending in .png")])
+def test_a_png_it_cannot_write_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          view: str, name: str, message: str) -> None:
+    if view == "runs":
+        lr_sweep(tmp_path / "sweep")
+    else:  # a search's folder, as compare sees one: its journal and trial-NNNN runs
+        for number, final in enumerate([0.5, 0.6]):
+            make_run(tmp_path / "sweep", f"trial-000{number}", [final], f"optim.lr=0.0{number + 1}")
+        (tmp_path / "sweep" / "search.journal").touch()
+    (tmp_path / "folder.png").mkdir()
+    before = sorted((str(path), path.stat().st_mtime_ns) for path in tmp_path.rglob("*"))
+    assert message in usage_error(capsys, str(tmp_path / "sweep"), "--png", str(tmp_path / name))
+    assert sorted((str(path), path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
+
+
 def test_paths_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     assert "holds no run directory" in usage_error(capsys, str(tmp_path / "empty"))

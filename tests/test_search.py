@@ -6,25 +6,31 @@ resumed from their checkpoints, then confirmed on fresh seeds."""
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import random
+import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import psutil
 import pytest
 import test_slurm
 import yaml
 
+from cifarlab import compare
 from cifarlab import sweep as sweeps
-from cifarlab.config import load_config
+from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments import space
+from cifarlab.experiments import searching, space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import JOURNAL, Claims, StudyFeed, open_study, run_dir, trial_name
@@ -76,6 +82,7 @@ BAD = {
     "confirm on one seed": ({"space": SPACE, "confirm": {"top": 2, "seeds": 1}}, {}, "at least 2 seeds"),
     "confirm misspelt": ({"space": SPACE, "confirm": {"best": 2, "seeds": 3}}, {}, "must be {top: K, seeds: S}"),
     "run name searched": ({"space": {"train.run_name": {"choice": ["a", "b"]}}}, {}, "is set by the sweep"),
+    "seed searched": ({"space": {"train.seed": {"int": [0, 9]}}}, {}, "train.seed cannot be searched"),
 }
 
 
@@ -122,10 +129,9 @@ def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_
         {"optim.lr": 0.001738, "optim.weight_decay": 1e-5}
 
     def sampled() -> list[dict[str, Any]]:
-        study = optuna.create_study()
+        study = optuna.create_study(sampler=space.sampler(search))
         chosen = []
         for _ in range(4):
-            study.sampler = space.sampler(search, len(study.trials))
             trial = study.ask()
             chosen.append(space.suggest(search, trial))
             study.tell(trial, 0.5)
@@ -133,6 +139,104 @@ def test_sampled_values_are_rounded_to_4_digits_and_one_worker_samples_the_same_
 
     first = sampled()
     assert first == sampled() and len({json.dumps(c) for c in first}) == 4
+
+
+@pytest.mark.unit
+def test_rounded_values_stay_inside_their_range_with_4_digits_where_they_can() -> None:
+    ema = space.read_search({"space": {"train.ema": {"uniform": [0.99995, 0.99999]}}}, "f")
+    rounded = space.settings(ema, {"train.ema": 0.99998713})["train.ema"]
+    assert 0.99995 <= rounded <= 0.99999  # 4 digits would give 1.0, which no trial can load
+    chance = random.Random(27)
+    for _ in range(3000):
+        kind = chance.choice(["uniform", "log_uniform", "int"])
+        if kind == "int":
+            low = chance.randint(-10**chance.randint(0, 18), 10**chance.randint(0, 18))
+            high = low + chance.randint(1, 10**chance.randint(0, 18))
+            values = [low, high, chance.randint(low, high)]
+        else:
+            sign = 1 if kind == "log_uniform" or chance.random() < 0.5 else -1
+            low = sign * 10 ** chance.uniform(-30, 30) * chance.uniform(1, 10)
+            high = low + abs(low) * 10 ** chance.uniform(-15, 3)
+            if not low < high:
+                continue
+            values = [low, high, math.nextafter(low, math.inf), math.nextafter(high, -math.inf),
+                      *(chance.uniform(low, high) for _ in range(3))]
+        search = space.read_search({"space": {"k": {kind: [low, high]}}}, "f")
+        for value in values:
+            got = space.settings(search, {"k": value})["k"]
+            assert low <= got <= high, (kind, low, high, value, got)
+            four = float(f"{value:.4g}")
+            if kind == "int":
+                assert got == value and isinstance(got, int)
+            elif low <= four <= high:
+                assert got == four
+            else:  # the fewest digits that stay inside: one fewer leaves the range
+                digits = len(repr(got).split("e")[0].replace("-", "").replace(".", "").strip("0"))
+                assert not low <= float(f"{value:.{digits - 1}g}") <= high, (value, got)
+
+
+@pytest.mark.unit
+def test_a_search_whose_every_trial_failed_exits_1_also_when_none_loaded(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each end loads alone (warmup 1.5 of the preset's 2 epochs; 1 epoch with its 0.5 warmup), no trial together."""
+    file = write(tmp_path, {"space": {"optim.warmup_epochs": {"choice": [1.5]}, "train.epochs": {"choice": [1]}},
+                            "trials": 2}, overrides=[item for item in TRIAL if not item.startswith("train.epochs=")])
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("its settings do not load") == 2 and "search done" not in out
+    assert "no more trials sampled: 2 failed, as many as trials: asks for" in out
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1  # and again, sampling nothing
+
+
+def _draws(folder: Path, method: str, together: bool) -> dict[int, dict[str, Any]]:
+    """Four trials sampled by two workers' feeds on one journal, two rounds: ``together``, in each round the second
+    worker samples while the first is asking (both saw the same trials: what array tasks started at once do),
+    else one after another. Each trial is told a value before the next round."""
+    sweep = read_sweep(str(write(folder, {"space": SPACE, "method": method, "seed": 3, "trials": 8})),
+                       [f"train.output_dir={folder / 'runs'}"])
+    first, second = (StudyFeed(sweep, open_study(sweep)) for _ in range(2))
+    drawn: dict[int, dict[str, Any]] = {}
+
+    def pick(feed: StudyFeed) -> None:
+        picked = feed._pick()
+        assert picked is not None
+        drawn[picked[0]] = picked[1]
+
+    def tell() -> None:  # (one process holds every claim: a running trial would be adopted by the other feed)
+        for number in sorted(drawn):
+            for feed in (first, second):
+                if trial_name(number) in feed.claims.held:
+                    feed._tell(number, number / 10, "told")
+
+    asking = first.study.ask
+
+    def ask_after_the_other(*args: Any, **kwargs: Any) -> Any:
+        pick(second)
+        return asking(*args, **kwargs)
+
+    for _ in range(2):
+        if together:
+            setattr(first.study, "ask", ask_after_the_other)  # noqa: B010 - on this object only
+            pick(first)
+            delattr(first.study, "ask")
+        else:
+            pick(first)
+            tell()
+            pick(second)
+        tell()
+    return drawn
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_workers_asking_at_once_draw_their_own_settings_and_a_rerun_draws_them_again(method: str,
+                                                                                    tmp_path: Path) -> None:
+    together = _draws(tmp_path / "a", method, together=True)
+    assert sorted(together) == [0, 1, 2, 3]
+    assert len({json.dumps(params, sort_keys=True) for params in together.values()}) == 4  # none drawn twice
+    assert _draws(tmp_path / "b", method, together=True) == together  # from the study's seed and trial numbers
+    if method == "random":  # each draw is its trial's own: who asked when does not matter
+        assert _draws(tmp_path / "c", method, together=False) == together
 
 
 def _hold(path: str, ready: Any) -> None:
@@ -157,6 +261,41 @@ def test_a_claim_excludes_other_workers_until_its_worker_dies(tmp_path: Path) ->
     assert claims.claim("trial-0000")
     assert not claims.claim("trial-0000")  # this worker holds it already
     claims.release("trial-0000")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_claim_files_follow_the_umask_and_a_planted_link_is_refused(mask: int, tmp_path: Path) -> None:
+    """A colleague's worker on a shared study opens the claim files this worker made (0600 before: PermissionError)."""
+    previous = os.umask(mask)
+    try:
+        claims = Claims(tmp_path)
+        assert claims.claim("trial-0000", new=True) and claims.claim("trial-0001")
+        for name in ("trial-0000", "trial-0001"):
+            assert stat.S_IMODE(claims.path(name).stat().st_mode) == 0o666 & ~mask
+        assert not list(claims.folder.glob(".*"))  # no temporary file left
+        (tmp_path / "elsewhere").write_text("someone's file\n")
+        claims.path("trial-0002").symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(UsageError, match=r"claims/trial-0002.lock is a symbolic link"):
+            claims.claim("trial-0002")
+        assert (tmp_path / "elsewhere").read_text() == "someone's file\n"
+    finally:
+        os.umask(previous)
+        for name in list(claims.held):
+            claims.release(name)
+
+
+@pytest.mark.unit
+def test_a_link_planted_as_a_trials_log_is_not_written_through(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, {"space": SPACE, "trials": 1})
+    logs = tmp_path / "runs" / "search" / "logs"
+    logs.mkdir(parents=True)
+    (tmp_path / "elsewhere").write_text("someone's file\n")
+    (logs / "trial-0000.log").symlink_to(tmp_path / "elsewhere")
+    assert sweeps.main([str(file), f"train.output_dir={tmp_path / 'runs'}"]) == 1  # its one trial refused
+    assert f"refused: its log {logs / 'trial-0000.log'} is a symbolic link" in capsys.readouterr().out
+    assert (tmp_path / "elsewhere").read_text() == "someone's file\n"
 
 
 def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -231,6 +370,178 @@ def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_say
     frozen = study.get_trials()[trial.number]
     assert list(frozen.intermediate_values) == [1]
     assert loop.train(config) == run.root  # finished: a start again does nothing
+
+
+# --- the confirmation, on run directories made here ------------------------------------------------------------
+
+
+def finished_run(run: RunDir, config: Any, accuracy: float, loss: Optional[float] = None) -> None:
+    """A finished run directory as the trainer leaves it, with one evaluation (no training here)."""
+    run.root.mkdir(parents=True)
+    run.config.write_text(to_yaml(config))
+    record = {"step": 8, "time": 1e9, "elapsed_s": 1.0, "train/epoch": 1.0, "test/acc": accuracy,
+              "test/loss": 1 - accuracy if loss is None else loss, "test/images": 64}
+    run.metrics.write_text(json.dumps(record) + "\n")
+    run.weights.write_bytes(b"")
+
+
+def searched(tmp_path: Path, top: int, trials: list[tuple[float, float]]) -> tuple[Path, Any, Any]:
+    """A search of optim.lr over choices (the base's 0.02 among them) whose study holds ``trials`` (lr, value),
+    completed: its file, sweep and study."""
+    file = write(tmp_path, {"space": {"optim.lr": {"choice": [0.02, 0.05, 0.1]}}, "trials": len(trials),
+                            "confirm": {"top": top, "seeds": 2}})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    lr = optuna.distributions.CategoricalDistribution([0.02, 0.05, 0.1])
+    for value, score in trials:
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": value}, distributions={"optim.lr": lr},
+                                                  value=score))
+    return file, sweep, study
+
+
+def confirmed_runs(sweep: Any, accuracies: dict[str, list[float]]) -> None:
+    """Each confirmation run finished, with its setting's accuracies by seed ("base" for the control)."""
+    check = read_sweep(str(sweep.folder / "confirm.yaml"))
+    for trial in check.trials:
+        setting = next((s for s in trial.settings if s.startswith("optim.lr=")), "base")
+        seed = int(next(s for s in trial.settings if s.startswith("train.seed=")).split("=")[1])
+        finished_run(check.run_dir(trial), check.configs[trial.index], accuracies[setting][seed - 1])
+
+
+@pytest.mark.unit
+def test_two_winners_of_one_setting_and_a_winner_equal_to_the_base_are_each_confirmed_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The 3 best distinct settings: lr 0.05 (trials 0 and 1: once), the base's 0.02 (trial 2: the control), 0.1."""
+    file, sweep, study = searched(tmp_path, 3, [(0.05, 0.30), (0.05, 0.29), (0.02, 0.25), (0.1, 0.20), (0.1, 0.1)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))  # loads: no two trials of one configuration
+    assert [t.settings[0] for t in check.trials] == \
+        ["train.seed=1", "train.seed=2", "optim.lr=0.05", "optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.1"]
+    # The confirmation's runs, finished by other workers: the confirmation reads them.
+    confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32], "optim.lr=0.1": [0.20, 0.22]})
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out
+    assert "trial 2 trial-0002 has the base configuration's settings: it is confirmed as the control" in out
+    assert "confirming the 2 best setting(s) and the base configuration on 2 fresh seeds each: 6 runs" in out
+    assert ("optim.lr=0.02: the base configuration (control); trial 2 scored 25.00 % with these settings in the "
+            "search; confirmed 41.00 % (mean of 2 fresh seeds)") in out
+    assert "optim.lr=0.05: trial 0 scored 30.00 % in the search; confirmed 31.00 %" in out
+    assert "optim.lr=0.1: trial 3 scored 20.00 % in the search; confirmed 21.00 %" in out
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split()[-1] == "optim.lr=0.02"
+    assert "the base configuration did best in the confirmation (trial 2 of the search had its settings)" in \
+        captured.err
+
+
+@pytest.mark.unit
+def test_a_best_trial_with_the_base_settings_is_confirmed_as_the_control_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file, sweep, study = searched(tmp_path, 1, [(0.02, 0.30), (0.05, 0.29)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))  # loads: the best trial is not the base's twin
+    assert [t.settings for t in check.trials] == [("train.seed=1",), ("train.seed=2",)]
+    confirmed_runs(sweep, {"base": [0.40, 0.42]})
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 trial-0000 has the base configuration's settings" in out
+    assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in out
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
+
+
+def read_only_search(root: Path) -> tuple[Path, Path]:
+    """A confirmed search with a trial still running, every folder and file in it then made read-only: its file
+    and its output folder."""
+    file, sweep, study = searched(root, 2, [(0.05, 0.30), (0.1, 0.20)])
+    searching.confirm_file(sweep, study)
+    confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32], "optim.lr=0.1": [0.20, 0.22]})
+    asked = study.ask()
+    asked.suggest_categorical("optim.lr", [0.02, 0.05, 0.1])
+    for path in [root / "runs", *(root / "runs").rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return file, root / "runs"
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` (itself too) with its size, modification time and mode: what writing changes."""
+    return {str(path): (path.lstat().st_size, path.lstat().st_mtime_ns, path.lstat().st_mode)
+            for path in [root, *root.rglob("*")]}
+
+
+@pytest.mark.unit
+def test_list_and_best_read_a_read_only_search_folder_without_writing(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Tests run as root here, which permission bits do not stop: that nothing is written is checked on the folder
+    itself (no path added or removed, none changed in size, time or mode: the journal appended to, a lock file made
+    and removed in it)."""
+    file, runs = read_only_search(tmp_path)
+    before = snapshot(runs)
+    assert sweeps.main([str(file), "--list", f"train.output_dir={runs}"]) == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()] == \
+        [["index", "state"], ["0", "complete"], ["1", "complete"], ["2", "running (not started)"]]
+    assert sweeps.main([str(file), "--best", f"train.output_dir={runs}"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
+    assert snapshot(runs) == before
+
+
+@pytest.mark.integration
+def test_list_and_best_work_for_a_user_who_cannot_write_the_folder(tmp_path: Path) -> None:
+    """As an unprivileged user (root runs the test as nobody, with setpriv), whom the folder's modes keep out."""
+    root = os.geteuid() == 0
+    if root and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as an unprivileged user")
+    shared = Path(tempfile.mkdtemp(prefix="cifarlab-shared-"))  # tmp_path's parents are root's alone (0700)
+    try:
+        shared.chmod(0o755)
+        file, runs = read_only_search(shared)
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if root else []
+        for option in ("--list", "--best"):
+            done = subprocess.run([*user, *SWEEP, str(file), option, f"train.output_dir={runs}"], cwd=shared,
+                                  env=cli_env(HOME=str(shared)), capture_output=True, text=True, timeout=120)
+            check(done)
+        assert done.stdout.split()[-1] == "optim.lr=0.02"
+    finally:
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o755)
+        shutil.rmtree(shared)
+
+
+@pytest.mark.unit
+def test_compare_ranks_a_search_folder_by_the_search_metric_and_direction(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A search on test_loss: the lowest loss is its best, though its accuracy is not the highest; --metric is an
+    explicit override; a folder from before search.yaml falls back to final_acc and says so. No Optuna needed."""
+    file = write(tmp_path, {"space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "metric": "test_loss", "trials": 3})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    open_study(sweep)
+    assert yaml.safe_load((sweep.folder / "search.yaml").read_text()) == {
+        "space": {"optim.lr": {"uniform": [0.01, 0.1]}}, "metric": "test_loss", "direction": "minimize"}
+    for number, (lr, accuracy, loss) in enumerate([(0.01, 0.30, 2.0), (0.0517, 0.20, 1.5), (0.1, 0.25, 1.8)]):
+        trial = Trial(number, trial_name(number), (f"optim.lr={lr}",))
+        finished_run(sweep.run_dir(trial), load_config(SMOKE, sweep.overrides(trial)), accuracy, loss)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+
+    def ranks(*options: str) -> tuple[list[int], dict[str, Any]]:
+        assert compare.main([str(sweep.folder), *options]) == 0
+        table = capsys.readouterr().out
+        assert compare.main([str(sweep.folder), "--json", *options]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        by_rank = sorted((t["rank"], t["number"]) for t in listed["trials"])
+        assert [int(n) for n in re.findall(r"trial-000(\d)", table)] == [number for _, number in by_rank]
+        return [number for _, number in by_rank], listed
+
+    order, listed = ranks()
+    assert order == [1, 2, 0] and (listed["metric"], listed["direction"]) == ("test_loss", "minimize")
+    assert listed["keys"] == ["optim.lr"] and listed["trials"][1]["settings"] == {"optim.lr": 0.0517}
+    assert ranks("--metric", "final_acc")[0] == [0, 2, 1]
+    (sweep.folder / "search.yaml").unlink()
+    assert compare.main([str(sweep.folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [t["rank"] for t in json.loads(captured.out)["trials"]] == [1, 3, 2]
+    assert "does not say what its search optimizes" in captured.err and "ranked by final_acc" in captured.err
+    (sweep.folder / "search.yaml").write_text("metric: accuracy\n")
+    assert compare.main([str(sweep.folder)]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
 
 
 # --- the whole search, killed and continued -----------------------------------------------------------------

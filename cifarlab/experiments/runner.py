@@ -5,6 +5,7 @@ signals, appends each trial's output to logs/ and tallies the outcome. Trainers 
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import os
 import shlex
@@ -276,7 +277,15 @@ class Runner:
             return
         log_path = self.sweep.log(trial)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")  # noqa: SIM115 - open while the trial runs, closed in _reap
+        try:  # open while the trial runs, closed in _reap; a link planted there is not written through
+            log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "ab")
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            self.tally.refused += 1
+            self._say(f"{label}: refused: its log {log_path} is a symbolic link, not a log cifarlab made; remove it")
+            self.feed.ended(trial, "refused")
+            return
         command = self.sweep.command(trial)
         log.write(f"\n=== cifarlab.sweep: trial {trial.index} started {time.ctime()}\n$ {shlex.join(command)}\n"
                   .encode())

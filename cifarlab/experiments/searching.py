@@ -25,8 +25,8 @@ from cifarlab.experiments.record import Trial
 from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
-from cifarlab.experiments.spec import Sweep, read_sweep, setting
-from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, trial_name
+from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
+from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, reading, trial_name
 
 CONFIRM = "confirm"
 
@@ -45,10 +45,12 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
                f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
     code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
     failed = _count(study, "FAIL")
-    if code == 1 and failed < search.trials:
-        code = 0  # a failed trial (diverged, say) does not count: the study sampled another in its place
-    elif code == 1:
+    if code in (0, 1) and failed >= search.trials > _count(study, "COMPLETE") + _count(study, "PRUNED"):
+        # However they failed: their trainers, or the feed (settings that do not load, a worker lost mid-sampling).
         say(sweep, f"no more trials sampled: {failed} failed, as many as trials: asks for; see --list and their logs")
+        return 1
+    if code == 1:
+        code = 0  # a failed trial (diverged, say) does not count: the study sampled another in its place
     if code != 0:
         return code
     running = _count(study, "RUNNING")
@@ -76,15 +78,14 @@ def ranked(sweep: Sweep, study: Any) -> list[Any]:
     return sorted(complete, key=lambda t: (sign * t.value, t.number))
 
 
-def started(sweep: Sweep) -> Optional[Any]:
-    """The study, or None before the search first ran (nothing is written then)."""
-    return open_study(sweep) if (sweep.folder / JOURNAL).is_file() else None
-
-
 def listing(sweep: Sweep) -> list[str]:
-    """``--list``: a header, then every trial of the study with its state, value and settings."""
+    """``--list``: a header, then every trial of the study with its state, value and settings (nothing written)."""
+    with reading(sweep) as study:
+        return _listing(sweep, study)
+
+
+def _listing(sweep: Sweep, study: Optional[Any]) -> list[str]:
     assert sweep.search is not None
-    study = started(sweep)
     lines = ["index\tstate\tname\tvalue\toverrides"]
     for frozen in study.get_trials(deepcopy=False) if study is not None else []:
         state = frozen.state.name.lower()
@@ -106,12 +107,36 @@ def _as_trial(sweep: Sweep, frozen: Any) -> Trial:
 # --- confirmation ------------------------------------------------------------------------------------------
 
 
-def confirm_file(sweep: Sweep, study: Any) -> Path:
-    """``<folder>/confirm.yaml``: the top trials' settings and the base configuration (no settings: the control),
-    each with ``confirm.seeds`` seeds after the base configuration's train.seed (the seed every trial used)."""
+def winners(sweep: Sweep, study: Any) -> tuple[list[Any], Optional[Any]]:
+    """The best completed trials of the ``confirm.top`` best distinct settings (after rounding; told apart by the
+    configuration they train, spec.identity: two trials of one setting are confirmed once), best first, less the
+    one whose settings are the base configuration's, returned second: it is confirmed as the control."""
     assert sweep.search is not None and sweep.search.confirm is not None
-    chosen = ranked(sweep, study)[:sweep.search.confirm.top]
-    if not chosen:
+    base = identity(load_config(sweep.base, list(sweep.common)))
+    seen: set[str] = set()
+    chosen, control = [], None
+    for trial in ranked(sweep, study):
+        if len(seen) == sweep.search.confirm.top:
+            break
+        settings = [setting(key, value) for key, value in space.settings(sweep.search, trial.params).items()]
+        trains = identity(load_config(sweep.base, [*sweep.common, *settings]))
+        if trains in seen:
+            continue
+        seen.add(trains)
+        if trains == base:
+            control = trial
+        else:
+            chosen.append(trial)
+    return chosen, control
+
+
+def confirm_file(sweep: Sweep, study: Any) -> Path:
+    """``<folder>/confirm.yaml``: the :func:`winners`' settings and the base configuration (no settings: the
+    control), each with ``confirm.seeds`` seeds after the base configuration's train.seed (the seed every trial
+    used)."""
+    assert sweep.search is not None and sweep.search.confirm is not None
+    chosen, control = winners(sweep, study)
+    if not chosen and control is None:
         raise UsageError(f"search {sweep.name}: no trial completed (all pruned or failed): nothing to confirm")
     seed = load_config(sweep.base, list(sweep.common)).train.seed
     common = [item for item in sweep.common if not item.startswith("train.output_dir=")]
@@ -134,9 +159,13 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     """Run the confirmation (the runs no other worker holds), then print its table once every run has finished."""
     assert sweep.search is not None and sweep.search.confirm is not None
     check = read_sweep(str(confirm_file(sweep, study)))
+    chosen, control = winners(sweep, study)
     write_record(check)
-    say(sweep, f"confirming the {len(check.trials) // sweep.search.confirm.seeds - 1} best setting(s) and the base "
-               f"configuration on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
+    if control is not None:
+        say(sweep, f"trial {control.number} {trial_name(control.number)} has the base configuration's settings: "
+                   f"it is confirmed as the control, not a second time")
+    what = f"the {len(chosen)} best setting(s) and the base configuration" if chosen else "the base configuration"
+    say(sweep, f"confirming {what} on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
                f"{check.folder}")
     code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.folder)))
     if code != 0:
@@ -147,12 +176,17 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     report = confirmed(sweep, check)
     render(report, False, None if sys.stdout.isatty() else 200)
     keys = [p.key for p in sweep.search.space]
-    searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in ranked(sweep, study)}
+    searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in chosen}
     for result in report.groups:
-        trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
         mean = space.shown(sweep.search, result.summary.mean) if result.summary.mean is not None else "-"
-        found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
-                 if trial is not None else "the base configuration (control)")
+        if result is report.groups[report.baseline]:
+            found = "the base configuration (control)" + (
+                f"; trial {control.number} scored {space.shown(sweep.search, control.value)} with these settings in "
+                f"the search" if control is not None else "")
+        else:
+            trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
+            found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
+                     if trial is not None else "a searched setting")
         say(sweep, f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
     return 0
 
@@ -172,11 +206,15 @@ def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
 
 def best(sweep: Sweep) -> str:
     """``--best``: the best confirmed settings (the best search trial's, said to be unconfirmed, without
-    ``confirm:``) as the trainer's options."""
+    ``confirm:``) as the trainer's options (nothing written)."""
+    with reading(sweep) as study:
+        return _best(sweep, study)
+
+
+def _best(sweep: Sweep, study: Optional[Any]) -> str:
     from cifarlab.report import console
 
     assert sweep.search is not None
-    study = started(sweep)
     if study is None:
         raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
     keys = [p.key for p in sweep.search.space]
@@ -197,7 +235,10 @@ def best(sweep: Sweep) -> str:
                      key=lambda g: sign * (g.summary.mean or 0.0))
         chosen = {key: winner.group.overrides.get(key) for key in keys}
         if winner is report.groups[report.baseline]:
-            console.note("the base configuration did best in the confirmation: none of the searched settings beat it")
+            control = winners(sweep, study)[1]
+            console.note("the base configuration did best in the confirmation" + (
+                f" (trial {control.number} of the search had its settings)" if control is not None else "") +
+                ": none of the searched settings beat it")
     settings = {item.split("=", 1)[0]: item for item in sweep.common}  # the last of a key's values wins
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.experiments.analysis import Metric, differing_keys
+from cifarlab.errors import UsageError
+from cifarlab.experiments.analysis import METRICS, Metric, differing_keys
 from cifarlab.experiments.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
 from cifarlab.experiments.results import Run, read_run
-from cifarlab.experiments.study import JOURNAL
+from cifarlab.experiments.spec import read_yaml
+from cifarlab.experiments.study import DESCRIPTION, JOURNAL
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,30 +39,61 @@ class SearchTrial:
         return f"pruned at epoch {self.run.pruned['prune/epoch']}" if self.run.pruned else "complete"
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a search folder's trials are ranked by."""
+
+    metric: Metric
+    maximize: bool
+    keys: Optional[list[str]]
+    """The searched keys, as the search's space lists them; None where the folder does not say what its search
+    optimizes (no search.yaml: a search from before it was written)."""
+
+
 def is_search(path: str) -> bool:
     return (Path(path) / JOURNAL).is_file()
 
 
-def read_trials(folder: Path, metric: Metric) -> tuple[list[SearchTrial], list[str]]:
-    """The folder's trials by number, and the searched keys (those whose values differ between trials)."""
+def objective(folder: Path, metric: Optional[str]) -> Objective:
+    """The search's metric and direction, from the folder's search.yaml (written when its study was opened;
+    final_acc, maximized, for a folder from before); ``metric``, given, replaces the search's, in its own direction
+    unless it is the search's."""
+    path = folder / DESCRIPTION
+    found = read_yaml(path) if path.is_file() else None
+    if found is None:
+        chosen = METRICS[metric or "final_acc"]
+        return Objective(chosen, chosen.higher_is_better, None)
+    space = found.get("space") if isinstance(found, dict) else None
+    if (not isinstance(space, dict) or found.get("metric") not in METRICS
+            or found.get("direction") not in ("maximize", "minimize")):
+        raise UsageError(f"{path}: not what a search writes (metric, direction, space); move it away to rank by "
+                         f"--metric")
+    if metric is not None and metric != found["metric"]:
+        return Objective(METRICS[metric], METRICS[metric].higher_is_better, [str(key) for key in space])
+    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", [str(key) for key in space])
+
+
+def read_trials(folder: Path, goal: Objective) -> tuple[list[SearchTrial], list[str]]:
+    """The folder's trials by number, and the searched keys (the search's; else those whose values differ)."""
     found = sorted((int(m[1]), path) for path in folder.glob("trial-*")
                    if (m := re.fullmatch(r"trial-(\d+)", path.name)) and (path / "config.yaml").is_file())
     runs = [(number, read_run(path)) for number, path in found]
-    keys = differing_keys([run for _, run in runs]) if len(runs) > 1 else []
+    keys = goal.keys if goal.keys is not None else differing_keys([run for _, run in runs]) if len(runs) > 1 else []
+    metric = goal.metric
     return [SearchTrial(number, run, metric.read(run) if run.finished else None,
                         {key: run.config.get(key) for key in keys}) for number, run in runs], keys
 
 
-def ranked(trials: list[SearchTrial], metric: Metric) -> list[SearchTrial]:
-    """The completed trials with a value, best first (ties: the earlier trial)."""
+def ranked(trials: list[SearchTrial], goal: Objective) -> list[SearchTrial]:
+    """The completed trials with a value, best first in the search's direction (ties: the earlier trial)."""
     done = [t for t in trials if t.state == "complete" and t.value is not None and not math.isnan(t.value)]
-    sign = -1.0 if metric.higher_is_better else 1.0
+    sign = -1.0 if goal.maximize else 1.0
     return sorted(done, key=lambda t: (sign * (t.value or 0.0), t.number))
 
 
-def summary(folder: Path, trials: list[SearchTrial], metric: Metric) -> list[str]:
+def summary(folder: Path, trials: list[SearchTrial], goal: Objective) -> list[str]:
     pruned = [t for t in trials if t.state.startswith("pruned")]
-    lines = [f"search {folder}: {len(trials)} trials: {len(ranked(trials, metric))} complete, {len(pruned)} pruned, "
+    lines = [f"search {folder}: {len(trials)} trials: {len(ranked(trials, goal))} complete, {len(pruned)} pruned, "
              f"{sum(t.state == 'unfinished' for t in trials)} unfinished"]
     confirm = folder / "confirm"
     lines.append(f"the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
@@ -68,29 +101,31 @@ def summary(folder: Path, trials: list[SearchTrial], metric: Metric) -> list[str
     return lines
 
 
-def render(folder: Path, trials: list[SearchTrial], keys: list[str], metric: Metric, width: Optional[int]) -> None:
+def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objective, width: Optional[int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    best = ranked(trials, metric)
-    table = Table(title=f"{metric.title}: the best completed trials of {len(trials)}")
+    best, metric = ranked(trials, goal), goal.metric
+    table = Table(title=f"{metric.title}: the best completed trials of {len(trials)} "
+                        f"({'highest' if goal.maximize else 'lowest'} first)")
     for column in ("rank", "trial", metric.name, *keys):
         table.add_column(column, justify="right" if column != "trial" else "left")
     for rank, trial in enumerate(best[:SHOWN], 1):
+        # The values as the trial trained with them (cifarlab.experiments.space.rounded: inside the range).
         table.add_row(str(rank), f"trial-{trial.number:04d}", _number(metric, trial.value),
-                      *[f"{trial.settings[key]:.4g}" if isinstance(trial.settings[key], float)
-                        else str(trial.settings[key]) for key in keys])
+                      *[str(trial.settings.get(key)) for key in keys])
     out = Console(highlight=False, markup=False, width=width)
     out.print(table)
     if len(best) > SHOWN:
         out.print(f"... and {len(best) - SHOWN} more completed trials")
-    for line in summary(folder, trials, metric):
+    for line in summary(folder, trials, goal):
         out.print(line)
 
 
-def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], metric: Metric) -> dict[str, Any]:
-    order = {t.number: rank for rank, t in enumerate(ranked(trials, metric), 1)}
-    return {"search": str(folder), "metric": metric.name, "keys": keys,
+def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objective) -> dict[str, Any]:
+    order = {t.number: rank for rank, t in enumerate(ranked(trials, goal), 1)}
+    return {"search": str(folder), "metric": goal.metric.name,
+            "direction": "maximize" if goal.maximize else "minimize", "keys": keys,
             "trials": [{"number": t.number, "run": str(t.run.path), "state": t.state, "value": t.value,
                         "rank": order.get(t.number), "settings": t.settings} for t in trials]}
 
@@ -100,12 +135,13 @@ def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], metric: Me
 _SIDE = 560  # each panel's plot area, pixels
 
 
-def picture(trials: list[SearchTrial], keys: list[str], metric: Metric) -> Image.Image:
+def picture(trials: list[SearchTrial], keys: list[str], goal: Objective) -> Image.Image:
     """Left: each trial's value by trial number (dots; pruned: red crosses at their last evaluation) and the best
     so far (a line). Then one panel per searched key: its values (log scale where they span 20x or more, all
     positive) against the metric."""
     from PIL import Image, ImageDraw
 
+    metric = goal.metric
     font = _font(_TEXT)
     image = Image.new("RGB", (60 + (_SIDE + 120) * (1 + len(keys)), _SIDE + 190), _WHITE)
     draw = ImageDraw.Draw(image)
@@ -117,7 +153,7 @@ def picture(trials: list[SearchTrial], keys: list[str], metric: Metric) -> Image
     best: list[tuple[float, float]] = []  # (trial number, the best value up to it)
     for trial, value in zip(shown, values):
         if trial.state == "complete" and value is not None:
-            if best and (value <= best[-1][1] if metric.higher_is_better else value >= best[-1][1]):
+            if best and (value <= best[-1][1] if goal.maximize else value >= best[-1][1]):
                 value = best[-1][1]
             best.append((trial.number, value))
     x = _Scale([float(t.number) for t in trials] or [0.0], 80, _SIDE)

@@ -170,12 +170,47 @@ def _count(value: Any, where: str) -> int:
 # --- Optuna's objects -----------------------------------------------------------------------------------------
 
 
-def sampler(search: Search, salt: int) -> optuna.samplers.BaseSampler:
-    """The sampler for one ask: seeded from the search's seed and ``salt`` (the trials the study had), so a
-    study run by one worker samples the same settings every time, and workers asking at once rarely alike."""
+def sampler(search: Search) -> optuna.samplers.BaseSampler:
+    """The search's sampler: trial *n*'s settings are drawn by a sampler seeded from the search's seed and *n*, the
+    number the study hands out (the journal numbers trials atomically). Workers asking at once (array tasks started
+    together) draw their own settings, and a study run again from an empty folder draws the same ones (TPE's, after
+    its random start-up, from the same results so far)."""
     import optuna
 
-    seed = (search.seed * 1_000_003 + salt) % 2**32
+    class PerTrial(optuna.samplers.BaseSampler):
+        """Optuna's sampler for each trial, seeded by its number (every method is given the trial)."""
+
+        def __init__(self) -> None:
+            self.made: dict[int, optuna.samplers.BaseSampler] = {}
+
+        def of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+            if trial.number not in self.made:
+                while len(self.made) >= 64:  # only the trials still running are asked about: far fewer
+                    self.made.pop(next(iter(self.made)))
+                self.made[trial.number] = _seeded(search, (search.seed * 1_000_003 + trial.number) % 2**32)
+            return self.made[trial.number]
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return self.of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+            return self.of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            return self.of(trial).sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.of(trial).before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.of(trial).after_trial(study, trial, state, values)
+
+    return PerTrial()
+
+
+def _seeded(search: Search, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if search.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.trials // 4)))
@@ -184,8 +219,20 @@ def sampler(search: Search, salt: int) -> optuna.samplers.BaseSampler:
 def settings(search: Search, params: dict[str, Any]) -> dict[str, Any]:
     """A trial's settings from the study's sampled values: floats to 4 significant digits (0.001738, not
     0.0017376198756776707), so that names, tables and pasted options read; the run trains with these values."""
-    return {p.key: float(f"{params[p.key]:.4g}") if isinstance(params[p.key], float) and p.kind != "choice"
-            else params[p.key] for p in search.space}
+    return {p.key: rounded(params[p.key], p) for p in search.space}
+
+
+def rounded(value: Any, param: Param) -> Any:
+    """A sampled float to 4 significant digits, or to as many more as it takes to stay inside the range (0.99998713
+    in [0.99995, 0.99999] is 0.99999, not 1.0, which the range excludes); other values as they are."""
+    if not isinstance(value, float) or param.kind == "choice":
+        return value
+    low, high = param.values
+    for digits in range(4, 18):  # 17 significant digits give back every float exactly
+        shortened = float(f"{value:.{digits}g}")
+        if low <= shortened <= high:
+            return shortened
+    return value
 
 
 def suggest(search: Search, trial: optuna.Trial) -> dict[str, Any]:

@@ -203,6 +203,9 @@ def _read_search(spec: dict[str, Any], where: str, base: Optional[str], common: 
     search = read_search(spec["search"], where)
     for param in search.space:
         _check_key(param.key, f"{where}: search space")
+        if param.key == SEED:
+            raise UsageError(f"{where}: search space: {SEED} cannot be searched: every trial trains on the base's "
+                             f"seed and the confirmation re-runs the best settings on fresh seeds; search other keys")
         _check_settable(param.key, f"{where}: search space", per_trial=True)
         if any(_key(item) == param.key for item in common):
             raise UsageError(f"{where}: {param.key} is searched; it cannot also be set in overrides or on the "

@@ -12,26 +12,36 @@ have failed as were asked for, no more are sampled."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
+from cifarlab import files
 from cifarlab.config import VOLATILE, load_config, refuse_resolvers, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Feed, say
+from cifarlab.experiments.runner import Feed, say, write_whole
 from cifarlab.experiments.spec import Sweep, identity, setting
 from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir
 
 JOURNAL = "search.journal"
+DESCRIPTION = "search.yaml"
+"""Beside the journal: the search's metric, direction and space (Search.identity), for what reads the folder without
+Optuna (compare, cifarlab.experiments.searchview)."""
 ASKING_S = 60.0
 """A running trial with no claim file for this long lost its worker between sampling it and claiming it."""
 QUIET_S = 2.0
@@ -59,11 +69,58 @@ def open_study(sweep: Sweep) -> Any:
     except OSError as error:
         raise UsageError(f"cannot write the study {path} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
-    ours = {**sweep.search.identity(), "base": _experiment(sweep)}
-    there = study.user_attrs.get("search")
+    if not _same_search(sweep, study, path):
+        study.set_user_attr("search", _ours(sweep))
+    _describe(sweep)
+    return study
+
+
+def _describe(sweep: Sweep) -> None:
+    """``search.yaml`` (:data:`DESCRIPTION`), written whole and renamed into place (never through a link there)."""
+    assert sweep.search is not None
+    path = sweep.folder / DESCRIPTION
+    text = "# written by cifarlab.sweep: what this search optimizes (cifarlab.compare reads it)\n" + \
+        OmegaConf.to_yaml(OmegaConf.create(sweep.search.identity()))
+    try:
+        if path.is_symlink() or not path.is_file() or path.read_text() != text:
+            write_whole(path, text)
+    except OSError as error:
+        raise UsageError(f"cannot write {path} ({error.strerror}); choose a writable train.output_dir") from None
+
+
+@contextmanager
+def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
+    """The study as it is now, for ``--list`` and ``--best``, read from a copy of its journal: nothing in the folder
+    is written (opening the journal itself appends to it and takes Optuna's lock file), so a read-only folder, a
+    colleague's, works. None before the search first ran; refused as :func:`open_study` refuses."""
+    path = sweep.folder / JOURNAL
+    if not path.is_file():
+        yield None
+        return
+    pruning.require()
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix="cifarlab-study-") as scratch:
+        copy = Path(scratch) / JOURNAL
+        shutil.copyfile(path, copy)  # a line a worker is appending meanwhile is torn: Optuna's reader leaves it out
+        try:
+            study = optuna.load_study(study_name=sweep.name, storage=pruning.journal(str(copy)))
+        except KeyError:
+            raise UsageError(f"{path} holds no study named {sweep.name}; move {sweep.folder} away") from None
+        _same_search(sweep, study, path)
+        yield study
+
+
+def _ours(sweep: Sweep) -> dict[str, Any]:
+    assert sweep.search is not None
+    return {**sweep.search.identity(), "base": _experiment(sweep)}
+
+
+def _same_search(sweep: Sweep, study: Any, path: Path) -> bool:
+    """Whether the study says which search it is (a new one does not yet); refused when it is another search."""
+    ours, there = _ours(sweep), study.user_attrs.get("search")
     if there is None:
-        study.set_user_attr("search", ours)
-        return study
+        return False
     changed = [key for key in ours if key != "base" and there.get(key) != ours[key]]
     base = there.get("base") if isinstance(there.get("base"), dict) else {}
     changed += [f"{key} ({shown(base.get(key))} there, {shown(ours['base'].get(key))} here)"
@@ -71,7 +128,7 @@ def open_study(sweep: Sweep) -> Any:
     if changed:
         raise UsageError(f"{path} is the study of another search (its {changed[0]} differs from {sweep.source}'s); "
                          f"give this search another name: or move {sweep.folder} away")
-    return study
+    return True
 
 
 def _experiment(sweep: Sweep) -> dict[str, Any]:
@@ -88,6 +145,7 @@ class StudyFeed(Feed):
         super().__init__()
         assert sweep.search is not None
         self.sweep, self.search, self.study = sweep, sweep.search, study
+        self.study.sampler = space.sampler(self.search)
         self.claims = Claims(sweep.folder)
         self.quiet_until = 0.0
         self.orphans: set[int] = set()
@@ -119,7 +177,6 @@ class StudyFeed(Feed):
         running = states.count(optuna.trial.TrialState.RUNNING)
         if done + running >= self.search.trials or states.count(optuna.trial.TrialState.FAIL) >= self.search.trials:
             return None
-        self.study.sampler = space.sampler(self.search, len(trials))
         asked = self.study.ask()
         self.claims.claim(trial_name(asked.number), new=True)
         return asked.number, space.suggest(self.search, asked)
@@ -228,9 +285,14 @@ class Claims:
         if new:
             descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
             fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(temporary, path)
+            files.publish(temporary, path)  # mkstemp's 0600 would lock a colleague's worker out of the claim
         else:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # a link planted in claims/ is not followed: its target is nobody's claim
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                raise UsageError(f"{path} is a symbolic link, not a claim cifarlab made; remove it") from None
             try:
                 fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
