@@ -28,7 +28,7 @@ from cifarlab.errors import UsageError
 from cifarlab.experiments import results
 from cifarlab.experiments.runner import conflict
 from cifarlab.experiments.spec import read_sweep
-from cifarlab.experiments.study import StudyFeed
+from cifarlab.experiments.study import StudyFeed, open_study
 from cifarlab.run import pickles
 from cifarlab.run.checkpoint import Checkpointer, TrainState
 from cifarlab.run.rundir import RunDir
@@ -227,7 +227,8 @@ def test_a_sweep_record_and_a_trials_run_config_are_never_resolved(tmp_path: Pat
 
 def test_a_journals_value_calling_a_resolver_is_never_run(tmp_path: Path, spy: list[tuple[Any, ...]]) -> None:
     path = sweep_file(tmp_path, search={"space": {"model.name": {"choice": ["lenet", "resnet18"]}}, "trials": 2})
-    feed = StudyFeed(read_sweep(str(path)), study=None)
+    searched = read_sweep(str(path))
+    feed = StudyFeed(searched, open_study(searched))
     with pytest.raises(UsageError, match="resolver"):
         feed._trial(0, {"model.name": "${spy:}"})  # as a journal someone else wrote would hand it out
     assert spy == []

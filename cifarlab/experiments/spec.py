@@ -51,8 +51,7 @@ class Sweep:
     common: tuple[str, ...]
     """``key=value`` overrides of every trial: the file's, then the command line's."""
     launch: tuple[str, ...]
-    """``accelerate launch`` options (those cifarlab.experiments.launching allows); none: the trainer runs without a
-    launcher."""
+    """``accelerate launch`` options (those cifarlab.experiments.launching allows); none: no launcher."""
     folder: Path
     """``<train.output_dir>/<name>``: the trials' run directories, sweep.yaml and logs/."""
     trials: tuple[Trial, ...]
@@ -145,8 +144,7 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
         search = _read_search(spec, where, base, common)
         return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
                      search=search, swept=frozenset(param.key for param in search.space))
-    drafts = tuple(Trial(i, trial_name, tuple(row)) for i, (trial_name, row) in enumerate(zip(_names(settings),
-                                                                                               settings)))
+    drafts = tuple(Trial(i, folder, tuple(row)) for i, (folder, row) in enumerate(zip(_names(settings), settings)))
     sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts,
                   swept=frozenset(places))
     configs = [_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in drafts]
