@@ -31,6 +31,7 @@ from cifarlab import sweep as sweeps
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
+from cifarlab.experiments import study as study_module
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import JOURNAL, Claims, StudyFeed, open_study, run_dir, trial_name
@@ -446,6 +447,52 @@ def test_a_best_trial_with_the_base_settings_is_confirmed_as_the_control_alone(
     assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in out
     assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
     assert capsys.readouterr().out.split()[-1] == "optim.lr=0.02"
+
+
+def running_trial(sweep: Any, study: Any, lr: float) -> Trial:
+    """A trial the study has handed out with ``optim.lr`` = ``lr`` (running: its worker works on it)."""
+    study.enqueue_trial({"optim.lr": lr})
+    asked = study.ask()
+    return study_module.sampled_trial(sweep, asked.number, space.suggest(sweep.search, asked))
+
+
+@pytest.mark.unit
+def test_list_judges_a_running_trials_folder_by_its_own_settings(tmp_path: Path) -> None:
+    """An interrupted trial's run is its own, not 'other config' (its settings were left out of the check)."""
+    file, sweep, study = searched(tmp_path, 1, [(0.05, 0.30)])
+    trial = running_trial(sweep, study, 0.1)
+    sweep.run_dir(trial).root.mkdir(parents=True)
+    sweep.run_dir(trial).config.write_text(to_yaml(sweep.configs[trial.index]))
+    fresh = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])  # as --list reads it
+    row = next(line for line in searching.listing(fresh) if line.startswith(f"{trial.index}\t"))
+    assert row.split("\t")[1] == "running (interrupted, no checkpoint)"
+
+
+@pytest.mark.unit
+def test_a_trial_refused_beside_a_finished_run_of_other_values_is_failed_not_scored(tmp_path: Path) -> None:
+    """The runner refuses a trial whose folder holds a finished run of other sampled values: the study is told the
+    trial failed, never that run's score."""
+    _, sweep, study = searched(tmp_path, 1, [(0.05, 0.30)])
+    trial = running_trial(sweep, study, 0.1)
+    finished_run(sweep.run_dir(trial), load_config(sweep.base, [*sweep.overrides(trial), "optim.lr=0.05"]), 0.99)
+    feed = StudyFeed(sweep, study)
+    feed.claims.claim(trial.name)
+    feed.ended(trial, "refused")
+    told = study.get_trials(deepcopy=False)[trial.index]
+    assert (told.state, told.value) == (optuna.trial.TrialState.FAIL, None)
+
+
+@pytest.mark.unit
+def test_best_never_reads_a_confirmation_folder_holding_another_configurations_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file, sweep, study = searched(tmp_path, 1, [(0.05, 0.30)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))
+    confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32]})
+    last = check.trials[-1]  # lr 0.05, seed 2: its folder now holds a run of lr 0.1
+    shutil.rmtree(check.run_dir(last).root)
+    finished_run(check.run_dir(last), load_config(check.base, [*check.overrides(last), "optim.lr=0.1"]), 0.99)
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    assert "has no finished confirmation yet" in capsys.readouterr().err
 
 
 def read_only_search(root: Path) -> tuple[Path, Path]:

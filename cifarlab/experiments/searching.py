@@ -24,9 +24,19 @@ from cifarlab.experiments.analysis import Report, compare, group_runs
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.rendering import render
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Runner, say, status, write_record, write_whole
+from cifarlab.experiments.runner import Runner, finished, say, status, write_record, write_whole
 from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
-from cifarlab.experiments.study import JOURNAL, ClaimFeed, Claims, StudyFeed, open_study, progress, reading, trial_name
+from cifarlab.experiments.study import (
+    JOURNAL,
+    ClaimFeed,
+    Claims,
+    StudyFeed,
+    open_study,
+    progress,
+    reading,
+    sampled_trial,
+    trial_name,
+)
 
 CONFIRM = "confirm"
 
@@ -99,6 +109,11 @@ def _listing(sweep: Sweep, study: Optional[Any]) -> list[str]:
 
 
 def _as_trial(sweep: Sweep, frozen: Any) -> Trial:
+    """A running trial as it trains (its run directory is judged against its own settings); one that lost its worker
+    before its settings were sampled has none."""
+    assert sweep.search is not None
+    if set(frozen.params) == {param.key for param in sweep.search.space}:
+        return sampled_trial(sweep, frozen.number, frozen.params)
     trial = Trial(frozen.number, trial_name(frozen.number), ())
     sweep.configs.setdefault(frozen.number, load_config(sweep.base, sweep.overrides(trial)))
     return trial
@@ -170,7 +185,7 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.folder)))
     if code != 0:
         return code
-    if not all(check.run_dir(t).finished() for t in check.trials):
+    if not all(finished(check, t) for t in check.trials):
         say(sweep, "other workers are still running confirmation runs; run the search again for the table")
         return 0
     report = confirmed(sweep, check)
@@ -227,7 +242,7 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
                      f"overstates its score; add search: confirm: to re-run it on fresh seeds")
     else:
         check = read_sweep(str(sweep.folder / "confirm.yaml")) if (sweep.folder / "confirm.yaml").is_file() else None
-        if check is None or not all(check.run_dir(t).finished() for t in check.trials):
+        if check is None or not all(finished(check, t) for t in check.trials):
             raise UsageError(f"--best: search {sweep.name} has no finished confirmation yet; run the search to its end")
         report = confirmed(sweep, check)
         sign = 1.0 if sweep.search.maximize else -1.0

@@ -33,7 +33,7 @@ from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
-from cifarlab.experiments.runner import Feed, say, write_whole
+from cifarlab.experiments.runner import Feed, finished, say, write_whole
 from cifarlab.experiments.spec import Sweep, identity, setting
 from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir
@@ -213,11 +213,7 @@ class StudyFeed(Feed):
         return bool(self.orphans)
 
     def _trial(self, number: int, params: dict[str, Any]) -> Trial:
-        chosen = space.settings(self.search, params)
-        trial = Trial(number, trial_name(number), tuple(setting(key, value) for key, value in chosen.items()))
-        refuse_resolvers(chosen, str(self.sweep.folder / JOURNAL))  # values read back from the journal
-        self.sweep.configs[number] = load_config(self.sweep.base, self.sweep.overrides(trial))
-        return trial
+        return sampled_trial(self.sweep, number, params)
 
     def environment(self, trial: Trial) -> dict[str, str]:
         order = {"journal": str((self.sweep.folder / JOURNAL).resolve()), "study": self.sweep.name,
@@ -239,7 +235,7 @@ class StudyFeed(Feed):
             self.claims.release(trial.name)
             self._orphaned(trial.index)
             return
-        if result in ("failed", "refused") and run.finished():  # ... and has finished it meanwhile
+        if result == "failed" and finished(self.sweep, trial):  # ... and has finished it meanwhile
             result = "skipped"
         if result in ("finished", "skipped"):
             found = read_run(run.root)
@@ -358,6 +354,16 @@ def progress(sweep: Sweep, study: Any) -> str:
         best = (max if sweep.search.maximize else min)(complete, key=lambda t: t.value)
         text += f"; best {space.shown(sweep.search, best.value)} (trial {best.number})"
     return text
+
+
+def sampled_trial(sweep: Sweep, number: int, params: dict[str, Any]) -> Trial:
+    """Trial ``number`` with its sampled settings (rounded as it trains), its config loaded into ``sweep.configs``."""
+    assert sweep.search is not None
+    chosen = space.settings(sweep.search, params)
+    trial = Trial(number, trial_name(number), tuple(setting(key, value) for key, value in chosen.items()))
+    refuse_resolvers(chosen, str(sweep.folder / JOURNAL))  # values read back from the journal
+    sweep.configs[number] = load_config(sweep.base, sweep.overrides(trial))
+    return trial
 
 
 def run_dir(sweep: Sweep, number: int) -> RunDir:
