@@ -355,7 +355,9 @@ VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_c
             "logging.", "checkpoint.")
 """Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
 reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
-key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it)."""
+key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it; compare never splits groups
+by these keys, and counts runs of one identity once). README.md, docs/runs.md and docs/sweeps.md name exactly these
+keys (tests/test_compare.py checks)."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,8 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cifarlab import compare
-from cifarlab.config import load_config, to_yaml
-from cifarlab.experiments import analysis, rendering, results, stats
+from cifarlab.config import VOLATILE, load_config, to_yaml
+from cifarlab.experiments import analysis, rendering, repeats, results, stats
 from cifarlab.experiments.results import ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +32,12 @@ def make_run(root: Path, name: str, accuracies: list[float], *overrides: str, fi
              seed: int = 0, per_class: Optional[dict[str, Optional[float]]] = None,
              predictions: Optional[list[int]] = None, labels: Optional[list[int]] = None, test_set: str = "t1",
              environment: Any = None, target: Optional[dict[str, float]] = None,
-             epoch_rates: Optional[list[tuple[float, float]]] = None) -> Path:
+             epoch_rates: Optional[list[tuple[float, float]]] = None, images: int = 100,
+             losses: Optional[list[float]] = None) -> Path:
     """A run directory as the trainer writes it: one evaluation record per accuracy (and a training record
     before each), config.yaml from ``overrides``, environment.json, and on request predictions.safetensors
-    (``predictions`` against ``labels``, by default all class 0) and a target record."""
+    (``predictions`` against ``labels``, by default all class 0) and a target record. Each evaluation scored
+    ``images`` test images; its test loss is 1 - accuracy unless ``losses`` are given."""
     run = root / name
     run.mkdir(parents=True)
     config = load_config(None, [f"train.seed={seed}", f"train.run_name={name}", f"train.output_dir={root}",
@@ -46,7 +51,8 @@ def make_run(root: Path, name: str, accuracies: list[float], *overrides: str, fi
                       "train/loss": 1.0, "train/lr": 0.05, "train/images_per_s": rate, "train/epoch": epoch + 0.5})
         classes = per_class if per_class is not None else {"cat": accuracy, "dog": accuracy}
         lines.append({"step": 10 * epoch + 10, "time": 1e9 + epoch + 0.5, "elapsed_s": 10.0 * epoch + 10,
-                      "test/acc": accuracy, "test/loss": 1 - accuracy, "test/images": 100,
+                      "test/acc": accuracy, "test/loss": (losses or [1 - a for a in accuracies])[epoch],
+                      "test/images": images,
                       **{f"test/acc/{k}": v for k, v in classes.items()}, "train/epoch": float(epoch + 1),
                       "train/epoch_loss": 1.0, "train/epoch_images_per_s": rate, "train/epoch_seconds": seconds})
     if target is not None:
@@ -208,9 +214,9 @@ def test_groups_means_intervals_and_welch_by_hand(tmp_path: Path, capsys: pytest
 def test_the_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = run_json(capsys, str(lr_sweep(tmp_path / "sweep")))
     assert set(out) == {"metric", "higher_is_better", "grouped_by", "baseline", "adjust", "groups", "differences",
-                        "plan", "missing", "warnings", "notes"}
-    assert set(out["groups"][0]) == {"label", "overrides", "n", "mean", "std", "ci95", "values", "spread", "runs",
-                                     "per_class"}
+                        "plan", "missing", "merged", "warnings", "notes"}
+    assert set(out["groups"][0]) == {"label", "overrides", "n", "mean", "std", "floor", "ci95", "values", "spread",
+                                     "runs", "per_class"}
     assert set(out["differences"][0]) == {"group", "baseline", "diff", "ci95", "df", "test", "p", "p_adjusted",
                                           "ci95_adjusted", "paired", "verdict", "per_class"}
     assert out["adjust"] == "holm" and out["plan"] is None
@@ -288,6 +294,19 @@ def test_by_environment_field_and_warnings_for_mixed_groups(tmp_path: Path,
     assert both["warnings"] == []
 
 
+def test_keys_that_never_change_what_is_computed_do_not_split_groups(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 27: compare split one configuration by keys config.VOLATILE lists (one list now).
+    volatile = ["train.cpu_threads=2", "checkpoint.every_n_steps=5", "train.timeout_minutes=10",
+                "train.allow_changes=true", "data.download=false", "train.eval_every_epoch=false"]
+    make_run(tmp_path, "plain", [0.5], seed=0)
+    for seed, setting in enumerate(volatile, start=1):
+        make_run(tmp_path, f"v{seed}", [0.5 + seed / 100], setting, seed=seed)
+    out = run_json(capsys, str(tmp_path))
+    assert [(g["label"], g["n"]) for g in out["groups"]] == [("all", 7)] and out["merged"] == []
+    assert set(analysis.IGNORED) == {"train.seed", *VOLATILE}
+
+
 def test_ignored_keys_do_not_split_groups_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_run(tmp_path, "a", [0.5], "data.num_workers=0", "logging.every_n_steps=7", seed=1)
     make_run(tmp_path, "b", [0.6], "data.root=/elsewhere", seed=2)
@@ -309,6 +328,89 @@ def test_groups_sort_by_value_and_baseline_choices(tmp_path: Path, capsys: pytes
     error = usage_error(capsys, str(tmp_path), "--baseline", "optim.lr=0.3")
     assert "--baseline optim.lr=0.3: no such group" in error and "optim.lr=0.2" in error
     assert "no such group" in usage_error(capsys, str(tmp_path), "--baseline", "4")
+
+
+# --- one measurement, counted once ----------------------------------------------------------------------
+
+
+def test_copies_of_one_measurement_are_counted_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 27: two runs of lr 0.02 and two of lr 0.2, each pair one configuration with train.seed 0 (CPU runs repeat
+    # bit for bit), gave std 0.00, interval [+2.00, +2.00] and "better, p = 0". They are one run a side.
+    for copy in ("a", "b"):
+        make_run(tmp_path, f"lr0.02-{copy}", [0.60], "optim.lr=0.02")
+        make_run(tmp_path, f"lr0.2-{copy}", [0.62], "optim.lr=0.2", f"logging.every_n_steps={1 + (copy == 'b')}")
+    assert compare.main([str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [(g["label"], g["n"], g["runs"]) for g in out["groups"]] == [
+        ("optim.lr=0.02", 1, [str(tmp_path / "lr0.02-a")]), ("optim.lr=0.2", 1, [str(tmp_path / "lr0.2-a")])]
+    reason = "same configuration and seed"
+    assert out["merged"] == [{"run": str(tmp_path / "lr0.02-b"), "kept": str(tmp_path / "lr0.02-a"), "reason": reason},
+                             {"run": str(tmp_path / "lr0.2-b"), "kept": str(tmp_path / "lr0.2-a"), "reason": reason}]
+    assert out["differences"][0]["verdict"].endswith("1 and 1 run(s): no verdict about the settings: that needs 2 or "
+                                                     "more runs (seeds) in each group")
+    notes = [line for line in captured.err.splitlines() if "counted once" in line]
+    assert notes == [f"cifarlab: note: counted once: 2 run(s) repeat a measurement that another run of their group "
+                     f"holds: {tmp_path / 'lr0.02-b'} as {tmp_path / 'lr0.02-a'} ({reason}); {tmp_path / 'lr0.2-b'} as "
+                     f"{tmp_path / 'lr0.2-a'} ({reason})"]
+
+
+def test_a_sweep_beside_a_confirmation_on_the_same_seeds_counts_each_seed_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One's own lr sweep (seeds 0-2) compared with a search's confirm/ folder (seeds 1, 2 at the same lr).
+    for seed in (0, 1, 2):
+        make_run(tmp_path / "sweep", f"lr0.02-s{seed}", [0.60 + seed / 100], "optim.lr=0.02", seed=seed)
+    for seed in (1, 2):
+        make_run(tmp_path / "search" / "confirm", f"c{seed}", [0.60 + seed / 100], "optim.lr=0.02", seed=seed)
+    out = run_json(capsys, str(tmp_path / "sweep"), str(tmp_path / "search"))
+    (group,) = out["groups"]
+    assert group["n"] == 3 and group["values"] == pytest.approx([0.61, 0.62, 0.60])  # path order: search/ first
+    assert [(m["run"], m["kept"]) for m in out["merged"]] == [
+        (str(tmp_path / "sweep" / f"lr0.02-s{seed}"), str(tmp_path / "search" / "confirm" / f"c{seed}"))
+        for seed in (1, 2)]
+
+
+def _reorder_header(path: Path) -> None:
+    """Rewrites a safetensors file's header with its keys (and its metadata's) in reverse order, same length: what
+    safetensors itself does between two saves of one content (it writes a hash map's order)."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header = {key: (dict(reversed(value.items())) if key == "__metadata__" else value)
+              for key, value in reversed(header.items())}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(data[:8] + text.ljust(size) + data[8 + size:])
+
+
+def test_identical_predictions_are_one_measurement_and_merging_is_idempotent(tmp_path: Path) -> None:
+    right = [True] * 70 + [False] * 30
+    make_run(tmp_path, "a", [0.7], seed=0, predictions=outcomes(right))
+    make_run(tmp_path, "b", [0.7], seed=1, predictions=outcomes(right))  # other seed, the same bits: a copy
+    make_run(tmp_path, "c", [0.7], seed=1, predictions=outcomes(right[::-1]))  # b's seed: a copy of b, so of a
+    make_run(tmp_path, "d", [0.7], seed=2, predictions=outcomes(right[::-1]))  # c's predictions: a copy of c
+    make_run(tmp_path, "e", [0.6], seed=3)
+    _reorder_header(tmp_path / "b" / "predictions.safetensors")  # as safetensors may write it: other bytes
+    assert (tmp_path / "a" / "predictions.safetensors").read_bytes() != (tmp_path / "b" / "predictions.safetensors"
+                                                                         ).read_bytes()
+    runs = results.read_runs([str(tmp_path)])
+    assert runs[0].predictions_digest() == runs[1].predictions_digest() != runs[2].predictions_digest()
+    assert runs[4].predictions_digest() is None
+    kept, merged = repeats.merge(runs[::-1])
+    assert [run.name for run in kept] == ["a", "e"]
+    assert [(m.run.name, m.kept.name, m.reason) for m in merged] == [
+        ("b", "a", "identical predictions.safetensors, same configuration and seed"),
+        ("c", "a", "identical predictions.safetensors, same configuration and seed"),
+        ("d", "a", "identical predictions.safetensors")]
+    assert repeats.merge(kept) == (kept, [])
+
+
+def test_runs_that_by_keeps_apart_are_not_merged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One configuration and seed on 1 and on 2 processes: --by env.processes compares them; each group is one run.
+    make_run(tmp_path, "p1", [0.60], environment={**ENV, "processes": 1})
+    make_run(tmp_path, "p2", [0.61], environment={**ENV, "processes": 2})
+    out = run_json(capsys, str(tmp_path), "--by", "env.processes")
+    assert [g["n"] for g in out["groups"]] == [1, 1] and out["merged"] == []
+    assert [g["n"] for g in run_json(capsys, str(tmp_path))["groups"]] == [1]
 
 
 # --- paired tests ---------------------------------------------------------------------------------------
@@ -335,8 +437,9 @@ def test_mcnemar_for_one_run_per_group(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_identical_runs_are_no_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    right = [True] * 70 + [False] * 30
+    # Each seed gets 70 of 100 right, other images for the two seeds (the same predictions would be one run).
     for seed in (0, 1):
+        right = [True] * 70 + [False] * 30 if seed == 0 else [False] * 30 + [True] * 70
         make_run(tmp_path, f"a{seed}", [0.7], seed=seed, predictions=outcomes(right))
         make_run(tmp_path, f"b{seed}", [0.7], "optim.lr=0.1", seed=seed, predictions=outcomes(right))
     (difference,) = run_json(capsys, str(tmp_path))["differences"]
@@ -365,10 +468,13 @@ def test_two_runs_each_far_apart_on_the_test_set_but_not_across_seeds(tmp_path: 
 
 def test_five_runs_each_find_a_real_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 5 seeds a side, 0.6 points of spread, 2 points apart: Welch finds it, and the verdict, interval and p agree.
+    # 10,000 test images: the test-set floor, 0.48 points, lies below that spread. Each seed its own predictions.
     spread = [-0.006, -0.003, 0.0, 0.003, 0.006]
     for seed, offset in enumerate(spread):
-        make_run(tmp_path, f"a{seed}", [0.63 + offset], seed=seed, predictions=outcomes([True, False]))
-        make_run(tmp_path, f"b{seed}", [0.65 + offset], "optim.lr=0.1", seed=seed, predictions=outcomes([True, True]))
+        make_run(tmp_path, f"a{seed}", [0.63 + offset], seed=seed, predictions=outcomes([True] * seed + [False]),
+                 images=10_000)
+        make_run(tmp_path, f"b{seed}", [0.65 + offset], "optim.lr=0.1", seed=seed,
+                 predictions=outcomes([True] * seed + [True]), images=10_000)
     (difference,) = run_json(capsys, str(tmp_path))["differences"]
     assert difference["test"] == "welch" and difference["paired"] is None
     assert difference["diff"] == pytest.approx(0.02) and difference["ci95"][0] > 0 and difference["p"] < 0.001
@@ -402,10 +508,11 @@ def test_paired_tests_only_for_final_accuracy(tmp_path: Path, capsys: pytest.Cap
 
 
 def three_groups(root: Path) -> Path:
-    """Baseline lr 0.05: 0.50, 0.51, 0.52; lr 0.1: 0.505, 0.515, 0.525; lr 0.2: 0.525, 0.535, 0.545."""
+    """Baseline lr 0.05: 0.50, 0.51, 0.52; lr 0.1: 0.505, 0.515, 0.525; lr 0.2: 0.525, 0.535, 0.545 (10,000 test
+    images: the test-set floor, 0.5 points, lies below their spread)."""
     for lr, finals in (("0.05", [0.50, 0.51, 0.52]), ("0.1", [0.505, 0.515, 0.525]), ("0.2", [0.525, 0.535, 0.545])):
         for seed, final in enumerate(finals):
-            make_run(root, f"lr{lr}-s{seed}", [final], f"optim.lr={lr}", seed=seed)
+            make_run(root, f"lr{lr}-s{seed}", [final], f"optim.lr={lr}", seed=seed, images=10_000)
     return root
 
 
@@ -429,6 +536,143 @@ def test_several_comparisons_are_holm_adjusted(tmp_path: Path, capsys: pytest.Ca
                                                        f"(Welch t on runs, p = {third['p']:.3g})")
     bh = run_json(capsys, str(tmp_path), "--adjust", "bh")["differences"]
     assert bh[1]["p_adjusted"] == pytest.approx(2 * third["p"]) and bh[0]["p_adjusted"] == pytest.approx(second["p"])
+
+
+def issue_27_groups(root: Path) -> Path:
+    """Issue 27's three learning rates on 10,000 test images: lr 0.01: 0.50, 0.52, 0.54; lr 0.02: 0.563, 0.593,
+    0.623; lr 0.03: 0.556, 0.586, 0.616."""
+    for lr, finals in (("0.01", [0.50, 0.52, 0.54]), ("0.02", [0.563, 0.593, 0.623]),
+                       ("0.03", [0.556, 0.586, 0.616])):
+        for seed, final in enumerate(finals):
+            make_run(root, f"lr{lr}-s{seed}", [final], f"optim.lr={lr}", seed=seed, images=10_000)
+    return root
+
+
+def test_holm_adjusted_intervals_agree_with_the_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # By hand: std 0.02 (lr 0.01) and 0.03 (the others), n 3 (floors 0.005 at 10,000 images: below): se^2 =
+    # (0.0004 + 0.0009) / 3, se = 0.0208167; df = (0.0013/3)^2 / ((0.0004/3)^2 / 2 + (0.0009/3)^2 / 2) = 3.48454.
+    # lr 0.02: t = 0.073 / se = 3.50681, p = 0.0309; lr 0.03: t = 0.066 / se = 3.17054, p = 0.0410.
+    # Holm: 2 * 0.0309 = 0.0619, not below 0.05: it stops at step 1, nothing found, and both intervals take step 1's
+    # level 1 - 0.05 / 2. Before, lr 0.03 took its own step's 95 % and showed [+0.47, +12.73] beside "no significant
+    # difference". At 97.5 % the half-width is t(0.9875, 3.48) * se, above t(0.9875, 4) * se = 3.49541 * 0.0208167 =
+    # 0.0728 > 0.066: lr 0.03's interval includes 0 (and lr 0.02's too, its p being above 0.025).
+    out = run_json(capsys, str(issue_27_groups(tmp_path)))
+    se = math.sqrt(0.0013 / 3)
+    df = (0.0013 / 3) ** 2 / ((0.0004 / 3) ** 2 / 2 + (0.0009 / 3) ** 2 / 2)
+    half = stats.t_quantile(0.9875, df) * se
+    assert df == pytest.approx(3.48454, abs=1e-5) and half > 3.49541 * se > 0.066
+    for d, diff, p in zip(out["differences"], (0.073, 0.066), (0.030946, 0.041018)):
+        assert d["diff"] == pytest.approx(diff) and d["df"] == pytest.approx(df)
+        assert d["p"] == pytest.approx(p, abs=1e-6)
+        assert d["p_adjusted"] == pytest.approx(0.0618922, abs=1e-7)
+        assert d["ci95_adjusted"] == pytest.approx([diff - half, diff + half], abs=1e-9)
+        assert d["ci95_adjusted"][0] < 0 < d["ci95_adjusted"][1]
+        assert d["verdict"].endswith("no significant difference (Welch t on runs, p = 0.0619, holm-adjusted)")
+    assert compare.main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "CI (holm)" in table and f"[{100 * (0.066 - half):+.2f}, {100 * (0.066 + half):+.2f}]" in table
+
+
+def _result(label: str, values: list[float], images: Optional[int]) -> analysis.GroupResult:
+    floor = stats.sampling_floor(stats.mean(values), images) if images else None
+    return analysis.GroupResult(analysis.Group(label, {}, []), [], values, stats.summarize(values, floor or 0.0), {},
+                                None, floor)
+
+
+@pytest.mark.parametrize("method", stats.ADJUSTMENTS)
+def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(method: str) -> None:
+    # Families of 1-6 comparisons with the baseline, 2-5 runs a group, differences around what Welch can just find,
+    # floors from 100 to 10,000 images or none, some groups repeated (tied p): adjusted p < 0.05 exactly when the
+    # adjusted interval excludes 0, and the verdict says better/worse exactly then.
+    rng = random.Random(27)
+    metric = analysis.METRICS["final_acc"]
+    found, missed, holm_stops_after = 0, 0, 0
+    for _ in range(1000):
+        images = rng.choice([None, 100, 1000, 10_000])
+        def draw(shift: float) -> list[float]:
+            return [0.6 + shift + rng.gauss(0, rng.uniform(0.002, 0.03)) for _ in range(rng.randint(2, 5))]
+        base = _result("base", draw(0.0), images)
+        others: list[analysis.GroupResult] = []
+        for i in range(rng.randint(1, 6)):
+            shift = rng.choice([0, 0.01, 0.02, 0.04, 0.08])
+            values = others[-1].values if others and rng.random() < 0.2 else draw(shift)
+            others.append(_result(f"g{i}", values, images))
+        differences = [analysis.difference(other, base, None) for other in others]
+        analysis.decide(differences, metric, method)
+        ps = [d.p for d in differences]
+        for rank, d in enumerate(sorted(differences, key=lambda d: d.p or 0.0), start=1):
+            assert d.p_adjusted is not None and d.ci_adjusted is not None and not d.ci_withheld
+            significant = d.p_adjusted < analysis.SIGNIFICANCE
+            assert (d.ci_adjusted[0] > 0 or d.ci_adjusted[1] < 0) == significant, (method, ps)
+            assert (" better than " in d.verdict or " worse than " in d.verdict) == significant, d.verdict
+            found, missed = found + significant, missed + (not significant)
+            # The issue's case: a step after Holm stopped whose p is below its own step's alpha.
+            holm_stops_after += not significant and (d.p or 1.0) < 0.05 / (len(ps) - rank + 1)
+    assert found > 100 and missed > 100
+    if method == "holm":
+        assert holm_stops_after > 5
+
+
+def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
+    # a = [0.5, 0.6], b = a + x: se = sqrt(0.005), df = 2, p = 0.05 at x = t(0.975, 2) * se = 0.304243. Around there
+    # floating-point rounding decides both the p and the interval's end; they must agree, or no interval is shown.
+    metric = analysis.METRICS["final_acc"]
+    edge = stats.t_quantile(0.975, 2) * math.sqrt(0.005)
+    seen = set()
+    for step in range(-40, 41):
+        x = edge + step * 2e-16
+        base, other = _result("a", [0.5, 0.6], None), _result("b", [0.5 + x, 0.6 + x], None)
+        d = analysis.difference(other, base, None)
+        analysis.decide([d], metric, "none")
+        assert d.p_adjusted is not None
+        significant = d.p_adjusted < analysis.SIGNIFICANCE
+        seen.add(significant)
+        if d.ci_adjusted is None:
+            assert d.ci_withheld
+        else:
+            assert (d.ci_adjusted[0] > 0 or d.ci_adjusted[1] < 0) == significant
+    assert seen == {True, False}
+
+
+def test_zero_spread_is_judged_by_the_test_set_floor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 27: two runs at 10 % and two at 11 % on 100 test images (one image apart) said "better, p = 0" and
+    # --plan 2 runs. Each score is a sample of 100 images (test_stats.test_welch_with_a_floor_by_hand: p = 0.775).
+    for seed in (0, 1):
+        make_run(tmp_path, f"a{seed}", [0.10], seed=seed)
+        make_run(tmp_path, f"b{seed}", [0.11], "optim.lr=0.1", seed=seed)
+    assert compare.main([str(tmp_path), "--json", "--plan", "1"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    (d,) = out["differences"]
+    assert d["test"] == "welch" and d["p"] == pytest.approx(0.775, abs=1e-3) and d["ci95"][0] < 0 < d["ci95"][1]
+    assert "no significant difference" in d["verdict"]
+    assert [g["floor"] for g in out["groups"]] == pytest.approx([0.03, 0.0312890], abs=1e-7)
+    low, high = out["groups"][0]["ci95"]  # the group's interval rests on the floor too
+    assert [g["std"] for g in out["groups"]] == [0.0, 0.0] and low < 0.1 < high
+    # The plan: pooled over the floors, sqrt((0.0009 + 0.000979) / 2) = 0.0306513; 1 point is d = 0.326 (not 2 runs).
+    pooled = math.sqrt((0.1 * 0.9 / 100 + 0.11 * 0.89 / 100) / 2)
+    assert out["plan"]["pooled_std"] == pytest.approx(pooled) and out["plan"]["seeds_per_group"] == stats.seeds_needed(
+        0.01, pooled) > 100
+    assert ("cifarlab: note: runs spread less than test-set sampling alone makes an accuracy vary, sqrt(p (1 - p) / "
+            "images); their intervals and tests use that instead: optim.lr=0.05 (0.00 < 3.00 points); optim.lr=0.1 "
+            "(0.00 < 3.13 points)") in captured.err
+
+
+def test_zero_spread_without_a_floor_is_no_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A test loss is no proportion: runs that repeat it exactly leave nothing to judge a difference by.
+    for seed in (0, 1):
+        make_run(tmp_path, f"a{seed}", [0.5], seed=seed, losses=[1.25])
+        make_run(tmp_path, f"b{seed}", [0.5], "optim.lr=0.1", seed=seed, losses=[1.5])
+    out = run_json(capsys, str(tmp_path), "--metric", "test_loss")
+    (d,) = out["differences"]
+    assert d["p"] is None and d["test"] is None and d["ci95"] is None and d["p_adjusted"] is None
+    assert d["verdict"] == ("optim.lr=0.1 vs optim.lr=0.05: runs repeat exactly: no spread to judge a difference by "
+                            "(no test)")
+    assert out["groups"][0]["ci95"] is None and out["groups"][0]["floor"] is None
+    assert compare.main([str(tmp_path), "--metric", "test_loss"]) == 0
+    assert "no spread" in capsys.readouterr().out
+    assert "the runs of every group repeat exactly" in usage_error(capsys, str(tmp_path), "--metric", "test_loss",
+                                                                   "--plan", "0.1")
 
 
 def test_spread_explained_by_the_test_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -572,8 +816,27 @@ def test_a_suggestion_for_a_mistyped_key(tmp_path: Path, capsys: pytest.CaptureF
     assert "did you mean optim.lr?" in usage_error(capsys, str(tmp_path), "--by", "optim.lrr")
 
 
+def _shown(keys: Sequence[str]) -> list[str]:
+    return [key + "*" if key.endswith(".") else key for key in keys]
+
+
 def test_the_docs_name_every_ignored_key_and_metric() -> None:
     docs = (REPO / "docs" / "compare.md").read_text()
-    ignored = "  ".join(key + "*" if key.endswith(".") else key for key in analysis.IGNORED)
-    assert ignored in docs and ignored.replace("  ", ", ") in (compare.__doc__ or "").replace("\n", " ")
+    assert " ".join(_shown(analysis.IGNORED)) in " ".join(docs.split())
     assert all(f"`{name}`" in docs for name in analysis.METRICS)
+
+
+def test_compares_help_names_every_ignored_key() -> None:
+    assert ", ".join(_shown(analysis.IGNORED)) in " ".join((compare.__doc__ or "").split())
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/runs.md", "docs/sweeps.md"])
+def test_the_docs_name_exactly_the_volatile_keys(doc: str) -> None:
+    # Every list of 5 or more backticked keys that names train.run_name is config.VOLATILE, no key more or less, so
+    # the docs cannot drift from the one list again (compare's ignore list had).
+    key = r"`[a-z_]+\.[a-z_.*]+`"
+    text = (REPO / doc).read_text()
+    lists = [re.findall(r"`([^`]+)`", match.group(0))
+             for match in re.finditer(rf"{key}(?:(?:,\s+and\s+|,\s+|\s+and\s+){key})+", text)]
+    named = [keys for keys in lists if "train.run_name" in keys and len(keys) >= 5]
+    assert named and all(sorted(keys) == sorted(_shown(VOLATILE)) for keys in named), named

@@ -6,8 +6,9 @@ as often as the t test's power says. No training: runs are simulated as their ac
 A simulated run's final accuracy is the setting's true accuracy, plus its seed's luck (normal, ``seed_std``), plus
 test-set sampling (its IMAGES test images right or wrong as coins: normal with sqrt(p (1 - p) / IMAGES), 0.48
 points at p = 0.64, the default recipe's). The verdict rule is applied vectorised over many data sets
-(:func:`welch_p`, a copy of the rule in numpy), and :func:`test_the_vectorised_rule_is_compares_rule` checks that
-the copy and cifarlab's own code (analysis.difference and decide) give the same verdicts on the same data sets."""
+(:func:`welch_p`, a copy of the rule in numpy, each group's spread floored at its test-set sampling error as compare
+floors it), and :func:`test_the_vectorised_rule_is_compares_rule` checks that the copy and cifarlab's own code
+(analysis.difference and decide) give the same verdicts on the same data sets."""
 
 from __future__ import annotations
 
@@ -39,14 +40,21 @@ def simulate(rng: np.random.Generator, runs: int, seed_std: float, shift: float 
     return true + rng.normal(0, seed_std, (datasets, runs)) + rng.normal(0, noise, (datasets, runs))
 
 
+def floored_std(runs: np.ndarray) -> np.ndarray:
+    """Each data set's run-to-run standard deviation, at least the test-set sampling error of its mean on IMAGES test
+    images (stats.sampling_floor, as compare's groups use it)."""
+    floor = np.vectorize(stats.sampling_floor)(runs.mean(axis=1), IMAGES)
+    return np.maximum(runs.std(axis=1, ddof=1), floor)
+
+
 def welch_p(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """compare's verdict test, vectorised: Welch's t on the runs (Welch-Satterthwaite df); NaN (no verdict) when a
-    side has fewer than 2 runs."""
+    """compare's verdict test, vectorised: Welch's t on the runs (Welch-Satterthwaite df), each side's spread
+    floored; NaN (no verdict) when a side has fewer than 2 runs."""
     from scipy import stats as scipy_stats
 
     if a.shape[1] < 2 or b.shape[1] < 2:
         return np.full(a.shape[0], np.nan)
-    va, vb = a.var(axis=1, ddof=1) / a.shape[1], b.var(axis=1, ddof=1) / b.shape[1]
+    va, vb = floored_std(a) ** 2 / a.shape[1], floored_std(b) ** 2 / b.shape[1]
     df = (va + vb) ** 2 / (va ** 2 / (a.shape[1] - 1) + vb ** 2 / (b.shape[1] - 1))
     return np.asarray(2 * scipy_stats.t.sf(np.abs(b.mean(axis=1) - a.mean(axis=1)) / np.sqrt(va + vb), df))
 
@@ -63,7 +71,10 @@ def test_false_positive_rate_at_most_5_percent(n_a: int, n_b: int) -> None:
         seed_std = spread * TEST_SET_STD
         rate = claims(welch_p(simulate(rng, n_a, seed_std), simulate(rng, n_b, seed_std)))
         assert rate <= ALLOWED, f"{n_a} v {n_b}, seed spread {spread} x test-set noise: {rate:.3f}"
-        if min(n_a, n_b) >= 2:  # not vacuous: Welch is somewhat conservative at 2-3 runs (df between n-1 and 2n-2)
+        # Not vacuous where the floor rarely binds (seed luck 3 x the test-set noise). Below, the floor makes small
+        # groups conservative (about 0 % at 2 v 2 without seed luck): Welch's t is already somewhat conservative at
+        # 2-3 runs (df between n-1 and 2n-2), and a floored spread is never below the truth's test-set part.
+        if min(n_a, n_b) >= 2 and spread >= 3:
             assert rate >= 0.01, f"{n_a} v {n_b}, seed spread {spread}: {rate:.3f}"
 
 
@@ -76,25 +87,27 @@ def test_unequal_spreads_between_groups() -> None:
 
 
 def test_ten_equal_groups_family_wise_rate() -> None:
-    # Ten groups equal in truth, 3 runs each (seed luck = test-set noise): nine comparisons with the baseline.
-    # Unadjusted, some verdict claims a difference in about a third of the data sets; Holm keeps it to 5 %.
+    # Ten groups equal in truth, 3 runs each (seed luck 3 x the test-set noise, where the floor rarely binds): nine
+    # comparisons with the baseline. Unadjusted, some verdict claims a difference in about a fifth of the data sets;
+    # Holm and BH keep it to 5 %.
     rng = np.random.default_rng(10)
-    datasets, seed_std = 2000, TEST_SET_STD
+    datasets, seed_std = 2000, 3 * TEST_SET_STD
     base = simulate(rng, 3, seed_std, datasets=datasets)
     ps = np.stack([welch_p(base, simulate(rng, 3, seed_std, datasets=datasets)) for _ in range(9)], axis=1)
     unadjusted = float(np.mean((ps < 0.05).any(axis=1)))
     holm = float(np.mean([min(stats.adjust(list(row), "holm")) < 0.05 for row in ps]))
     bh = float(np.mean([min(stats.adjust(list(row), "bh")) < 0.05 for row in ps]))
     allowed = 0.05 + 3 * math.sqrt(0.05 * 0.95 / datasets)
-    assert unadjusted > 0.2 and holm <= allowed and bh <= allowed, (unadjusted, holm, bh)
+    print(f"ten equal groups: some claim unadjusted {unadjusted:.3f}, holm {holm:.3f}, bh {bh:.3f}")
+    assert unadjusted > 0.15 and holm <= allowed and bh <= allowed, (unadjusted, holm, bh)
 
 
 @pytest.mark.parametrize(("runs", "delta"), [(5, 0.012), (5, 0.02), (8, 0.012)])
 def test_power_under_a_real_difference(runs: int, delta: float) -> None:
     # Seed luck 0.6 points (the default recipe's spread) plus test-set noise: the share of data sets in which
     # the verdict finds the better setting is close to the power --plan computes (noncentral t with 2n - 2 df,
-    # which Welch's estimated df make a little optimistic at few runs: 0.54 found where it says 0.58 at 5 v 5 and
-    # 1.2 points), and it never calls the better setting worse.
+    # which Welch's estimated df and the floor make a little optimistic at few runs: 0.53 found where it says 0.58
+    # at 5 v 5 and 1.2 points), and it never calls the better setting worse.
     rng = np.random.default_rng(runs)
     seed_std = 0.006
     a, b = simulate(rng, runs, seed_std), simulate(rng, runs, seed_std, shift=delta)
@@ -111,7 +124,10 @@ def test_power_under_a_real_difference(runs: int, delta: float) -> None:
 
 
 def _group(label: str, values: list[float]) -> analysis.GroupResult:
-    return analysis.GroupResult(analysis.Group(label, {}, []), [], values, stats.summarize(values), {})
+    """A group of runs on IMAGES test images: floored as analysis.summarize_group floors it."""
+    floor = stats.sampling_floor(stats.mean(values), IMAGES)
+    return analysis.GroupResult(analysis.Group(label, {}, []), [], values, stats.summarize(values, floor), {}, None,
+                                floor)
 
 
 def test_the_vectorised_rule_is_compares_rule() -> None:

@@ -2,33 +2,32 @@
 env.* from environment.json), each group's mean, spread and 95 % interval of a metric and how much of its spread
 test-set sampling explains, each group's difference from a baseline (Welch's t on the runs: the verdict about
 settings; McNemar on per-image predictions when each side has one run: a statement about two trained models),
-adjusted for several comparisons, and the warnings and notes that go with them. The statistics and what they
-mean: docs/compare.md."""
+adjusted for several comparisons, and the warnings and notes that go with them. Copies of one measurement are
+counted once (cifarlab.experiments.repeats), and an accuracy's spread is never taken below its test-set sampling
+error. The statistics and what they mean: docs/compare.md."""
 
 from __future__ import annotations
 
 import difflib
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from cifarlab.config import shown
+from cifarlab.config import VOLATILE, shown
 from cifarlab.errors import UsageError
-from cifarlab.experiments import stats
+from cifarlab.experiments import repeats, stats
+from cifarlab.experiments.confounds import ENV_PREFIX, environment_warnings
 from cifarlab.experiments.results import Predictions, Run
 
-IGNORED: tuple[str, ...] = ("train.seed", "train.run_name", "train.output_dir", "train.resume", "logging.",
-                            "data.root", "data.num_workers")
-"""Config keys (or prefixes, ending in a dot) that never form groups by themselves: they differ between
-repeats of one experiment (seed, name, folders, resumption, logging, where the data lives, loader workers)
-without changing what is trained. ``--by`` can still name them."""
+IGNORED: tuple[str, ...] = ("train.seed", *VOLATILE)
+"""Config keys (or prefixes, ending in a dot) that never form groups by themselves: the seed, which is what repeats
+of one experiment vary, and the keys that never change what a run computes (cifarlab.config.VOLATILE: names,
+folders, resumption, threads, logging, checkpoints, where the data lives). ``--by`` can still name them."""
 
-ENV_PREFIX = "env."
-SIGNIFICANCE = round(1 - stats.LEVEL, 12)
-"""A difference is significant when p < 0.05 (rounded: 1 - 0.95 is 0.05000000000000004 in floats)."""
+SIGNIFICANCE = stats.ALPHA
+"""A difference is significant when p < 0.05."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +43,15 @@ class Metric:
     absent: str
     """Why a finished run has no value."""
     proportion: bool = False
-    """A fraction of the test images (accuracy): test-set sampling explains part of its spread."""
+    """A fraction of the test images (accuracy): test-set sampling explains part of its spread, and puts a floor
+    under the spread a verdict is judged by (stats.sampling_floor)."""
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record",
            True),
-    Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record"),
+    Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record",
+           True),
     Metric("final_top5", "final top-5 test accuracy (%)", Run.final_top5, True, 100.0, "%", 2,
            "no top-5 accuracy recorded (5 classes or fewer, or an older run)", True),
     Metric("test_loss", "final test loss", Run.final_loss, False, 1.0, "", 4, "no evaluation record"),
@@ -177,6 +178,10 @@ class GroupResult:
     """Mean final accuracy per class over the counted runs (None where no run has the class)."""
     spread: Optional[Spread] = None
     """For accuracies of groups of 2 or more runs whose evaluation recorded its image count."""
+    floor: Optional[float] = None
+    """The smallest standard deviation of one run's value that the group's interval and tests use: an accuracy's
+    test-set sampling error at the group's mean (stats.sampling_floor, on the fewest test images of its runs);
+    None for other metrics and for runs that did not record their number of test images."""
 
 
 @dataclass
@@ -192,7 +197,11 @@ class Difference:
     p_adjusted: Optional[float] = None
     """The p of the test behind the verdict (Welch, else McNemar), adjusted for the call's comparisons."""
     ci_adjusted: Optional[tuple[float, float]] = None
-    """Welch's interval at the level that agrees with the adjusted test (stats.interval_levels)."""
+    """Welch's interval at the level that agrees with the adjusted test (stats.interval_levels): it excludes 0
+    exactly when the verdict finds a difference."""
+    ci_withheld: bool = False
+    """No adjusted interval is shown because, at a p on the 5 % threshold itself, floating-point rounding made it
+    disagree with the verdict (the tables say so)."""
     verdict: str = ""
 
     @property
@@ -209,6 +218,8 @@ class Report:
     differences: list[Difference]
     adjust: str = "holm"
     missing: list[dict[str, str]] = field(default_factory=list)
+    merged: list[repeats.Merged] = field(default_factory=list)
+    """Copies of a measurement another run of their group holds: counted once (cifarlab.experiments.repeats)."""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -233,13 +244,20 @@ def spread_of(runs: Sequence[Run], summary: stats.Summary) -> Optional[Spread]:
                   min(1.0, test_set ** 2 / total) if total > 0 else 1.0)
 
 
+def floor_of(runs: Sequence[Run], values: Sequence[float], metric: Metric) -> Optional[float]:
+    """The group's floor (GroupResult.floor): the test-set sampling error of its mean on its runs' fewest images."""
+    images = [count for count in (run.test_images() for run in runs) if count]
+    return stats.sampling_floor(stats.mean(values), min(images)) if metric.proportion and images else None
+
+
 def summarize_group(group: Group, metric: Metric) -> GroupResult:
     read = [(run, metric.read(run)) for run in group.runs]
     counted = [run for run, value in read if value is not None]
     values = [value for _, value in read if value is not None]
-    summary = stats.summarize(values)
+    floor = floor_of(counted, values, metric)
+    summary = stats.summarize(values, floor or 0.0)
     return GroupResult(group, counted, values, summary, _mean_per_class(counted),
-                       spread_of(counted, summary) if metric.proportion else None)
+                       spread_of(counted, summary) if metric.proportion else None, floor)
 
 
 class PairedTests:
@@ -281,13 +299,15 @@ def verdict(d: Difference, higher_is_better: bool, adjust: str, tests: int = 1) 
     many comparisons of the call have a test (their p-values are adjusted together when more than one)."""
     label, base = d.group.group.label, d.baseline.group.label
     adjusted = "" if adjust == "none" or tests < 2 else f", {adjust}-adjusted"
+    sizes = (len(d.baseline.values), len(d.group.values))
+    if d.welch is None and min(sizes) >= 2:
+        return f"{label} vs {base}: runs repeat exactly: no spread to judge a difference by (no test)"
     if d.welch is not None and d.p_adjusted is not None:
         if d.p_adjusted >= SIGNIFICANCE:
             return f"{label} vs {base}: no significant difference (Welch t on runs, p = {d.p_adjusted:.3g}{adjusted})"
         better = (d.welch.diff > 0) == higher_is_better
         return (f"{label} {'better' if better else 'worse'} than {base} at the 5 % level "
                 f"(Welch t on runs, p = {d.p_adjusted:.3g}{adjusted})")
-    sizes = (len(d.baseline.values), len(d.group.values))
     if 0 in sizes:
         return f"{label} vs {base}: no runs with a value: no test"
     why = "no verdict about the settings: that needs 2 or more runs (seeds) in each group"
@@ -302,70 +322,33 @@ def _minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a - b if a is not None and b is not None else None
 
 
+def welch(base: GroupResult, other: GroupResult, level: float = stats.LEVEL) -> Optional[stats.Welch]:
+    """Welch's t of ``other - base`` on the runs, each side's spread floored (GroupResult.floor)."""
+    return stats.welch(base.values, other.values, level, (base.floor or 0.0, other.floor or 0.0))
+
+
 def difference(other: GroupResult, base: GroupResult, paired: Optional[stats.McNemar]) -> Difference:
     """The difference without its adjustment and verdict (see :func:`decide`)."""
     diff = _minus(other.summary.mean, base.summary.mean)
     per_class = {name: _minus(other.per_class.get(name), value) for name, value in base.per_class.items()}
-    return Difference(other, base, diff, stats.welch(base.values, other.values), paired, per_class)
+    return Difference(other, base, diff, welch(base, other), paired, per_class)
 
 
 def decide(differences: Sequence[Difference], metric: Metric, adjust: str) -> None:
-    """Adjusts the p-values of the comparisons that have a test, for their number, and writes each verdict."""
+    """Adjusts the p-values of the comparisons that have a test, for their number, and writes each verdict. Each
+    Welch comparison's adjusted interval excludes 0 exactly when its adjusted p is significant (the levels of
+    stats.interval_levels); where rounding at a p on the threshold itself breaks that, none is shown."""
     tested = [d for d in differences if d.p is not None]
     ps = [float(d.p) for d in tested if d.p is not None]
     for d, p, level in zip(tested, stats.adjust(ps, adjust), stats.interval_levels(ps, adjust)):
         d.p_adjusted = p
-        at_level = stats.welch(d.baseline.values, d.group.values, level) if d.welch is not None else None
-        d.ci_adjusted = at_level.ci95 if at_level is not None else None
+        at_level = welch(d.baseline, d.group, level) if d.welch is not None else None
+        if at_level is not None:
+            low, high = at_level.ci95
+            agrees = (low > 0 or high < 0) == (p < SIGNIFICANCE)
+            d.ci_adjusted, d.ci_withheld = (at_level.ci95, False) if agrees else (None, True)
     for d in differences:
         d.verdict = verdict(d, metric.higher_is_better, adjust, len(tested))
-
-
-def _host_class(host: Any) -> Optional[str]:
-    """The host name with its digits generalised: node012 and node007 are one class of machine."""
-    return re.sub(r"\d+", "#", str(host)) if host else None
-
-
-def _gpu_names(gpus: Any) -> Optional[str]:
-    if not isinstance(gpus, list):
-        return None
-    return ", ".join(sorted(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)) or "none"
-
-
-def _git(git: Any) -> Optional[str]:
-    if not isinstance(git, dict) or not git.get("commit"):
-        return None
-    return str(git["commit"])[:12] + ("+dirty" if git.get("dirty") else "")
-
-
-ENV_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
-    ("torch", "torch", lambda v: v),
-    ("host class", "host", _host_class),
-    ("GPUs", "gpus", _gpu_names),
-    ("mixed_precision", "mixed_precision", lambda v: v),
-    ("processes", "processes", lambda v: v),
-    ("git commit", "git", _git),
-    ("data_fingerprint", "data_fingerprint", lambda v: v),
-)
-"""(name in warnings, environment.json field, how its value is compared): what can change results while the
-config stays the same."""
-
-
-def environment_warnings(groups: Sequence[GroupResult], keys: Sequence[str]) -> list[str]:
-    """One line per environment field on which the compared runs do not all agree, with each group's values
-    (runs without the field aside): between groups it confounds the comparison, within one it adds spread.
-    A field that is a grouping key is meant to differ."""
-    lines = []
-    for name, source, compared in ENV_FIELDS:
-        if f"{ENV_PREFIX}{source}" in keys:
-            continue
-        per_group = [sorted({shown(v) for v in (compared(run.env(source)) for run in g.counted) if v is not None})
-                     for g in groups]
-        if len({value for values in per_group for value in values}) > 1:
-            detail = "; ".join(f"{g.group.label}: {', '.join(values)}"
-                               for g, values in zip(groups, per_group) if values)
-            lines.append(f"runs differ in environment {name}: {detail} (split them with --by env.{source})")
-    return lines
 
 
 def mixed_warnings(groups: Sequence[GroupResult], keys: Sequence[str]) -> list[str]:
@@ -388,9 +371,13 @@ def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Op
     check_keys(finished, by)
     keys = list(by) if by else differing_keys(finished)
     groups = group_runs(finished, keys)
+    merged: list[repeats.Merged] = []
+    for group in groups:  # within a group: runs that --by keeps apart stay apart
+        group.runs, copies = repeats.merge(group.runs)
+        merged += copies
     base = pick_baseline(groups, baseline)
     results = [summarize_group(group, metric) for group in groups]
-    report = Report(metric, keys, results, base, [], adjust)
+    report = Report(metric, keys, results, base, [], adjust, merged=merged)
     report.missing = [{"run": str(run.path), "reason": "not finished"} for run in unfinished]
     report.missing += [{"run": str(run.path), "reason": metric.absent}
                        for result in results for run in result.group.runs if run not in result.counted]
@@ -400,6 +387,7 @@ def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Op
     absent = len(report.missing) - len(unfinished)
     if absent:
         report.notes.append(f"{absent} finished run(s) left out: {metric.absent}")
+    report.notes += _measurement_notes(report)
     if metric.name != "final_acc" and len(groups) > 1:
         report.notes.append("McNemar compares two final models' predictions: only with --metric final_acc")
     tests = PairedTests()
@@ -408,5 +396,21 @@ def compare(runs: Sequence[Run], by: Sequence[str], metric: Metric, baseline: Op
             paired = tests.run(results[base], result, report.notes) if metric.name == "final_acc" else None
             report.differences.append(difference(result, results[base], paired))
     decide(report.differences, metric, adjust)
-    report.warnings = environment_warnings(results, keys) + (mixed_warnings(results, keys) if by else [])
+    report.warnings = (environment_warnings([(g.group.label, g.counted) for g in results], keys)
+                       + (mixed_warnings(results, keys) if by else []))
     return report
+
+
+def _measurement_notes(report: Report) -> list[str]:
+    """One line naming the copies counted once, one naming the groups whose runs spread less than their floor."""
+    lines = []
+    if report.merged:
+        lines.append(f"counted once: {len(report.merged)} run(s) repeat a measurement that another run of their "
+                     f"group holds: " + "; ".join(f"{m.run} as {m.kept} ({m.reason})" for m in report.merged))
+    metric, unit = report.metric, " points" if report.metric.unit == "%" else ""
+    low = [f"{g.group.label} ({metric.scale * g.summary.std:.2f} < {metric.scale * g.floor:.2f}{unit})"
+           for g in report.groups if g.floor is not None and g.summary.std is not None and g.summary.std < g.floor]
+    if low:
+        lines.append("runs spread less than test-set sampling alone makes an accuracy vary, sqrt(p (1 - p) / images); "
+                     "their intervals and tests use that instead: " + "; ".join(low))
+    return lines

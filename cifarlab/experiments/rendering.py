@@ -54,7 +54,7 @@ def to_json(report: Report, plan: Optional[Plan] = None) -> dict[str, Any]:
         "baseline": base.group.label,
         "adjust": report.adjust,
         "groups": [{"label": g.group.label, "overrides": g.group.overrides, "n": g.summary.n, "mean": g.summary.mean,
-                    "std": g.summary.std, "ci95": _interval(g.summary.ci95), "values": g.values,
+                    "std": g.summary.std, "floor": g.floor, "ci95": _interval(g.summary.ci95), "values": g.values,
                     "spread": _spread_json(g), "runs": [str(run.path) for run in g.counted],
                     "per_class": g.per_class} for g in report.groups],
         "differences": [{"group": d.group.group.label, "baseline": d.baseline.group.label, "diff": d.diff,
@@ -65,6 +65,7 @@ def to_json(report: Report, plan: Optional[Plan] = None) -> dict[str, Any]:
                         for d in report.differences],
         "plan": _plan_json(plan),
         "missing": report.missing,
+        "merged": [{"run": str(m.run), "kept": str(m.kept), "reason": m.reason} for m in report.merged],
         "warnings": report.warnings,
         "notes": report.notes,
     }
@@ -76,8 +77,15 @@ def _number(metric: Metric, value: Optional[float], sign: bool = False) -> str:
     return f"{value * metric.scale:{'+' if sign else ''},.{metric.digits}f}"
 
 
-def _span(metric: Metric, ci: Optional[tuple[float, float]], sign: bool = False) -> str:
-    return "n<2" if ci is None else f"[{_number(metric, ci[0], sign)}, {_number(metric, ci[1], sign)}]"
+def _span(metric: Metric, ci: Optional[tuple[float, float]], sign: bool = False, runs: int = 0) -> str:
+    """An interval; ``runs``: the fewest runs of its groups, which say why one is missing."""
+    if ci is None:
+        return "no spread" if runs >= 2 else "n<2"
+    return f"[{_number(metric, ci[0], sign)}, {_number(metric, ci[1], sign)}]"
+
+
+def _sides(d: Difference) -> int:
+    return min(len(d.baseline.values), len(d.group.values))
 
 
 def render(report: Report, per_class: bool, width: Optional[int], plan: Optional[Plan] = None) -> None:
@@ -112,7 +120,7 @@ def _group_table(report: Report) -> Any:
         label = f"{g.group.label} (baseline)" if g is base else g.group.label
         std = "n<2" if g.summary.std is None else _number(metric, g.summary.std)
         table.add_row(str(i), label, str(g.summary.n), _number(metric, g.summary.mean), std,
-                      _span(metric, g.summary.ci95))
+                      _span(metric, g.summary.ci95, runs=g.summary.n))
     return table
 
 
@@ -137,13 +145,20 @@ def _difference_table(report: Report) -> Any:
     points = " (points)" if metric.unit == "%" else ""
     table = Table(title=f"difference from {base.group.label}{points}")
     adjusted = "p" if report.adjust == "none" else f"p ({report.adjust})"
-    for name in ("group", "difference", "95 % CI (Welch)", "test", "p", adjusted):
+    # The adjusted interval differs from the plain one only when several comparisons are adjusted together.
+    several = report.adjust != "none" and sum(d.p is not None for d in report.differences) > 1
+    for name in ("group", "difference", "95 % CI (Welch)", "test", "p", adjusted,
+                 *([f"CI ({report.adjust})"] if several else [])):
         table.add_column(name, justify="left" if name in ("group", "test") else "right")
     for d in report.differences:
-        table.add_row(d.group.group.label, _number(metric, d.diff, sign=True),
-                      _span(metric, d.welch.ci95 if d.welch else None, sign=True),
-                      {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}[_test(d)],
-                      "-" if d.p is None else f"{d.p:.3g}", "-" if d.p_adjusted is None else f"{d.p_adjusted:.3g}")
+        cells = [d.group.group.label, _number(metric, d.diff, sign=True),
+                 _span(metric, d.welch.ci95 if d.welch else None, sign=True, runs=_sides(d)),
+                 {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}[_test(d)],
+                 "-" if d.p is None else f"{d.p:.3g}", "-" if d.p_adjusted is None else f"{d.p_adjusted:.3g}"]
+        if several:
+            cells.append("none: p on the threshold" if d.ci_withheld
+                         else _span(metric, d.ci_adjusted, sign=True) if d.ci_adjusted else "-")
+        table.add_row(*cells)
     return table
 
 
@@ -154,8 +169,9 @@ def plan_lines(report: Report, plan: Plan) -> list[str]:
     lines = [f"plan: to find a difference of {_number(metric, plan.delta)}{unit} with {100 * stats.POWER:.0f} % power "
              f"(two-sided, {100 * plan.alpha:.3g} % level) at the pooled run-to-run spread "
              f"{_number(metric, plan.std)}{unit}: {seeds} runs (seeds) per group"]
-    for label, smallest in plan.detectable:
-        found = "needs 2 or more runs in each group" if smallest is None else f"{_number(metric, smallest)}{unit}"
+    for d, (label, smallest) in zip(report.differences, plan.detectable):
+        missing = "no spread in the runs of either group" if _sides(d) >= 2 else "needs 2 or more runs in each group"
+        found = missing if smallest is None else f"{_number(metric, smallest)}{unit}"
         lines.append(f"  smallest difference the current runs find ({100 * stats.POWER:.0f} % power), {label}: {found}")
     return lines
 

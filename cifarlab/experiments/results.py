@@ -11,6 +11,7 @@ What each file holds: cifarlab/run/rundir.py (the names) and cifarlab/run/record
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -215,6 +216,28 @@ class Run:
 
     def predictions(self) -> Predictions:
         return read_predictions(RunDir(self.path).predictions)
+
+    def predictions_digest(self) -> Optional[str]:
+        """SHA-256 of predictions.safetensors' contents: its header (names, dtypes, shapes, offsets, metadata) with
+        the keys sorted, then its tensor bytes (logits included). Equal digests: the same evaluation to the bit, one
+        measurement. (safetensors writes the header's keys in a hash map's order, so two identical evaluations'
+        files can differ in their bytes.) Reads bytes only, no torch; None without the file or when it is no
+        safetensors file."""
+        path = RunDir(self.path).predictions
+        if not path.is_file():
+            return None
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size > path.stat().st_size - 8:
+                return None
+            try:
+                header = json.loads(handle.read(size))
+            except ValueError:  # UnicodeDecodeError included
+                return None
+            digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _number(record: Optional[dict[str, Any]], key: str) -> Optional[float]:

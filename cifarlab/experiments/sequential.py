@@ -5,8 +5,10 @@ stays valid although the results are looked at after every round (docs/sweeps.md
 The rule: repeated confidence intervals with Pocock's boundary. After each round, each comparison's difference of
 mean final test accuracy (group minus baseline) gets a Welch interval whose two-sided level is the same at every
 look and chosen (:func:`pocock_level`) so that over all the planned looks together the intervals miss the true
-difference with probability about 5 %. A comparison is decided when its interval lies above 0 (better), below 0
-(worse) or inside ±margin (equivalent); a decision can be wrong only where some interval missed the truth.
+difference with probability about 5 %. No group's spread is taken below its test-set sampling error (a run's
+accuracy is itself a sample: cifarlab.experiments.stats.sampling_floor): runs that repeat one score are not a
+measurement without error. A comparison is decided when its interval lies above 0 (better), below 0 (worse) or
+inside ±margin (equivalent); a decision can be wrong only where some interval missed the truth.
 tests/test_sequential.py simulates the false-positive rate and the power. numpy and scipy are imported inside the
 functions that compute: the sweep CLI imports neither for its other modes.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.errors import UsageError
+from cifarlab.experiments import stats
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, finished, say, write_record
@@ -78,23 +81,31 @@ def _crossing(c: float, times: Sequence[float]) -> float:
     return float(1 - (density * w).sum())
 
 
-def welch_intervals(base: Any, other: Any, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def welch_intervals(base: Any, other: Any, level: float,
+                    images: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Along the last axis (each group's runs, at least 2): the difference of means ``other - base`` and the ends of
-    its Welch interval at two-sided level ``level`` (Student's t, Welch–Satterthwaite degrees of freedom). Where
-    neither group varies the interval is the difference itself. Leading axes are independent comparisons (the
-    simulations in tests/test_sequential.py pass thousands at once)."""
+    its Welch interval at two-sided level ``level`` (Student's t, Welch–Satterthwaite degrees of freedom). Leading
+    axes are independent comparisons (the simulations in tests/test_sequential.py pass thousands at once).
+    ``images``: the number of test images the accuracies (in points) were measured on, one number or one per
+    comparison; each group's standard deviation is then at least its test-set sampling error at its mean
+    (stats.sampling_floor). None: no floor. Where neither group spreads and no floor applies, the interval is
+    unbounded: runs that repeat one score exactly decide nothing."""
     import numpy as np
     from scipy.stats import t
 
     base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
     n_base, n_other = base.shape[-1], other.shape[-1]
-    var_base = base.var(axis=-1, ddof=1) / n_base
-    var_other = other.var(axis=-1, ddof=1) / n_other
+    std_base, std_other = base.std(axis=-1, ddof=1), other.std(axis=-1, ddof=1)
+    if images is not None:
+        floor = np.vectorize(lambda points, count: POINTS * stats.sampling_floor(points / POINTS, int(count)))
+        std_base = np.maximum(std_base, floor(base.mean(axis=-1), images))
+        std_other = np.maximum(std_other, floor(other.mean(axis=-1), images))
+    var_base, var_other = std_base**2 / n_base, std_other**2 / n_other
     spread = var_base + var_other
     diff = other.mean(axis=-1) - base.mean(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = spread**2 / (var_base**2 / (n_base - 1) + var_other**2 / (n_other - 1))
-        half = np.where(spread > 0, t.isf(level / 2, np.where(spread > 0, df, 1.0)) * np.sqrt(spread), 0.0)
+        half = np.where(spread > 0, t.isf(level / 2, np.where(spread > 0, df, 1.0)) * np.sqrt(spread), np.inf)
     return diff, diff - half, diff + half
 
 
@@ -213,8 +224,17 @@ def _groups(sweep: Sweep) -> dict[tuple[str, ...], list[Trial]]:
     return groups
 
 
-def _accuracies(sweep: Sweep, trials: Sequence[Trial]) -> list[float]:
-    values = []
+@dataclass(frozen=True)
+class Scores:
+    """A group's final test accuracies, in points, and the fewest test images they were measured on (None when no
+    run recorded its count: then no floor applies)."""
+
+    points: list[float]
+    images: Optional[int]
+
+
+def _accuracies(sweep: Sweep, trials: Sequence[Trial]) -> Scores:
+    values, images = [], []
     for trial in trials:
         run = read_run(sweep.run_dir(trial).root)
         accuracy = run.final_accuracy()
@@ -222,14 +242,16 @@ def _accuracies(sweep: Sweep, trials: Sequence[Trial]) -> list[float]:
             raise UsageError(f"trial {trial.index} {trial.name} finished without a test accuracy (no test/acc in its "
                              f"metrics.jsonl); --until-decided compares final test accuracies")
         values.append(accuracy * POINTS)
-    return values
+        images.append(run.test_images())
+    counts = [count for count in images if count]
+    return Scores(values, min(counts) if counts else None)
 
 
-def _look(comparison: Comparison, base: Sequence[float], other: Sequence[float], level: float,
+def _look(comparison: Comparison, base: Scores, other: Scores, level: float,
           margin: Optional[float]) -> Comparison:
-    diff, low, high = welch_intervals(base, other, level)
-    comparison.seeds, comparison.diff = len(other), float(diff)
+    counts = [count for count in (base.images, other.images) if count]
+    diff, low, high = welch_intervals(base.points, other.points, level, min(counts) if counts else None)
+    comparison.seeds, comparison.diff = len(other.points), float(diff)
     comparison.low, comparison.high = float(low), float(high)
     comparison.decision = str(decide(low, high, margin))
     return comparison
-

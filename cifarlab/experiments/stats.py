@@ -1,11 +1,13 @@
 """Statistics for comparing runs: means with Student-t intervals, Welch's difference of means (the test behind
 every verdict about settings: the runs are its units), the exact McNemar test of two single trained models,
-Holm's and Benjamini-Hochberg's adjustments for several comparisons, how much of a group's spread test-set
-sampling explains, and the seeds a difference needs (power of the t test).
+Holm's and Benjamini-Hochberg's adjustments for several comparisons with intervals that agree with them, how much
+of a group's spread test-set sampling explains (and the floor it puts under an accuracy's spread), and the seeds a
+difference needs (power of the t test).
 
 The distributions come from SciPy, imported inside the functions that need them: the comparison CLI's --help
 and usage errors load neither SciPy nor torch. Every interval is two-sided at 95 % unless a level is given; a
-group of fewer than 2 runs has no spread and so no interval (None here, null in JSON).
+group of fewer than 2 runs has no spread and so no interval (None here, null in JSON), nor has a group whose runs
+repeat one value exactly where no floor applies (an accuracy's floor: :func:`sampling_floor`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Optional
 
 LEVEL = 0.95
 """Coverage of every interval; tests are two-sided at 1 - LEVEL = 5 %."""
+ALPHA = round(1 - LEVEL, 12)
+"""A test is significant when its (adjusted) p < ALPHA = 0.05: rounded, as 1 - 0.95 is 0.05000000000000004 in floats,
+so that a p of exactly 0.05 is not significant, here and in every verdict."""
 
 
 # --- distributions (SciPy, imported when first needed) --------------------------------------------------
@@ -67,7 +72,8 @@ class Summary:
     std: Optional[float]
     """Sample standard deviation (divisor n - 1); None when n < 2."""
     ci95: Optional[tuple[float, float]]
-    """mean -+ t(0.975, n-1) * std / sqrt(n); None when n < 2."""
+    """mean -+ t(0.975, n-1) * max(std, floor) / sqrt(n); None when n < 2 or when the values do not spread at all
+    (and no floor is given): no spread, no interval."""
 
 
 def mean(values: Sequence[float]) -> float:
@@ -84,7 +90,9 @@ def sample_std(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum((x - centre) ** 2 for x in values) / (len(values) - 1))
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def summarize(values: Sequence[float], floor: float = 0.0) -> Summary:
+    """``floor``: the smallest standard deviation one value can have (an accuracy's, :func:`sampling_floor`); the
+    interval never rests on a smaller spread. ``std`` is the values' own."""
     n = len(values)
     if n == 0:
         return Summary(0, None, None, None)
@@ -92,7 +100,9 @@ def summarize(values: Sequence[float]) -> Summary:
     if n < 2:
         return Summary(n, centre, None, None)
     spread = sample_std(values)
-    half = t_quantile(0.5 + LEVEL / 2, n - 1) * spread / math.sqrt(n)
+    if max(spread, floor) == 0.0:
+        return Summary(n, centre, spread, None)
+    half = t_quantile(0.5 + LEVEL / 2, n - 1) * max(spread, floor) / math.sqrt(n)
     return Summary(n, centre, spread, (centre - half, centre + half))
 
 
@@ -105,7 +115,7 @@ class Welch:
 
     diff: float
     se: float
-    """sqrt(s_a^2 / n_a + s_b^2 / n_b)."""
+    """sqrt(s_a^2 / n_a + s_b^2 / n_b), each s at least its side's floor."""
     df: float
     """Welch-Satterthwaite degrees of freedom."""
     ci95: tuple[float, float]
@@ -113,17 +123,23 @@ class Welch:
     """Two-sided p-value of the hypothesis that the two means are equal."""
 
 
-def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Optional[Welch]:
-    """Welch's difference of means ``mean(b) - mean(a)`` with its interval at ``level``; None when either side
-    has fewer than 2 values."""
+def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
+          floor: tuple[float, float] = (0.0, 0.0)) -> Optional[Welch]:
+    """Welch's difference of means ``mean(b) - mean(a)`` with its interval at ``level``. ``floor``: the smallest
+    standard deviation a value of ``a`` and of ``b`` can have (an accuracy's test-set sampling error,
+    :func:`sampling_floor`): a side whose values spread less is taken to spread that much, since its runs' scores
+    are themselves samples (two runs of 10 % on 100 images are not a measurement without error). None when either
+    side has fewer than 2 values, and when neither side spreads at all with no floor to use: no spread to judge a
+    difference by, so no test (never p = 0)."""
     if len(a) < 2 or len(b) < 2:
         return None
     diff = mean(b) - mean(a)
-    va, vb = sample_std(a) ** 2 / len(a), sample_std(b) ** 2 / len(b)
+    va = max(sample_std(a), floor[0]) ** 2 / len(a)
+    vb = max(sample_std(b), floor[1]) ** 2 / len(b)
     se = math.sqrt(va + vb)
     if se == 0.0:
-        # Every run of both groups scored the same: no spread to scale by. The difference is what it is.
-        return Welch(diff, 0.0, float(len(a) + len(b) - 2), (diff, diff), 1.0 if diff == 0 else 0.0)
+        return None
+    # The floored variances count as estimates with n - 1 degrees of freedom: at most n_a + n_b - 2, conservative.
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = t_quantile(0.5 + level / 2, df) * se
     return Welch(diff, se, df, (diff - half, diff + half), t_two_sided_p(diff / se, df))
@@ -194,21 +210,33 @@ def adjust(ps: Sequence[float], method: str) -> list[float]:
     return adjusted
 
 
-def interval_levels(ps: Sequence[float], method: str, alpha: float = 1 - LEVEL) -> list[float]:
-    """The coverage of each comparison's interval that agrees with its adjusted test: holm, the level of the
-    step at which Holm's procedure tests it, 1 - alpha / (k - rank + 1) (so an interval of a comparison found
-    significant excludes 0); bh, the false-coverage-rate level 1 - alpha * R / k with R the comparisons found
-    significant (Benjamini & Yekutieli 2005; R = 1 when none are); none, 1 - alpha."""
+def interval_levels(ps: Sequence[float], method: str, alpha: float = ALPHA) -> list[float]:
+    """The coverage of each comparison's interval that agrees with its adjusted test (found significant, adjusted
+    p < alpha, exactly when the interval excludes 0), for p-values of tests that invert to intervals (a test at
+    level 1 - L rejects exactly when the level-L interval excludes 0).
+
+    holm: the p-values sorted, p(1) <= ... <= p(k); Holm's procedure rejects at step r while
+    p(r) < alpha / (k - r + 1) and stops at the first step f where it does not. A step r < f keeps its own level
+    1 - alpha / (k - r + 1): its p is below that step's alpha, so its interval excludes 0. Step f and every later
+    step get step f's level 1 - alpha / (k - f + 1): p(j) >= p(f) >= alpha / (k - f + 1), so their intervals include
+    0. (Each step's own level, after the stop, would let a later step's interval exclude 0 beside "no significant
+    difference".) bh: Benjamini-Hochberg rejects the R smallest, R the largest rank r with k p(r) / r < alpha; the
+    false-coverage-rate level 1 - alpha R / k (Benjamini & Yekutieli 2005; R = 1 when none are found): a rejected
+    p(r) <= p(R) < alpha R / k excludes 0, a kept one p(j) >= alpha j / k > alpha R / k does not. none: 1 - alpha.
+    Ties in p fall on the same side of every threshold. At a p exactly on a threshold the agreement is exact
+    arithmetic's; floats can miss it by an ulp, which the caller checks (cifarlab.experiments.analysis.decide)."""
     k = len(ps)
+    found = [p < alpha for p in adjust(ps, method)]
     if method == "holm":
-        order = sorted(range(k), key=lambda i: ps[i])
         levels = [0.0] * k
-        for rank, i in enumerate(order, start=1):
-            levels[i] = 1 - alpha / (k - rank + 1)
+        stop: Optional[int] = None  # the rank of Holm's first failing step
+        for rank, i in enumerate(sorted(range(k), key=lambda i: ps[i]), start=1):
+            if stop is None and not found[i]:
+                stop = rank
+            levels[i] = 1 - alpha / (k - (stop or rank) + 1)
         return levels
     if method == "bh":
-        found = sum(p < alpha for p in adjust(ps, "bh"))
-        return [1 - alpha * max(found, 1) / k] * k
+        return [1 - alpha * max(sum(found), 1) / k] * k
     return [1 - alpha] * k
 
 
@@ -222,18 +250,31 @@ def test_set_std(accuracy: float, images: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
 
 
+def sampling_floor(accuracy: float, images: int) -> float:
+    """The smallest run-to-run standard deviation that an accuracy measured on ``images`` test images can be judged
+    by: its test-set sampling error :func:`test_set_std`, with the accuracy kept half an image away from 0 and 1 (a
+    run that got every image right still measured its accuracy on a sample), so always above 0. A verdict never
+    rests on a smaller spread: runs that repeat one score exactly do not measure it without error."""
+    edge = 0.5 / images
+    return test_set_std(min(max(accuracy, edge), 1 - edge), images)
+
+
 # --- how many seeds -------------------------------------------------------------------------------------
 
 POWER = 0.8
 
 
-def t_test_power(delta: float, se: float, df: float, alpha: float = 1 - LEVEL) -> float:
+def _spread(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} {value}: a plan needs a spread above 0 (runs that repeat exactly measure none)")
+
+
+def t_test_power(delta: float, se: float, df: float, alpha: float = ALPHA) -> float:
     """The chance that a two-sided t test at ``alpha`` finds a true difference ``delta`` whose estimate has
-    standard error ``se`` (noncentral t with ``df`` degrees of freedom)."""
+    standard error ``se`` > 0 (noncentral t with ``df`` degrees of freedom)."""
     from scipy import stats as scipy_stats
 
-    if se == 0.0:
-        return 1.0 if delta != 0 else alpha
+    _spread("standard error", se)
     shift = abs(delta) / se
     if df > 1e4:  # SciPy's noncentral t gives NaN at huge df; there it is the normal
         critical = float(scipy_stats.norm.ppf(1 - alpha / 2))
@@ -245,10 +286,11 @@ def t_test_power(delta: float, se: float, df: float, alpha: float = 1 - LEVEL) -
     return upper + (lower if not math.isnan(lower) else 0.0)
 
 
-def seeds_needed(delta: float, std: float, alpha: float = 1 - LEVEL, power: float = POWER,
+def seeds_needed(delta: float, std: float, alpha: float = ALPHA, power: float = POWER,
                  most: int = 10_000) -> Optional[int]:
-    """Runs per group (equal groups, both with spread ``std``) for Welch's t at ``alpha`` to find ``delta``
+    """Runs per group (equal groups, both with spread ``std`` > 0) for Welch's t at ``alpha`` to find ``delta``
     with ``power``: the smallest n >= 2 (None when more than ``most`` are needed)."""
+    _spread("standard deviation", std)
     low, high = 2, 2
     def enough(n: int) -> bool:
         return t_test_power(delta, std * math.sqrt(2 / n), 2 * n - 2, alpha) >= power
@@ -262,11 +304,10 @@ def seeds_needed(delta: float, std: float, alpha: float = 1 - LEVEL, power: floa
     return high if not enough(low) else low
 
 
-def detectable(se: float, df: float, alpha: float = 1 - LEVEL, power: float = POWER) -> float:
-    """The smallest true difference that a t test with standard error ``se`` and ``df`` degrees of freedom
+def detectable(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true difference that a t test with standard error ``se`` > 0 and ``df`` degrees of freedom
     finds with ``power``."""
-    if se == 0.0:
-        return 0.0
+    _spread("standard error", se)
     from scipy.optimize import brentq
 
     high = se
