@@ -252,9 +252,10 @@ class Recorder:
 
         from cifarlab.run.loading import evaluated_weights, model_weights
 
-        descriptor, name = tempfile.mkstemp(prefix=f"{files.TEMPORARY}artifact-{WEIGHTS}.", dir=self.run.checkpoints)
+        descriptor, temporary = tempfile.mkstemp(prefix=f"{files.TEMPORARY}artifact-{WEIGHTS}.",
+                                                 dir=self.run.checkpoints)
         os.close(descriptor)
-        weights = Path(name)
+        weights = Path(temporary)
         try:
             save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
             tracking.log_model(self.wandb, name, weights, extra, ["best"],
