@@ -170,7 +170,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Batches whose gradients are summed before each optimizer step."""
     seed: int = 0
-    """Seed for weights, data order and augmentation: same seed, same numbers on 1 or N processes."""
+    """Seed for weights, data order and augmentation (0 to 2**32 - 1): same seed, same numbers on 1 or N processes."""
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
     cpu_threads: Optional[int] = None
@@ -198,7 +198,7 @@ class TrainConfig:
     output_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: Optional[str] = None
-    """Run directory name under train.output_dir; null = '<model>-<date>-<time>'."""
+    """Run directory name under train.output_dir: one folder name (not '.' or '..', no '/'); null = '<model>-<date>-<time>'."""
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1")

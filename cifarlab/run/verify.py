@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from safetensors.torch import load_file
 from torch import nn
 
@@ -69,13 +68,16 @@ def model_mismatch(folder: Path, model: nn.Module) -> Optional[str]:
 
 
 def saved_model(folder: Path) -> str:
-    """The model setting of the run a checkpoint folder belongs to, from its config.yaml, read as plain YAML
-    (nothing in a run folder is resolved)."""
+    """The model setting of the run a checkpoint folder belongs to, from its config.yaml, read as it is (nothing in a
+    run folder is resolved)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     run = of_checkpoint(folder)
     try:
-        section = yaml.safe_load(run.config.read_text()).get("model") if run is not None else None
-        return f"model.name={section['name']}"
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        written: Any = OmegaConf.to_container(OmegaConf.load(run.config), resolve=False) if run is not None else None
+        return f"model.name={written['model']['name']}"
+    except (OSError, ValueError, OmegaConfBaseException, KeyError, TypeError):
         return "a run whose config.yaml is not beside it"
 
 
