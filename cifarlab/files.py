@@ -150,13 +150,11 @@ def replacing(path: PathLike) -> Iterator[Path]:
 
 
 def share(path: PathLike) -> None:
-    """Give ``path``, a file cifarlab wrote, the mode of a normally created file (never the mode of a link's
-    target)."""
-    descriptor = open_nofollow(path, os.O_RDONLY)
-    try:
-        os.fchmod(descriptor, normal_mode())
-    finally:
-        os.close(descriptor)
+    """Give ``path``, a file cifarlab wrote, the mode of a normally created file (never the mode of a link's target).
+    By path, not through a descriptor opened here: closing any descriptor of a file drops the process's POSIX locks
+    on it (a search's claim file is published while locked)."""
+    refuse_link(path)
+    os.chmod(path, normal_mode())
 
 
 def publish(temporary: PathLike, path: PathLike) -> None:
