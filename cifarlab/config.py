@@ -29,6 +29,8 @@ CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "de
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+SEED_LIMIT = 2**32
+"""train.seed is in [0, SEED_LIMIT): numpy's seeds are (accelerate's set_seed seeds numpy too)."""
 
 
 class ConfigError(UsageError):
@@ -168,7 +170,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Batches whose gradients are summed before each optimizer step."""
     seed: int = 0
-    """Seed for weights, data order and augmentation: same seed, same numbers on 1 or N processes."""
+    """Seed for weights, data order and augmentation (0 to 2**32 - 1): same seed, same numbers on 1 or N processes."""
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
     """no | fp16 | bf16; null = take it from `accelerate launch --mixed_precision` (a set value wins)."""
     cpu_threads: Optional[int] = None
@@ -196,7 +198,7 @@ class TrainConfig:
     output_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: Optional[str] = None
-    """Run directory name under train.output_dir; null = '<model>-<date>-<time>'."""
+    """Run directory name under train.output_dir: one folder name (not '.' or '..', no '/'); null = '<model>-<date>-<time>'."""
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1")
@@ -210,8 +212,13 @@ class TrainConfig:
         _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1,
                  f"train.target_accuracy={self.target_accuracy} must be a fraction in (0, 1] (e.g. 0.6) or null (off)")
         _require(self.eval_every_epoch or not self.target_accuracy, "train.target_accuracy needs train.eval_every_epoch")
-        _require(self.run_name is None or (self.run_name != "" and "/" not in self.run_name),
-                 f"train.run_name={self.run_name!r} must be a plain, non-empty folder name")
+        _require(0 <= self.seed < SEED_LIMIT, f"train.seed={self.seed} must be from 0 to {SEED_LIMIT - 1} (numpy's seeds)")
+        # One folder directly under train.output_dir: '..' would write the run into its parent, '.' into the
+        # output folder itself (beside the other runs), and a '/' or NUL names no single folder.
+        _require(self.run_name is None or (self.run_name not in ("", ".", "..") and "/" not in self.run_name
+                                           and "\0" not in self.run_name),
+                 f"train.run_name={self.run_name!r} must be one folder name (not empty, '.' or '..', no '/'): the run "
+                 f"directory is train.output_dir/<train.run_name>")
 
 
 @dataclass

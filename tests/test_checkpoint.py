@@ -47,7 +47,7 @@ def test_saves_are_sealed_pruned_and_restored(tmp_path: Path) -> None:
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
-    restored = saver.load(run.checkpoint(8))
+    restored = saver.load(run.checkpoint(8), model)
     assert (restored.global_step, restored.epoch, restored.wandb_run_id) == (8, 2, "abc")
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".tmp-")]

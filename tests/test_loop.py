@@ -111,7 +111,7 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
 
     # Resumed from step 5 in a fresh set of parts, the rest of the epoch gives the uninterrupted run's weights.
     resumed, data2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
-    state2 = checkpointer2.load(run.checkpoint(5))
+    state2 = checkpointer2.load(run.checkpoint(5), resumed.model)
     with StopRequest(resumed.accelerator, lambda message: None) as stop:
         train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
         train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))

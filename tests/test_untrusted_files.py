@@ -246,7 +246,7 @@ class Payload:
         return self.call, (self.argument,)
 
 
-def saved_checkpoint(tmp_path: Path) -> Checkpointer:
+def saved_checkpoint(tmp_path: Path) -> tuple[Checkpointer, torch.nn.Module]:
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -254,7 +254,7 @@ def saved_checkpoint(tmp_path: Path) -> Checkpointer:
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     saver = Checkpointer(accelerator, RunDir(tmp_path / "run"), CheckpointConfig(every_n_steps=2), 4)
     saver.save(TrainState(global_step=2))
-    return saver
+    return saver, model
 
 
 def replace_sealed(folder: Path, name: str, data: bytes) -> None:
@@ -271,7 +271,7 @@ def replace_sealed(folder: Path, name: str, data: bytes) -> None:
 @pytest.mark.parametrize("how", ["os.system", "builtins.exec", "plain pickle"])
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path: Path, victim: str,
                                                                          how: str) -> None:
-    saver = saved_checkpoint(tmp_path)
+    saver, model = saved_checkpoint(tmp_path)
     folder = saver.run.checkpoint(2)
     assert (folder / victim).is_file()
     marker = tmp_path / "executed"
@@ -292,7 +292,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_pat
     marker.unlink()
     replace_sealed(folder, victim, buffer.read_bytes())
     with pytest.raises(UsageError) as refused:
-        saver.load(folder)
+        saver.load(folder, model)
     message = str(refused.value)
     assert "\n" not in message and victim in message and "nothing in it was executed" in message
     assert not marker.exists()
@@ -313,7 +313,7 @@ def test_torch_is_one_without_a_known_weights_only_escape() -> None:
 
 
 def test_an_older_torch_loads_no_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    saver = saved_checkpoint(tmp_path)
+    saver, model = saved_checkpoint(tmp_path)
     monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.9.1"))
 
     def unpickled(*args: Any, **kwargs: Any) -> None:
@@ -321,5 +321,5 @@ def test_an_older_torch_loads_no_pickle(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(torch, "load", unpickled)
     with pytest.raises(UsageError, match=r"torch 2\.9\.1 .*upgrade torch to >= 2\.10") as refused:
-        saver.load(saver.run.checkpoint(2))
+        saver.load(saver.run.checkpoint(2), model)
     assert "\n" not in str(refused.value)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from cifarlab import files
 from cifarlab.config import DataConfig
 from cifarlab.data.path import Batch, DataPath, Progress, size, spread, subset_indices
 from cifarlab.data.sources import fingerprint, open_source, split_size
+from cifarlab.errors import UsageError
 
 _CACHE_DIR = ".cifarlab-cache"
 _SPLITS = ("train", "test")
@@ -198,13 +198,14 @@ def _save_cache(config: DataConfig, split: str, key: str, images: torch.Tensor, 
     cache = _cache_file(config, split, key)
     try:
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
-        save_file({"images": images, "labels": labels}, str(tmp))
-        files.publish(tmp, cache)  # a shared data folder: other users may read the cache too
+        # Under a name of its own (several runs may decode at once), published with the umask's mode (a shared data
+        # folder: other users may read the cache too); a link planted at the cache's name is not written through.
+        with files.replacing(cache) as tmp:
+            save_file({"images": images, "labels": labels}, str(tmp))
         for stale in cache.parent.glob(_cache_file(config, split, "*").name):
             if stale != cache:
-                stale.unlink()  # decoded from files that have changed since
-    except OSError as error:
+                stale.unlink()  # decoded from files that have changed since (a link: the link, not its target)
+    except (OSError, UsageError) as error:
         warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
         return False
     return True

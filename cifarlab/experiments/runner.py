@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -137,10 +136,7 @@ def write_record(sweep: Sweep) -> None:
 
 def write_whole(path: Path, text: str) -> None:
     """Written whole under a name of its own (array tasks on several hosts may write at once), then renamed."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    files.publish(temporary, path)  # mkstemp's file is 0600
+    files.write_whole(path, text)
 
 
 # --- running trials -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, flatten, load_config, refuse_resolvers, to_dict, with_run_name
+from cifarlab.config import SEED_LIMIT, Config, flatten, load_config, refuse_resolvers, to_dict, with_run_name
 from cifarlab.errors import UsageError
 from cifarlab.experiments.launching import check_launch, launch_list
 from cifarlab.experiments.record import Record, Trial, changes, check_same_sweep, match, read_record
@@ -33,8 +33,6 @@ PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wand
 NOT_SWEPT = ("train.output_dir",)
 """Keys that may be set for all trials but not per trial (all trials live in one folder)."""
 SEED = "train.seed"
-SEED_LIMIT = 2**32
-"""Seeds are 0 <= seed < SEED_LIMIT (NumPy's range, which the trainer seeds)."""
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
 

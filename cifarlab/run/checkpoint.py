@@ -22,10 +22,10 @@ retention and ``best/``; the train loop only tells it where training is.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,7 +42,8 @@ from cifarlab import files
 from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
 from cifarlab.run.pickles import require_safe_torch
-from cifarlab.run.rundir import BEST, LATEST, MANIFEST, TRAINER_STATE, RunDir, resume_command
+from cifarlab.run.rundir import BEST, MANIFEST, TRAINER_STATE, WEIGHTS, RunDir, resume_command
+from cifarlab.run.verify import first_line, model_mismatch, problem, saved_model, sha256, unloadable
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 """The errors of a write to a full (or read-only) filesystem."""
@@ -164,35 +165,6 @@ class TrainState:
         return True
 
 
-def sha256(path: Path) -> str:
-    """A file's SHA-256, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def problem(path: Path) -> Optional[str]:
-    """Why the checkpoint at ``path`` cannot be resumed from, or None when it is intact."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        files: dict[str, dict[str, Any]] = manifest["files"]
-    except FileNotFoundError:
-        return f"no {MANIFEST}"
-    except (ValueError, KeyError, TypeError) as error:
-        return f"unreadable {MANIFEST} ({error})"
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["size"]:
-            return f"{name} has {file.stat().st_size} bytes, expected {expected['size']}"
-        if sha256(file) != expected["sha256"]:
-            return f"{name} does not match its checksum"
-    return None
-
-
 def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
     """The newest intact checkpoint of ``run`` (``latest`` first), warning about damaged ones."""
     candidates = list(reversed(run.step_checkpoints()))
@@ -215,12 +187,7 @@ def latest_name(run: RunDir) -> Optional[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    files.publish(tmp, path)
+    files.write_whole(path, text, durable=True)
     _fsync(path.parent)
 
 
@@ -320,11 +287,20 @@ class Checkpointer:
         return final
 
     def save_weights(self, model: nn.Module) -> None:
-        """The run's final weights (``model.safetensors``: written last, its presence means the run finished)."""
+        """The run's final weights (``model.safetensors``: written last, its presence means the run finished), saved
+        into a new folder and renamed into place: a kill while saving leaves no partial file that would say the run
+        finished."""
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_model(model, str(self.run.root), safe_serialization=True)
-        if self.accelerator.is_main_process:
-            files.share(self.run.weights)
+        if not self.accelerator.is_main_process:
+            # Only the main process writes (Accelerate's save); the others only make the folder they are given.
+            self.accelerator.save_model(model, str(self.run.root), safe_serialization=True)
+            return
+        folder = Path(tempfile.mkdtemp(prefix=f"{files.TEMPORARY}{WEIGHTS}.", dir=self.run.root))
+        try:
+            self.accelerator.save_model(model, str(folder), safe_serialization=True)
+            files.publish(folder / WEIGHTS, self.run.weights)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _start(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
@@ -369,15 +345,20 @@ class Checkpointer:
             return
         self._failure = None
         if self.accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            (self.run.checkpoints / f".tmp-{LATEST}").unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write_whole (latest) removes its own temporary file
         raise RunFailed(f"could not save checkpoint {final} ({failure}); the earlier checkpoints and `latest` "
                         f"are intact: free space, then continue with {resume_command(self.run)}")
 
-    def load(self, path: Path) -> TrainState:
-        """Restore model, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint and return
-        the trainer state. Nothing pickled is ever executed (:mod:`cifarlab.run.pickles`): one line names the file."""
+    def load(self, path: Path, model: nn.Module) -> TrainState:
+        """Restore ``model``, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
+        return the trainer state. A checkpoint of another model is refused first, naming the first tensor that does
+        not fit. Nothing pickled is ever executed (:mod:`cifarlab.run.pickles`): one line names the file."""
         require_safe_torch(path)
+        misfit = model_mismatch(path, model)
+        if misfit is not None:
+            raise UsageError(f"checkpoint {path} does not fit this run's model: {misfit} (saved by "
+                             f"{saved_model(path)}); resume it with the settings it was saved with, or start a new "
+                             f"run (a new train.run_name, without train.resume)")
         # Accelerate skips an RNG file it cannot load with a note at INFO level: check the pickled files first
         # (safetensors files cannot hold code; they are read once, below).
         refused = unloadable(path, pickled_only=True)
@@ -399,26 +380,14 @@ class Checkpointer:
         except UsageError:
             raise
         except Exception as error:  # whatever refused to load, the user gets one line
-            raise UsageError(f"checkpoint {path}: {unloadable(path) or 'a file'} cannot be loaded safely "
-                             f"({_first_line(error)}); nothing in it was executed. Resume from another "
-                             f"checkpoint (train.resume=<folder>) or start a new run") from None
+            refused = unloadable(path)
+            if refused is not None:  # a file torch's safe loader refuses (or that is no safetensors file)
+                raise UsageError(f"checkpoint {path}: {refused} cannot be loaded safely; nothing in it was "
+                                 f"executed. Resume from another checkpoint (train.resume=<folder>) or start a new "
+                                 f"run") from None
+            raise UsageError(f"checkpoint {path} does not fit this run ({first_line(error)}); resume it with the "
+                             f"settings it was saved with, or start a new run") from None
         return state
-
-
-def unloadable(folder: Path, pickled_only: bool = False) -> Optional[str]:
-    """The first file of a checkpoint that does not load without executing code (torch's weights_only
-    loader; safetensors unless ``pickled_only``), as ``name (why)``; None when all do."""
-    from accelerate.utils import load  # torch.load(weights_only=True) with the numpy types RNG states hold
-
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            if file.suffix == ".safetensors" and not pickled_only:
-                load_file(str(file))
-            elif file.suffix in (".bin", ".pkl", ".pt"):
-                load(file, map_location="cpu")
-        except Exception as error:  # any refusal names this file
-            return f"{file.name} ({_first_line(error)[:200]})"
-    return None
 
 
 def out_of_space(error: OSError, run: RunDir) -> RunFailed:
@@ -442,9 +411,4 @@ def _why(error: BaseException, folder: Path) -> str:
         return f"No space left on device: {free} bytes free in {folder}"
     if isinstance(error, OSError):
         return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
-    return _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return first_line(error)

@@ -26,6 +26,10 @@ from accelerate import Accelerator
 from cifarlab import files
 from cifarlab.run.rundir import RunDir
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""Where cifarlab runs from: its git checkout (``cifarlab/run/environment.py`` is two folders below it), or, for an
+installed package, site-packages (no ``.git`` there)."""
+
 
 def collect(accelerator: Accelerator, data_fingerprint: Optional[dict[str, str]]) -> dict[str, Any]:
     """This process's record (call on the main process: it runs git); ``data_fingerprint``: the data path's
@@ -42,7 +46,7 @@ def collect(accelerator: Accelerator, data_fingerprint: Optional[dict[str, str]]
         "mixed_precision": accelerator.mixed_precision,
         "device": accelerator.device.type,
         "command": list(sys.orig_argv),
-        "git": _git(Path(__file__).resolve().parent.parent),
+        "git": _git(CHECKOUT),
         "data_fingerprint": data_fingerprint,
     }
 
@@ -55,9 +59,7 @@ def write(run: RunDir, record: dict[str, Any]) -> None:
             starts = list(json.loads(run.environment.read_text()).get("starts", []))
         except (ValueError, AttributeError):
             starts = []  # unreadable: start the record again rather than fail the run
-    tmp = run.environment.with_name(f".tmp-{run.environment.name}")
-    tmp.write_text(json.dumps({"starts": [*starts, record]}, indent=2) + "\n")
-    files.publish(tmp, run.environment)
+    files.write_whole(run.environment, json.dumps({"starts": [*starts, record]}, indent=2) + "\n")
 
 
 def last_process_count(run: RunDir) -> Optional[int]:
@@ -78,7 +80,8 @@ def _version(distribution: str) -> Optional[str]:
 
 def _git(checkout: Path) -> Optional[dict[str, Any]]:
     """The commit of the checkout cifarlab runs from and whether tracked files differ from it; None when
-    cifarlab is installed from a package or git is missing."""
+    cifarlab is installed from a package or git is missing. (``.git`` is a folder in a clone, a file in a git
+    worktree.)"""
     if not (checkout / ".git").exists():
         return None
     try:

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from cifarlab import data, models
+from cifarlab import data, files, models
 from cifarlab.config import (
     Config,
     differences,
@@ -39,7 +39,7 @@ from cifarlab.run import checkpoint, engine, environment, preemption, tracking
 from cifarlab.run.epoch import train_epoch
 from cifarlab.run.pruning import Pruning
 from cifarlab.run.recorder import Recorder
-from cifarlab.run.rundir import RunDir
+from cifarlab.run.rundir import RunDir, drop_torn_tail, read_records
 from cifarlab.run.runlock import RunLock
 
 T = TypeVar("T")
@@ -88,10 +88,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
                                device=accelerator.device, progress=out)
     learner, steps_per_epoch = build_learner(accelerator, config, datasets)
 
-    # --- run directory: written only once the data and model are known to work ---
-    record = start_run_directory(accelerator, config, run_dir, datasets, out, preset)
-
-    # --- resume ---
+    # --- resume: the checkpoint is restored before anything is written, so a refused one leaves the run as it was ---
     guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps,
                              run_dir)
 
@@ -102,7 +99,10 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
                                            {"ema": learner.ema} if learner.ema is not None else {},
                                            protect=resume_from, healthy=before_save)
-    state = restore(learner, checkpointer, resumed, run_dir, out, new_wandb_id)
+    state = restore(learner, checkpointer, resumed, out, new_wandb_id)
+
+    # --- run directory: written only once the data, the model and the checkpoint are known to work ---
+    record = start_run_directory(accelerator, config, run_dir, datasets, out, preset, resumed, state)
     state.wall.start(started)  # on top of the time the run had spent before this start
     recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
     recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
@@ -172,14 +172,18 @@ def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) 
 
 
 def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDir, datasets: DataPath,
-                        out: console.Console, preset: Optional[str]) -> Optional[dict[str, Any]]:
-    """Write the run's files (main process) and say where the run is; the run record on the main process, else
-    None."""
+                        out: console.Console, preset: Optional[str], resumed: Resume,
+                        state: checkpoint.TrainState) -> Optional[dict[str, Any]]:
+    """Write the run's files (main process), the changes this start makes among them (history.jsonl, from the step
+    ``state`` is at), and say where the run is; the run record on the main process, else None."""
     accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
     record: Optional[dict[str, Any]] = None
     if accelerator.is_main_process:
         record = environment.collect(accelerator, datasets.source_keys())
         write_run_files(run_dir, config, datasets.classes, record)
+        drop_torn_tail(run_dir.history, out.note)  # before a new line would continue it
+        if resumed.changes:
+            note_changes(run_dir, resumed.changes, state.global_step, out.log)
     changed = differences(config, load_config(preset))
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
@@ -189,21 +193,18 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
     return record
 
 
-def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resumed: Resume, run_dir: RunDir,
-            out: console.Console, new_wandb_id: str) -> checkpoint.TrainState:
+def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resumed: Resume, out: console.Console,
+            new_wandb_id: str) -> checkpoint.TrainState:
     """The state this start begins from: a fresh one, or the checkpoint the run resumes from (with allowed changes
-    to the optimizer or the schedule, the config's learning rates and schedule at the step it reached). Allowed
-    changes go to history.jsonl, also on a fresh start in a run that was stopped before its first checkpoint."""
+    to the optimizer or the schedule, the config's learning rates and schedule at the step it reached). Writes
+    nothing: a checkpoint that does not fit the model is refused with the run directory as it was."""
     if resumed.checkpoint is None:
-        state = checkpoint.TrainState(wandb_run_id=new_wandb_id)
-    else:
-        configured = engine.Schedule.of(learner)
-        state = checkpointer.load(resumed.checkpoint)
-        if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
-            configured.restore(learner)
-        out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
-    if learner.accelerator.is_main_process and resumed.changes:
-        note_changes(run_dir, resumed.changes, state.global_step, out.log)
+        return checkpoint.TrainState(wandb_run_id=new_wandb_id)
+    configured = engine.Schedule.of(learner)
+    state = checkpointer.load(resumed.checkpoint, learner.model)
+    if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
+        configured.restore(learner)
+    out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
     return state
 
 
@@ -250,6 +251,9 @@ def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn
     def decide() -> Resume:
         found = _find_resume_point(config.train.resume, run_dir, warn)
         changes = {key: list(pair) for key, pair in _identity_changes(config, run_dir).items()}
+        if not run_dir.finished():  # damage in the files a start rewrites is refused before anything is written
+            for appended in (run_dir.metrics, run_dir.history):
+                read_records(appended, tail_may_be_torn=True)
         if found is None:
             if not run_dir.finished():  # a fresh start, or a run stopped before its first checkpoint: afresh
                 return Resume(changes=changes or None)
@@ -311,18 +315,20 @@ def _find_resume_point(resume: Optional[str], run_dir: RunDir, warn: Callable[[s
 
 
 def write_run_files(run_dir: RunDir, config: Config, classes: Sequence[str], record: dict[str, Any]) -> None:
-    """The run's identity and record (main process). config.yaml is written by the first start only, without
-    train.resume: it is the experiment, and reruns it as a new run under a new train.run_name."""
+    """The run's identity and record (main process), each file replaced whole (cifarlab.files: a kill leaves the old
+    one). config.yaml is written by the first start only, without train.resume: it is the experiment, and reruns it
+    as a new run under a new train.run_name. What a killed start left half-written is removed first."""
+    for folder in (run_dir.root, run_dir.checkpoints):
+        files.remove_leftovers(folder)
     if not run_dir.config.is_file():
         identity = dataclasses.replace(config, train=dataclasses.replace(config.train, resume=None))
-        run_dir.config.write_text(to_yaml(identity))
-    run_dir.classes.write_text(json.dumps(list(classes)))
+        files.write_whole(run_dir.config, to_yaml(identity))
+    files.write_whole(run_dir.classes, json.dumps(list(classes)))
     environment.write(run_dir, record)
 
 
 def note_changes(run_dir: RunDir, changes: dict[str, list[Any]], step: int, log: Callable[[str], None]) -> None:
     """Record in history.jsonl what this start changed, from which step (main process)."""
-    with open(run_dir.history, "a") as handle:
-        handle.write(json.dumps({"step": step, "time": round(time.time(), 3), "changes": changes}) + "\n")
+    files.append(run_dir.history, json.dumps({"step": step, "time": round(time.time(), 3), "changes": changes}) + "\n")
     log(f"changed on resume, from step {step}: "
         + ", ".join(f"{key} {shown(old)} -> {shown(new)}" for key, (old, new) in changes.items()))

@@ -14,6 +14,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Optional
 
+from cifarlab import files
 from cifarlab.errors import UsageError
 
 if TYPE_CHECKING:  # the sweep imports this module for the pruners' names: no torch, no Accelerate at import
@@ -93,6 +94,7 @@ def journal(path: str) -> optuna.storages.JournalStorage:
     """Optuna's file journal at ``path``: every worker and trainer appends under its lock file, which works on
     NFS; a lock left by a process killed while writing is broken after 30 s (Optuna >= 4.3)."""
     require()
+    files.refuse_link(path)  # Optuna appends to the file it names: never through a link someone planted there
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 

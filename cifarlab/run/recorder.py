@@ -36,10 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -51,8 +54,9 @@ from cifarlab.data.classes import FULL_TABLE
 from cifarlab.report import console, plots
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import tracking
-from cifarlab.run.checkpoint import Stopwatch, TrainState, sha256
-from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir, read_metrics
+from cifarlab.run.checkpoint import Stopwatch, TrainState
+from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir, read_metrics, read_records
+from cifarlab.run.verify import sha256
 
 if TYPE_CHECKING:
     from cifarlab.data.path import DataPath
@@ -98,11 +102,9 @@ class Recorder:
                               f"writing it); the file is rewritten without it")
             kept = [line for line, record in zip(written.lines, written.records, strict=True)
                     if record["step"] <= state.global_step]
-            tmp = self.run.metrics.with_name(f".tmp-{self.run.metrics.name}")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-            files.publish(tmp, self.run.metrics)
-        if continuing and self.run.wandb_step.is_file():
-            self._wandb_floor = self._wandb_step = int(self.run.wandb_step.read_text())
+            files.write_whole(self.run.metrics, "".join(f"{line}\n" for line in kept))
+        if continuing:
+            self._wandb_floor = self._wandb_step = self._logged_to_wandb()
         tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
                                 self.config.train.run_name or self.run.root.name, wandb_run_id,
                                 {**to_dict(self.config), "environment": environment, "history": self._history()})
@@ -110,11 +112,23 @@ class Recorder:
         if self.wandb is not None:
             self.out.log(tracking.where(self.wandb))
 
+    def _logged_to_wandb(self) -> int:
+        """The highest step an earlier start logged to W&B (wandb_step); -1 when none did. The file is replaced whole,
+        so it is a number; where it is not (written by hand, or by an older version that was killed while writing
+        it), -1 (W&B then ignores, with a warning, the steps it already has)."""
+        if not self.run.wandb_step.is_file():
+            return -1
+        text = self.run.wandb_step.read_text(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        self.out.note(f"{self.run.wandb_step}: not a step number ({text[:20]!r}); W&B will ignore, with a warning, "
+                      f"the steps it already has")
+        return -1
+
     def _history(self) -> list[dict[str, Any]]:
-        """history.jsonl: what resumes of this run changed, for W&B's config."""
-        if not self.run.history.is_file():
-            return []
-        return [json.loads(line) for line in self.run.history.read_text().splitlines() if line.strip()]
+        """history.jsonl: what resumes of this run changed, for W&B's config (a torn last line left out: the start
+        that writes the next change repairs the file, cifarlab.run.loop.note_changes)."""
+        return read_records(self.run.history, tail_may_be_torn=True).records
 
     # --- the fan-out ----------------------------------------------------------------------------------
 
@@ -124,15 +138,14 @@ class Recorder:
         if self.main:
             line = {"step": step, "time": round(time.time(), 3), "elapsed_s": round(self._clock.read(), 3),
                     **{k: _json(v) for k, v in values.items()}}
-            with open(self.run.metrics, "a") as handle:
-                handle.write(json.dumps(line) + "\n")
+            files.append(self.run.metrics, json.dumps(line) + "\n")
 
     def _to_wandb(self, values: dict[str, Any], step: int) -> None:
         if self.wandb is None or step < self._wandb_step or step <= self._wandb_floor:
             return
         self.accelerator.log(values, step=step)
         if step > self._wandb_step:
-            self.run.wandb_step.write_text(str(step))
+            files.write_whole(self.run.wandb_step, str(step))  # whole or not at all: a resume reads it
         self._wandb_step = step
 
     # --- training -------------------------------------------------------------------------------------
@@ -217,9 +230,8 @@ class Recorder:
 
         examples = {name: tensor.contiguous() for name, tensor in result.examples.items()}
         metadata = {"test_set": test_set_digest(examples["labels"], data), "classes": json.dumps(list(classes))}
-        tmp = self.run.predictions.with_name(f".tmp-{self.run.predictions.name}")
-        save_file(examples, str(tmp), metadata=metadata)
-        files.publish(tmp, self.run.predictions)
+        with files.replacing(self.run.predictions) as tmp:
+            save_file(examples, str(tmp), metadata=metadata)
 
     def model_artifact(self, state: TrainState) -> None:
         """The final weights and ``best/`` as versions of one W&B model artifact (call once the final weights
@@ -240,9 +252,12 @@ class Recorder:
 
         from cifarlab.run.loading import evaluated_weights, model_weights
 
-        weights = self.run.checkpoints / f".tmp-artifact-{WEIGHTS}"
-        save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
+        descriptor, temporary = tempfile.mkstemp(prefix=f"{files.TEMPORARY}artifact-{WEIGHTS}.",
+                                                 dir=self.run.checkpoints)
+        os.close(descriptor)
+        weights = Path(temporary)
         try:
+            save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
             tracking.log_model(self.wandb, name, weights, extra, ["best"],
                                {"sha256": sha256(weights), "manifest_sha256": sha256(best / MANIFEST),
                                 "epoch": state.best_epoch, "accuracy": state.best_accuracy})

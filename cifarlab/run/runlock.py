@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from cifarlab import files
 from cifarlab.errors import UsageError
-from cifarlab.run.rundir import RunDir
+from cifarlab.run.rundir import RunDir, planted_link
 
 
 class RunLock:
@@ -32,11 +33,13 @@ class RunLock:
         self._created: Optional[Path] = None  # the outermost folder acquire() created, if any
 
     def acquire(self) -> None:
-        """Create the run directory if needed and lock it, or raise :class:`UsageError` naming the holder."""
+        """Create the run directory if needed and lock it, or raise :class:`UsageError` naming the holder, or the
+        first symbolic link found in the run directory (:func:`~cifarlab.run.rundir.planted_link`: nothing is
+        written through it, not even the lock file)."""
         missing = [folder for folder in (self.run.root, *self.run.root.parents) if not folder.exists()]
         make_run_directory(self.run)
         self._created = missing[-1] if missing else None
-        fd = os.open(self.run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = files.open_nofollow(self.run.lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -47,6 +50,10 @@ class RunLock:
                                  f"train.output_dir on a filesystem with file locks") from None
             raise UsageError(f"run directory {self.run.root} is in use by another trainer ({holder}); wait for it "
                              f"to finish or stop it, or pick another train.run_name") from None
+        link = planted_link(self.run)  # checked under the lock: nobody else adds files meanwhile
+        if link is not None:
+            os.close(fd)
+            raise files.link_refusal(link)
         # Written in place, never truncated by a waiting trainer: only the holder writes.
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(fd, 0)
