@@ -617,14 +617,23 @@ def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
     # a = [0.5, 0.6], b = a + x: se = sqrt(0.005), df = 2, p = 0.05 at x = t(0.975, 2) * se = 0.304243. Around there
     # floating-point rounding decides both the p and the interval's end; they must agree, or no interval is shown.
     metric = analysis.METRICS["final_acc"]
-    edge = stats.t_quantile(0.975, 2) * math.sqrt(0.005)
-    seen = set()
-    for step in range(-40, 41):
-        x = edge + step * 2e-16
+
+    def decided(x: float) -> analysis.Difference:
         base, other = _result("a", [0.5, 0.6], None), _result("b", [0.5 + x, 0.6 + x], None)
         d = analysis.difference(other, base, None)
         analysis.decide([d], metric, "none")
         assert d.p_adjusted is not None
+        return d
+
+    # Where p crosses 0.05 in this SciPy's floats (t.ppf and t.sf agree there only to a few ulps, more in old
+    # releases): bisected, then scanned ulp by ulp on both sides.
+    low, high = 0.9 * stats.t_quantile(0.975, 2) * math.sqrt(0.005), 1.1 * stats.t_quantile(0.975, 2) * math.sqrt(0.005)
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if decided(middle).p_adjusted >= analysis.SIGNIFICANCE else (low, middle)
+    seen = set()
+    for step in range(-40, 41):
+        d = decided(high + step * 2e-16)
         significant = d.p_adjusted < analysis.SIGNIFICANCE
         seen.add(significant)
         if d.ci_adjusted is None:

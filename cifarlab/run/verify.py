@@ -48,11 +48,9 @@ def model_mismatch(folder: Path, model: nn.Module) -> Optional[str]:
     """How the model weights of checkpoint ``folder`` do not fit ``model``: its first tensor that is missing there,
     extra there, or of another shape; None when they fit (or the file does not read: loading it says why). Reads the
     file's header only."""
-    from accelerate.utils import extract_model_from_parallel
     from safetensors import SafetensorError, safe_open
 
-    unwrapped = extract_model_from_parallel(model, keep_torch_compile=False)
-    ours = {key: list(value.shape) for key, value in unwrapped.state_dict().items()}
+    ours = {key: list(value.shape) for key, value in _bare(model).state_dict().items()}
     try:
         with safe_open(str(folder / WEIGHTS), "pt") as handle:
             theirs = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
@@ -65,6 +63,19 @@ def model_mismatch(folder: Path, model: nn.Module) -> Optional[str]:
             return f"its tensor {key} is {theirs[key]}, the model's {shape}"
     extra = next((key for key in theirs if key not in ours), None)
     return f"its tensor {extra} is not in the model" if extra is not None else None
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers (DistributedDataParallel's ``module``, torch.compile's ``_orig_mod``), whose
+    tensor names the checkpoint's weights have. Unwrapped here, by what each wrapper holds: Accelerate's
+    ``extract_model_from_parallel`` keeps a compiled wrapper unless told ``keep_torch_compile=False``, which
+    accelerate 1.1 (the lowest declared) does not take."""
+    while True:
+        inner = getattr(model, "module", None) if isinstance(model, nn.parallel.DistributedDataParallel) else \
+            getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def saved_model(folder: Path) -> str:
