@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cifarlab.run.checkpoint import sha256
 from cifarlab.run.rundir import RunDir
 
-from conftest import check, crashed_copy, metrics, records, run_cli, run_python, smoke
+from conftest import check, crashed_copy, in_process, metrics, records, run_cli, run_python, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary
 
 pytestmark = pytest.mark.integration
@@ -83,15 +83,14 @@ def test_every_rank_stops_at_the_target_together(tmp_path: Path) -> None:
 
 
 def test_resume_continues_the_clock_and_a_run_stopped_while_finishing_writes_the_same_predictions(
-        tmp_path: Path) -> None:
-    check(run_python(smoke(tmp_path, "whole", "checkpoint.keep_last=100"), tmp_path))
-    whole = RunDir(tmp_path / "runs" / "whole")
+        tmp_path: Path, smoke_reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = RunDir(smoke_reference)  # the session's smoke run, every checkpoint kept (conftest)
     # Died mid-epoch 2, then after its last checkpoint (while finishing): both resume to the same end.
     for name, last in (("mid", "step_00000010"), ("end", "step_00000016")):
         copy = crashed_copy(whole.root, tmp_path / "runs" / name, last)
         saved = json.loads((copy / "checkpoints" / last / "trainer_state.json").read_text())
         assert saved["elapsed_s"] > saved["train_s"] > 0
-        check(run_python(smoke(tmp_path, name, "checkpoint.keep_last=100", "train.resume=auto"), tmp_path))
+        check(in_process(smoke(tmp_path, name, "checkpoint.keep_last=100", "train.resume=auto"), capsys))
         resumed = RunDir(copy)
         after = [r for r in records(copy) if r["step"] > int(last[5:])]
         assert all(r["elapsed_s"] > saved["elapsed_s"] for r in after)
