@@ -51,7 +51,7 @@ KILL_IN_SAVE = str(Path(__file__).with_name("kill_in_save.py"))
 def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("WANDB_API_KEY", None)  # tests never go online
-    # W&B run in this process (an in-process run, test_wandb_offline) leaves the address of its wandb-core here: a
+    # A W&B run in this process (an in-process run, test_wandb_offline) leaves the address of its wandb-core here: a
     # child would log through this process's service instead of starting its own, as it does outside the tests.
     env.pop("WANDB_SERVICE", None)
     return env
@@ -250,8 +250,10 @@ SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_l
 logged. What test_fault_tolerance and test_reliability interrupt, kill and resume."""
 
 
-def trained(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
-    """A smoke run with ``overrides`` trained in this process under a fresh session folder; its run directory."""
+def trained(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Iterator[Path]:
+    """A smoke run with ``overrides`` trained in this process under a fresh session folder: its run directory, for
+    the session. At the end of the session it must be as it was trained (a test that wrote into it would have
+    changed what the tests after it saw)."""
     from cifarlab import train
 
     root = tmp_path_factory.mktemp(name)
@@ -260,26 +262,56 @@ def trained(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str
         assert train.main(smoke(root, name, *overrides)) == 0, f"the {name} reference run failed"
     finally:
         fresh_accelerate()
-    return root / "runs" / name
+    run_dir = root / "runs" / name
+    before = _fingerprint(run_dir)
+    yield run_dir
+    assert _fingerprint(run_dir) == before, f"a test wrote into the session's {name} reference run {run_dir}"
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
 
 
 @pytest.fixture(scope="session")
-def small_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished SMALL run (every checkpoint kept): what every interrupted SMALL run must end as."""
-    return trained(tmp_path_factory, "small", *SMALL)
+    yield from trained(tmp_path_factory, "small", *SMALL)
 
 
 @pytest.fixture(scope="session")
-def smoke_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished run of configs/smoke.yaml as it is (2 epochs of 8 steps, W&B off), every checkpoint kept
     (step_00000005, _08, _10, _15, _16)."""
-    return trained(tmp_path_factory, "smoke", "checkpoint.keep_last=100")
+    yield from trained(tmp_path_factory, "smoke", "checkpoint.keep_last=100")
 
 
 @pytest.fixture(scope="session")
-def one_epoch_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_epoch_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A finished one-epoch smoke run: its final weights, best/ and its last step checkpoint are one model."""
-    return trained(tmp_path_factory, "one-epoch", "train.epochs=1")
+    yield from trained(tmp_path_factory, "one-epoch", "train.epochs=1")
+
+
+@pytest.fixture(scope="session")
+def launched_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """``accelerate launch`` of a 1-process smoke run under umask 022, W&B offline, EMA on, that stops at the target
+    accuracy it reaches after epoch 1 of 3 (fake data is random: 10 % comes at once); its run directory and what
+    it printed. A process of its own: the run record holds its command line. test_run_record reads the run record,
+    the target and what W&B holds; test_file_modes the modes of every file it wrote."""
+    from wandb_offline import find_run_files, wait_for_exit
+
+    root = tmp_path_factory.mktemp("launched")
+    result = check(subprocess.run([*launch_command(1), *smoke(root, "target", "train.epochs=3",
+                                                              "train.target_accuracy=0.01",
+                                                              "logging.wandb.mode=offline", "train.ema=0.9")],
+                                  cwd=root, env=cli_env(), capture_output=True, text=True, timeout=300,
+                                  preexec_fn=lambda: os.umask(0o022)))
+    run_dir = root / "runs" / "target"
+    for file in find_run_files(run_dir / "wandb"):
+        wait_for_exit(file)  # wandb-core may still be closing it after the trainer has gone
+    before = _fingerprint(run_dir)
+    yield run_dir, result
+    assert _fingerprint(run_dir) == before, f"a test wrote into the session's launched run {run_dir}"
 
 
 @pytest.fixture(scope="session")

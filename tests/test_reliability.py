@@ -80,7 +80,7 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> None:
 # --- 1. one trainer per run directory -----------------------------------------------------------------------
 
 def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = Background(_python(tmp_path, "busy", *SMALL), tmp_path, tmp_path / "first.log")
     first.wait_for(r"epoch 1 step 2/16")
     # Paused mid-run, holding its lock: the second start cannot come after the first has finished, however slow the
@@ -95,6 +95,7 @@ def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(
         first.signal(signal.SIGCONT)
     assert first.finish() == 0, first.output()[-2000:]
     assert len(json.loads(run.environment.read_text())["starts"]) == 1  # the second one never started
+    assert_same_weights(reference / "model.safetensors", run.weights)  # nor disturbed the first
     # The lock went with its holder: the finished run is resumable (and says it has nothing to do).
     assert "has already finished" in check(in_process(smoke(tmp_path, "busy", *SMALL, "train.resume=auto"),
                                                       capsys)).stdout

@@ -4,6 +4,7 @@ accuracy, the run record (environment.json) and the model artifact, through the 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,17 +16,18 @@ from safetensors.torch import load_file
 from cifarlab.run.checkpoint import sha256
 from cifarlab.run.rundir import RunDir
 
-from conftest import check, crashed_copy, in_process, metrics, records, run_cli, run_python, smoke
+from conftest import check, crashed_copy, in_process, metrics, records, run_cli, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_run_that_reaches_its_target_finishes_and_records_it(tmp_path: Path) -> None:
-    # Fake data is random: 10 % accuracy is reached at once, so the 3-epoch run stops after epoch 1.
-    result = check(run_python(smoke(tmp_path, "target", "train.epochs=3", "train.target_accuracy=0.01",
-                                    "logging.wandb.mode=offline", "train.ema=0.9"), tmp_path))
-    run = RunDir(tmp_path / "runs" / "target")
+def test_a_run_that_reaches_its_target_finishes_and_records_it(
+        launched_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    # The session's launched run (conftest): 3 epochs, W&B offline, EMA; fake data is random, so 10 % accuracy is
+    # reached at once and the run stops after epoch 1.
+    run_dir, result = launched_run
+    run = RunDir(run_dir)
     assert "reached the target accuracy 1.00 % at epoch 1 (step 8)" in result.stdout
     assert run.finished() and [m["step"] for m in metrics(run.root)] == [8]
     (target,) = [r for r in records(run.root) if "target/accuracy" in r]
