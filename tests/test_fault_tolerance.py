@@ -156,14 +156,14 @@ def test_retention_keeps_best_and_the_resumed_checkpoint_and_a_subprocess_run_is
     assert state["best_epoch"] == best_epoch and state["epoch"] == best_epoch
 
     run_dir = crashed_copy(uninterrupted, tmp_path / "runs" / "resumed", "step_00000024")
-    check(in_process(smoke(tmp_path, "resumed", *SMALL, "train.resume=auto", "checkpoint.keep_last=1"), capsys))
+    check(in_process(smoke(tmp_path, "resumed", *KEEP_3, "train.resume=auto", "checkpoint.keep_last=1"), capsys))
     left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert left == ["best", "latest", "step_00000024", "step_00000032"]  # 24: resumed from, never pruned
 
 
 def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path, uninterrupted: Path) -> None:
     # Without SIGUSR1 in PET_SIGNALS_TO_HANDLE, torchrun's agent dies of it and the trainer never hears of it.
-    bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *SMALL)], tmp_path, tmp_path / "bare.log",
+    bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *KEEP_3)], tmp_path, tmp_path / "bare.log",
                       PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT")
     bare.wait_for(r"epoch 1 step 6/16")
     workers = bare.descendants()
@@ -179,7 +179,7 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     assert "stopped on SIGUSR1" not in bare.output()
 
     handled = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-    run = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL)], tmp_path, tmp_path / "agent.log",
+    run = Background([*launch_command(2), *smoke(tmp_path, "agent", *KEEP_3)], tmp_path, tmp_path / "agent.log",
                      PET_SIGNALS_TO_HANDLE=handled)
     run.wait_for(r"epoch 1 step 6/16")
     run.signal(signal.SIGUSR1)  # the agent only: it must pass the signal on
@@ -191,7 +191,7 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
     assert (tmp_path / "runs" / "agent" / "checkpoints" / "latest").read_text() == saved.name
 
-    resumed = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL, "train.resume=auto")], tmp_path,
+    resumed = Background([*launch_command(2), *smoke(tmp_path, "agent", *KEEP_3, "train.resume=auto")], tmp_path,
                          tmp_path / "resumed.log")
     assert resumed.finish() == 0, resumed.output()[-2000:]
     assert f"step {step}" in resumed.output()
@@ -200,13 +200,13 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
 
 
 def test_two_processes_killed_mid_epoch_and_mid_save_then_resumed(tmp_path: Path, uninterrupted: Path) -> None:
-    command = [*launch_command(2), *smoke(tmp_path, "two", *SMALL, "train.resume=auto")]
+    command = [*launch_command(2), *smoke(tmp_path, "two", *KEEP_3, "train.resume=auto")]
     killed = Background(command, tmp_path, tmp_path / "1.log")
     killed.wait_for(r"epoch 1 step 7/16")
     killed.signal(signal.SIGKILL, tree=True)  # launcher and both ranks, wherever they are
     killed.finish()
     # Rank 0 dies inside its first save, after every rank wrote its files; the agent takes rank 1 down.
-    in_save = Background([*launch_command(2, KILL_IN_SAVE), "1", *smoke(tmp_path, "two", *SMALL, "train.resume=auto")],
+    in_save = Background([*launch_command(2, KILL_IN_SAVE), "1", *smoke(tmp_path, "two", *KEEP_3, "train.resume=auto")],
                          tmp_path, tmp_path / "2.log")
     assert in_save.finish() != 0
     checkpoints = tmp_path / "runs" / "two" / "checkpoints"
