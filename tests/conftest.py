@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -50,6 +51,9 @@ KILL_IN_SAVE = str(Path(__file__).with_name("kill_in_save.py"))
 def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("WANDB_API_KEY", None)  # tests never go online
+    # A W&B run in this process (an in-process run, test_wandb_offline) leaves the address of its wandb-core here: a
+    # child would log through this process's service instead of starting its own, as it does outside the tests.
+    env.pop("WANDB_SERVICE", None)
     return env
 
 
@@ -69,6 +73,43 @@ def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
     assert result.returncode == 0, (f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n"
                                     f"stderr:\n{result.stderr[-3000:]}")
     return result
+
+
+def in_process(args: list[str], capture: pytest.CaptureFixture[str], module: str = "cifarlab.train"
+               ) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` in this process, through the command's own ``main(argv)``: its exit code and what
+    it printed (``capture``: capsys, or capfd for what C code writes too), as a CompletedProcess, so that check()
+    and the one-error-line assertions read it as they read a subprocess's. For whatever needs no process of its
+    own: refusals, errors before or during training, resumes, evaluations; signals, launchers, several processes
+    and start-up imports keep their subprocesses."""
+    command = importlib.import_module(module)
+    earlier = capture.readouterr()
+    environment = dict(os.environ)
+    fresh_accelerate()
+    try:
+        code = command.main(args)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        fresh_accelerate()
+        # What the command set there (W&B's service address) would have died with its process: processes this one
+        # starts later (a sweep's trainers) must not inherit it.
+        os.environ.clear()
+        os.environ.update(environment)
+    out, err = capture.readouterr()
+    # Written back, so that a failing test shows it among its captured output.
+    sys.stdout.write(earlier.out + out)
+    sys.stderr.write(earlier.err + err)
+    return subprocess.CompletedProcess([module, *args], code, out, err)
+
+
+def fresh_accelerate() -> None:
+    """Forget Accelerate's per-process state (one AcceleratorState and GradientState per process): the next
+    Accelerator, in-process run or command starts as a new process's would."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -193,13 +234,84 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def _fresh_accelerate() -> Iterator[None]:
     """In-process tests build Accelerators with different settings: Accelerate keeps one state per process."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    fresh_accelerate()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    fresh_accelerate()
+
+
+# --- reference runs, trained once per session in this process ------------------------------------------------------
+# Tests compare against them or start from copies of them. They are trained in-process (cifarlab.train's main, as
+# `python -m cifarlab.train` would run them): on 1 CPU process with the same config and seed a run is bitwise the
+# subprocess run (test_fault_tolerance's retention test checks it). A test that writes into one works on a copy
+# (shutil.copytree, crashed_copy): the folders are shared by every test of the session.
+
+SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=100", "logging.every_n_steps=1")
+"""512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps, all kept; every step
+logged. What test_fault_tolerance and test_reliability interrupt, kill and resume."""
+
+
+def trained(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Iterator[Path]:
+    """A smoke run with ``overrides`` trained in this process under a fresh session folder: its run directory, for
+    the session. At the end of the session it must be as it was trained (a test that wrote into it would have
+    changed what the tests after it saw)."""
+    from cifarlab import train
+
+    root = tmp_path_factory.mktemp(name)
+    fresh_accelerate()
+    try:
+        assert train.main(smoke(root, name, *overrides)) == 0, f"the {name} reference run failed"
+    finally:
+        fresh_accelerate()
+    run_dir = root / "runs" / name
+    before = _fingerprint(run_dir)
+    yield run_dir
+    assert _fingerprint(run_dir) == before, f"a test wrote into the session's {name} reference run {run_dir}"
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="session")
+def small_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A finished SMALL run (every checkpoint kept): what every interrupted SMALL run must end as."""
+    yield from trained(tmp_path_factory, "small", *SMALL)
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A finished run of configs/smoke.yaml as it is (2 epochs of 8 steps, W&B off), every checkpoint kept
+    (step_00000005, _08, _10, _15, _16)."""
+    yield from trained(tmp_path_factory, "smoke", "checkpoint.keep_last=100")
+
+
+@pytest.fixture(scope="session")
+def one_epoch_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A finished one-epoch smoke run: its final weights, best/ and its last step checkpoint are one model."""
+    yield from trained(tmp_path_factory, "one-epoch", "train.epochs=1")
+
+
+@pytest.fixture(scope="session")
+def launched_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """``accelerate launch`` of a 1-process smoke run under umask 022, W&B offline, EMA on, that stops at the target
+    accuracy it reaches after epoch 1 of 3 (fake data is random: 10 % comes at once); its run directory and what
+    it printed. A process of its own: the run record holds its command line. test_run_record reads the run record,
+    the target and what W&B holds; test_file_modes the modes of every file it wrote."""
+    from wandb_offline import find_run_files, wait_for_exit
+
+    root = tmp_path_factory.mktemp("launched")
+    result = check(subprocess.run([*launch_command(1), *smoke(root, "target", "train.epochs=3",
+                                                              "train.target_accuracy=0.01",
+                                                              "logging.wandb.mode=offline", "train.ema=0.9")],
+                                  cwd=root, env=cli_env(), capture_output=True, text=True, timeout=300,
+                                  preexec_fn=lambda: os.umask(0o022)))
+    run_dir = root / "runs" / "target"
+    for file in find_run_files(run_dir / "wandb"):
+        wait_for_exit(file)  # wandb-core may still be closing it after the trainer has gone
+    before = _fingerprint(run_dir)
+    yield run_dir, result
+    assert _fingerprint(run_dir) == before, f"a test wrote into the session's launched run {run_dir}"
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from cifarlab.data.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, fake_
 from cifarlab.report.console import Console, accuracy_summary, report_rows
 from cifarlab.report.metrics import EvalResult
 
-from conftest import check, cli_env, launch_command, run_cli, run_python, smoke
+from conftest import check, cli_env, in_process, launch_command, run_cli, smoke
 
 
 def _result(classes: tuple[str, ...], right: dict[int, int], images: int = 4, seed: int = 0) -> EvalResult:
@@ -108,9 +108,11 @@ def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_quiet_prints_nothing_but_keeps_errors(tmp_path: Path) -> None:
-    quiet = check(run_python([*smoke(tmp_path, "quiet"), "--quiet"], tmp_path))
+def test_quiet_prints_nothing_but_keeps_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A whole run in this process, its output read at the file descriptors (what C code writes too). A process's
+    # start-up (imports) printing nothing under --quiet: test_startup's training processes.
+    quiet = check(in_process([*smoke(tmp_path, "quiet"), "--quiet"], capfd))
     assert quiet.stdout == ""
     assert (tmp_path / "runs" / "quiet" / "model.safetensors").is_file()
-    failing = run_python([*smoke(tmp_path, "quiet"), "--quiet"], tmp_path)  # the run exists already
+    failing = in_process([*smoke(tmp_path, "quiet"), "--quiet"], capfd)  # the run exists already
     assert failing.returncode == 2 and "already holds a run" in failing.stderr

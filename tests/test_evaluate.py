@@ -1,4 +1,5 @@
-"""cifarlab.evaluate through its real CLI, on a checkpoint from a real smoke run."""
+"""cifarlab.evaluate through its real CLI, on a checkpoint from a real smoke run: its main() in this process, and
+launched on 2 processes."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import check, error_lines, metrics, run_cli, run_python, smoke
+from conftest import check, error_lines, in_process, metrics, run_cli
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("trained")
-    check(run_python(smoke(tmp_path, "trained"), tmp_path))
-    return tmp_path / "runs" / "trained"
+@pytest.fixture
+def run_dir(smoke_reference: Path) -> Path:
+    """The session's finished smoke run (conftest): read, never written."""
+    return smoke_reference
 
 
 def _accuracy(stdout: str) -> tuple[float, int]:
@@ -26,9 +26,10 @@ def _accuracy(stdout: str) -> tuple[float, int]:
     return float(found.group(1)), int(found.group(2))
 
 
-def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp_path: Path) -> None:
+def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "confusion.png"
-    result = check(run_cli(["--checkpoint", str(run_dir), "--png", str(png)], tmp_path, module="cifarlab.evaluate"))
+    result = check(in_process(["--checkpoint", str(run_dir), "--png", str(png)], capsys, module="cifarlab.evaluate"))
     accuracy, count = _accuracy(result.stdout)
     final = metrics(run_dir)[-1]
     assert count == final["test/images"] == 100
@@ -41,25 +42,26 @@ def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp
         assert image.format == "PNG" and image.width > 400 and image.height > 400
 
 
-def test_checkpoint_folders_files_and_two_processes_agree(run_dir: Path, tmp_path: Path) -> None:
+def test_checkpoint_folders_files_and_two_processes_agree(run_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # 37 images in global batches of 8 on 2 processes: every image counted once.
     subset = ["data.test_size=37", "train.eval_batch_size=8"]
-    one = check(run_cli(["--checkpoint", str(run_dir / "model.safetensors"), *subset], tmp_path,
-                        module="cifarlab.evaluate"))
+    one = check(in_process(["--checkpoint", str(run_dir / "model.safetensors"), *subset], capsys,
+                           module="cifarlab.evaluate"))
     two = check(run_cli(["--checkpoint", str(run_dir / "checkpoints" / "best"), *subset],
                         tmp_path, processes=2, module="cifarlab.evaluate"))
     assert _accuracy(one.stdout)[1] == _accuracy(two.stdout)[1] == 37
     assert "2 process(es)" in two.stdout and two.stdout.count("confusion matrix") == 1
 
 
-def test_bad_checkpoints_fail_with_one_line(run_dir: Path, tmp_path: Path) -> None:
+def test_bad_checkpoints_fail_with_one_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     (broken / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     for checkpoint, expected in ((tmp_path / "nope", "no model.safetensors there"),
                                  (broken, "is not a readable safetensors file")):
-        result = run_cli(["--checkpoint", str(checkpoint)], tmp_path, module="cifarlab.evaluate")
-        assert result.returncode != 0
+        result = in_process(["--checkpoint", str(checkpoint)], capsys, module="cifarlab.evaluate")
+        assert result.returncode == 2
         (line,) = error_lines(result.stderr)
         assert str(checkpoint) in line and expected in line

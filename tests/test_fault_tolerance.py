@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import sys
 import time
@@ -17,44 +16,46 @@ from cifarlab.run.checkpoint import problem
 
 from conftest import (
     KILL_IN_SAVE,
+    SMALL,
     Background,
     assert_same_weights,
     check,
     crashed_copy,
     error_lines,
+    in_process,
     launch_command,
     metrics,
     per_class,
     run_python,
     smoke,
 )
-from wandb_offline import find_run_files, read_history, read_run_id
+from wandb_offline import find_run_files, read_history, read_run_id, wait_for_exit
 
 pytestmark = pytest.mark.integration
 
-# 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps.
-SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=3", "logging.every_n_steps=1")
+# The session's SMALL reference keeps every checkpoint; these runs keep the last 3 (SMALL's schedule otherwise).
+KEEP_3 = (*SMALL, "checkpoint.keep_last=3")
 # What an exact resume reproduces: every evaluation value (the epoch's training loss and speed cover only the
 # batches a resumed process ran).
 EXACT = ("train/epoch", "step", "test/images", "test/acc", "test/loss")
 
 
 def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "cifarlab.train", *smoke(tmp_path, name, *SMALL, *overrides)]
+    return [sys.executable, "-m", "cifarlab.train", *smoke(tmp_path, name, *KEEP_3, *overrides)]
 
 
 def _evals(run_dir: Path) -> list[list[object]]:
     return [[record[key] for key in EXACT] + [per_class(record)] for record in metrics(run_dir)]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("reference")
-    check(run_python(smoke(tmp_path, "reference", *SMALL), tmp_path))
-    return tmp_path / "runs" / "reference"
+@pytest.fixture
+def uninterrupted(small_reference: Path) -> Path:
+    """The session's SMALL run, trained in-process (conftest): what every interrupted SMALL run must end as."""
+    return small_reference
 
 
-def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path: Path, uninterrupted: Path) -> None:
+def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path: Path, uninterrupted: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "runs" / "chain"
     latest = run_dir / "checkpoints" / "latest"
 
@@ -86,9 +87,9 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     stopped_at = int(third.wait_for(r"stopped on SIGTERM at step \d+: checkpoint \S+step_(\d+) saved").group(1))
     assert latest.read_text() == f"step_{stopped_at:08d}"
 
-    # 4. Finish.
-    last = check(run_python(smoke(tmp_path, "chain", *SMALL, "logging.wandb.mode=offline", "train.resume=auto"),
-                            tmp_path))
+    # 4. Finish (in this process: nothing to interrupt).
+    last = check(in_process(smoke(tmp_path, "chain", *KEEP_3, "logging.wandb.mode=offline", "train.resume=auto"),
+                            capsys))
     assert f"epoch 2, step {stopped_at}" in last.stdout
     assert_same_weights(uninterrupted / "model.safetensors", run_dir / "model.safetensors")
     assert _evals(run_dir) == _evals(uninterrupted)
@@ -98,6 +99,7 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     # also takes W&B's writer down before it flushes: the killed sessions' files may hold nothing.)
     files = find_run_files(run_dir / "wandb")
     assert len(files) == 4
+    wait_for_exit(files[-1])  # the last start's: wandb-core closes it after the in-process run has returned
     assert {f.parent.name.rsplit("-", 1)[1] for f in files} == {read_run_id(files[-1])}
     highest = -1
     for file in files:
@@ -110,21 +112,20 @@ def test_killed_three_times_then_resumed_matches_the_uninterrupted_run(tmp_path:
     assert 32 in evals and all(evals[step] == expected[step] for step in evals)
 
 
-def test_damaged_checkpoints_are_detected(tmp_path: Path, uninterrupted: Path) -> None:
-    run_dir = tmp_path / "runs" / "damaged"
-    shutil.copytree(uninterrupted, run_dir)
-    (run_dir / "model.safetensors").unlink()
+def test_damaged_checkpoints_are_detected(tmp_path: Path, uninterrupted: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = crashed_copy(uninterrupted, tmp_path / "runs" / "damaged", "step_00000032")
     last = run_dir / "checkpoints" / "step_00000032"
     optimizer = last / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:100])  # a truncated copy
 
-    explicit = run_python(smoke(tmp_path, "other", *SMALL, f"train.resume={last}"), tmp_path)
+    explicit = in_process(smoke(tmp_path, "other", *KEEP_3, f"train.resume={last}"), capsys)
     assert explicit.returncode == 2
     (line,) = error_lines(explicit.stderr)
     assert f"train.resume={last}: this checkpoint is damaged (optimizer.bin has 100 bytes" in line
 
     # auto says so in one line and falls back to the newest intact checkpoint, losing nothing else.
-    fallback = check(run_python(smoke(tmp_path, "damaged", *SMALL, "train.resume=auto"), tmp_path))
+    fallback = check(in_process(smoke(tmp_path, "damaged", *KEEP_3, "train.resume=auto"), capsys))
     warnings = [line for line in fallback.stderr.splitlines() if line.startswith("cifarlab: warning:")]
     assert warnings == [f"cifarlab: warning: checkpoint {last} is damaged (optimizer.bin has 100 bytes, expected "
                         f"{(uninterrupted / 'checkpoints/step_00000032/optimizer.bin').stat().st_size}); "
@@ -136,25 +137,33 @@ def test_damaged_checkpoints_are_detected(tmp_path: Path, uninterrupted: Path) -
     assert problem(run_dir / "checkpoints" / "step_00000024") == "no manifest.json"
 
 
-def test_retention_keeps_best_and_the_resumed_checkpoint(tmp_path: Path, uninterrupted: Path) -> None:
-    names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+def test_retention_keeps_best_and_the_resumed_checkpoint_and_a_subprocess_run_is_the_in_process_reference(
+        tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The uninterrupted run as `python -m cifarlab.train` runs it, keeping the last 3 checkpoints. It also proves
+    # what every test comparing a subprocess run with the session's in-process references relies on: 1 CPU
+    # process, the same config and seed, and the two are bitwise one run.
+    check(run_python(smoke(tmp_path, "kept", *KEEP_3), tmp_path))
+    run_dir = tmp_path / "runs" / "kept"
+    assert_same_weights(uninterrupted / "model.safetensors", run_dir / "model.safetensors")
+    assert _evals(run_dir) == _evals(uninterrupted)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["best", "latest", "step_00000024", "step_00000028", "step_00000032"]
-    best = uninterrupted / "checkpoints" / "best"
+    best = run_dir / "checkpoints" / "best"
     assert problem(best) is None
-    records = metrics(uninterrupted)
+    records = metrics(run_dir)
     best_epoch = max(records, key=lambda r: r["test/acc"])["train/epoch"]
     state = json.loads((best / "trainer_state.json").read_text())
     assert state["best_epoch"] == best_epoch and state["epoch"] == best_epoch
 
-    run_dir = crashed_copy(uninterrupted, tmp_path / "runs" / "kept", "step_00000024")
-    check(run_python(smoke(tmp_path, "kept", *SMALL, "train.resume=auto", "checkpoint.keep_last=1"), tmp_path))
+    run_dir = crashed_copy(uninterrupted, tmp_path / "runs" / "resumed", "step_00000024")
+    check(in_process(smoke(tmp_path, "resumed", *KEEP_3, "train.resume=auto", "checkpoint.keep_last=1"), capsys))
     left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert left == ["best", "latest", "step_00000024", "step_00000032"]  # 24: resumed from, never pruned
 
 
 def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path, uninterrupted: Path) -> None:
     # Without SIGUSR1 in PET_SIGNALS_TO_HANDLE, torchrun's agent dies of it and the trainer never hears of it.
-    bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *SMALL)], tmp_path, tmp_path / "bare.log",
+    bare = Background([*launch_command(2), *smoke(tmp_path, "bare", *KEEP_3)], tmp_path, tmp_path / "bare.log",
                       PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT")
     bare.wait_for(r"epoch 1 step 6/16")
     workers = bare.descendants()
@@ -170,7 +179,7 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     assert "stopped on SIGUSR1" not in bare.output()
 
     handled = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-    run = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL)], tmp_path, tmp_path / "agent.log",
+    run = Background([*launch_command(2), *smoke(tmp_path, "agent", *KEEP_3)], tmp_path, tmp_path / "agent.log",
                      PET_SIGNALS_TO_HANDLE=handled)
     run.wait_for(r"epoch 1 step 6/16")
     run.signal(signal.SIGUSR1)  # the agent only: it must pass the signal on
@@ -182,7 +191,7 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest["files"])
     assert (tmp_path / "runs" / "agent" / "checkpoints" / "latest").read_text() == saved.name
 
-    resumed = Background([*launch_command(2), *smoke(tmp_path, "agent", *SMALL, "train.resume=auto")], tmp_path,
+    resumed = Background([*launch_command(2), *smoke(tmp_path, "agent", *KEEP_3, "train.resume=auto")], tmp_path,
                          tmp_path / "resumed.log")
     assert resumed.finish() == 0, resumed.output()[-2000:]
     assert f"step {step}" in resumed.output()
@@ -191,13 +200,13 @@ def test_sigusr1_reaches_the_trainer_through_the_accelerate_agent(tmp_path: Path
 
 
 def test_two_processes_killed_mid_epoch_and_mid_save_then_resumed(tmp_path: Path, uninterrupted: Path) -> None:
-    command = [*launch_command(2), *smoke(tmp_path, "two", *SMALL, "train.resume=auto")]
+    command = [*launch_command(2), *smoke(tmp_path, "two", *KEEP_3, "train.resume=auto")]
     killed = Background(command, tmp_path, tmp_path / "1.log")
     killed.wait_for(r"epoch 1 step 7/16")
     killed.signal(signal.SIGKILL, tree=True)  # launcher and both ranks, wherever they are
     killed.finish()
     # Rank 0 dies inside its first save, after every rank wrote its files; the agent takes rank 1 down.
-    in_save = Background([*launch_command(2, KILL_IN_SAVE), "1", *smoke(tmp_path, "two", *SMALL, "train.resume=auto")],
+    in_save = Background([*launch_command(2, KILL_IN_SAVE), "1", *smoke(tmp_path, "two", *KEEP_3, "train.resume=auto")],
                          tmp_path, tmp_path / "2.log")
     assert in_save.finish() != 0
     checkpoints = tmp_path / "runs" / "two" / "checkpoints"

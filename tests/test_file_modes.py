@@ -22,8 +22,6 @@ from cifarlab import sweep as sweeps
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.run import loop
 
-from conftest import check, cli_env, launch_command, smoke
-
 
 @pytest.fixture
 def umask_027() -> Iterator[None]:
@@ -73,11 +71,10 @@ def test_every_run_file_cache_file_and_sweep_record_follows_the_umask(tmp_path: 
 
 
 @pytest.mark.integration
-def test_a_launched_run_with_wandb_offline_writes_every_file_0644_under_umask_022(tmp_path: Path) -> None:
-    result = subprocess.run([*launch_command(1), *smoke(tmp_path, "shared", "logging.wandb.mode=offline")],
-                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
-                            preexec_fn=lambda: os.umask(0o022))
-    check(result)
-    written = modes(tmp_path / "runs" / "shared")
+def test_a_launched_run_with_wandb_offline_writes_every_file_0644_under_umask_022(
+        launched_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    # The session's launched run (conftest): accelerate launch, 1 process, W&B offline, EMA, under umask 022.
+    run_dir, _ = launched_run
+    written = modes(run_dir)
     assert any("/wandb/" in name for name in written) and any(name.endswith("model.safetensors") for name in written)
     assert {mode for mode in written.values()} == {"0o644"}, written

@@ -18,7 +18,7 @@ from cifarlab import predict
 from cifarlab.config import DataConfig, ModelConfig, load_config
 from cifarlab.models import build_model
 
-from conftest import check, cli_env, error_lines, run_python, smoke
+from conftest import check, cli_env, error_lines, in_process
 
 LINE = re.compile(r"^(?P<path>.+?): (?P<ranked>.+)$")
 
@@ -40,12 +40,11 @@ def parse(stdout: str) -> dict[str, list[tuple[str, float]]]:
     return parsed
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real one-epoch smoke run: model.safetensors, config.yaml, classes.json, checkpoints/."""
-    tmp = tmp_path_factory.mktemp("predict")
-    check(run_python(smoke(tmp, "s", "train.epochs=1"), tmp))
-    return tmp / "runs" / "s"
+@pytest.fixture
+def run_dir(one_epoch_reference: Path) -> Path:
+    """A real one-epoch smoke run, the session's (conftest): model.safetensors, config.yaml, classes.json,
+    checkpoints/. Read, never written."""
+    return one_epoch_reference
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +68,7 @@ def classes(run_dir: Path) -> list[str]:
 
 @pytest.mark.integration
 def test_cli_on_a_run_directory(run_dir: Path, images: Path) -> None:
+    # `python -m cifarlab.predict` itself: the other tests call its main() in this process.
     result = check(run_predict("--checkpoint", str(run_dir), "rgb.png", "gray.png", cwd=images))
     parsed = parse(result.stdout)
     assert list(parsed) == ["rgb.png", "gray.png"]  # paths as given, in order
@@ -157,9 +157,11 @@ def test_bad_arguments_are_one_line(run_dir: Path, images: Path, args: list[str]
 
 
 @pytest.mark.integration
-def test_bad_images_among_good_ones_are_reported_and_the_rest_predicted(run_dir: Path, images: Path) -> None:
-    result = run_predict("--checkpoint", str(run_dir), "rgb.png", "fake.jpg", "gray.png", "truncated.png",
-                         "nope.png", "album", cwd=images)
+def test_bad_images_among_good_ones_are_reported_and_the_rest_predicted(
+        run_dir: Path, images: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(images)
+    result = in_process(["--checkpoint", str(run_dir), "rgb.png", "fake.jpg", "gray.png", "truncated.png",
+                         "nope.png", "album"], capsys, module="cifarlab.predict")
     assert result.returncode == 2  # some images failed
     assert list(parse(result.stdout)) == ["rgb.png", "gray.png"]  # every readable image, in order
     errors = error_lines(result.stderr)
@@ -171,20 +173,22 @@ def test_bad_images_among_good_ones_are_reported_and_the_rest_predicted(run_dir:
     assert [line for line in result.stderr.splitlines() if line not in errors] == [
         "cifarlab: note: gray.png: converted from mode L to RGB; resized from 100x60 to 32x32"]
     # The predictions are those of a call with the good images alone.
-    alone = check(run_predict("--checkpoint", str(run_dir), "rgb.png", "gray.png", cwd=images))
+    alone = check(in_process(["--checkpoint", str(run_dir), "rgb.png", "gray.png"], capsys, module="cifarlab.predict"))
     assert alone.stdout == result.stdout
 
 
-@pytest.mark.integration
-def test_cli_errors_exit_2_with_one_line(run_dir: Path, images: Path) -> None:
-    result = run_predict("--checkpoint", str(images / "nowhere"), "rgb.png", cwd=images)
+@pytest.mark.unit
+def test_cli_errors_exit_2_with_one_line(images: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(images)
+    result = in_process(["--checkpoint", str(images / "nowhere"), "rgb.png"], capsys, module="cifarlab.predict")
     assert result.returncode == 2 and result.stdout == ""
     assert error_lines(result.stderr) == [
         f"cifarlab: error: --checkpoint {images / 'nowhere'}: no model.safetensors there; pass a run directory, "
         f"its model.safetensors, or a folder under <run>/checkpoints/"]
     assert result.stderr.count("\n") == 1
     # Images are checked before the model is loaded: a bad image is reported even with a bad checkpoint.
-    result = run_predict("--checkpoint", str(images / "nowhere"), "x.png", cwd=images)
+    result = in_process(["--checkpoint", str(images / "nowhere"), "x.png"], capsys, module="cifarlab.predict")
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("cifarlab: error: image x.png: not an image PIL can read")

@@ -1,5 +1,6 @@
 """Faults people actually hit, through the real CLI: two trainers on one run directory, a launcher that dies,
-Ctrl-C, resuming with another config, unsafe checkpoints, a full disk, a loss that is not finite, bad paths."""
+Ctrl-C, resuming with another config, unsafe checkpoints, a full disk, a loss that is not finite, bad paths. What
+needs no process of its own (refusals, failures, resumes) runs the command's main(argv) in this process."""
 
 from __future__ import annotations
 
@@ -29,24 +30,20 @@ from cifarlab.run.rundir import RunDir
 
 from conftest import (
     CONFIGS,
+    SMALL,
     Background,
     assert_same_weights,
     check,
     crashed_copy,
     error_lines,
+    in_process,
     launch_command,
     records,
-    run_python,
     smoke,
 )
-from wandb_offline import find_run_files, read_config, read_records
+from wandb_offline import find_run_files, read_config, read_records, wait_for_exit
 
 pytestmark = pytest.mark.integration
-
-# 512 images in batches of 32: 16 steps per epoch, 32 in all; checkpoints every 4 steps, all kept.
-SMALL = ("data.train_size=512", "checkpoint.every_n_steps=4", "checkpoint.keep_last=100", "logging.every_n_steps=1")
-# Slow enough to be interrupted mid-epoch: 64 steps per epoch.
-LONG = ("data.train_size=2048", "checkpoint.every_n_steps=4", "checkpoint.keep_last=100", "logging.every_n_steps=1")
 
 
 def _python(tmp_path: Path, name: str, *overrides: str) -> list[str]:
@@ -63,12 +60,10 @@ def _one_error(result: subprocess.CompletedProcess[str], code: int, *fragments: 
     return line
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished SMALL run: what every interrupted one must end as."""
-    tmp_path = tmp_path_factory.mktemp("reference")
-    check(run_python(smoke(tmp_path, "reference", *SMALL), tmp_path))
-    return tmp_path / "runs" / "reference"
+@pytest.fixture
+def reference(small_reference: Path) -> Path:
+    """The session's SMALL run (conftest, trained in-process): what every interrupted one must end as."""
+    return small_reference
 
 
 def _alive(pids: list[int]) -> list[int]:
@@ -84,17 +79,26 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> None:
 
 # --- 1. one trainer per run directory -----------------------------------------------------------------------
 
-def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(tmp_path: Path) -> None:
-    first = Background(_python(tmp_path, "busy", *LONG), tmp_path, tmp_path / "first.log")
-    first.wait_for(r"epoch 1 step 2/64")
-    run = RunDir(tmp_path / "runs" / "busy")
-    second = run_python(smoke(tmp_path, "busy", *LONG, "train.resume=auto"), tmp_path)
-    _one_error(second, 2, f"run directory {run.root} is in use by another trainer (host ", f"PID {first.process.pid}")
+def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = Background(_python(tmp_path, "busy", *SMALL), tmp_path, tmp_path / "first.log")
+    first.wait_for(r"epoch 1 step 2/16")
+    # Paused mid-run, holding its lock: the second start cannot come after the first has finished, however slow the
+    # machine. (The second starts in this process: a refusal needs no process of its own; the lock is the first's.)
+    first.signal(signal.SIGSTOP)
+    try:
+        run = RunDir(tmp_path / "runs" / "busy")
+        second = in_process(smoke(tmp_path, "busy", *SMALL, "train.resume=auto"), capsys)
+        _one_error(second, 2, f"run directory {run.root} is in use by another trainer (host ",
+                   f"PID {first.process.pid}")
+    finally:
+        first.signal(signal.SIGCONT)
     assert first.finish() == 0, first.output()[-2000:]
     assert len(json.loads(run.environment.read_text())["starts"]) == 1  # the second one never started
+    assert_same_weights(reference / "model.safetensors", run.weights)  # nor disturbed the first
     # The lock went with its holder: the finished run is resumable (and says it has nothing to do).
-    assert "has already finished" in check(run_python(smoke(tmp_path, "busy", *LONG, "train.resume=auto"),
-                                                       tmp_path)).stdout
+    assert "has already finished" in check(in_process(smoke(tmp_path, "busy", *SMALL, "train.resume=auto"),
+                                                      capsys)).stdout
 
 
 # --- 2. no orphans -------------------------------------------------------------------------------------------
@@ -102,7 +106,8 @@ def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_writes_nothing(
 @pytest.mark.parametrize("processes,signum", [(1, signal.SIGTERM), (1, signal.SIGKILL), (2, signal.SIGTERM),
                                               (2, signal.SIGKILL)])
 def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path, reference: Path, processes: int,
-                                                                  signum: int) -> None:
+                                                                  signum: int, capsys: pytest.CaptureFixture[str]
+                                                                  ) -> None:
     name = f"orphan{processes}"
     launched = Background([*launch_command(processes), *smoke(tmp_path, name, *SMALL)], tmp_path,
                           tmp_path / "launch.log")
@@ -117,15 +122,15 @@ def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path
                                  rf"launch <launch options> -m cifarlab.train --config {run.config} train.resume=auto",
                                  timeout=30).group(1))
     assert run.latest.read_text() == f"step_{step:08d}" and problem(run.checkpoint(step)) is None
-    if processes == 1:  # the resumed run ends exactly where the uninterrupted one did
-        check(run_python(smoke(tmp_path, name, *SMALL, "train.resume=auto"), tmp_path))
+    if processes == 1:  # the resumed run (in this process) ends exactly where the uninterrupted one did
+        check(in_process(smoke(tmp_path, name, *SMALL, "train.resume=auto"), capsys))
         assert_same_weights(reference / "model.safetensors", run.weights)
 
 
 # --- 3. Ctrl-C -----------------------------------------------------------------------------------------------
 
-def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(tmp_path: Path,
-                                                                               reference: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = Background(_python(tmp_path, "ctrlc", *SMALL, "logging.wandb.mode=offline"), tmp_path, tmp_path / "c.log")
     run.wait_for(r"epoch 1 step 6/16")
     os.killpg(run.process.pid, signal.SIGINT)  # what a terminal sends to the foreground process group
@@ -138,7 +143,7 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(
     (segment,) = find_run_files(tmp_path / "runs" / "ctrlc" / "wandb")
     (exit_record,) = [r["exit"] for r in read_records(segment) if r["type"] == "exit"]
     assert exit_record.get("exit_code") == 130  # not "finished (exit code 0)"
-    check(run_python(arguments, tmp_path))  # the printed command continues the run
+    check(in_process(arguments, capsys))  # the printed command continues the run
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "ctrlc" / "model.safetensors")
     assert step > 0
 
@@ -191,14 +196,14 @@ def test_an_abort_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, caps
 
 # --- 4. a run keeps its identity -----------------------------------------------------------------------------
 
-def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrites_config(tmp_path: Path,
-                                                                                       reference: Path) -> None:
+def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrites_config(
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_text = (reference / "config.yaml").read_text()
     assert yaml.safe_load(config_text)["train"]["resume"] is None  # the experiment, not how it was started
     copy = crashed_copy(reference, tmp_path / "runs" / "changed", "step_00000020")
 
-    refused = run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.1", "train.epochs=4"),
-                         tmp_path)
+    refused = in_process(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.1", "train.epochs=4"),
+                         capsys)
     _one_error(refused, 2, "optim.lr=0.1 (was 0.02)", "train.epochs=4 (was 2)", "train.allow_changes=true")
     assert not RunDir(copy).history.exists()
 
@@ -206,53 +211,56 @@ def test_resume_refuses_changes_of_course_records_allowed_ones_and_never_rewrite
     environment = json.loads((copy / "environment.json").read_text())
     environment["starts"][-1]["processes"] = 2
     (copy / "environment.json").write_text(json.dumps(environment))
-    allowed = check(run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.01",
-                                     "train.allow_changes=true", "logging.wandb.mode=offline"), tmp_path))
+    allowed = check(in_process(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "optim.lr=0.01",
+                                     "train.allow_changes=true", "logging.wandb.mode=offline"), capsys))
     assert "changed on resume, from step 20: optim.lr 0.02 -> 0.01, processes 2 -> 1" in allowed.stdout
     (change,) = [json.loads(line) for line in RunDir(copy).history.read_text().splitlines()]
     assert (change["step"], change["changes"]) == (20, {"optim.lr": [0.02, 0.01], "processes": [2, 1]})
     (segment,) = find_run_files(copy / "wandb")
+    wait_for_exit(segment)  # wandb-core writes an in-process run's file after the run has returned
     assert read_config(segment)["history"] == [change]
     assert (copy / "config.yaml").read_text() == config_text  # never rewritten
 
     # Finished: a resume says so and starts nothing (no W&B segment).
-    again = check(run_python(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "logging.wandb.mode=offline"),
-                             tmp_path))
+    again = check(in_process(smoke(tmp_path, "changed", *SMALL, "train.resume=auto", "logging.wandb.mode=offline"),
+                             capsys))
     assert "has already finished" in again.stdout and len(find_run_files(copy / "wandb")) == 1
 
     # The saved config reruns the experiment as a new run.
-    check(run_python(["--config", str(reference / "config.yaml"), f"train.output_dir={tmp_path / 'runs'}",
-                      "train.run_name=rerun"], tmp_path))
+    check(in_process(["--config", str(reference / "config.yaml"), f"train.output_dir={tmp_path / 'runs'}",
+                      "train.run_name=rerun"], capsys))
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "rerun" / "model.safetensors")
 
 
-def test_a_finished_run_whose_checkpoints_were_removed_is_still_that_run(tmp_path: Path) -> None:
+def test_a_finished_run_whose_checkpoints_were_removed_is_still_that_run(
+        tmp_path: Path, smoke_reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = smoke(tmp_path, "b")
-    check(run_python(args, tmp_path))
     run = RunDir(tmp_path / "runs" / "b")
+    shutil.copytree(smoke_reference, run.root)  # a finished run of configs/smoke.yaml (conftest)
     shutil.rmtree(run.checkpoints)
     weights, config_text = run.weights.read_bytes(), run.config.read_text()
     # Another learning rate is another experiment: refused before anything is trained or written.
-    refused = run_python([*args, "train.resume=auto", "optim.lr=0.3"], tmp_path)
+    refused = in_process([*args, "train.resume=auto", "optim.lr=0.3"], capsys)
     _one_error(refused, 2, f"run directory {run.root} holds a run of another configuration", "optim.lr=0.3 (was 0.02)",
                "train.allow_changes=true")
     assert run.weights.read_bytes() == weights and run.config.read_text() == config_text
     assert not run.history.exists() and not run.checkpoints.exists()
     # Its own config: finished, by its final weights.
-    same = check(run_python([*args, "train.resume=auto"], tmp_path))
+    same = check(in_process([*args, "train.resume=auto"], capsys))
     assert "has already finished" in same.stdout and "nothing to do" in same.stdout
     assert run.weights.read_bytes() == weights and not run.checkpoints.exists()
 
 
-def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(tmp_path: Path) -> None:
+def test_more_epochs_on_resume_stretch_the_schedule_from_where_the_run_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cifarlab.config import load_config
     from cifarlab.run import engine
 
     args = smoke(tmp_path, "longer", "optim.schedule=onecycle")
-    check(run_python(args, tmp_path))
+    check(in_process(args, capsys))
     # One-cycle is stretched over all epochs: more of them change the course, so it takes the explicit switch.
-    _one_error(run_python([*args, "train.resume=auto", "train.epochs=4"], tmp_path), 2, "train.epochs=4 (was 2)")
-    longer = check(run_python([*args, "train.resume=auto", "train.epochs=4", "train.allow_changes=true"], tmp_path))
+    _one_error(in_process([*args, "train.resume=auto", "train.epochs=4"], capsys), 2, "train.epochs=4 (was 2)")
+    longer = check(in_process([*args, "train.resume=auto", "train.epochs=4", "train.allow_changes=true"], capsys))
     assert "changed on resume, from step 16: train.epochs 2 -> 4" in longer.stdout
     run = tmp_path / "runs" / "longer"
     assert [r["step"] for r in records(run) if "test/acc" in r] == [8, 16, 24, 32]
@@ -281,8 +289,8 @@ class _Payload:
 
 
 @pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
-def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path: Path, reference: Path,
-                                                                  victim: str) -> None:
+def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path: Path, reference: Path, victim: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     copy = crashed_copy(reference, tmp_path / "runs" / "unsafe", "step_00000020")
     folder = copy / "checkpoints" / "step_00000020"
     marker = tmp_path / "executed"
@@ -291,7 +299,7 @@ def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path: Path
     data = (folder / victim).read_bytes()
     manifest["files"][victim] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    result = run_python(smoke(tmp_path, "unsafe", *SMALL, "train.resume=auto"), tmp_path)
+    result = in_process(smoke(tmp_path, "unsafe", *SMALL, "train.resume=auto"), capsys)
     _one_error(result, 2, f"checkpoint {folder}: {victim} (", "cannot be loaded safely", "nothing in it was executed")
     assert not marker.exists()
 
@@ -312,28 +320,29 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, small_disk: Path,
-                                                                          reference: Path) -> None:
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(
+        tmp_path: Path, small_disk: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [*smoke(tmp_path, "full", *SMALL), f"train.output_dir={small_disk}"]
-    full = run_python(args, tmp_path)
+    full = in_process(args, capsys)
     line = _one_error(full, 1, "No space left on device", "train.resume=auto")
     run = RunDir(small_disk / "full")
     assert run.latest.is_file() and problem(run.checkpoints / run.latest.read_text()) is None, line
     assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".tmp")]
     subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)  # space freed
-    check(run_python([*args, "train.resume=auto"], tmp_path))
+    check(in_process([*args, "train.resume=auto"], capsys))
     assert_same_weights(reference / "model.safetensors", run.weights)
 
 
 # --- 7. a loss that is not finite ----------------------------------------------------------------------------
 
-def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(tmp_path: Path, reference: Path) -> None:
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copy = crashed_copy(reference, tmp_path / "runs" / "nan", "step_00000020")
     before = {p.name: (p / "manifest.json").read_text() for p in RunDir(copy).step_checkpoints()}
     best = (copy / "checkpoints" / "best" / "manifest.json").read_text()
     # Resumed with a normalisation that overflows float32: every loss from the first resumed step on is NaN.
-    result = run_python(smoke(tmp_path, "nan", *SMALL, "train.resume=auto", "data.std=[1e-40,1e-40,1e-40]",
-                              "train.allow_changes=true"), tmp_path)
+    result = in_process(smoke(tmp_path, "nan", *SMALL, "train.resume=auto", "data.std=[1e-40,1e-40,1e-40]",
+                              "train.allow_changes=true"), capsys)
     line = _one_error(result, 1, "the training loss is not finite (NaN or inf) at step ",
                       f"last good checkpoint is {copy / 'checkpoints' / 'step_00000020'}")
     assert " at step 21;" in line
@@ -347,21 +356,21 @@ def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(tmp_
 
 # --- 8. bad paths --------------------------------------------------------------------------------------------
 
-def test_bad_output_paths_are_one_line(tmp_path: Path) -> None:
+def test_bad_output_paths_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    result = run_python([*smoke(tmp_path, "x"), f"train.output_dir={tmp_path / 'a-file'}"], tmp_path)
+    result = in_process([*smoke(tmp_path, "x"), f"train.output_dir={tmp_path / 'a-file'}"], capsys)
     _one_error(result, 2, f"train.output_dir {tmp_path / 'a-file'} is a file, not a folder")
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "taken").write_text("")
     taken = tmp_path / "runs" / "taken"
-    _one_error(run_python(smoke(tmp_path, "taken"), tmp_path), 2, f"run directory {taken} is a file")
+    _one_error(in_process(smoke(tmp_path, "taken"), capsys), 2, f"run directory {taken} is a file")
 
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(readonly)],
                                             capture_output=True).returncode == 0:
         try:
-            result = run_python([*smoke(tmp_path, "x"), f"train.output_dir={readonly}"], tmp_path)
+            result = in_process([*smoke(tmp_path, "x"), f"train.output_dir={readonly}"], capsys)
             _one_error(result, 2, "cannot create run directory", "Read-only file system", "writable train.output_dir")
         finally:
             subprocess.run(["umount", "-l", str(readonly)], check=False)

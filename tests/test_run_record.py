@@ -4,6 +4,7 @@ accuracy, the run record (environment.json) and the model artifact, through the 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,17 +16,18 @@ from safetensors.torch import load_file
 from cifarlab.run.checkpoint import sha256
 from cifarlab.run.rundir import RunDir
 
-from conftest import check, crashed_copy, metrics, records, run_cli, run_python, smoke
+from conftest import check, crashed_copy, in_process, metrics, records, run_cli, smoke
 from wandb_offline import find_run_files, read_artifacts, read_config, read_summary
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_run_that_reaches_its_target_finishes_and_records_it(tmp_path: Path) -> None:
-    # Fake data is random: 10 % accuracy is reached at once, so the 3-epoch run stops after epoch 1.
-    result = check(run_python(smoke(tmp_path, "target", "train.epochs=3", "train.target_accuracy=0.01",
-                                    "logging.wandb.mode=offline", "train.ema=0.9"), tmp_path))
-    run = RunDir(tmp_path / "runs" / "target")
+def test_a_run_that_reaches_its_target_finishes_and_records_it(
+        launched_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    # The session's launched run (conftest): 3 epochs, W&B offline, EMA; fake data is random, so 10 % accuracy is
+    # reached at once and the run stops after epoch 1.
+    run_dir, result = launched_run
+    run = RunDir(run_dir)
     assert "reached the target accuracy 1.00 % at epoch 1 (step 8)" in result.stdout
     assert run.finished() and [m["step"] for m in metrics(run.root)] == [8]
     (target,) = [r for r in records(run.root) if "target/accuracy" in r]
@@ -83,15 +85,14 @@ def test_every_rank_stops_at_the_target_together(tmp_path: Path) -> None:
 
 
 def test_resume_continues_the_clock_and_a_run_stopped_while_finishing_writes_the_same_predictions(
-        tmp_path: Path) -> None:
-    check(run_python(smoke(tmp_path, "whole", "checkpoint.keep_last=100"), tmp_path))
-    whole = RunDir(tmp_path / "runs" / "whole")
+        tmp_path: Path, smoke_reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = RunDir(smoke_reference)  # the session's smoke run, every checkpoint kept (conftest)
     # Died mid-epoch 2, then after its last checkpoint (while finishing): both resume to the same end.
     for name, last in (("mid", "step_00000010"), ("end", "step_00000016")):
         copy = crashed_copy(whole.root, tmp_path / "runs" / name, last)
         saved = json.loads((copy / "checkpoints" / last / "trainer_state.json").read_text())
         assert saved["elapsed_s"] > saved["train_s"] > 0
-        check(run_python(smoke(tmp_path, name, "checkpoint.keep_last=100", "train.resume=auto"), tmp_path))
+        check(in_process(smoke(tmp_path, name, "checkpoint.keep_last=100", "train.resume=auto"), capsys))
         resumed = RunDir(copy)
         after = [r for r in records(copy) if r["step"] > int(last[5:])]
         assert all(r["elapsed_s"] > saved["elapsed_s"] for r in after)

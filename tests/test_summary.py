@@ -14,7 +14,7 @@ from cifarlab import summary
 from cifarlab.config import ModelConfig
 from cifarlab.models import MODELS, build_model
 
-from conftest import CONFIGS, REPO, check, cli_env, error_lines
+from conftest import CONFIGS, REPO, check, cli_env, error_lines, in_process
 
 
 def run_summary(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,6 +101,7 @@ def test_too_small_input_breaks_where_the_formula_reaches_zero() -> None:
 
 @pytest.mark.integration
 def test_cli_tutorial_table() -> None:
+    # `python -m cifarlab.summary` itself (its stdout piped): the other tests call its main() in this process.
     result = check(run_summary("--config", str(CONFIGS / "tutorial.yaml")))
     assert result.stderr == ""
     rows = table_rows(result.stdout)
@@ -111,9 +112,10 @@ def test_cli_tutorial_table() -> None:
     assert "parameters: 62,006\ntrainable: 62,006\ntensors: 10" in result.stdout
 
 
-@pytest.mark.integration
-def test_cli_input_size_error_is_one_line() -> None:
-    result = run_summary("--config", str(CONFIGS / "smoke.yaml"), "data.image_size=64")
+@pytest.mark.unit
+def test_cli_input_size_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(["--config", str(CONFIGS / "smoke.yaml"), "data.image_size=64"], capsys,
+                        module="cifarlab.summary")
     assert result.returncode == 2 and result.stdout == ""
     assert error_lines(result.stderr) == [
         "cifarlab: error: model.name=lenet cannot take 3x64x64 inputs: it breaks at fc1 (Linear expects 400 "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
-def _wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
+    service = os.environ.get("WANDB_SERVICE")
+    yield
+    # wandb.init leaves its wandb-core's address in the environment: a process this one starts later (a sweep
+    # runner's trainer) would log through this process's service.
+    if service is None:
+        os.environ.pop("WANDB_SERVICE", None)
 
 
 def test_round_trip_and_offline_resume(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Background, check, records, run_python, smoke
+from conftest import Background, check, in_process, records, smoke
 from wandb_offline import find_run_files, read_history, read_records, read_run_id, wait_for_exit
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,8 @@ def _exit_code(file: Path) -> int:
     return int(next(record["exit"] for record in read_records(file) if record["type"] == "exit").get("exit_code", 0))
 
 
-def test_a_run_stopped_twice_leaves_three_segments_that_log_every_step_once(tmp_path: Path) -> None:
+def test_a_run_stopped_twice_leaves_three_segments_that_log_every_step_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     command = [sys.executable, "-m", "cifarlab.train", *smoke(tmp_path, "requeued", *OVERRIDES)]
     stops = []
     for start, at in enumerate(("epoch 1 step 6/16", "epoch 2 step 5/16")):
@@ -52,7 +53,7 @@ def test_a_run_stopped_twice_leaves_three_segments_that_log_every_step_once(tmp_
         stopped.signal(signal.SIGTERM)
         assert stopped.finish() == 75, stopped.output()[-3000:]
         stops.append(int(stopped.wait_for(r"stopped on SIGTERM at step (\d+)").group(1)))
-    check(run_python([*command[3:], "train.resume=auto"], tmp_path))
+    check(in_process([*command[3:], "train.resume=auto"], capsys))  # the last start: nothing to interrupt
     assert 6 <= stops[0] < 16 < stops[1] < 32, stops
 
     run_dir = tmp_path / "runs" / "requeued"
