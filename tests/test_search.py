@@ -28,6 +28,7 @@ import yaml
 
 from cifarlab import compare
 from cifarlab import sweep as sweeps
+from cifarlab import train as trainer_command
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
@@ -39,7 +40,7 @@ from cifarlab.run import loop, pruning
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.runlock import RunLock
 
-from conftest import CONFIGS, REPO, Background, check, cli_env, launch_command, records
+from conftest import CONFIGS, FAKE_TRAINER, REPO, Background, check, cli_env, launch_command, records, wait_until
 
 optuna = pytest.importorskip("optuna")  # the [search] extra; `pip install -e ".[test]"` brings it too
 
@@ -603,6 +604,11 @@ def ended(folder: Path) -> list[Any]:
     return study_of(folder).get_trials(states=states) if (folder / JOURNAL).is_file() else []
 
 
+def finished_trials(folder: Path) -> int:
+    """Trials whose runs have finished (read from their folders: cheaper than the study, for polling)."""
+    return sum(RunDir(run).finished() for run in folder.glob("trial-*"))
+
+
 def running_with_checkpoint(folder: Path) -> bool:
     """Some trial is training and has saved a checkpoint (a kill now leaves something to resume)."""
     return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints())
@@ -627,56 +633,108 @@ def check_search(folder: Path, trials: int) -> list[Any]:
     return counted
 
 
+FAKE = ["--trainer", FAKE_TRAINER]
+"""The trials run tests/fake_trainer.py (cifarlab.sweep's hidden option): the search's bookkeeping in seconds; it keeps
+the real trainer's outside contract, pruning included (tests/test_trainer_contract.py holds both to one table)."""
+
+
 @pytest.mark.integration
-def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_is_confirmed(tmp_path: Path) -> None:
+def test_a_20_trial_search_survives_eight_rounds_of_sigkills_of_workers_and_of_everything_and_is_confirmed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "runs" / "search"
     file = write(tmp_path, {"space": SPACE, "method": "tpe", "trials": 20, "pruning": "median", "seed": 0,
                             "confirm": {"top": 2, "seeds": 2}})
-    command = [*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"]
+    arguments = [str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}", *FAKE]
     chance = random.Random(22)
-    for round_, what in enumerate(["worker", "everything", "worker", "everything"]):
-        worker = Background(command, tmp_path, tmp_path / f"round{round_}.log")
-        # A random moment after some trial has saved a checkpoint (and some have ended).
-        least = 3 * round_ + 2
-        test_slurm._wait(lambda: len(ended(folder)) >= least and running_with_checkpoint(folder),  # noqa: B023
-                         f"round {round_}: trials to end and one to checkpoint", timeout=300)
-        time.sleep(chance.uniform(0, 1.5))
-        worker.signal(signal.SIGKILL, tree=what == "everything")  # "worker": its trainers train on, orphaned
-        worker.process.wait()
-    last = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
-    check(last)
+    # "worker": one worker's process, its trainers orphaned (the kernel stops them: SIGTERM, a checkpoint); "pair":
+    # two workers at once (array tasks), one of them killed while the other goes on and takes its trials over, then
+    # the other too; "everything": a worker and its trainers at once (node loss).
+    rounds = ["worker", "everything", "pair", "worker", "everything", "pair", "worker", "everything"]
+    for round_, what in enumerate(rounds):
+        workers = [Background([*SWEEP, *arguments], tmp_path, tmp_path / f"round{round_}-{i}.log")
+                   for i in range(2 if what == "pair" else 1)]
+        # A random moment after some trial has saved a checkpoint (and some have finished).
+        least = 2 * round_ + 2
+        wait_until(lambda: finished_trials(folder) >= least and running_with_checkpoint(folder),  # noqa: B023
+                   f"round {round_}: trials to finish and one to checkpoint", timeout=120)
+        time.sleep(chance.uniform(0, 0.3))
+        workers[0].signal(signal.SIGKILL, tree=what == "everything")
+        workers[0].process.wait()
+        if what == "pair":
+            went_on = finished_trials(folder) + 1
+            wait_until(lambda: finished_trials(folder) >= went_on, f"round {round_}: the other worker to go on")  # noqa: B023
+            workers[1].signal(signal.SIGKILL, tree=True)
+            workers[1].process.wait()
+    # The last worker, the confirmation, --best, compare: in this process (no signal needed).
+    assert sweeps.main(arguments) == 0
+    last = capsys.readouterr().out
     counted = check_search(folder, 20)
-    everything = last.stdout + "".join((tmp_path / f"round{i}.log").read_text() for i in range(4))
+    everything = last + "".join(path.read_text() for path in tmp_path.glob("round*.log"))
     assert "its worker has gone; taking it over" in everything
     logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
     assert "resumed from" in logs  # a trial killed mid-run continued from its checkpoint
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in counted)
     # Confirmed: the 2 best and the base configuration, 2 fresh seeds each, compared with the base.
-    assert "difference from optim.lr=0.02, optim.weight_decay=0.0005" in last.stdout
-    assert last.stdout.count("in the search; confirmed") == 2 and "the base configuration (control)" in last.stdout
+    assert "difference from optim.lr=0.02, optim.weight_decay=0.0005" in last
+    assert last.count("in the search; confirmed") == 2 and "the base configuration (control)" in last
     assert len([run for run in (folder / "confirm").iterdir() if RunDir(run).finished()]) == 6
-    best = subprocess.run([*command, "--best"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
-    words = check(best).stdout.split()
+    confirmation = [log.read_text() for log in (folder / "confirm" / "logs").glob("*.log")]
+    assert len(confirmation) == 6 and all(FAKE_TRAINER in log for log in confirmation)  # the search's trainer
+    assert sweeps.main([*arguments, "--best"]) == 0
+    words = capsys.readouterr().out.split()
     assert words[:2] == ["--config", SMOKE] and words[-2].startswith("optim.lr=")
-    check(subprocess.run([sys.executable, "-m", "cifarlab.train", *words, "--print-config"], cwd=tmp_path,
-                         env=cli_env(), capture_output=True, text=True))  # pasted as is, it loads
-    again = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert check(again).stdout.count(": started;") == 0  # everything done: nothing runs again
+    assert trainer_command.main([*words, "--print-config"]) == 0  # pasted as is, it loads
+    capsys.readouterr()
+    assert sweeps.main(arguments) == 0
+    assert capsys.readouterr().out.count(": started;") == 0  # everything done: nothing runs again
     # compare on the search folder: the completed trials best first, the pruned ones counted, the picture.
-    compare = [sys.executable, "-m", "cifarlab.compare", str(folder)]
-    shown = check(subprocess.run([*compare, "--png", str(tmp_path / "search.png")], cwd=tmp_path, env=cli_env(),
-                                 capture_output=True, text=True)).stdout
+    assert compare.main([str(folder), "--png", str(tmp_path / "search.png")]) == 0
+    shown = capsys.readouterr().out
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in counted)
     assert f"search {folder}: 20 trials: {20 - pruned} complete, {pruned} pruned, 0 unfinished" in shown
     assert shown.count("trial-00") == min(15, 20 - pruned) and f"cifarlab.compare {folder / 'confirm'}" in shown
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    listed = json.loads(check(subprocess.run([*compare, "--json"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                                             text=True)).stdout)
+    assert compare.main([str(folder), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
     assert [t["number"] for t in listed["trials"]] == list(range(20))
     assert listed["keys"] == ["optim.lr", "optim.weight_decay"]
     states = {t.number: t.state for t in counted}
     assert all((t["state"] == "complete") == (states[t["number"]] == optuna.trial.TrialState.COMPLETE)
                for t in listed["trials"])
+
+
+@pytest.mark.integration
+def test_a_real_search_prunes_at_its_evaluations_and_confirms_the_control(tmp_path: Path) -> None:
+    """The search with cifarlab.train itself (the 20-trial search above runs the fake trainer): its trials report to
+    the study, are pruned by its pruner at their first evaluation, and the confirmation runs finish and are compared.
+    Five earlier trials at the base configuration's settings did far better than fake data allows: each new trial is
+    pruned at epoch 1, and the best setting to confirm is the base's, confirmed once, as the control."""
+    lrs = [0.02, 0.05]  # smoke.yaml's learning rate and another
+    file = write(tmp_path, {"space": {"optim.lr": {"choice": lrs}}, "trials": 6, "pruning": "median",
+                            "confirm": {"top": 1, "seeds": 2}},
+                 overrides=[*TRIAL, "data.loader=tensor", "data.train_size=128", "train.epochs=2"])
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optim.lr": 0.02}, distributions={"optim.lr": optuna.distributions.CategoricalDistribution(lrs)},
+            value=0.95, intermediate_values={1: 0.95, 2: 0.95}))
+    done = subprocess.run([*SWEEP, str(file), f"train.output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    check(done)
+    trials = study_of(sweep.folder).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
+    for frozen in trials[5:]:
+        run = RunDir(sweep.folder / trial_name(frozen.number))
+        assert run.finished() and list(frozen.intermediate_values) == [1]
+        assert [r["prune/epoch"] for r in records(run.root) if "prune/epoch" in r] == [1]
+        assert "pruned by the search at epoch 1" in (sweep.folder / "logs" / f"{run.root.name}.log").read_text()
+    assert "trial 0 trial-0000 has the base configuration's settings: it is confirmed as the control" in done.stdout
+    assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in done.stdout
+    assert re.search(r"optim.lr=0.02: the base configuration \(control\); trial 0 scored 95.00 % with these settings "
+                     r"in the search; confirmed \d+\.\d\d % \(mean of 2 fresh seeds\)", done.stdout)
+    assert [run.name for run in sorted((sweep.folder / "confirm").iterdir()) if RunDir(run).finished()] == [
+        "seed=1", "seed=2"]
 
 
 @pytest.mark.integration
