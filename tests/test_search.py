@@ -599,11 +599,6 @@ def study_of(folder: Path) -> Any:
     return optuna.load_study(study_name="search", storage=pruning.journal(str(folder / JOURNAL)))
 
 
-def ended(folder: Path) -> list[Any]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study_of(folder).get_trials(states=states) if (folder / JOURNAL).is_file() else []
-
-
 def finished_trials(folder: Path) -> int:
     """Trials whose runs have finished (read from their folders: cheaper than the study, for polling)."""
     return sum(RunDir(run).finished() for run in folder.glob("trial-*"))
@@ -774,7 +769,8 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
     _slurm, _wait = test_slurm._slurm, test_slurm._wait
     folder = tmp_path / "runs" / "search"
     file = write(tmp_path, {"space": SPACE, "trials": 20, "pruning": "median"})
-    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    # The trials run the fake trainer (its option passes through the batch script's "$@" to cifarlab.sweep).
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}", *FAKE]
 
     def submit() -> str:
         return _slurm(env, "sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--chdir={tmp_path}",
@@ -785,17 +781,17 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
         return not _slurm(env, "squeue", "--noheader", "--array", "--jobs", array)
 
     array = submit()
-    _wait(lambda: len(ended(folder)) >= 4 and running_with_checkpoint(folder), "trials to end and one to checkpoint",
-          timeout=300)
+    _wait(lambda: finished_trials(folder) >= 4 and running_with_checkpoint(folder), "trials to end and one to "
+          "checkpoint", timeout=300)
     kill_tasks(file, worker="0")  # task 0's node is lost; task 1 goes on
-    _wait(lambda: len(ended(folder)) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
+    _wait(lambda: finished_trials(folder) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
     kill_tasks(file)  # then every node
     _wait(lambda: gone(array), "the array to end")
     array = submit()  # the study continues
     _wait(lambda: gone(array), "the second array to end", timeout=600)
     check_search(folder, 20)
     logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
-    assert "resumed from" in logs
+    assert "resumed from" in logs and FAKE_TRAINER in logs
     slurm_logs = "".join(path.read_text() for path in tmp_path.glob("slurm-cifarlab-sweep-*.out"))
     assert "search (worker 0)" in slurm_logs and "search (worker 1)" in slurm_logs
     assert "its worker has gone; taking it over" in slurm_logs

@@ -1082,15 +1082,16 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
                                                                                tmp_path: Path) -> None:
     env = slurm_env
     _slurm, _state, _wait = test_slurm._slurm, test_slurm._state, test_slurm._wait
-    # 512 images in batches of 32: 16 steps per trial, a checkpoint every 4.
+    # 512 images in batches of 32: 16 steps per trial, a checkpoint every 4; the fake trainer (passed through the
+    # batch script's "$@" to cifarlab.sweep) takes a tenth of a second a step: a window to warn one in.
     file = write(tmp_path, spec(name="array", seeds=[0, 1],
                                 overrides=[*SMALL, "data.train_size=512", "train.batch_size=32",
                                            "checkpoint.every_n_steps=4", "logging.every_n_steps=2"]))
     arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
     count = subprocess.run([*SWEEP, *arguments[:1], "--count"], capture_output=True, text=True, check=True)
     array = _slurm(env, "sbatch", "--parsable", f"--array=0-{int(count.stdout) - 1}", "--cpus-per-task=1",
-                   f"--chdir={tmp_path}", f"--export=ALL,CIFARLAB_PYTHON={sys.executable},WANDB_SILENT=true",
-                   str(REPO / "slurm" / "sweep.sbatch"), *arguments)
+                   f"--chdir={tmp_path}", f"--export=ALL,CIFARLAB_PYTHON={sys.executable},WANDB_SILENT=true,"
+                   f"CIFARLAB_FAKE_STEP_S=0.1", str(REPO / "slurm" / "sweep.sbatch"), *arguments, *FAKE)
     task, log = f"{array}_0", tmp_path / f"slurm-cifarlab-sweep-{array}_0.out"
     _wait(lambda: log.is_file() and "epoch 1 step 4/16" in log.read_text(), "task 0 to train 4 steps")
     _slurm(env, "scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@90 sends
@@ -1109,6 +1110,7 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
 
     _wait(finished, "both tasks to finish", timeout=240)
     assert _state(env, task) == ("COMPLETED", 1) and _state(env, f"{array}_1") == ("COMPLETED", 0)
-    assert "resumed from" in (tmp_path / "runs" / "array" / "logs" / "seed=0.log").read_text()
+    log = (tmp_path / "runs" / "array" / "logs" / "seed=0.log").read_text()
+    assert "resumed from" in log and FAKE_TRAINER in log
     listed = subprocess.run([*SWEEP, *arguments, "--list"], capture_output=True, text=True, check=True)
     assert [line.split("\t")[1] for line in listed.stdout.splitlines()[1:]] == ["finished", "finished"]
