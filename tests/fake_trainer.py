@@ -323,6 +323,9 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
     files.write_whole(run.classes, json.dumps(list(classes)))
     if run.metrics.is_file():
         written = read_metrics(run.metrics, tail_may_be_torn=True)
+        if written.torn is not None:
+            out.note(f"{run.metrics}:{written.torn}: left out a torn last line (a trainer killed while writing it); "
+                     f"the file is rewritten without it")
         kept = [line for line, record in zip(written.lines, written.records) if record["step"] <= state.global_step]
         files.write_whole(run.metrics, "".join(f"{line}\n" for line in kept))
     changed = differences(config, load_config(preset))

@@ -902,16 +902,18 @@ def mid_run(sweep: Background, trial: int, name: str, steps: int = 16) -> None:
 @pytest.mark.integration
 def test_a_sweep_stopped_killed_and_interrupted_five_times_resumes_its_trials_and_then_skips_everything(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # 2 learning rates x 4 seeds; 16 fake steps per trial (a window to stop one in), a checkpoint every 4.
-    file = write(tmp_path, spec(name="grid", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2, 3],
+    # 2 learning rates x 3 seeds; 16 fake steps per trial (a window to stop one in), a checkpoint every 4. Each round
+    # interrupts the next trial while it trains, and continues the one interrupted before.
+    file = write(tmp_path, spec(name="grid", grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2],
                                 overrides=[*SMALL, "data.train_size=256", "checkpoint.every_n_steps=4",
                                            "logging.every_n_steps=1"]))
     command = [*SWEEP, str(file), f"train.output_dir={tmp_path / 'runs'}", *FAKE]
     folder = tmp_path / "runs" / "grid"
-    names = [f"lr={lr}-seed={seed}" for lr in ("0.01", "0.05") for seed in range(4)]
+    names = [f"lr={lr}-seed={seed}" for lr in ("0.01", "0.05") for seed in range(3)]
 
-    def summary(sweep: Background) -> str:
-        return lines(sweep.output())[-1].split(": ", 1)[1]
+    def resumed(sweep: Background, trial: int) -> bool:
+        pattern = rf"trial {trial} {re.escape(names[trial])}: resumed from its checkpoint at step \d+; log "
+        return re.search(pattern, sweep.output()) is not None
 
     # 1. SIGTERM to the sweep while its second trial trains: passed on, the trainer saves and exits 75; the sweep
     # starts nothing more and exits 75 too.
@@ -923,75 +925,72 @@ def test_a_sweep_stopped_killed_and_interrupted_five_times_resumes_its_trials_an
     assert f"sweep grid: trial 0 {names[0]}: started; log {folder / 'logs' / (names[0] + '.log')}" in out
     assert re.search(r"trial 0 lr=0.01-seed=0: finished in [\d.]+s", first.output())
     assert re.search(r"trial 1 lr=0.01-seed=1: stopped \(exit 75\)", first.output())
-    assert summary(first).endswith("1 finished, 0 skipped (finished before), 0 failed, 0 refused, 1 stopped; "
-                                   "6 not started")
+    assert out[-1].endswith("1 finished, 0 skipped (finished before), 0 failed, 0 refused, 1 stopped; 4 not started")
     assert checkpoint_step(RunDir(folder / names[1])) is not None
     assert not (folder / names[1] / "model.safetensors").exists() and not (folder / names[2]).exists()
 
-    # 2. SIGKILL to the whole process group (sweep and trainer) while the fourth trial trains.
+    # 2. SIGKILL to the whole process group (sweep and trainer) while the third trial trains.
     second = Background(command, tmp_path, tmp_path / "second.log", **PACED)
-    mid_run(second, 3, names[3])
+    mid_run(second, 2, names[2])
     trainers = second.descendants()
     os.killpg(second.process.pid, signal.SIGKILL)
     assert second.finish() == -signal.SIGKILL
     wait_until(lambda: _gone(trainers), "the killed trainer to exit", timeout=60)
-    assert "trial 0 lr=0.01-seed=0: skipped, finished before" in second.output()
-    assert re.search(r"trial 1 lr=0.01-seed=1: resumed from its checkpoint at step \d+; log ", second.output())
-    assert "trial 2 lr=0.01-seed=2: started; log " in second.output()
+    assert "trial 0 lr=0.01-seed=0: skipped, finished before" in second.output() and resumed(second, 1)
     assert "resumed from" in (folder / "logs" / f"{names[1]}.log").read_text()
 
-    # 3. SIGKILL to the sweep alone while the fifth trial trains: its orphaned trainer gets SIGTERM from the kernel,
-    # saves and stops; the next sweep resumes the trial from that checkpoint.
+    # 3. SIGKILL to the sweep alone while the fourth trial trains: its orphaned trainer gets SIGTERM from the kernel,
+    # saves and stops. (Trial 2, killed with its sweep, was resumed or started over.)
     third = Background(command, tmp_path, tmp_path / "third.log", **PACED)
-    mid_run(third, 4, names[4])
+    mid_run(third, 3, names[3])
     trainers = third.descendants()
     third.signal(signal.SIGKILL)
     assert third.finish() == -signal.SIGKILL
     wait_until(lambda: _gone(trainers), "the orphaned trainer to exit", timeout=60)
-    # (Trial 3, killed with its sweep, was resumed or started over, and finished.)
-    assert re.search(r"trial 3 lr=0.01-seed=3: (started|resumed from its checkpoint at step \d+); log ",
-                     third.output()) and RunDir(folder / names[3]).finished()
-    stopped = re.search(r"stopped on SIGTERM at step (\d+)", (folder / "logs" / f"{names[4]}.log").read_text())
-    assert stopped and checkpoint_step(RunDir(folder / names[4])) == int(stopped.group(1))
+    assert RunDir(folder / names[2]).finished()
+    stopped = re.search(r"stopped on SIGTERM at step (\d+)", (folder / "logs" / f"{names[3]}.log").read_text())
+    assert stopped and checkpoint_step(RunDir(folder / names[3])) == int(stopped.group(1))
 
     # 4. Ctrl-C in the terminal (SIGINT to the sweep and its trainer, which takes the copy the sweep passes on for
-    # the same one) while the sixth trial trains: saved, 130.
+    # the same one) while the fifth trial trains: saved, 130. The orphan's trial resumed from its checkpoint first.
     fourth = Background(command, tmp_path, tmp_path / "fourth.log", **PACED)
-    mid_run(fourth, 5, names[5])
+    mid_run(fourth, 4, names[4])
     os.killpg(fourth.process.pid, signal.SIGINT)
     assert fourth.finish() == 130, fourth.output()
-    assert f"trial 4 {names[4]}: resumed from its checkpoint at step {stopped.group(1)}; log " in fourth.output()
-    assert re.search(r"trial 5 lr=0.05-seed=1: stopped \(exit 130\)", fourth.output())
-    assert summary(fourth).endswith("1 finished, 4 skipped (finished before), 0 failed, 0 refused, 1 stopped; "
-                                    "2 not started")
+    assert f"trial 3 {names[3]}: resumed from its checkpoint at step {stopped.group(1)}; log " in fourth.output()
+    assert re.search(r"trial 4 lr=0.05-seed=1: stopped \(exit 130\)", fourth.output())
+    assert lines(fourth.output())[-1].endswith("1 finished, 3 skipped (finished before), 0 failed, 0 refused, "
+                                               "1 stopped; 1 not started")
 
-    # 5. SIGUSR1 (SLURM's warning before a time limit) while the seventh trial trains.
+    # 5. SIGUSR1 (SLURM's warning before a time limit) while the last trial trains.
     fifth = Background(command, tmp_path, tmp_path / "fifth.log", **PACED)
-    mid_run(fifth, 6, names[6])
+    mid_run(fifth, 5, names[5])
     fifth.signal(signal.SIGUSR1)
     assert fifth.finish() == 75, fifth.output()
-    assert re.search(r"trial 5 lr=0.05-seed=1: resumed from its checkpoint at step \d+; log ", fifth.output())
-    assert summary(fifth).endswith("1 finished, 5 skipped (finished before), 0 failed, 0 refused, 1 stopped; "
-                                   "1 not started")
+    assert resumed(fifth, 4) and re.search(r"trial 5 lr=0.05-seed=2: stopped \(exit 75\)", fifth.output())
+    assert lines(fifth.output())[-1].endswith("1 finished, 4 skipped (finished before), 0 failed, 0 refused, "
+                                              "1 stopped")
 
     # Again: the rest is trained, then nothing is left to do.
-    last = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
-    assert re.search(r"trial 6 lr=0.05-seed=2: resumed from its checkpoint at step \d+; log ", last.stdout)
-    assert lines(last.stdout)[-1].endswith(": 2 finished, 6 skipped (finished before), 0 failed, 0 refused")
-    again = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and "started" not in again.stdout
-    assert lines(again.stdout)[-1].endswith(": 0 finished, 8 skipped (finished before), 0 failed, 0 refused")
+    last = Background(command, tmp_path, tmp_path / "last.log")
+    assert last.finish() == 0, last.output()[-3000:]
+    assert resumed(last, 5)
+    assert lines(last.output())[-1].endswith(": 1 finished, 5 skipped (finished before), 0 failed, 0 refused")
+    assert sweeps.main(command[3:]) == 0
+    out = lines(capsys.readouterr().out)
+    assert not [line for line in out if "started" in line]
+    assert out[-1].endswith(": 0 finished, 6 skipped (finished before), 0 failed, 0 refused")
     assert sweeps.main([*command[3:], "--list"]) == 0
     assert [line.split("\t")[1:3] for line in capsys.readouterr().out.splitlines()[1:]] == [["finished", n]
                                                                                              for n in names]
 
     # Each trial is a normal run: its config names the sweep's W&B group and the trial's settings as tags; its log
     # keeps every attempt.
-    saved = load_config(str(folder / names[7] / "config.yaml"))
-    assert (saved.logging.wandb.group, saved.logging.wandb.tags) == ("grid", ["optim.lr=0.05", "train.seed=3"])
-    assert (folder / "logs" / f"{names[1]}.log").read_text().count("=== cifarlab.sweep: trial 1 started") == 2
-    assert (folder / "logs" / f"{names[4]}.log").read_text().count("=== cifarlab.sweep: trial 4 started") == 2
+    saved = load_config(str(folder / names[5] / "config.yaml"))
+    assert (saved.logging.wandb.group, saved.logging.wandb.tags) == ("grid", ["optim.lr=0.05", "train.seed=2"])
+    for trial in (1, 3, 4, 5):
+        assert (folder / "logs" / f"{names[trial]}.log").read_text().count(
+            f"=== cifarlab.sweep: trial {trial} started") == 2
 
 
 @pytest.mark.integration

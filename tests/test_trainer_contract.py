@@ -45,6 +45,13 @@ EVALUATION_KEYS = {"step", "time", "elapsed_s", "train/epoch", "test/acc", "test
                    "train/epoch_loss", "train/epoch_images_per_s", "train/epoch_seconds"}
 
 
+@pytest.fixture(autouse=True)
+def _no_parent_death_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's main asks the kernel to stop its process when the parent dies (stop_when_orphaned): not pytest,
+    which runs it in-process here; the parent-death row checks it on a trainer process."""
+    monkeypatch.setattr(trainer_command, "stop_when_orphaned", lambda: None)
+
+
 def main(trainer: str, argv: list[str]) -> int:
     """The trainer's command, in-process."""
     return trainer_command.main(argv, train=fake_trainer.train if trainer == FAKE else None)
