@@ -604,10 +604,54 @@ def finished_trials(folder: Path) -> int:
     return sum(RunDir(run).finished() for run in folder.glob("trial-*"))
 
 
-def running_with_checkpoint(folder: Path) -> bool:
-    """Some trial is training and has saved a checkpoint (a kill now leaves something to resume)."""
-    return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints())
-               for run in folder.glob("trial-*"))
+TRAINING = r": (started|resumed from its checkpoint at step \d+); log "
+"""A worker's line for a trainer it has started."""
+
+
+def training_with_checkpoint(folder: Path) -> bool:
+    """Some trial's trainer is training (it holds the run lock) and has saved a checkpoint."""
+    return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints()) and
+               study_module._locked(RunDir(run).lock) for run in folder.glob("trial-*"))
+
+
+def kill_between_journal_writes(worker: Background, folder: Path, tree: bool) -> None:
+    """SIGKILL a worker (``tree``: and every process below it) at a moment no process is writing the study's journal
+    and no worker is sampling a trial. One killed while appending leaves the journal's lock file behind, which Optuna
+    makes every other process wait out (its grace period, 30 s); one killed between asking the study for a trial and
+    recording its settings leaves a trial that is failed by design ("it lost its worker before its settings were
+    sampled") and replaced. With trials of a fraction of a second both moments come often; the kills here are about
+    claims, adoption and resuming."""
+    victims = [worker.process.pid, *(worker.descendants() if tree else [])]
+    journal, lock = folder / JOURNAL, folder / f"{JOURNAL}.lock"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        size = journal.stat().st_size
+        if not sampling(journal) and not lock.exists() and journal.stat().st_size == size:
+            break
+        time.sleep(0.001)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def sampling(journal: Path) -> bool:
+    """Whether some trial of the journal was asked for and is running without all its settings (Optuna's operations:
+    4 creates a trial, 5 sets one of its parameters, 6 its state)."""
+    created, settings, ended = 0, dict[int, int](), set()
+    for line in journal.read_text().splitlines():
+        try:
+            operation = json.loads(line)
+        except ValueError:  # a line being appended
+            continue
+        if operation["op_code"] == 4:
+            created += 1
+        elif operation["op_code"] == 5:
+            settings[operation["trial_id"]] = settings.get(operation["trial_id"], 0) + 1
+        elif operation["op_code"] == 6 and operation.get("state") != optuna.trial.TrialState.RUNNING.value:
+            ended.add(operation["trial_id"])
+    return any(settings.get(trial, 0) < len(SPACE) and trial not in ended for trial in range(created))
 
 
 def check_search(folder: Path, trials: int) -> list[Any]:
@@ -648,17 +692,20 @@ def test_a_20_trial_search_survives_eight_rounds_of_sigkills_of_workers_and_of_e
     for round_, what in enumerate(rounds):
         workers = [Background([*SWEEP, *arguments], tmp_path, tmp_path / f"round{round_}-{i}.log")
                    for i in range(2 if what == "pair" else 1)]
-        # A random moment after some trial has saved a checkpoint (and some have finished).
+        # A random moment after some trial has saved a checkpoint (and some have finished), once each worker runs
+        # trainers: a worker killed while it opens the study could leave Optuna's journal lock behind, which every
+        # other worker then waits out (30 s).
         least = 2 * round_ + 2
-        wait_until(lambda: finished_trials(folder) >= least and running_with_checkpoint(folder),  # noqa: B023
+        wait_until(lambda: finished_trials(folder) >= least and training_with_checkpoint(folder)  # noqa: B023
+                   and all(re.search(TRAINING, worker.output()) for worker in workers),  # noqa: B023
                    f"round {round_}: trials to finish and one to checkpoint", timeout=120)
         time.sleep(chance.uniform(0, 0.3))
-        workers[0].signal(signal.SIGKILL, tree=what == "everything")
+        kill_between_journal_writes(workers[0], folder, tree=what == "everything")
         workers[0].process.wait()
         if what == "pair":
             went_on = finished_trials(folder) + 1
             wait_until(lambda: finished_trials(folder) >= went_on, f"round {round_}: the other worker to go on")  # noqa: B023
-            workers[1].signal(signal.SIGKILL, tree=True)
+            kill_between_journal_writes(workers[1], folder, tree=True)
             workers[1].process.wait()
     # The last worker, the confirmation, --best, compare: in this process (no signal needed).
     assert sweeps.main(arguments) == 0
@@ -714,8 +761,8 @@ def test_a_real_search_prunes_at_its_evaluations_and_confirms_the_control(tmp_pa
         study.add_trial(optuna.trial.create_trial(
             params={"optim.lr": 0.02}, distributions={"optim.lr": optuna.distributions.CategoricalDistribution(lrs)},
             value=0.95, intermediate_values={1: 0.95, 2: 0.95}))
-    done = subprocess.run([*SWEEP, str(file), f"train.output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     check(done)
     trials = study_of(sweep.folder).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
@@ -781,10 +828,10 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
         return not _slurm(env, "squeue", "--noheader", "--array", "--jobs", array)
 
     array = submit()
-    _wait(lambda: finished_trials(folder) >= 4 and running_with_checkpoint(folder), "trials to end and one to "
+    _wait(lambda: finished_trials(folder) >= 4 and training_with_checkpoint(folder), "trials to end and one to "
           "checkpoint", timeout=300)
     kill_tasks(file, worker="0")  # task 0's node is lost; task 1 goes on
-    _wait(lambda: finished_trials(folder) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
+    _wait(lambda: finished_trials(folder) >= 8 and training_with_checkpoint(folder), "task 1 to go on", timeout=300)
     kill_tasks(file)  # then every node
     _wait(lambda: gone(array), "the array to end")
     array = submit()  # the study continues
