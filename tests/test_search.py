@@ -615,25 +615,30 @@ def training_with_checkpoint(folder: Path) -> bool:
 
 
 def kill_between_journal_writes(worker: Background, folder: Path, tree: bool) -> None:
-    """SIGKILL a worker (``tree``: and every process below it) at a moment no process is writing the study's journal
-    and no worker is sampling a trial. One killed while appending leaves the journal's lock file behind, which Optuna
-    makes every other process wait out (its grace period, 30 s); one killed between asking the study for a trial and
-    recording its settings leaves a trial that is failed by design ("it lost its worker before its settings were
-    sampled") and replaced. With trials of a fraction of a second both moments come often; the kills here are about
-    claims, adoption and resuming."""
+    """SIGKILL a worker (``tree``: and every process below it) at a moment the study's journal is quiet
+    (:func:`quiet_journal`)."""
     victims = [worker.process.pid, *(worker.descendants() if tree else [])]
-    journal, lock = folder / JOURNAL, folder / f"{JOURNAL}.lock"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        size = journal.stat().st_size
-        if not sampling(journal) and not lock.exists() and journal.stat().st_size == size:
-            break
-        time.sleep(0.001)
+    quiet_journal(folder)
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def quiet_journal(folder: Path) -> None:
+    """Wait for a moment no process is writing the study's journal and no worker is sampling a trial. One killed
+    while appending leaves the journal's lock file behind, which Optuna makes every other process wait out (its grace
+    period, 30 s); one killed between asking the study for a trial and recording its settings leaves a trial that is
+    failed by design ("it lost its worker before its settings were sampled") and replaced. With trials of a fraction
+    of a second both moments come often; the kills in these tests are about claims, adoption and resuming."""
+    journal, lock = folder / JOURNAL, folder / f"{JOURNAL}.lock"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        size = journal.stat().st_size
+        if not sampling(journal) and not lock.exists() and journal.stat().st_size == size:
+            return
+        time.sleep(0.001)
 
 
 def sampling(journal: Path) -> bool:
@@ -792,9 +797,10 @@ def test_a_trial_on_two_processes_is_pruned_on_both_at_the_same_evaluation(tmp_p
     assert list(study.get_trials()[trial.number].intermediate_values) == [1]
 
 
-def kill_tasks(file: Path, worker: str = "") -> None:
+def kill_tasks(file: Path, folder: Path, worker: str = "") -> None:
     """Node loss: SIGKILL the batch shells running ``file`` (only array task ``worker``'s, if given) and every
-    process below them, all at once (nothing gets to checkpoint or requeue)."""
+    process below them, all at once (nothing gets to checkpoint or requeue), while the journal in ``folder`` is quiet
+    (:func:`quiet_journal`)."""
     victims = []
     for process in psutil.process_iter(["cmdline"]):
         line = process.info["cmdline"] or []
@@ -803,6 +809,7 @@ def kill_tasks(file: Path, worker: str = "") -> None:
             if not worker or any(f"--trial {worker}" in " ".join(c.cmdline()) for c in children):
                 victims += [process, *children]
     assert victims, f"no batch shell of {file} running"
+    quiet_journal(folder)
     for process in victims:
         try:
             process.kill()
@@ -830,9 +837,9 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
     array = submit()
     _wait(lambda: finished_trials(folder) >= 4 and training_with_checkpoint(folder), "trials to end and one to "
           "checkpoint", timeout=300)
-    kill_tasks(file, worker="0")  # task 0's node is lost; task 1 goes on
+    kill_tasks(file, folder, worker="0")  # task 0's node is lost; task 1 goes on
     _wait(lambda: finished_trials(folder) >= 8 and training_with_checkpoint(folder), "task 1 to go on", timeout=300)
-    kill_tasks(file)  # then every node
+    kill_tasks(file, folder)  # then every node
     _wait(lambda: gone(array), "the array to end")
     array = submit()  # the study continues
     _wait(lambda: gone(array), "the second array to end", timeout=600)
