@@ -86,7 +86,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     # The trials' program: a module or a .py script with cifarlab.train's outside contract. For tests (a fast
     # stand-in trainer, tests/fake_trainer.py; tests/README.md), so not shown in --help. A command-line option
     # only: nothing a sweep file says can name it.
-    parser.add_argument("--trainer", default=TRAINER, help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", type=program, default=TRAINER, help=argparse.SUPPRESS)
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
     ours: list[str] = []
@@ -116,6 +116,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         else:
             positional.append(word)
     return parser.parse_args([*ours, *positional]), launch
+
+
+def program(trainer: str) -> tuple[str, ...]:
+    """python's arguments that start ``trainer``: a script ending in .py, else a module (``-m``)."""
+    return (trainer,) if trainer.endswith(".py") else ("-m", trainer)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -152,7 +152,7 @@ def run_round(sweep: Sweep, trials: Sequence[Trial], parallel: int) -> int:
 
 
 def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], plan: Plan,
-                  trainer: str = TRAINER) -> int:
+                  trainer: tuple[str, ...] = TRAINER) -> int:
     """Runs the sweep in ``path`` round by round (the file's seeds, then one seed more per round for the baseline
     and each undecided group) until every comparison with the baseline is decided or has ``plan.max_seeds`` seeds.
     0 when the rounds ran, whatever was decided; a round's exit code when some of its trials did not finish.

@@ -33,9 +33,7 @@ PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wand
 NOT_SWEPT = ("train.output_dir",)
 """Keys that may be set for all trials but not per trial (all trials live in one folder)."""
 SEED = "train.seed"
-TRAINER = "cifarlab.train"
-"""The program every trial runs. Tests name a stand-in on cifarlab.sweep's command line (its hidden --trainer;
-tests/README.md); a sweep file never can: a file's text is not a program to run (cifarlab.experiments.launching)."""
+TRAINER = ("-m", "cifarlab.train")  # what python runs for a trial; tests name a stand-in (cifarlab.sweep --trainer)
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
 
@@ -69,8 +67,7 @@ class Sweep:
     swept: frozenset[str] = frozenset()
     """The keys the grid, trials and seeds set, now or in the sweep's record (a search's: its space): a trial's
     identity, whatever the trainer's resume rule lets one run change (cifarlab.experiments.record.changes)."""
-    trainer: str = TRAINER
-    """The trainer module (``python -m``), or a script ending in .py: :data:`TRAINER` but in tests."""
+    trainer: tuple[str, ...] = TRAINER  # from the command line only: a sweep file names no program to run
 
     def run_dir(self, trial: Trial) -> RunDir:
         return RunDir(self.folder / trial.name)
@@ -102,8 +99,7 @@ class Sweep:
                 f"train.run_name={_text(trial.name)}", "train.resume=auto", *wandb]
 
     def command(self, trial: Trial) -> list[str]:
-        program = [self.trainer] if self.trainer.endswith(".py") else ["-m", self.trainer]
-        trainer = [*program, *(["--config", self.base] if self.base else []), *self.overrides(trial)]
+        trainer = [*self.trainer, *(["--config", self.base] if self.base else []), *self.overrides(trial)]
         if self.launch:
             return [sys.executable, "-m", "accelerate.commands.launch", *self.launch, *trainer]
         # One process needs no launcher, and Accelerate's one-process launcher would not pass signals on.
@@ -111,12 +107,11 @@ class Sweep:
 
 
 def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = (),
-               seeds: Optional[Sequence[int]] = None, trainer: str = TRAINER) -> Sweep:
+               seeds: Optional[Sequence[int]] = None, trainer: tuple[str, ...] = TRAINER) -> Sweep:
     """The sweep in ``path`` with extra ``overrides`` and launcher options for every trial; every trial's
     config is loaded, so a bad key or value in any of them fails here, before anything runs. Where the sweep has
     run before, its record (sweep.yaml) keeps each listed trial's index and name (see cifarlab.experiments.record).
-    ``seeds`` replace the file's ``seeds:`` (those a sequential sweep has grown to: cifarlab.experiments.sequential);
-    ``trainer``: what its trials run (:data:`TRAINER`; from the command line only, never from the file)."""
+    ``seeds`` replace the file's ``seeds:`` (those a sequential sweep has grown to: cifarlab.experiments.sequential)."""
     source = Path(path)
     spec = _load_file(source)
     if seeds is not None:
