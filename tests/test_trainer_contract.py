@@ -230,3 +230,13 @@ def test_the_trainer_honours_the_contract(trainer: str, row: str, tmp_path: Path
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     ROWS[row][0](trainer, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
 
+
+
+@pytest.mark.integration
+def test_the_real_trainer_refuses_a_model_that_cannot_take_the_images(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A refusal only the real trainer can make (the fake builds no model): once the data is built, LeNet cannot take
+    64x64 images: exit 2, one line (a sweep counts the trial failed, as any exit 2: test_sweep's fake-trainer tests)."""
+    assert main(REAL, smoke(tmp_path, "run", *FAST, "data.image_size=64")) == 2
+    one_error(capsys.readouterr().err, "model.name=lenet cannot take 3x64x64 inputs")
+    assert not RunDir(tmp_path / "runs" / "run").finished()
