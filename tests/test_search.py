@@ -357,6 +357,24 @@ def test_a_trainer_that_outlived_its_worker_is_waited_for_and_its_trial_is_never
 
 
 @pytest.mark.unit
+def test_a_trial_whose_worker_died_before_its_settings_were_sampled_is_failed_and_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker killed between asking the study for a trial and recording its settings (the kill tests avoid that
+    moment): the next worker fails the trial, which has nothing to resume as, and samples another in its place."""
+    sweep = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 2})), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    asked = study.ask()  # no settings: its worker died here
+    Claims(sweep.folder).path(trial_name(asked.number)).touch()  # its claim, free since its worker died
+    feed = StudyFeed(sweep, study)
+    taken = feed.take()
+    assert taken is not None and taken.index == 1 and len(taken.settings) == len(SPACE)
+    assert ("trial 0 trial-0000: it lost its worker before its settings were sampled; 0/2 trials done (0 pruned, "
+            "1 failed)") in capsys.readouterr().out
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    feed.claims.release(taken.name)
+
+
+@pytest.mark.unit
 def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep, study, trial, order = doomed_trial(tmp_path)
