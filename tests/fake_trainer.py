@@ -31,6 +31,8 @@ What it keeps of the real trainer's outside contract (tests/test_trainer_contrac
   may end the run there, with a prune record and the final weights (cifarlab.run.pruning's Pruning itself);
   ``train.target_accuracy`` ends a run the same way, with a target record.
 
+One process: no launcher, no process group (a sweep with ``launch:`` options needs the real trainer).
+
 Pacing: ``data.train_size`` (null: 50,000) // ``train.batch_size`` steps an epoch (at least 1), ``train.epochs``
 epochs, each step sleeping ``CIFARLAB_FAKE_STEP_S`` seconds (an environment variable; default 0.01): long enough
 for a test to stop or kill a trial mid-run, short enough for dozens of trials a second or two each.
