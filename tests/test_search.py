@@ -730,7 +730,8 @@ def test_a_20_trial_search_survives_eight_rounds_of_sigkills_of_workers_and_of_e
             wait_until(lambda: finished_trials(folder) >= went_on, f"round {round_}: the other worker to go on")  # noqa: B023
             kill_between_journal_writes(workers[1], folder, tree=True)
             workers[1].process.wait()
-    # The last worker, the confirmation, --best, compare: in this process (no signal needed).
+    # The last worker, the confirmation, --best, compare: in this process (no signal needed), compare --json as the
+    # command.
     assert sweeps.main(arguments) == 0
     last = capsys.readouterr().out
     counted = check_search(folder, 20)
@@ -759,8 +760,8 @@ def test_a_20_trial_search_survives_eight_rounds_of_sigkills_of_workers_and_of_e
     assert f"search {folder}: 20 trials: {20 - pruned} complete, {pruned} pruned, 0 unfinished" in shown
     assert shown.count("trial-00") == min(15, 20 - pruned) and f"cifarlab.compare {folder / 'confirm'}" in shown
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert compare.main([str(folder), "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    listed = json.loads(check(subprocess.run([sys.executable, "-m", "cifarlab.compare", str(folder), "--json"],
+                                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True)).stdout)
     assert [t["number"] for t in listed["trials"]] == list(range(20))
     assert listed["keys"] == ["optim.lr", "optim.weight_decay"]
     states = {t.number: t.state for t in counted}
