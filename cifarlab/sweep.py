@@ -51,14 +51,14 @@ from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, sequential
 from cifarlab.experiments.runner import Runner, status, write_record
 from cifarlab.experiments.sequential import Plan
-from cifarlab.experiments.spec import read_sweep
+from cifarlab.experiments.spec import TRAINER, read_sweep
 from cifarlab.report import console
 
 # --- the command line -----------------------------------------------------------------------------------------
 
 USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run | --best | --until-decided [--max-seeds N] "
          "[--margin M]] [--trial I] [--parallel N] SWEEP.yaml [key=value ...] [accelerate launch options]")
-VALUED = ("--trial", "--parallel", "--max-seeds", "--margin")
+VALUED = ("--trial", "--parallel", "--max-seeds", "--margin", "--trainer")
 """Our options that take a value."""
 
 
@@ -83,6 +83,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                              "(default: no equivalence is decided)")
     parser.add_argument("--trial", type=int, metavar="I", help="only trial I (0-based; a SLURM array task id)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="run N trials at a time (default 1)")
+    # The trials' program: a module or a .py script with cifarlab.train's outside contract. For tests (a fast
+    # stand-in trainer, tests/fake_trainer.py; tests/README.md), so not shown in --help. A command-line option
+    # only: nothing a sweep file says can name it.
+    parser.add_argument("--trainer", type=program, default=TRAINER, help=argparse.SUPPRESS)
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
     ours: list[str] = []
@@ -114,6 +118,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args([*ours, *positional]), launch
 
 
+def program(trainer: str) -> tuple[str, ...]:
+    """python's arguments that start ``trainer``: a script ending in .py, else a module (``-m``)."""
+    return (trainer,) if trainer.endswith(".py") else ("-m", trainer)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, launch = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -121,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(f"--parallel {args.parallel}: run at least 1 trial at a time")
         if args.until_decided or args.max_seeds is not None or args.margin is not None:
             return until_decided(args, launch)
-        sweep = read_sweep(args.sweep, args.overrides, launch)
+        sweep = read_sweep(args.sweep, args.overrides, launch, trainer=args.trainer)
         if sweep.search is not None and args.list:
             print("\n".join(searching.listing(sweep)))
             return 0
@@ -170,7 +179,7 @@ def until_decided(args: argparse.Namespace, launch: list[str]) -> int:
         raise UsageError("--until-decided runs every round itself: not with --trial (docs/sweeps.md: on SLURM, run it "
                          "inside one allocation with --parallel N)")
     plan = Plan(sequential.MAX_SEEDS if args.max_seeds is None else args.max_seeds, args.margin, args.parallel)
-    return sequential.until_decided(args.sweep, args.overrides, launch, plan)
+    return sequential.until_decided(args.sweep, args.overrides, launch, plan, args.trainer)
 
 
 def cli() -> None:

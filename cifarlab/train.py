@@ -21,7 +21,7 @@ import argparse
 import errno
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from cifarlab.config import load_config, to_yaml
@@ -40,7 +40,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., object]] = None) -> int:
+    """The command: exit codes as the module docstring says. ``train(config, preset=...)`` trains a loaded config:
+    cifarlab.run.loop.train; tests/fake_trainer.py passes a stand-in, which then keeps this command's outside
+    contract (arguments, refusals, signals, exit codes) by running this same code."""
     stop_when_orphaned()
     args = parse_args(argv)
     try:
@@ -48,8 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             sys.stdout.write(to_yaml(config))
             return 0
-        from cifarlab.run.loop import train  # torch and accelerate: only once the config is known to be good
+        if train is None:
+            from cifarlab.run import loop  # torch and accelerate: only once the config is known to be good
 
+            train = loop.train
         train(config, preset=args.config)
     except Preempted as stopped:
         # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,

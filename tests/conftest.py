@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -323,3 +323,21 @@ def cifar10_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(SHARED_TARBALL) as archive:
         archive.extractall(root, filter="data")
     return root
+
+
+# --- the sweep runner's stand-in trainer (issue 28) --------------------------------------------------------------
+
+FAKE_TRAINER = str(Path(__file__).with_name("fake_trainer.py"))
+"""A stand-in for cifarlab.train with its outside contract that trains nothing (see that file): the sweep's trials
+run it with ``python -m cifarlab.sweep ... --trainer FAKE_TRAINER`` (tests/test_trainer_contract.py holds both
+trainers to one table)."""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -28,6 +28,7 @@ import yaml
 
 from cifarlab import compare
 from cifarlab import sweep as sweeps
+from cifarlab import train as trainer_command
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
@@ -39,7 +40,7 @@ from cifarlab.run import loop, pruning
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.runlock import RunLock
 
-from conftest import CONFIGS, REPO, Background, check, cli_env, launch_command, records
+from conftest import CONFIGS, FAKE_TRAINER, REPO, Background, check, cli_env, launch_command, records, wait_until
 
 optuna = pytest.importorskip("optuna")  # the [search] extra; `pip install -e ".[test]"` brings it too
 
@@ -356,6 +357,24 @@ def test_a_trainer_that_outlived_its_worker_is_waited_for_and_its_trial_is_never
 
 
 @pytest.mark.unit
+def test_a_trial_whose_worker_died_before_its_settings_were_sampled_is_failed_and_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker killed between asking the study for a trial and recording its settings (the kill tests avoid that
+    moment): the next worker fails the trial, which has nothing to resume as, and samples another in its place."""
+    sweep = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 2})), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    asked = study.ask()  # no settings: its worker died here
+    Claims(sweep.folder).path(trial_name(asked.number)).touch()  # its claim, free since its worker died
+    feed = StudyFeed(sweep, study)
+    taken = feed.take()
+    assert taken is not None and taken.index == 1 and len(taken.settings) == len(SPACE)
+    assert ("trial 0 trial-0000: it lost its worker before its settings were sampled; 0/2 trials done (0 pruned, "
+            "1 failed)") in capsys.readouterr().out
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    feed.claims.release(taken.name)
+
+
+@pytest.mark.unit
 def test_a_trial_below_the_median_is_pruned_at_its_evaluation_and_its_record_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep, study, trial, order = doomed_trial(tmp_path)
@@ -598,15 +617,64 @@ def study_of(folder: Path) -> Any:
     return optuna.load_study(study_name="search", storage=pruning.journal(str(folder / JOURNAL)))
 
 
-def ended(folder: Path) -> list[Any]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study_of(folder).get_trials(states=states) if (folder / JOURNAL).is_file() else []
+def finished_trials(folder: Path) -> int:
+    """Trials whose runs have finished (read from their folders: cheaper than the study, for polling)."""
+    return sum(RunDir(run).finished() for run in folder.glob("trial-*"))
 
 
-def running_with_checkpoint(folder: Path) -> bool:
-    """Some trial is training and has saved a checkpoint (a kill now leaves something to resume)."""
-    return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints())
-               for run in folder.glob("trial-*"))
+TRAINING = r": (started|resumed from its checkpoint at step \d+); log "
+"""A worker's line for a trainer it has started."""
+
+
+def training_with_checkpoint(folder: Path) -> bool:
+    """Some trial's trainer is training (it holds the run lock) and has saved a checkpoint."""
+    return any(not RunDir(run).finished() and list(RunDir(run).step_checkpoints()) and
+               study_module._locked(RunDir(run).lock) for run in folder.glob("trial-*"))
+
+
+def kill_between_journal_writes(worker: Background, folder: Path, tree: bool) -> None:
+    """SIGKILL a worker (``tree``: and every process below it) at a moment the study's journal is quiet
+    (:func:`quiet_journal`)."""
+    victims = [worker.process.pid, *(worker.descendants() if tree else [])]
+    quiet_journal(folder)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def quiet_journal(folder: Path) -> None:
+    """Wait for a moment no process is writing the study's journal and no worker is sampling a trial. One killed
+    while appending leaves the journal's lock file behind, which Optuna makes every other process wait out (its grace
+    period, 30 s); one killed between asking the study for a trial and recording its settings leaves a trial that is
+    failed by design ("it lost its worker before its settings were sampled") and replaced. With trials of a fraction
+    of a second both moments come often; the kills in these tests are about claims, adoption and resuming."""
+    journal, lock = folder / JOURNAL, folder / f"{JOURNAL}.lock"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        size = journal.stat().st_size
+        if not sampling(journal) and not lock.exists() and journal.stat().st_size == size:
+            return
+        time.sleep(0.001)
+
+
+def sampling(journal: Path) -> bool:
+    """Whether some trial of the journal was asked for and is running without all its settings (Optuna's operations:
+    4 creates a trial, 5 sets one of its parameters, 6 its state)."""
+    created, settings, ended = 0, dict[int, int](), set()
+    for line in journal.read_text().splitlines():
+        try:
+            operation = json.loads(line)
+        except ValueError:  # a line being appended
+            continue
+        if operation["op_code"] == 4:
+            created += 1
+        elif operation["op_code"] == 5:
+            settings[operation["trial_id"]] = settings.get(operation["trial_id"], 0) + 1
+        elif operation["op_code"] == 6 and operation.get("state") != optuna.trial.TrialState.RUNNING.value:
+            ended.add(operation["trial_id"])
+    return any(settings.get(trial, 0) < len(SPACE) and trial not in ended for trial in range(created))
 
 
 def check_search(folder: Path, trials: int) -> list[Any]:
@@ -627,56 +695,112 @@ def check_search(folder: Path, trials: int) -> list[Any]:
     return counted
 
 
+FAKE = ["--trainer", FAKE_TRAINER]
+"""The trials run tests/fake_trainer.py (cifarlab.sweep's hidden option): the search's bookkeeping in seconds; it keeps
+the real trainer's outside contract, pruning included (tests/test_trainer_contract.py holds both to one table)."""
+
+
 @pytest.mark.integration
-def test_a_20_trial_search_survives_sigkills_of_a_worker_and_of_everything_and_is_confirmed(tmp_path: Path) -> None:
+def test_a_20_trial_search_survives_eight_rounds_of_sigkills_of_workers_and_of_everything_and_is_confirmed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "runs" / "search"
     file = write(tmp_path, {"space": SPACE, "method": "tpe", "trials": 20, "pruning": "median", "seed": 0,
                             "confirm": {"top": 2, "seeds": 2}})
-    command = [*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"]
+    arguments = [str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}", *FAKE]
     chance = random.Random(22)
-    for round_, what in enumerate(["worker", "everything", "worker", "everything"]):
-        worker = Background(command, tmp_path, tmp_path / f"round{round_}.log")
-        # A random moment after some trial has saved a checkpoint (and some have ended).
-        least = 3 * round_ + 2
-        test_slurm._wait(lambda: len(ended(folder)) >= least and running_with_checkpoint(folder),  # noqa: B023
-                         f"round {round_}: trials to end and one to checkpoint", timeout=300)
-        time.sleep(chance.uniform(0, 1.5))
-        worker.signal(signal.SIGKILL, tree=what == "everything")  # "worker": its trainers train on, orphaned
-        worker.process.wait()
-    last = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
-    check(last)
+    # "worker": one worker's process, its trainers orphaned (the kernel stops them: SIGTERM, a checkpoint); "pair":
+    # two workers at once (array tasks), one of them killed while the other goes on and takes its trials over, then
+    # the other too; "everything": a worker and its trainers at once (node loss).
+    rounds = ["worker", "everything", "pair", "worker", "everything", "pair", "worker", "everything"]
+    for round_, what in enumerate(rounds):
+        workers = [Background([*SWEEP, *arguments], tmp_path, tmp_path / f"round{round_}-{i}.log")
+                   for i in range(2 if what == "pair" else 1)]
+        # A random moment after some trial has saved a checkpoint (and some have finished), once each worker runs
+        # trainers: a worker killed while it opens the study could leave Optuna's journal lock behind, which every
+        # other worker then waits out (30 s).
+        least = 2 * round_ + 2
+        wait_until(lambda: finished_trials(folder) >= least and training_with_checkpoint(folder)  # noqa: B023
+                   and all(re.search(TRAINING, worker.output()) for worker in workers),  # noqa: B023
+                   f"round {round_}: trials to finish and one to checkpoint", timeout=120)
+        time.sleep(chance.uniform(0, 0.3))
+        kill_between_journal_writes(workers[0], folder, tree=what == "everything")
+        workers[0].process.wait()
+        if what == "pair":
+            went_on = finished_trials(folder) + 1
+            wait_until(lambda: finished_trials(folder) >= went_on, f"round {round_}: the other worker to go on")  # noqa: B023
+            kill_between_journal_writes(workers[1], folder, tree=True)
+            workers[1].process.wait()
+    # The last worker, the confirmation, --best, compare: in this process (no signal needed), compare --json as the
+    # command.
+    assert sweeps.main(arguments) == 0
+    last = capsys.readouterr().out
     counted = check_search(folder, 20)
-    everything = last.stdout + "".join((tmp_path / f"round{i}.log").read_text() for i in range(4))
+    everything = last + "".join(path.read_text() for path in tmp_path.glob("round*.log"))
     assert "its worker has gone; taking it over" in everything
     logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
     assert "resumed from" in logs  # a trial killed mid-run continued from its checkpoint
     assert any(t.state == optuna.trial.TrialState.PRUNED for t in counted)
     # Confirmed: the 2 best and the base configuration, 2 fresh seeds each, compared with the base.
-    assert "difference from optim.lr=0.02, optim.weight_decay=0.0005" in last.stdout
-    assert last.stdout.count("in the search; confirmed") == 2 and "the base configuration (control)" in last.stdout
+    assert "difference from optim.lr=0.02, optim.weight_decay=0.0005" in last
+    assert last.count("in the search; confirmed") == 2 and "the base configuration (control)" in last
     assert len([run for run in (folder / "confirm").iterdir() if RunDir(run).finished()]) == 6
-    best = subprocess.run([*command, "--best"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
-    words = check(best).stdout.split()
+    confirmation = [log.read_text() for log in (folder / "confirm" / "logs").glob("*.log")]
+    assert len(confirmation) == 6 and all(FAKE_TRAINER in log for log in confirmation)  # the search's trainer
+    assert sweeps.main([*arguments, "--best"]) == 0
+    words = capsys.readouterr().out.split()
     assert words[:2] == ["--config", SMOKE] and words[-2].startswith("optim.lr=")
-    check(subprocess.run([sys.executable, "-m", "cifarlab.train", *words, "--print-config"], cwd=tmp_path,
-                         env=cli_env(), capture_output=True, text=True))  # pasted as is, it loads
-    again = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert check(again).stdout.count(": started;") == 0  # everything done: nothing runs again
+    assert trainer_command.main([*words, "--print-config"]) == 0  # pasted as is, it loads
+    capsys.readouterr()
+    assert sweeps.main(arguments) == 0
+    assert capsys.readouterr().out.count(": started;") == 0  # everything done: nothing runs again
     # compare on the search folder: the completed trials best first, the pruned ones counted, the picture.
-    compare = [sys.executable, "-m", "cifarlab.compare", str(folder)]
-    shown = check(subprocess.run([*compare, "--png", str(tmp_path / "search.png")], cwd=tmp_path, env=cli_env(),
-                                 capture_output=True, text=True)).stdout
+    assert compare.main([str(folder), "--png", str(tmp_path / "search.png")]) == 0
+    shown = capsys.readouterr().out
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in counted)
     assert f"search {folder}: 20 trials: {20 - pruned} complete, {pruned} pruned, 0 unfinished" in shown
     assert shown.count("trial-00") == min(15, 20 - pruned) and f"cifarlab.compare {folder / 'confirm'}" in shown
     assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    listed = json.loads(check(subprocess.run([*compare, "--json"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                                             text=True)).stdout)
+    listed = json.loads(check(subprocess.run([sys.executable, "-m", "cifarlab.compare", str(folder), "--json"],
+                                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True)).stdout)
     assert [t["number"] for t in listed["trials"]] == list(range(20))
     assert listed["keys"] == ["optim.lr", "optim.weight_decay"]
     states = {t.number: t.state for t in counted}
     assert all((t["state"] == "complete") == (states[t["number"]] == optuna.trial.TrialState.COMPLETE)
                for t in listed["trials"])
+
+
+@pytest.mark.integration
+def test_a_real_search_prunes_at_its_evaluations_and_confirms_the_control(tmp_path: Path) -> None:
+    """The search with cifarlab.train itself (the 20-trial search above runs the fake trainer): its trials report to
+    the study, are pruned by its pruner at their first evaluation, and the confirmation runs finish and are compared.
+    Five earlier trials at the base configuration's settings did far better than fake data allows: each new trial is
+    pruned at epoch 1, and the best setting to confirm is the base's, confirmed once, as the control."""
+    lrs = [0.02, 0.05]  # smoke.yaml's learning rate and another
+    file = write(tmp_path, {"space": {"optim.lr": {"choice": lrs}}, "trials": 6, "pruning": "median",
+                            "confirm": {"top": 1, "seeds": 2}},
+                 overrides=[*TRIAL, "data.loader=tensor", "data.train_size=128", "train.epochs=2"])
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    study = open_study(sweep)
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optim.lr": 0.02}, distributions={"optim.lr": optuna.distributions.CategoricalDistribution(lrs)},
+            value=0.95, intermediate_values={1: 0.95, 2: 0.95}))
+    done = subprocess.run([*SWEEP, str(file), "--parallel", "2", f"train.output_dir={tmp_path / 'runs'}"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    check(done)
+    trials = study_of(sweep.folder).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
+    for frozen in trials[5:]:
+        run = RunDir(sweep.folder / trial_name(frozen.number))
+        assert run.finished() and list(frozen.intermediate_values) == [1]
+        assert [r["prune/epoch"] for r in records(run.root) if "prune/epoch" in r] == [1]
+        assert "pruned by the search at epoch 1" in (sweep.folder / "logs" / f"{run.root.name}.log").read_text()
+    assert "trial 0 trial-0000 has the base configuration's settings: it is confirmed as the control" in done.stdout
+    assert "confirming the base configuration on 2 fresh seeds each: 2 runs" in done.stdout
+    assert re.search(r"optim.lr=0.02: the base configuration \(control\); trial 0 scored 95.00 % with these settings "
+                     r"in the search; confirmed \d+\.\d\d % \(mean of 2 fresh seeds\)", done.stdout)
+    assert [run.name for run in sorted((sweep.folder / "confirm").iterdir()) if RunDir(run).finished()] == [
+        "seed=1", "seed=2"]
 
 
 @pytest.mark.integration
@@ -692,9 +816,10 @@ def test_a_trial_on_two_processes_is_pruned_on_both_at_the_same_evaluation(tmp_p
     assert list(study.get_trials()[trial.number].intermediate_values) == [1]
 
 
-def kill_tasks(file: Path, worker: str = "") -> None:
+def kill_tasks(file: Path, folder: Path, worker: str = "") -> None:
     """Node loss: SIGKILL the batch shells running ``file`` (only array task ``worker``'s, if given) and every
-    process below them, all at once (nothing gets to checkpoint or requeue)."""
+    process below them, all at once (nothing gets to checkpoint or requeue), while the journal in ``folder`` is quiet
+    (:func:`quiet_journal`)."""
     victims = []
     for process in psutil.process_iter(["cmdline"]):
         line = process.info["cmdline"] or []
@@ -703,6 +828,7 @@ def kill_tasks(file: Path, worker: str = "") -> None:
             if not worker or any(f"--trial {worker}" in " ".join(c.cmdline()) for c in children):
                 victims += [process, *children]
     assert victims, f"no batch shell of {file} running"
+    quiet_journal(folder)
     for process in victims:
         try:
             process.kill()
@@ -716,7 +842,8 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
     _slurm, _wait = test_slurm._slurm, test_slurm._wait
     folder = tmp_path / "runs" / "search"
     file = write(tmp_path, {"space": SPACE, "trials": 20, "pruning": "median"})
-    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}"]
+    # The trials run the fake trainer (its option passes through the batch script's "$@" to cifarlab.sweep).
+    arguments = [str(file), f"train.output_dir={tmp_path / 'runs'}", *FAKE]
 
     def submit() -> str:
         return _slurm(env, "sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--chdir={tmp_path}",
@@ -727,17 +854,17 @@ def test_a_20_trial_search_as_a_slurm_array_survives_killed_tasks(slurm_env: dic
         return not _slurm(env, "squeue", "--noheader", "--array", "--jobs", array)
 
     array = submit()
-    _wait(lambda: len(ended(folder)) >= 4 and running_with_checkpoint(folder), "trials to end and one to checkpoint",
-          timeout=300)
-    kill_tasks(file, worker="0")  # task 0's node is lost; task 1 goes on
-    _wait(lambda: len(ended(folder)) >= 8 and running_with_checkpoint(folder), "task 1 to go on", timeout=300)
-    kill_tasks(file)  # then every node
+    _wait(lambda: finished_trials(folder) >= 4 and training_with_checkpoint(folder), "trials to end and one to "
+          "checkpoint", timeout=300)
+    kill_tasks(file, folder, worker="0")  # task 0's node is lost; task 1 goes on
+    _wait(lambda: finished_trials(folder) >= 8 and training_with_checkpoint(folder), "task 1 to go on", timeout=300)
+    kill_tasks(file, folder)  # then every node
     _wait(lambda: gone(array), "the array to end")
     array = submit()  # the study continues
     _wait(lambda: gone(array), "the second array to end", timeout=600)
     check_search(folder, 20)
     logs = "".join(path.read_text() for path in (folder / "logs").glob("trial-*.log"))
-    assert "resumed from" in logs
+    assert "resumed from" in logs and FAKE_TRAINER in logs
     slurm_logs = "".join(path.read_text() for path in tmp_path.glob("slurm-cifarlab-sweep-*.out"))
     assert "search (worker 0)" in slurm_logs and "search (worker 1)" in slurm_logs
     assert "its worker has gone; taking it over" in slurm_logs

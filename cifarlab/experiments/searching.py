@@ -173,7 +173,7 @@ def confirm_file(sweep: Sweep, study: Any) -> Path:
 def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     """Run the confirmation (the runs no other worker holds), then print its table once every run has finished."""
     assert sweep.search is not None and sweep.search.confirm is not None
-    check = read_sweep(str(confirm_file(sweep, study)))
+    check = read_sweep(str(confirm_file(sweep, study)), trainer=sweep.trainer)  # the search's trainer, not the file's
     chosen, control = winners(sweep, study)
     write_record(check)
     if control is not None:

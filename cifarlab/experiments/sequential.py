@@ -27,7 +27,7 @@ from cifarlab.experiments import stats
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, finished, say, write_record
-from cifarlab.experiments.spec import SEED, Sweep, read_sweep, read_yaml
+from cifarlab.experiments.spec import SEED, TRAINER, Sweep, read_sweep, read_yaml
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,11 +151,13 @@ def run_round(sweep: Sweep, trials: Sequence[Trial], parallel: int) -> int:
     return Runner(sweep, min(parallel, len(trials))).run(trials)
 
 
-def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], plan: Plan) -> int:
+def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], plan: Plan,
+                  trainer: tuple[str, ...] = TRAINER) -> int:
     """Runs the sweep in ``path`` round by round (the file's seeds, then one seed more per round for the baseline
     and each undecided group) until every comparison with the baseline is decided or has ``plan.max_seeds`` seeds.
-    0 when the rounds ran, whatever was decided; a round's exit code when some of its trials did not finish."""
-    sweep = read_sweep(path, overrides, launch)
+    0 when the rounds ran, whatever was decided; a round's exit code when some of its trials did not finish.
+    ``trainer``: what the trials run (cifarlab.experiments.spec.TRAINER)."""
+    sweep = read_sweep(path, overrides, launch, trainer=trainer)
     if sweep.search is not None:
         raise UsageError(f"--until-decided: {path} is a search; its search: confirm: re-runs the best settings on "
                          f"seeds and compares them (docs/sweeps.md)")
@@ -189,7 +191,7 @@ def until_decided(path: str, overrides: Sequence[str], launch: Sequence[str], pl
         if all(c.decision for c in comparisons.values()) or len(seeds) >= plan.max_seeds:
             break
         seeds = [*seeds, max(seeds) + 1]
-        sweep = read_sweep(path, overrides, launch, seeds)
+        sweep = read_sweep(path, overrides, launch, seeds, trainer)
         groups = _groups(sweep)
     for comparison in comparisons.values():
         outcome = (f"{comparison.decision} after {comparison.seeds} seeds" if comparison.decision

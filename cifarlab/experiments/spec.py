@@ -33,6 +33,7 @@ PER_TRIAL = ("train.run_name", "train.resume", "train.output_dir", "logging.wand
 NOT_SWEPT = ("train.output_dir",)
 """Keys that may be set for all trials but not per trial (all trials live in one folder)."""
 SEED = "train.seed"
+TRAINER = ("-m", "cifarlab.train")  # what python runs for a trial; tests name a stand-in (cifarlab.sweep --trainer)
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 NAME_LENGTH = 120  # folder names stay well under the usual 255-byte limit
 
@@ -66,6 +67,7 @@ class Sweep:
     swept: frozenset[str] = frozenset()
     """The keys the grid, trials and seeds set, now or in the sweep's record (a search's: its space): a trial's
     identity, whatever the trainer's resume rule lets one run change (cifarlab.experiments.record.changes)."""
+    trainer: tuple[str, ...] = TRAINER  # from the command line only: a sweep file names no program to run
 
     def run_dir(self, trial: Trial) -> RunDir:
         return RunDir(self.folder / trial.name)
@@ -97,7 +99,7 @@ class Sweep:
                 f"train.run_name={_text(trial.name)}", "train.resume=auto", *wandb]
 
     def command(self, trial: Trial) -> list[str]:
-        trainer = ["-m", "cifarlab.train", *(["--config", self.base] if self.base else []), *self.overrides(trial)]
+        trainer = [*self.trainer, *(["--config", self.base] if self.base else []), *self.overrides(trial)]
         if self.launch:
             return [sys.executable, "-m", "accelerate.commands.launch", *self.launch, *trainer]
         # One process needs no launcher, and Accelerate's one-process launcher would not pass signals on.
@@ -105,7 +107,7 @@ class Sweep:
 
 
 def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] = (),
-               seeds: Optional[Sequence[int]] = None) -> Sweep:
+               seeds: Optional[Sequence[int]] = None, trainer: tuple[str, ...] = TRAINER) -> Sweep:
     """The sweep in ``path`` with extra ``overrides`` and launcher options for every trial; every trial's
     config is loaded, so a bad key or value in any of them fails here, before anything runs. Where the sweep has
     run before, its record (sweep.yaml) keeps each listed trial's index and name (see cifarlab.experiments.record).
@@ -141,10 +143,10 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     if "search" in spec:
         search = _read_search(spec, where, base, common)
         return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
-                     search=search, swept=frozenset(param.key for param in search.space))
+                     search=search, swept=frozenset(param.key for param in search.space), trainer=trainer)
     drafts = tuple(Trial(i, folder, tuple(row)) for i, (folder, row) in enumerate(zip(_names(settings), settings)))
     sweep = Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, drafts,
-                  swept=frozenset(places))
+                  swept=frozenset(places), trainer=trainer)
     configs = [_load(base, sweep.overrides(t), f"{where}: trial {t.index} ({t.name})") for t in drafts]
     record = read_record(sweep.record)
     if record is None:

@@ -58,15 +58,16 @@ class Pruning:
         return state.pruned is not None
 
     def _pruned(self, epoch: int, figures: dict[str, Any]) -> bool:
-        from accelerate.utils import broadcast_object_list
-
         verdict = [False]
         if self.trial is not None and figures.get(self.report_key) is not None:
             with warnings.catch_warnings():  # a resumed trial reports an epoch again: Optuna keeps the first
                 warnings.simplefilter("ignore")
                 self.trial.report(float(figures[self.report_key]), step=epoch)
                 verdict[0] = bool(self.trial.should_prune())
-        broadcast_object_list(verdict)
+        if self.accelerator.num_processes > 1:  # one process has nobody to tell (and needs no torch for it)
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(verdict)
         return bool(verdict[0])
 
 
