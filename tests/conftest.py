@@ -211,3 +211,53 @@ def cifar10_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(SHARED_TARBALL) as archive:
         archive.extractall(root, filter="data")
     return root
+
+
+# --- In-process runs, and several runs in one 2-process launch (issue 28: a process only where one is tested) ------
+
+def reset_accelerate() -> None:
+    """Accelerate keeps one state per process (the autouse fixture resets it around each test; this between runs)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def train_here(tmp_path: Path, name: str, *options: str) -> Path:
+    """A 1-process smoke run (:func:`smoke`) with ``options`` in this process (``loop.train``, as a notebook calls
+    it): the trainer of ``python -m cifarlab.train`` without an interpreter's start-up. Returns its run directory."""
+    from cifarlab.config import load_config
+    from cifarlab.run import loop
+
+    reset_accelerate()
+    try:
+        return loop.train(load_config(str(CONFIGS / "smoke.yaml"), smoke(tmp_path, name, *options)[2:]))
+    finally:
+        reset_accelerate()
+
+
+TWO_PROCESSES = str(Path(__file__).with_name("two_processes.py"))
+
+
+def run_two(cwd: Path, *runs: list[str], timeout: int = 600) -> list[subprocess.CompletedProcess[str]]:
+    """``runs`` (the trainer's argument lists, or a script's: ``[path.py, args...]``) one after the other on 2 gloo
+    processes, in one launch (tests/two_processes.py). One CompletedProcess a run: the exit code both ranks
+    returned (asserted equal), what rank 0 then rank 1 printed on stdout and on stderr."""
+    out = cwd / f".two-{time.monotonic_ns()}"
+    out.mkdir()
+    arguments = [item for index, run in enumerate(runs) for item in ([] if index == 0 else ["---"]) + run]
+    launched = subprocess.run([*launch_command(2, TWO_PROCESSES), str(out), *arguments], cwd=cwd, env=cli_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    found = []
+    for index in range(len(runs)):
+        ranks = [f"{out}/{index}.{rank}" for rank in (0, 1)]
+        if not all(Path(f"{rank}.exit").is_file() for rank in ranks):
+            raise AssertionError(f"run {index} of {len(runs)} did not finish (launch exit {launched.returncode}):\n"
+                                 f"{launched.stdout[-3000:]}\n{launched.stderr[-3000:]}")
+        codes = {int(Path(f"{rank}.exit").read_text()) for rank in ranks}
+        assert len(codes) == 1, f"run {index}: the ranks returned {codes}"
+        found.append(subprocess.CompletedProcess(runs[index], codes.pop(),
+                                                 "".join(Path(f"{rank}.out").read_text() for rank in ranks),
+                                                 "".join(Path(f"{rank}.err").read_text() for rank in ranks)))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    return found
