@@ -261,3 +261,49 @@ def run_two(cwd: Path, *runs: list[str], timeout: int = 600) -> list[subprocess.
                                                  "".join(Path(f"{rank}.err").read_text() for rank in ranks)))
     assert launched.returncode == 0, launched.stderr[-3000:]
     return found
+
+
+def main_here(command: str, arguments: list[str],
+              capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m cifarlab.<command> ARGUMENTS`` as the command's own ``main(ARGUMENTS)`` in this process, with
+    Accelerate's state reset around it: its return code and what it printed (read with ``capsys``)."""
+    import importlib
+
+    main = importlib.import_module(f"cifarlab.{command}").main
+    capsys.readouterr()
+    reset_accelerate()
+    try:
+        code = main(arguments)
+    finally:
+        reset_accelerate()
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(arguments, code, printed.out, printed.err)
+
+
+def assert_one_and_two_processes_agree_and_resume_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          *options: str) -> Path:
+    """:func:`assert_sharded_counted_and_resumable`'s checks, with the 1-process runs (the whole run and the run
+    resumed from its mid-epoch checkpoint) in this process through the trainer's ``main()``: only the 2-process run
+    is launched. Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2
+    processes agree within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and
+    a run resumed mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
+    first = check(main_here("train", smoke(tmp_path, "one", *options), capsys))
+    second = check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    assert "1 process(es)" in first.stdout and "2 process(es)" in second.stdout
+    assert second.stdout.count("test accuracy") == first.stdout.count("test accuracy")  # the main process prints
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
+    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+    # Per-image predictions come back in dataset order whatever the process count.
+    ones, twos = load_file(str(RunDir(one).predictions)), load_file(str(RunDir(two).predictions))
+    assert torch.equal(ones["labels"], twos["labels"]) and ones["labels"].shape == (37,)
+    assert torch.equal(ones["predictions"], twos["predictions"])
+    mid_epoch = one / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
+    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
+    resumed = check(main_here("train", smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), capsys))
+    assert "resumed from" in resumed.stdout
+    resumed_dir = tmp_path / "runs" / "resumed"
+    assert_same_weights(one / "model.safetensors", resumed_dir / "model.safetensors")
+    assert [m["test/acc"] for m in metrics(resumed_dir)] == [m["test/acc"] for m in metrics(one)]
+    assert torch.equal(load_file(str(RunDir(resumed_dir).predictions))["logits"], ones["logits"])
+    return one

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 
 from conftest import (
     CONFIGS,
+    assert_one_and_two_processes_agree_and_resume_exactly,
     assert_same_weights,
-    assert_sharded_counted_and_resumable,
     check,
+    main_here,
     metrics,
     run_cli,
-    run_python,
     smoke,
     train_here,
 )
@@ -29,8 +29,9 @@ SWITCHES = ("data.loader=tensor", "data.cutout=8", "train.channels_last=true", "
             "train.tta=flip_translate", "data.test_size=37", "train.eval_batch_size=8", "checkpoint.keep_last=100")
 
 
-def test_all_switches_keep_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
-    one = assert_sharded_counted_and_resumable(tmp_path, *SWITCHES)  # EMA included in the resume
+def test_all_switches_keep_sharding_counts_and_resume_exact(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    one = assert_one_and_two_processes_agree_and_resume_exactly(tmp_path, capsys, *SWITCHES)  # EMA in the resume
 
     # The saved model is the average, as in every checkpoint's ema.safetensors.
     last = one / "checkpoints" / "step_00000016"
@@ -43,7 +44,7 @@ def test_all_switches_keep_sharding_counts_and_resume_exact(tmp_path: Path) -> N
     assert any(not (raw[k] == final[k]).all() for k in final)  # not the raw weights
 
     # evaluate loads the average from a checkpoint folder and applies the run's TTA: the run's figure.
-    result = check(run_cli(["--checkpoint", str(last)], tmp_path, module="cifarlab.evaluate"))
+    result = check(main_here("evaluate", ["--checkpoint", str(last)], capsys))
     reported = float(re.search(r"test accuracy ([\d.]+) %", result.stdout).group(1))  # type: ignore[union-attr]
     assert reported == round(100 * metrics(one)[-1]["test/acc"], 2)
 
@@ -65,11 +66,11 @@ def test_compiled_ddp_model_trains_like_the_eager_one_with_accumulation(tmp_path
     assert "train/compile_seconds" in metrics(compiled)[0]
 
 
-def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path) -> None:
+def test_fast_preset_runs_on_cpu_and_whitens_its_stem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     options = ("--config", str(CONFIGS / "fast.yaml"), "data.name=fake", "data.train_size=128", "data.test_size=37",
                "train.batch_size=32", "train.eval_batch_size=8", "train.epochs=1", "optim.warmup_epochs=0",
                f"train.output_dir={tmp_path / 'runs'}", "logging.wandb.mode=disabled")
-    check(run_python([*options, "train.run_name=one"], tmp_path))
+    check(main_here("train", [*options, "train.run_name=one"], capsys))
     # BatchNorm statistics are per process (no SyncBatchNorm), so 2 processes are checked for counts only.
     check(run_cli([*options, "train.run_name=two"], tmp_path, processes=2))
     runs = tmp_path / "runs"
