@@ -280,18 +280,22 @@ def main_here(command: str, arguments: list[str],
     return subprocess.CompletedProcess(arguments, code, printed.out, printed.err)
 
 
-def assert_one_and_two_processes_agree_and_resume_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          *options: str) -> Path:
+def assert_one_and_two_processes_agree_and_resume_exactly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str,
+        launched: tuple[Path, subprocess.CompletedProcess[str]] | None = None) -> Path:
     """:func:`assert_sharded_counted_and_resumable`'s checks, with the 1-process runs (the whole run and the run
     resumed from its mid-epoch checkpoint) in this process through the trainer's ``main()``: only the 2-process run
-    is launched. Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2
-    processes agree within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and
-    a run resumed mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
+    is launched, or ``launched`` already (its run directory and outcome, a smoke run with the same ``options``).
+    Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2 processes agree
+    within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and a run resumed
+    mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
     first = check(main_here("train", smoke(tmp_path, "one", *options), capsys))
-    second = check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    two, second = launched or (tmp_path / "runs" / "two",
+                               run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    check(second)
     assert "1 process(es)" in first.stdout and "2 process(es)" in second.stdout
     assert second.stdout.count("test accuracy") == first.stdout.count("test accuracy")  # the main process prints
-    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    one = tmp_path / "runs" / "one"
     assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
     assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
     # Per-image predictions come back in dataset order whatever the process count.
