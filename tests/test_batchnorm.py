@@ -1,5 +1,6 @@
 """BatchNorm across process counts: ghost batch norm (model.bn_group_size) against BatchNorm2d applied group by
-group, two simulated ranks against one, the start-up refusals, and the real CLI on 1 and 2 processes."""
+group, two simulated ranks against one, the start-up refusals, and the trainer on 1 process (in this one) and on 2
+(launched: one launch for the module)."""
 
 from __future__ import annotations
 

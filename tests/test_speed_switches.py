@@ -1,6 +1,7 @@
-"""The speed and accuracy switches (channels_last, EMA, TTA, cutout, torch.compile) through the real CLI:
+"""The speed and accuracy switches (channels_last, EMA, TTA, cutout, torch.compile) through the trainer's main():
 they keep the foundation's guarantees (1 vs 2 processes, exact evaluation counts, exact resume), and the
-weights the run evaluated are the ones it saves and the ones evaluate loads."""
+weights the run evaluated are the ones it saves and the ones evaluate loads. The 2-process runs are launched (one
+launch for the module); the 1-process runs are in this process."""
 
 from __future__ import annotations
 

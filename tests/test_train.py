@@ -1,4 +1,5 @@
-"""The trainer end to end through its real CLI (``accelerate launch -m cifarlab.train``) on CPU."""
+"""The trainer end to end on CPU: through its real CLI (``accelerate launch -m cifarlab.train``) where a launcher or a
+second process is what is tested, otherwise through its ``main()`` or ``loop.train`` in this process."""
 
 from __future__ import annotations
 
