@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -87,7 +88,8 @@ def in_process(args: list[str], capture: pytest.CaptureFixture[str], module: str
     environment = dict(os.environ)
     fresh_accelerate()
     try:
-        code = command.main(args)
+        with signal_handlers_kept():
+            code = command.main(args)
     except SystemExit as exit:  # argparse's own errors
         code = exit.code if isinstance(exit.code, int) else 1
     finally:
@@ -101,6 +103,18 @@ def in_process(args: list[str], capture: pytest.CaptureFixture[str], module: str
     sys.stdout.write(earlier.out + out)
     sys.stderr.write(earlier.err + err)
     return subprocess.CompletedProcess([module, *args], code, out, err)
+
+
+@contextmanager
+def signal_handlers_kept() -> Iterator[None]:
+    """The stop signals' handlers as they were, after the block: a command that has ended ignores stop signals until
+    its process exits (cifarlab.train), and this one goes on (pytest must still stop on Ctrl-C)."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def fresh_accelerate() -> None:
@@ -259,7 +273,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str
     root = tmp_path_factory.mktemp(name)
     fresh_accelerate()
     try:
-        assert train.main(smoke(root, name, *overrides)) == 0, f"the {name} reference run failed"
+        with signal_handlers_kept():
+            assert train.main(smoke(root, name, *overrides)) == 0, f"the {name} reference run failed"
     finally:
         fresh_accelerate()
     run_dir = root / "runs" / name
@@ -341,3 +356,78 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- In-process runs, and several runs in one 2-process launch (issue 28: a process only where one is tested) ------
+
+def train_here(tmp_path: Path, name: str, *options: str) -> Path:
+    """A 1-process smoke run (:func:`smoke`) with ``options`` in this process (``loop.train``, as a notebook calls
+    it): the trainer of ``python -m cifarlab.train`` without an interpreter's start-up. Returns its run directory."""
+    from cifarlab.config import load_config
+    from cifarlab.run import loop
+
+    fresh_accelerate()
+    try:
+        return loop.train(load_config(str(CONFIGS / "smoke.yaml"), smoke(tmp_path, name, *options)[2:]))
+    finally:
+        fresh_accelerate()
+
+
+TWO_PROCESSES = str(Path(__file__).with_name("two_processes.py"))
+
+
+def run_two(cwd: Path, *runs: list[str], timeout: int = 600) -> list[subprocess.CompletedProcess[str]]:
+    """``runs`` (the trainer's argument lists, or a script's: ``[path.py, args...]``) one after the other on 2 gloo
+    processes, in one launch (tests/two_processes.py). One CompletedProcess a run: the exit code both ranks
+    returned (asserted equal), what rank 0 then rank 1 printed on stdout and on stderr."""
+    out = cwd / f".two-{time.monotonic_ns()}"
+    out.mkdir()
+    arguments = [item for index, run in enumerate(runs) for item in ([] if index == 0 else ["---"]) + run]
+    launched = subprocess.run([*launch_command(2, TWO_PROCESSES), str(out), *arguments], cwd=cwd, env=cli_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    found = []
+    for index in range(len(runs)):
+        ranks = [f"{out}/{index}.{rank}" for rank in (0, 1)]
+        if not all(Path(f"{rank}.exit").is_file() for rank in ranks):
+            raise AssertionError(f"run {index} of {len(runs)} did not finish (launch exit {launched.returncode}):\n"
+                                 f"{launched.stdout[-3000:]}\n{launched.stderr[-3000:]}")
+        codes = {int(Path(f"{rank}.exit").read_text()) for rank in ranks}
+        assert len(codes) == 1, f"run {index}: the ranks returned {codes}"
+        found.append(subprocess.CompletedProcess(runs[index], codes.pop(),
+                                                 "".join(Path(f"{rank}.out").read_text() for rank in ranks),
+                                                 "".join(Path(f"{rank}.err").read_text() for rank in ranks)))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    return found
+
+
+def assert_one_and_two_processes_agree_and_resume_exactly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str,
+        launched: tuple[Path, subprocess.CompletedProcess[str]] | None = None) -> Path:
+    """:func:`assert_sharded_counted_and_resumable`'s checks, with the 1-process runs (the whole run and the run
+    resumed from its mid-epoch checkpoint) in this process through the trainer's ``main()``: only the 2-process run
+    is launched, or ``launched`` already (its run directory and outcome, a smoke run with the same ``options``).
+    Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2 processes agree
+    within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and a run resumed
+    mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
+    first = check(in_process(smoke(tmp_path, "one", *options), capsys))
+    two, second = launched or (tmp_path / "runs" / "two",
+                               run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
+    check(second)
+    assert "1 process(es)" in first.stdout and "2 process(es)" in second.stdout
+    assert second.stdout.count("test accuracy") == first.stdout.count("test accuracy")  # the main process prints
+    one = tmp_path / "runs" / "one"
+    assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
+    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
+    # Per-image predictions come back in dataset order whatever the process count.
+    ones, twos = load_file(str(RunDir(one).predictions)), load_file(str(RunDir(two).predictions))
+    assert torch.equal(ones["labels"], twos["labels"]) and ones["labels"].shape == (37,)
+    assert torch.equal(ones["predictions"], twos["predictions"])
+    mid_epoch = one / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
+    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
+    resumed = check(in_process(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), capsys))
+    assert "resumed from" in resumed.stdout
+    resumed_dir = tmp_path / "runs" / "resumed"
+    assert_same_weights(one / "model.safetensors", resumed_dir / "model.safetensors")
+    assert [m["test/acc"] for m in metrics(resumed_dir)] == [m["test/acc"] for m in metrics(one)]
+    assert torch.equal(load_file(str(RunDir(resumed_dir).predictions))["logits"], ones["logits"])
+    return one

@@ -1,15 +1,16 @@
 """BatchNorm across process counts: ghost batch norm (model.bn_group_size) against BatchNorm2d applied group by
-group, two simulated ranks against one, the start-up refusals, and the real CLI on 1 and 2 processes."""
+group, two simulated ranks against one, the start-up refusals, and the trainer on 1 process (in this one) and on 2
+(launched: one launch for the module)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
 from cifarlab.config import ConfigError, ModelConfig, load_config
@@ -17,9 +18,19 @@ from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate_checkpoint
 from cifarlab.models import MODELS, build_model
 from cifarlab.models.batchnorm import GhostBatchNorm2d, RunningStatsSync, convert_ghost_batchnorm, ghost_modules
-from cifarlab.run import engine, loop
+from cifarlab.run import engine
 
-from conftest import CONFIGS, assert_same_weights, check, error_lines, metrics, run_cli, smoke, weights
+from conftest import (
+    assert_same_weights,
+    check,
+    error_lines,
+    fresh_accelerate,
+    metrics,
+    run_two,
+    smoke,
+    train_here,
+    weights,
+)
 
 STATS = ("running_mean", "running_var")
 
@@ -235,9 +246,9 @@ def test_the_accelerator_turns_off_ddp_buffer_broadcast_and_checks_the_group_siz
     base = ["data.name=fake", f"train.output_dir={tmp_path}", "model.name=convnet_bn", "logging.wandb.mode=disabled"]
     ghost = engine.build_accelerator(load_config(None, [*base, "model.bn_group_size=32"]))
     assert ghost.ddp_handler is not None and ghost.ddp_handler.to_kwargs() == {"broadcast_buffers": False}
-    reset_accelerate()
+    fresh_accelerate()
     assert engine.build_accelerator(load_config(None, base)).ddp_handler is None
-    reset_accelerate()
+    fresh_accelerate()
     with pytest.raises(UsageError, match=r"^model.bn_group_size=12 must divide each process's share of the batch "
                                          r"\(train.batch_size=16 over 1 process\(es\): 16\)"):
         engine.build_accelerator(load_config(None, [*base, "model.bn_group_size=12", "train.batch_size=16"]))
@@ -278,33 +289,45 @@ def differences(a: Path, b: Path) -> dict[str, float]:
     return found
 
 
-def train_here(tmp_path: Path, name: str, *options: str) -> Path:
-    """A 1-process smoke run with ``options`` in this process (``loop.train``, as a notebook calls it): the same
-    trainer as ``python -m cifarlab.train`` without an interpreter's start-up, seconds each on 2 busy cores."""
-    reset_accelerate()
-    try:
-        return loop.train(load_config(str(CONFIGS / "smoke.yaml"), smoke(tmp_path, name, *options)[2:]))
-    finally:
-        reset_accelerate()
+GHOST = ("model.bn_group_size=4",)
+RESUME_AFTER_FIRST_STEP = "checkpoints/step_00000002"  # RESNET: batch 2 of 3, after the first optimizer step
+SYNCED_OUTPUT = "refused"  # the sync_bn run's train.output_dir, which it must not create
 
 
-def reset_accelerate() -> None:
-    """Accelerate keeps one state per process (conftest resets it around each test; here between runs too)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, subprocess.CompletedProcess[str]]]:
+    """Every 2-process run of this module, in one launch (conftest.run_two: a launcher and two interpreters start
+    once, not seven times): convnet_bn and resnet18, with and without groups; the resnet18 run with groups resumed on
+    2 processes after its first optimizer step; model.sync_bn on 2 CPU processes (refused); tests/ema_ranks.py.
+    Their folder (runs under ``runs/``) and each one's outcome by name."""
+    root = tmp_path_factory.mktemp("two")
+    resume = f"train.resume={root / 'runs' / 'resnet-ghost-2' / RESUME_AFTER_FIRST_STEP}"
+    named = {"convnet-ghost-2": smoke(root, "convnet-ghost-2", *CONVNET, *GHOST),
+             "convnet-plain-2": smoke(root, "convnet-plain-2", *CONVNET),
+             "resnet-ghost-2": smoke(root, "resnet-ghost-2", *RESNET, *GHOST),
+             "resnet-resumed-2": smoke(root, "resnet-resumed-2", *RESNET, *GHOST, resume),
+             "resnet-plain-2": smoke(root, "resnet-plain-2", *RESNET),
+             "synced-2": smoke(root / SYNCED_OUTPUT, "synced", *CONVNET, "model.sync_bn=true"),
+             # Last: the script asserts, and a failed assertion ends the launch.
+             "ema-ranks": [str(Path(__file__).with_name("ema_ranks.py"))]}
+    outcomes = run_two(root, *named.values())
+    return root, dict(zip(named, outcomes))
 
 
-def one_and_two(tmp_path: Path, name: str, *options: str) -> dict[str, dict[str, float]]:
-    """Train ``options`` on 1 process (here) and on 2 (``accelerate launch``, gloo); the differences
-    (:func:`differences`) of the final weights (the EMA where train.ema is on) and of the last checkpoint's model."""
-    train_here(tmp_path, f"{name}-1", *options)
-    check(run_cli(smoke(tmp_path, f"{name}-2", *options), tmp_path, processes=2))
-    one, two = tmp_path / "runs" / f"{name}-1", tmp_path / "runs" / f"{name}-2"
+def one_and_two(tmp_path: Path, two: tuple[Path, dict[str, subprocess.CompletedProcess[str]]], name: str,
+                *options: str) -> dict[str, dict[str, float]]:
+    """Train ``options`` on 1 process (here) as ``name-1``, against ``name-2`` of the module's 2-process launch; the
+    differences (:func:`differences`) of the final weights (the EMA where train.ema is on) and of the last
+    checkpoint's model."""
+    root, outcomes = two
+    check(outcomes[f"{name}-2"])
+    one = train_here(tmp_path, f"{name}-1", *options)
+    other = root / "runs" / f"{name}-2"
     last = (one / "checkpoints" / "latest").read_text()
-    assert last == (two / "checkpoints" / "latest").read_text()
-    found = {"final": differences(one / "model.safetensors", two / "model.safetensors"),
+    assert last == (other / "checkpoints" / "latest").read_text()
+    found = {"final": differences(one / "model.safetensors", other / "model.safetensors"),
              "model": differences(one / "checkpoints" / last / "model.safetensors",
-                                  two / "checkpoints" / last / "model.safetensors")}
+                                  other / "checkpoints" / last / "model.safetensors")}
     print(f"\n{name}: 1 vs 2 processes, largest differences: {json.dumps(found)}")  # the figures (pytest -s)
     return found
 
@@ -315,62 +338,64 @@ def largest(found: dict[str, dict[str, float]]) -> float:
 
 
 @pytest.mark.integration
-def test_convnet_bn_with_groups_trains_the_same_on_one_and_two_processes_and_resumes_exactly(tmp_path: Path) -> None:
-    ghost = one_and_two(tmp_path, "ghost", *CONVNET, "model.bn_group_size=4")
+def test_convnet_bn_with_groups_trains_the_same_on_one_and_two_processes_and_resumes_exactly(
+        tmp_path: Path, two: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    ghost = one_and_two(tmp_path, two, "convnet-ghost", *CONVNET, *GHOST)
     assert largest(ghost) < 1e-5
-    one = tmp_path / "runs" / "ghost-1"
+    one = tmp_path / "runs" / "convnet-ghost-1"
     assert [m["step"] for m in metrics(one)] == [4, 8]  # 4 whole batches an epoch: the partial one is dropped
     # Without groups each process normalises its 8 images and rank 0's running statistics win: other numbers.
-    plain = one_and_two(tmp_path, "plain", *CONVNET)
+    plain = one_and_two(tmp_path, two, "convnet-plain", *CONVNET)
     assert plain["model"]["weights"] > 1e-3 and plain["model"]["stats"] > 1e-3
 
     # Mid-epoch 2 (step 6 of 8), resumed into a new run: bitwise the uninterrupted run, EMA included.
     mid_epoch = one / "checkpoints" / "step_00000006"
     assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 2
-    resumed = train_here(tmp_path, "resumed", *CONVNET, "model.bn_group_size=4", f"train.resume={mid_epoch}")
+    resumed = train_here(tmp_path, "resumed", *CONVNET, *GHOST, f"train.resume={mid_epoch}")
     assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
     assert metrics(resumed)[-1]["test/loss"] == metrics(one)[-1]["test/loss"]
 
     # cifarlab.evaluate builds the run's ghost model from its config.yaml: in eval mode it is BatchNorm2d.
-    reset_accelerate()
+    fresh_accelerate()
     result = evaluate_checkpoint(str(one), None, [], None)
     final = metrics(one)[-1]
     assert (result.accuracy, result.loss) == pytest.approx((final["test/acc"], final["test/loss"]))
 
     # model.sync_bn on one CPU process is BatchNorm2d: the plain run's weights, bitwise.
     synced = train_here(tmp_path, "synced", *CONVNET, "model.sync_bn=true")
-    assert_same_weights(tmp_path / "runs" / "plain-1" / "model.safetensors", synced / "model.safetensors")
+    assert_same_weights(tmp_path / "runs" / "convnet-plain-1" / "model.safetensors", synced / "model.safetensors")
 
 
 @pytest.mark.integration
 def test_resnet18_with_groups_trains_the_same_on_one_and_two_processes_with_accumulation_and_resumes(
-        tmp_path: Path) -> None:
-    assert largest(one_and_two(tmp_path, "ghost", *RESNET, "model.bn_group_size=4")) < 1e-5
+        tmp_path: Path, two: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    assert largest(one_and_two(tmp_path, two, "resnet-ghost", *RESNET, *GHOST)) < 1e-5
     # Resumed on 2 processes after the first optimizer step (batch 2 of 3): every rank starts from the saved
     # statistics (rank 0's, which the sync made every rank's) and ends where the uninterrupted run did.
-    two = tmp_path / "runs" / "ghost-2"
-    check(run_cli(smoke(tmp_path, "resumed-2", *RESNET, "model.bn_group_size=4",
-                        f"train.resume={two / 'checkpoints' / 'step_00000002'}"), tmp_path, processes=2))
-    assert_same_weights(two / "model.safetensors", tmp_path / "runs" / "resumed-2" / "model.safetensors", atol=1e-6)
-    plain = one_and_two(tmp_path, "plain", *RESNET)
+    root, outcomes = two
+    assert "resumed from" in check(outcomes["resnet-resumed-2"]).stdout
+    assert_same_weights(root / "runs" / "resnet-ghost-2" / "model.safetensors",
+                        root / "runs" / "resnet-resumed-2" / "model.safetensors", atol=1e-6)
+    plain = one_and_two(tmp_path, two, "resnet-plain", *RESNET)
     assert plain["model"]["weights"] > 1e-3 and plain["model"]["stats"] > 1e-3
 
 
 @pytest.mark.integration
-def test_sync_bn_on_two_cpu_processes_is_refused_in_one_line(tmp_path: Path) -> None:
-    synced = run_cli(smoke(tmp_path, "synced", *CONVNET, "model.sync_bn=true"), tmp_path, processes=2)
+def test_sync_bn_on_two_cpu_processes_is_refused_in_one_line(
+        two: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
+    root, outcomes = two
+    synced = outcomes["synced-2"]
     assert synced.returncode != 0
     assert error_lines(synced.stderr) == [
         "cifarlab: error: model.sync_bn=true needs CUDA GPUs with several processes (torch's SyncBatchNorm does not "
         "train on cpu); for the same numbers on 1 and 2 processes use model.bn_group_size (e.g. 8) instead, or set "
         "model.sync_bn=false"]
-    assert not (tmp_path / "runs").exists()
-
+    assert not (root / SYNCED_OUTPUT).exists()
 
 
 @pytest.mark.integration
-def test_two_ranks_evaluate_and_save_the_mean_of_their_ema_statistics(tmp_path: Path) -> None:
+def test_two_ranks_evaluate_and_save_the_mean_of_their_ema_statistics(
+        two: tuple[Path, dict[str, subprocess.CompletedProcess[str]]]) -> None:
     """Without ghost groups each rank's EMA averages its own running statistics; before evaluation and saves
-    they become their mean over ranks (tests/ema_ranks.py, 2 gloo processes)."""
-    result = check(run_cli([], tmp_path, processes=2, module=str(Path(__file__).with_name("ema_ranks.py"))))
-    assert "EMA statistics averaged over ranks" in result.stdout
+    they become their mean over ranks (tests/ema_ranks.py, on the module's 2 gloo processes)."""
+    assert "EMA statistics averaged over ranks" in check(two[1]["ema-ranks"]).stdout

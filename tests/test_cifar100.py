@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic_cifar import SCRIPT, write_cifar10, write_cifar100
+from synthetic_cifar import CHECK, SCRIPT, unchecked, write_cifar10, write_cifar100
 
+from cifarlab import evaluate as evaluate_command
+from cifarlab import predict as predict_command
+from cifarlab import train as train_command
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
 from cifarlab.data.classes import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, config_classes, most_confused, superclasses
 from cifarlab.report import plots
@@ -92,45 +96,65 @@ def cifar_copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+DefaultRun = Callable[[str, str], tuple[Path, str]]
+
+
+@pytest.fixture(scope="module")
+def default_run(cifar_copies: Path, tmp_path_factory: pytest.TempPathFactory) -> DefaultRun:
+    """``default_run(name, loader)``: the default command (no --config) with data.name and data.loader set, on the
+    copy in torchvision's format, trained once per module; its run directory and output. The evaluate and predict
+    test reads the CIFAR-100 run on the tensor path (the default loader)."""
+    runs: dict[tuple[str, str], tuple[Path, str]] = {}
+
+    def run(name: str, loader: str) -> tuple[Path, str]:
+        if (name, loader) not in runs:
+            out = tmp_path_factory.mktemp(f"{name}-{loader}")
+            result = check(run_unchecked("cifarlab.train", [
+                f"data.name={name}", f"data.root={cifar_copies}", f"data.loader={loader}", "data.num_workers=1",
+                "data.download=false", "train.batch_size=10", "train.eval_batch_size=10", "train.epochs=1",
+                "logging.wandb.mode=disabled", f"train.output_dir={out / 'runs'}", "train.run_name=r"], out))
+            runs[name, loader] = out / "runs" / "r", result.stdout
+        return runs[name, loader]
+
+    return run
+
+
+# The readers (data.name) and the data paths (data.loader) are independent: build_data reads the set with
+# torchvision's CIFAR10 or CIFAR100 whatever the loader, and the tensor path decodes what the reader returns once
+# where the torchvision path transforms it per image. Each reader and each path is run once here (diagonally);
+# test_data.py::test_torchvisions_cifar_readers_on_both_paths checks all four pairs in-process, image by image.
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-@pytest.mark.parametrize("loader", ["tensor", "torchvision"])
-def test_the_default_command_trains_on_torchvisions_cifar(cifar_copies: Path, tmp_path: Path, name: str,
-                                                          loader: str) -> None:
+@pytest.mark.parametrize("name, loader", [("cifar10", "torchvision"), ("cifar100", "tensor")])
+def test_the_default_command_trains_on_torchvisions_cifar(default_run: DefaultRun, name: str, loader: str) -> None:
     """The default command (no --config) with data.name and data.loader set, on a copy in torchvision's format."""
-    result = check(run_unchecked("cifarlab.train", [
-        f"data.name={name}", f"data.root={cifar_copies}", f"data.loader={loader}", "data.num_workers=1",
-        "data.download=false", "train.batch_size=10", "train.eval_batch_size=10", "train.epochs=1",
-        "logging.wandb.mode=disabled", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=r"], tmp_path))
-    run_dir = tmp_path / "runs" / "r"
+    run_dir, stdout = default_run(name, loader)
     classes = CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES
     assert json.loads((run_dir / "classes.json").read_text()) == list(classes)
     (record,) = metrics(run_dir)
     assert record["test/images"] == 20 and 0 <= record["test/acc"] <= record["test/acc_top5"] <= 1
     assert set(per_class(record)) == set(classes)
-    assert "top-5" in result.stdout and ("superclass" in result.stdout) == (name == "cifar100")
+    assert "top-5" in stdout and ("superclass" in stdout) == (name == "cifar100")
 
 
 @pytest.mark.integration
-def test_evaluate_and_predict_on_a_cifar100_run(cifar_copies: Path, tmp_path: Path) -> None:
-    check(run_unchecked("cifarlab.train", [
-        "data.name=cifar100", f"data.root={cifar_copies}", "data.download=false", "train.batch_size=10",
-        "train.eval_batch_size=10", "train.epochs=1", "logging.wandb.mode=disabled",
-        f"train.output_dir={tmp_path / 'runs'}", "train.run_name=c100"], tmp_path))
-    run_dir = tmp_path / "runs" / "c100"
+def test_evaluate_and_predict_on_a_cifar100_run(default_run: DefaultRun, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The commands' own main() in this process (nothing here needs a process of its own), on the checked-out copy."""
+    monkeypatch.setattr(CHECK, unchecked)
+    run_dir, _ = default_run("cifar100", "tensor")
     png = tmp_path / "confusion.png"
-    result = check(run_unchecked("cifarlab.evaluate", ["--checkpoint", str(run_dir), "--png", str(png)], tmp_path))
-    out = result.stdout
+    capsys.readouterr()
+    assert evaluate_command.main(["--checkpoint", str(run_dir), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
     assert "test accuracy" in out and "top-5" in out and "(20 images)" in out
     assert "superclass" in out and "large_man-made_outdoor_things" in out and "most confused pairs of 100" in out
     with Image.open(png) as image:
         assert image.width < 1000 and image.height < 1400
     image_file = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image_file)
-    predicted = check(subprocess.run([sys.executable, "-m", "cifarlab.predict", "--checkpoint", str(run_dir),
-                                      "--top-k", "5", str(image_file)], cwd=tmp_path, env=cli_env(),
-                                     capture_output=True, text=True, timeout=120))
-    path, ranked = predicted.stdout.strip().split(": ", 1)
+    assert predict_command.main(["--checkpoint", str(run_dir), "--top-k", "5", str(image_file)]) == 0
+    path, ranked = capsys.readouterr().out.strip().split(": ", 1)
     assert path == str(image_file) and len(ranked.split(", ")) == 5
     assert all(item.rsplit(" ", 2)[0] in CIFAR100_CLASSES for item in ranked.split(", "))
 
@@ -160,22 +184,40 @@ def test_a_100_class_run_reports_readably_and_logs_every_class(tmp_path: Path) -
     assert media["test/confusion_matrix_table"]["_type"] == "table-file"
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("loader", ["tensor", "torchvision"])
-def test_an_unreadable_image_in_a_folder_is_one_line_and_exit_2(tmp_path: Path, loader: str) -> None:
+def _folder_with_an_unreadable_image(root: Path) -> tuple[list[str], Path]:
+    """An image folder (2 classes, 6 images a split) whose train/cat/0001.jpg is text; the trainer's arguments
+    for it (W&B off, runs under ``root/runs``) and that file."""
     noise = np.random.default_rng(0)
     for split in ("train", "test"):
         for name in ("cat", "dog"):
-            (tmp_path / "data" / split / name).mkdir(parents=True)
+            (root / "data" / split / name).mkdir(parents=True)
             for i in range(6):
                 image = noise.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(image).save(tmp_path / "data" / split / name / f"{i:04d}.jpg")
-    bad = tmp_path / "data" / "train" / "cat" / "0001.jpg"
+                Image.fromarray(image).save(root / "data" / split / name / f"{i:04d}.jpg")
+    bad = root / "data" / "train" / "cat" / "0001.jpg"
     bad.write_text("not an image\n")
-    # The torchvision path decodes in a DataLoader worker: its error must still reach the user as one line.
-    result = run_python(["data.name=imagefolder", f"data.root={tmp_path / 'data'}", f"data.loader={loader}",
-                         "data.num_workers=1", "train.batch_size=4", "train.epochs=1", "logging.wandb.mode=disabled",
-                         f"train.output_dir={tmp_path / 'runs'}"], tmp_path)
+    return ["data.name=imagefolder", f"data.root={root / 'data'}", "data.num_workers=1", "train.batch_size=4",
+            "train.epochs=1", "logging.wandb.mode=disabled", f"train.output_dir={root / 'runs'}"], bad
+
+
+@pytest.mark.unit
+def test_an_unreadable_image_decoded_for_the_tensor_path_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tensor path decodes every image before training starts: the trainer's main() refuses in this process."""
+    arguments, bad = _folder_with_an_unreadable_image(tmp_path)
+    capsys.readouterr()
+    assert train_command.main([*arguments, "data.loader=tensor"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == error_lines(err) == [
+        f"cifarlab: error: cannot read image {bad} (cannot identify image file); remove or replace it"]
+
+
+@pytest.mark.integration
+def test_an_unreadable_image_read_by_a_loader_worker_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The torchvision path decodes in a DataLoader worker, during training: its error must still reach the user as
+    one line, and nothing else on stderr (a process of its own: all the trainer prints)."""
+    arguments, bad = _folder_with_an_unreadable_image(tmp_path)
+    result = run_python([*arguments, "data.loader=torchvision"], tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines() == error_lines(result.stderr) == [
         f"cifarlab: error: cannot read image {bad} (cannot identify image file); remove or replace it"]

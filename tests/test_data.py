@@ -3,7 +3,9 @@ CIFAR-10 and CIFAR-100 readers on small synthetic copies; unreadable images are 
 
 from __future__ import annotations
 
+import gc
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +131,25 @@ def test_num_classes_sizes_fake_data_and_checks_real_data(tmp_path: Path) -> Non
         build_data(DataConfig(name="imagefolder", root=str(root), num_classes=3), seed=0)
 
 
+@pytest.fixture
+def prompt_worker_shutdown(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A DataLoader whose worker raised waits torch's MP_STATUS_CHECK_INTERVAL (5 s) for that worker when it is
+    shut down, then terminates it; the test's loaders are freed with the exception's traceback, by whichever later
+    test the garbage collector happens to run in (10 s of the unit tier). Here: 0.1 s, and freed at teardown."""
+    from torch.utils.data import _utils
+
+    monkeypatch.setattr(_utils, "MP_STATUS_CHECK_INTERVAL", 0.1)
+    yield
+    gc.collect()
+
+
 @pytest.mark.parametrize("loader, workers", [("tensor", 0), ("torchvision", 0), ("torchvision", 1)])
-def test_an_unreadable_image_is_named_in_one_line(tmp_path: Path, loader: str, workers: int) -> None:
+def test_an_unreadable_image_is_named_in_one_line(tmp_path: Path, loader: str, workers: int,
+                                                  request: pytest.FixtureRequest) -> None:
     """At decode time on the tensor path; on the torchvision path in the loader, also from a worker process
     (torch re-raises a worker's error with its whole traceback as the message)."""
+    if workers:
+        request.getfixturevalue("prompt_worker_shutdown")
     root = _folder(tmp_path / "data", {"train": ["cat", "dog"], "test": ["cat", "dog"]})
     bad = root / "train" / "dog" / "1.png"
     bad.write_text("not an image\n")

@@ -340,7 +340,8 @@ def test_compile_makes_one_graph_for_training_and_reports_its_seconds(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """train.compile compiles the training forward once (static shapes); evaluation (eval mode, no_grad, the flip
     views, a partial last test batch) runs eagerly: the trained model itself, no EMA. Dynamo's "eager" backend: graphs
-    counted, nothing compiled."""
+    counted, nothing compiled, and the weights are the eager run's, bitwise (test_speed_switches.py trains with
+    torch's own backend on 2 processes)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -348,13 +349,17 @@ def test_compile_makes_one_graph_for_training_and_reports_its_seconds(tmp_path: 
     torch._dynamo.reset()
     counters.clear()
     # 20 test images in batches of 8: a partial last batch; flip TTA: two views, one with other strides.
-    run_dir = loop.train(tiny_config(tmp_path, "train.compile=true", "train.ema=null", "train.epochs=2",
-                                     "train.tta=flip", "train.eval_batch_size=8", "data.test_size=20"))
+    options = ("train.ema=null", "train.epochs=2", "train.tta=flip", "train.eval_batch_size=8", "data.test_size=20")
+    run_dir = loop.train(tiny_config(tmp_path / "compiled", "train.compile=true", *options))
     assert counters["stats"]["unique_graphs"] == 1
     evaluations = [r for r in records(run_dir) if "test/acc" in r]
     assert len(evaluations) == 2 and evaluations[0]["test/images"] == 20
     assert evaluations[0]["train/compile_seconds"] > 0 and "train/compile_seconds" not in evaluations[1]
     torch._dynamo.reset()
+    eager = RunDir(loop.train(tiny_config(tmp_path / "eager", *options)))
+    first, second = load_file(str(eager.weights)), load_file(str(RunDir(run_dir).weights))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert [r["test/acc"] for r in records(eager.root) if "test/acc" in r] == [r["test/acc"] for r in evaluations]
 
 
 # --- a speed record's settings: evaluated only at the end, no epoch-end checkpoints ----------------------------

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -142,17 +144,35 @@ KILLS = [("metrics.jsonl", 2, "resumed", ()),  # the first append (1: the start'
          ("classes.json", 1, "first", ())]
 
 
+@pytest.fixture(scope="module")
+def killed(stopped: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunDir, dict[str, Any]]]:
+    """Each of KILLS in a folder of its own (a copy of the stopped run, or none yet for a first start), its trainer
+    killed inside the write: forked one after the other from one process that imports the trainer once
+    (tests/kill_in_write.py --each), instead of ten interpreters each importing it. By file name: the run, and the
+    kill with its fate ("signal", or "exit" if the trainer was not killed) and its output ("log")."""
+    plan, runs = [], {}
+    for name, nth, start, overrides in KILLS:
+        folder = tmp_path_factory.mktemp(f"killed-{name}")
+        run = copy(stopped, folder) if start == "resumed" else RunDir(folder / "runs" / "tiny")
+        resume = ("train.resume=auto",) if start == "resumed" else ()
+        plan.append({"name": name, "nth": nth, "arguments": arguments(run.root.parent, *resume, *overrides),
+                     "cwd": str(folder), "log": str(folder / "killed.log")})
+        runs[name] = run
+    plan_file = tmp_path_factory.mktemp("kills") / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    forked = subprocess.run([sys.executable, str(REPO / "tests" / "kill_in_write.py"), "--each", str(plan_file)],
+                            env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert forked.returncode == 0, forked.stderr[-3000:]
+    return {kill["name"]: (runs[kill["name"]], kill) for kill in json.loads(plan_file.read_text())}
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name,nth,start,overrides", KILLS, ids=[kill[0] for kill in KILLS])
 def test_a_trainer_killed_inside_any_write_resumes_to_the_whole_runs_weights(
-        stopped: Path, whole: RunDir, tmp_path: Path, name: str, nth: int, start: str,
+        killed: dict[str, tuple[RunDir, dict[str, Any]]], whole: RunDir, name: str, nth: int, start: str,
         overrides: tuple[str, ...]) -> None:
-    run = copy(stopped, tmp_path) if start == "resumed" else RunDir(tmp_path / "runs" / "tiny")
-    resume = ("train.resume=auto",) if start == "resumed" else ()
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_in_write.py"), name, str(nth),
-                             *arguments(run.root.parent, *resume, *overrides)],
-                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, inside the write:
+    run, kill = killed[name]
+    assert kill.get("signal") == signal.SIGKILL, Path(kill["log"]).read_text()[-3000:]  # SIGKILL, inside the write:
     if name.endswith(".jsonl"):  # appended: a torn last line
         assert not (run.root / name).read_text().endswith("\n")
     else:  # replaced whole: its temporary file, the file itself as it was

@@ -1,5 +1,6 @@
-"""The tensor data path: cache, equivalence with the torchvision path, seeded batched augmentation,
-and the foundation's guarantees (sharding, exact evaluation counts, exact resume) through the CLI."""
+"""The tensor data path: cache, equivalence with the torchvision path, seeded batched augmentation. The
+foundation's guarantees on it (sharding, exact evaluation counts, exact resume) through the CLI are
+tests/test_speed_switches.py's SWITCHES, which turn data.loader=tensor on."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from cifarlab.data import build_data
 from cifarlab.data.images import SeededTransform, build_transform
 from cifarlab.data.tensors import augment, cutout
 from cifarlab.report.console import Console, _QuarterLines
-
-from conftest import assert_sharded_counted_and_resumable
 
 
 def _folder(root: Path, per_class: int = 4) -> Path:
@@ -189,12 +188,6 @@ def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
     assert not torch.equal(augment(images, indices, seed=1, epoch=3, mode="flip_crop"), whole)
     assert not torch.equal(augment(images, indices, seed=2, epoch=2, mode="flip_crop"), whole)
     assert torch.equal(augment(images, indices, seed=1, epoch=2, mode="none"), images)
-
-
-@pytest.mark.integration
-def test_tensor_loader_keeps_sharding_counts_and_resume_exact(tmp_path: Path) -> None:
-    assert_sharded_counted_and_resumable(tmp_path, "data.loader=tensor", "data.test_size=37", "train.eval_batch_size=8",
-                                         "checkpoint.keep_last=100")
 
 
 def _holes(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The trainer end to end through its real CLI (``accelerate launch -m cifarlab.train``) on CPU."""
+"""The trainer end to end on CPU: through its real CLI (``accelerate launch -m cifarlab.train``) where a launcher or a
+second process is what is tested, otherwise through its ``main()`` or ``loop.train`` in this process."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ from cifarlab.config import CIFAR10_CLASSES, load_config, to_dict
 
 from conftest import (
     CONFIGS,
+    assert_one_and_two_processes_agree_and_resume_exactly,
     assert_same_weights,
-    assert_sharded_counted_and_resumable,
     check,
     cli_env,
     crashed_copy,
     error_lines,
+    in_process,
     metrics,
     per_class,
+    records,
     run_cli,
-    run_python,
     smoke,
+    train_here,
 )
 from wandb_offline import find_run_files, read_config, read_history, read_metric_definitions, read_summary
 
@@ -88,17 +91,19 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch"}
 
 
-def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
+def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     # 37 test images in global batches of 8 over 2 processes: Accelerate pads the last batch. The helper also
     # resumes a run from its mid-epoch checkpoint (an explicit path) into a new run and compares.
     keep_all = "checkpoint.keep_last=100"
-    full = assert_sharded_counted_and_resumable(tmp_path, "data.test_size=37", "train.eval_batch_size=8", keep_all)
+    full = assert_one_and_two_processes_agree_and_resume_exactly(tmp_path, capsys, "data.test_size=37",
+                                                                 "train.eval_batch_size=8", keep_all)
     assert [m["test/acc"] for m in metrics(full)] == [m["test/acc"] for m in metrics(tmp_path / "runs" / "two")]
 
     # A run that died after its step-10 checkpoint (mid-epoch 2), continued with train.resume=auto.
     crashed = crashed_copy(full, tmp_path / "runs" / "crashed", "step_00000010")
-    check(run_python(smoke(tmp_path, "crashed", "data.test_size=37", "train.eval_batch_size=8", keep_all,
-                           "train.resume=auto"), tmp_path))
+    check(in_process(smoke(tmp_path, "crashed", "data.test_size=37", "train.eval_batch_size=8", keep_all,
+                                   "train.resume=auto"), capsys))
     assert_same_weights(full / "model.safetensors", crashed / "model.safetensors")
     # metrics.jsonl holds each evaluation once (the lost epoch-2 record was dropped, then redone).
     def exact(run_dir: Path) -> list[dict]:  # every evaluation value (the epoch's loss and speed cover fewer batches)
@@ -109,31 +114,31 @@ def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Pat
 
 def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
     options = ("checkpoint.keep_last=100", "train.grad_accum_steps=2", "checkpoint.every_n_steps=6")
-    check(run_python(smoke(tmp_path, "full", *options), tmp_path))
-    mid_epoch = tmp_path / "runs" / "full" / "checkpoints" / "step_00000006"
-    check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
-    assert_same_weights(tmp_path / "runs" / "full" / "model.safetensors",
-                         tmp_path / "runs" / "resumed" / "model.safetensors")
+    full = train_here(tmp_path, "full", *options)
+    mid_epoch = full / "checkpoints" / "step_00000006"
+    resumed = train_here(tmp_path, "resumed", *options, f"train.resume={mid_epoch}")
+    assert_same_weights(full / "model.safetensors", resumed / "model.safetensors")
 
 
-def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
-    check(run_python(smoke(tmp_path, "once", "train.epochs=1"), tmp_path))
-    final = tmp_path / "runs" / "once" / "model.safetensors"
+def test_an_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before training: the trainer's main() in this process, its return code and its one stderr line."""
+    final = train_here(tmp_path, "once", "train.epochs=1") / "model.safetensors"
     before = final.read_bytes()
-    again = run_python(smoke(tmp_path, "once", "train.epochs=1"), tmp_path)
+    again = in_process(smoke(tmp_path, "once", "train.epochs=1"), capsys)
     assert again.returncode == 2
     assert error_lines(again.stderr) == [again.stderr.strip()]
     assert "already holds a run; continue it with train.resume=auto" in again.stderr
     assert final.read_bytes() == before
-    missing = run_python(smoke(tmp_path, "other", f"train.resume={tmp_path / 'nope'}"), tmp_path)
+    missing = in_process(smoke(tmp_path, "other", f"train.resume={tmp_path / 'nope'}"), capsys)
     assert missing.returncode == 2 and "no such checkpoint directory" in missing.stderr
 
 
-def test_bf16_runs_on_cpu_and_fp16_is_refused(tmp_path: Path) -> None:
+def test_bf16_runs_on_cpu_and_fp16_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Under the launcher, which says --mixed_precision no: the run's own setting wins.
     bf16 = check(run_cli(smoke(tmp_path, "bf16", "train.mixed_precision=bf16", "train.epochs=1"), tmp_path))
     assert "mixed precision bf16" in bf16.stdout
     assert (tmp_path / "runs" / "bf16" / "model.safetensors").is_file()
-    fp16 = run_python(smoke(tmp_path, "fp16", "train.mixed_precision=fp16"), tmp_path)
+    fp16 = in_process(smoke(tmp_path, "fp16", "train.mixed_precision=fp16"), capsys)
     assert fp16.returncode == 2
     assert error_lines(fp16.stderr) == ["cifarlab: error: train.mixed_precision=fp16 needs a GPU (on a CPU PyTorch "
                                         "would silently train in fp32); use train.mixed_precision=bf16 or no"]
@@ -141,11 +146,13 @@ def test_bf16_runs_on_cpu_and_fp16_is_refused(tmp_path: Path) -> None:
 
 
 def test_training_reduces_the_loss(tmp_path: Path) -> None:
-    # Overfit 32 fixed images: the loss must fall from chance (ln 10 = 2.30) to near zero.
-    check(run_python(smoke(tmp_path, "overfit", "data.train_size=32", "data.test_size=10", "data.augment=none",
-                           "train.epochs=30", "train.batch_size=8", "optim.lr=0.03", "optim.warmup_epochs=0",
-                           "checkpoint.every_n_steps=null"), tmp_path))
-    losses = [m["train/epoch_loss"] for m in metrics(tmp_path / "runs" / "overfit")]
+    # Overfit 32 fixed images: the loss must fall from chance (ln 10 = 2.30) to near zero. Evaluated and saved at the
+    # end only (the speed-record mode: the same training, test_loop.py checks), every epoch's loss still recorded.
+    run = train_here(tmp_path, "overfit", "data.train_size=32", "data.test_size=10", "data.augment=none",
+                     "train.epochs=30", "train.batch_size=8", "optim.lr=0.03", "optim.warmup_epochs=0",
+                     "checkpoint.every_n_steps=null", "train.eval_every_epoch=false", "checkpoint.every_epoch=false")
+    losses = [r["train/epoch_loss"] for r in records(run) if "train/epoch_loss" in r]
+    assert len(losses) == 30
     assert losses[0] > 2.0
     assert losses[-1] < 0.1
 

@@ -47,8 +47,11 @@ class SeededTransform(Dataset):
         if not self.random:
             return self.transform(image), int(label)
         with torch.random.fork_rng(devices=[]):
-            # A tuple of ints hashes the same in every process (no hash randomisation for ints).
-            torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF)
+            # A tuple of ints hashes the same in every process (no hash randomisation for ints). The CPU generator
+            # only (the one the transforms draw from, and the one fork_rng restores): torch.manual_seed would also
+            # reseed every accelerator's generator, for good, and record a stack trace per sample for each one
+            # not yet initialised (about 1 ms a sample under a deep stack, e.g. pytest's).
+            torch.default_generator.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF)
             return self.transform(image), int(label)
 
 
