@@ -59,8 +59,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
     except Preempted as stopped:
         # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,
         # a launcher forwards Ctrl-C) must not turn the exit code into death by that signal during shutdown.
-        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)
+        _ignore_stop_signals()
         return stopped.exit_code
     except CifarlabError as error:
         console.error(str(error))
@@ -77,7 +76,16 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
         # An Aborted one (a second Ctrl-C during the run) says how to continue; another came before the run started.
         console.error(str(error) if isinstance(error, Aborted) and str(error) else "aborted by Ctrl-C")
         return Interrupted.exit_code
+    # Finished and saved: a stop signal now (SLURM preempting a job as it ends, seen in CI) has nothing left to
+    # save and must not turn exit 0 into death by that signal while the process exits.
+    _ignore_stop_signals()
     return 0
+
+
+def _ignore_stop_signals() -> None:
+    """From here to the process's exit, SIGTERM, SIGUSR1 and SIGINT change nothing (the run has saved what it will)."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def cli() -> None:

@@ -1,8 +1,11 @@
-"""cifarlab.run.preemption: how often several processes check for a stop signal (the cadence rule)."""
+"""cifarlab.run.preemption: how often several processes check for a stop signal (the cadence rule); stop signals once
+a run has finished."""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -10,6 +13,8 @@ import torch
 
 from cifarlab.run import preemption
 from cifarlab.run.preemption import CHECK_EVERY, CHECK_WITHIN_S, StopRequest, check_interval
+
+from conftest import CONFIGS, signal_handlers_kept
 
 pytestmark = pytest.mark.unit
 
@@ -102,3 +107,19 @@ def test_one_process_looks_at_its_own_flag_every_step() -> None:
         assert not stop.agreed(1)
         signal.raise_signal(signal.SIGUSR1)
         assert stop.agreed(2) and ranks.collectives == []
+
+
+def test_a_stop_signal_after_the_run_has_finished_leaves_its_exit_code_0(tmp_path: Path) -> None:
+    """SLURM may preempt a job in the moment its trainer has finished: the run is whole, so the signal must not
+    turn exit 0 into death by that signal (138 for SIGUSR1, seen in CI) while the process exits."""
+    from cifarlab import train
+
+    stopping = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    with signal_handlers_kept():
+        code = train.main(["--config", str(CONFIGS / "smoke.yaml"), f"train.output_dir={tmp_path}"],
+                          train=lambda config, preset=None: None)
+        assert code == 0
+        assert [signal.getsignal(signum) for signum in stopping] == [signal.SIG_IGN] * 3
+        for signum in stopping:  # ignored: this process goes on
+            os.kill(os.getpid(), signum)
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # put back for pytest

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def run(arguments: list[str]) -> int:
         finally:
             sys.argv = saved
         return 0
-    return train.main(arguments)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        return train.main(arguments)
+    finally:  # a finished command ignores stop signals until its process exits: the next run here must not
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def main() -> None:
