@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
+import psutil
 import pytest
 
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke
@@ -66,13 +70,52 @@ def _state(env: dict[str, str], job: str) -> tuple[str, int]:
     return re.search(r"JobState=(\S+)", shown).group(1), int(re.search(r"Restarts=(\d+)", shown).group(1))
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 180, every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trainers(marker: str) -> list[int]:
+    """The trainer processes (``python -m cifarlab.train``, whatever started them) whose command line holds the
+    argument ``marker``, not their data-loader workers (forked: the same command line, a trainer as parent)."""
+    commands = {process.pid: (process.info["cmdline"] or [], process.info["ppid"])
+                for process in psutil.process_iter(["cmdline", "ppid"])}
+
+    def trainer(pid: int) -> bool:
+        cmdline = commands.get(pid, ([], 0))[0]
+        return marker in cmdline and "-m" in cmdline and cmdline[cmdline.index("-m") + 1:][:1] == ["cifarlab.train"]
+
+    return sorted(pid for pid, (_, parent) in commands.items() if trainer(pid) and not trainer(parent))
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """``signum`` waits to be delivered to process ``pid`` (one stopped with SIGSTOP, say)."""
+    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return any(int(mask, 16) >> (signum - 1) & 1 for mask in masks)
+
+
+@contextmanager
+def _held(log: Path, seen: str, marker: str, processes: int) -> Iterator[None]:
+    """Once ``seen`` is in the job's log, its ``processes`` trainers (:func:`_trainers` of ``marker``) stopped
+    (SIGSTOP) for the block, then continued once each has SIGUSR1 waiting: the stop signal the block sends lands
+    mid-run however fast this machine trains (a run of 32 short steps ended before SLURM's preemption reached it
+    in CI, its trainers then dying by the signal)."""
+    _wait(lambda: log.is_file() and seen in log.read_text(), f"{seen!r} in the job's log", every=0.01)
+    trainers = _trainers(marker)
+    assert len(trainers) == processes, f"trainers {trainers} of {marker}: expected {processes}"
+    for pid in trainers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+        _wait(lambda: all(_pending(pid, signal.SIGUSR1) for pid in trainers), "SIGUSR1 to reach every trainer",
+              timeout=60, every=0.05)
+    finally:
+        for pid in trainers:
+            os.kill(pid, signal.SIGCONT)
 
 
 def _submit(env: dict[str, str], tmp_path: Path) -> tuple[str, Path]:
@@ -84,11 +127,13 @@ def _submit(env: dict[str, str], tmp_path: Path) -> tuple[str, Path]:
     return job, tmp_path / f"slurm-cifarlab-{job}.out"
 
 
-def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> None:  # type: ignore[no-untyped-def]
+def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt: Callable[[str], Optional[str]]) -> None:
     job, log = _submit(env, tmp_path)
-    _wait(lambda: log.is_file() and "epoch 1 step 40/" in log.read_text(), "the job to train 40 steps")
-    interrupt(job)
+    with _held(log, "epoch 1 step 40/", f"train.output_dir={tmp_path / 'runs'}", processes=1):
+        urgent = interrupt(job)
     _wait(lambda: "launcher exited with status" in log.read_text(), "the trainer to stop")
+    if urgent:
+        _wait(lambda: _state(env, urgent)[0] == "COMPLETED", "the urgent job", timeout=120)
     stopped = re.search(r"stopped on SIGUSR1 at step \d+: checkpoint \S+step_(\d+) saved", log.read_text())
     assert stopped, log.read_text()
     step = int(stopped.group(1))
@@ -124,12 +169,11 @@ def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt) -> Non
 
 
 def test_preemption_checkpoints_requeues_and_resumes_exactly(slurm_env: dict[str, str], tmp_path: Path) -> None:
-    def preempt(job: str) -> None:
+    def preempt(job: str) -> str:
         # Needs the whole node, in a partition of higher priority: SLURM preempts our job (USR1 to the
         # batch shell at once, TERM after the 10 s grace time, then requeue).
-        urgent = _slurm(slurm_env, "sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2",
-                        f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 2")
-        _wait(lambda: _state(slurm_env, urgent)[0] == "COMPLETED", "the urgent job", timeout=120)
+        return _slurm(slurm_env, "sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2",
+                      f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 2")
 
     _interrupt_and_finish(slurm_env, tmp_path, preempt)
 

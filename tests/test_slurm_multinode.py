@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_slurm import _slurm, _state, _wait  # one copy of the SLURM client helpers
+from test_slurm import _held, _slurm, _state, _wait  # one copy of the SLURM client helpers
 
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke, weights
 
@@ -141,11 +141,11 @@ def test_two_nodes_train_the_one_process_model(cluster: dict[str, str], referenc
 def test_preempted_two_node_job_checkpoints_every_rank_requeues_and_resumes(
         cluster: dict[str, str], reference: Path, tmp_path: Path) -> None:
     job, log = _submit(cluster, tmp_path)
-    _wait(lambda: log.is_file() and f"epoch 1 step 4/{STEPS // 2}" in log.read_text(), "the job to train 4 steps")
-    # Needs every CPU of both nodes, in a partition of higher priority: SLURM preempts our job (USR1 to the
-    # batch shell at once, passed on through srun and torchrun's agents; TERM after the 10 s grace time).
-    urgent = _slurm(cluster, "sbatch", "--parsable", "--partition=urgent", "--nodes=2", "--cpus-per-task=2",
-                    f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 1")
+    with _held(log, f"epoch 1 step 4/{STEPS // 2}", f"train.output_dir={tmp_path / 'runs'}", processes=2):
+        # Needs every CPU of both nodes, in a partition of higher priority: SLURM preempts our job (USR1 to the
+        # batch shell at once, passed on through srun and torchrun's agents; TERM after the 10 s grace time).
+        urgent = _slurm(cluster, "sbatch", "--parsable", "--partition=urgent", "--nodes=2", "--cpus-per-task=2",
+                        f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 1")
     _wait(lambda: "srun exited with status" in log.read_text(), "the trainers to stop")
     text = log.read_text()
     stopped = re.search(r"stopped on (.+?) at step (\d+): checkpoint (\S+) saved", text)
