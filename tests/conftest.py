@@ -247,9 +247,12 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate() -> Iterator[None]:
-    """In-process tests build Accelerators with different settings: Accelerate keeps one state per process."""
+    """In-process tests build Accelerators with different settings: Accelerate keeps one state per process. And a
+    command's ``main`` called directly leaves the stop signals ignored (as its process would exit next): put back, so
+    that pytest still stops on Ctrl-C and the next test's signals act."""
     fresh_accelerate()
-    yield
+    with signal_handlers_kept():
+        yield
     fresh_accelerate()
 
 
