@@ -434,3 +434,15 @@ def assert_one_and_two_processes_agree_and_resume_exactly(
     assert [m["test/acc"] for m in metrics(resumed_dir)] == [m["test/acc"] for m in metrics(one)]
     assert torch.equal(load_file(str(RunDir(resumed_dir).predictions))["logits"], ones["logits"])
     return one
+
+
+TIERS = ("unit", "integration", "slurm")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is in exactly one tier (tests/README.md): ``-m unit`` and ``-m "not unit"`` split the suite."""
+    wrong = [f"{item.nodeid}: {tiers or 'no tier'}" for item in items
+             if len(tiers := [tier for tier in TIERS if item.get_closest_marker(tier)]) != 1]
+    if wrong:
+        raise pytest.UsageError("each test needs exactly one of the markers " + ", ".join(TIERS) + ": "
+                                + "; ".join(wrong[:5]))

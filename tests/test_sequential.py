@@ -308,7 +308,6 @@ def test_the_sweep_command_imports_no_numpy_or_scipy_until_it_decides() -> None:
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.integration
 def test_until_decided_runs_rounds_of_trainers_and_decides_on_their_records(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The trials run tests/fake_trainer.py, which keeps the real trainer's outside contract: it scores lr=0.05 about 0.9
