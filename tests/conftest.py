@@ -333,14 +333,17 @@ def launched_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
 
 
 @pytest.fixture(scope="session")
-def cifar10_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real CIFAR-10 JPEG copy from ../shared, extracted once per session (skip when absent)."""
+def cifar10_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The real CIFAR-10 JPEG copy from ../shared, extracted once per session (skip when absent), and removed at its
+    end: its 60,000 files would otherwise be deleted by a later session's start (pytest keeps 3 sessions' folders),
+    seconds that a `pytest -m unit` run after a full one paid."""
     if not SHARED_TARBALL.is_file():
         pytest.skip(f"{SHARED_TARBALL} not found: the real-data tests need ../shared beside the checkout")
     root = tmp_path_factory.mktemp("cifar10-jpeg")
     with tarfile.open(SHARED_TARBALL) as archive:
         archive.extractall(root, filter="data")
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # --- the sweep runner's stand-in trainer (issue 28) --------------------------------------------------------------

@@ -97,9 +97,8 @@ def welch_intervals(base: Any, other: Any, level: float,
     n_base, n_other = base.shape[-1], other.shape[-1]
     std_base, std_other = base.std(axis=-1, ddof=1), other.std(axis=-1, ddof=1)
     if images is not None:
-        floor = np.vectorize(lambda points, count: POINTS * stats.sampling_floor(points / POINTS, int(count)))
-        std_base = np.maximum(std_base, floor(base.mean(axis=-1), images))
-        std_other = np.maximum(std_other, floor(other.mean(axis=-1), images))
+        std_base = np.maximum(std_base, POINTS * stats.sampling_floors(base.mean(axis=-1) / POINTS, images))
+        std_other = np.maximum(std_other, POINTS * stats.sampling_floors(other.mean(axis=-1) / POINTS, images))
     var_base, var_other = std_base**2 / n_base, std_other**2 / n_other
     spread = var_base + var_other
     diff = other.mean(axis=-1) - base.mean(axis=-1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 LEVEL = 0.95
 """Coverage of every interval; tests are two-sided at 1 - LEVEL = 5 %."""
@@ -31,25 +31,25 @@ def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with ``df`` > 0 degrees of freedom (not necessarily an integer)."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
-    from scipy import stats as scipy_stats
+    from scipy import special  # what scipy.stats.t computes with, without its checks per call (40 -> 1 us)
 
-    return float(scipy_stats.t.cdf(t, df))
+    return float(special.stdtr(df, t))
 
 
 def t_quantile(p: float, df: float) -> float:
     """The t such that P(T <= t) = p, for 0 < p < 1."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"probability must be in (0, 1), got {p}")
-    from scipy import stats as scipy_stats
+    from scipy import special
 
-    return float(scipy_stats.t.ppf(p, df))
+    return float(special.stdtrit(df, p))
 
 
 def t_two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|)."""
-    from scipy import stats as scipy_stats
+    from scipy import special
 
-    return min(1.0, float(2.0 * scipy_stats.t.sf(abs(t), df)))
+    return min(1.0, float(2.0 * special.stdtr(df, -abs(t))))
 
 
 def normal_quantile(p: float) -> float:
@@ -247,7 +247,7 @@ def test_set_std(accuracy: float, images: int) -> float:
     """The run-to-run standard deviation of an accuracy that test-set sampling alone gives: each of ``images``
     test images right or wrong as a coin with the run's accuracy, sqrt(p (1 - p) / n) (Jordan, "Calibrated
     Chaos", ICLR 2024, finds seed-to-seed spread of trained networks close to this)."""
-    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
+    return float(_test_set_stds(accuracy, images))
 
 
 def sampling_floor(accuracy: float, images: int) -> float:
@@ -255,8 +255,22 @@ def sampling_floor(accuracy: float, images: int) -> float:
     by: its test-set sampling error :func:`test_set_std`, with the accuracy kept half an image away from 0 and 1 (a
     run that got every image right still measured its accuracy on a sample), so always above 0. A verdict never
     rests on a smaller spread: runs that repeat one score exactly do not measure it without error."""
-    edge = 0.5 / images
-    return test_set_std(min(max(accuracy, edge), 1 - edge), images)
+    return float(sampling_floors(accuracy, images))
+
+
+def sampling_floors(accuracies: Any, images: Any) -> Any:
+    """:func:`sampling_floor` elementwise, on numpy arrays (of accuracies, and of image counts or one count): the
+    simulations judge millions of groups at once."""
+    import numpy as np
+
+    edge = 0.5 / np.asarray(images, dtype=float)
+    return _test_set_stds(np.clip(accuracies, edge, 1 - edge), images)
+
+
+def _test_set_stds(accuracies: Any, images: Any) -> Any:
+    import numpy as np
+
+    return np.sqrt(np.maximum(np.multiply(accuracies, np.subtract(1, accuracies)), 0.0) / np.asarray(images))
 
 
 # --- how many seeds -------------------------------------------------------------------------------------
