@@ -152,32 +152,6 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
             torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
 
 
-def assert_sharded_counted_and_resumable(tmp_path: Path, *options: str) -> Path:
-    """Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2
-    processes agree within 1e-6 and count 37 test images per evaluation, and a run resumed mid-epoch
-    (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
-    first = check(run_python(smoke(tmp_path, "one", *options), tmp_path))
-    second = check(run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
-    assert "1 process(es)" in first.stdout and "2 process(es)" in second.stdout
-    assert second.stdout.count("test accuracy") == first.stdout.count("test accuracy")  # the main process prints
-    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
-    assert [m["test/images"] for m in metrics(one)] == [m["test/images"] for m in metrics(two)] == [37, 37]
-    assert_same_weights(one / "model.safetensors", two / "model.safetensors", atol=1e-6)
-    # Per-image predictions come back in dataset order whatever the process count.
-    ones, twos = load_file(str(RunDir(one).predictions)), load_file(str(RunDir(two).predictions))
-    assert torch.equal(ones["labels"], twos["labels"]) and ones["labels"].shape == (37,)
-    assert torch.equal(ones["predictions"], twos["predictions"])
-    mid_epoch = one / "checkpoints" / "step_00000005"  # 8 steps per epoch: 5 is mid-epoch 1
-    assert json.loads((mid_epoch / "trainer_state.json").read_text())["step_in_epoch"] == 5
-    resumed = check(run_python(smoke(tmp_path, "resumed", *options, f"train.resume={mid_epoch}"), tmp_path))
-    assert "resumed from" in resumed.stdout
-    resumed = tmp_path / "runs" / "resumed"
-    assert_same_weights(one / "model.safetensors", resumed / "model.safetensors")
-    assert [m["test/acc"] for m in metrics(resumed)] == [m["test/acc"] for m in metrics(one)]
-    assert torch.equal(load_file(str(RunDir(resumed).predictions))["logits"], ones["logits"])
-    return one
-
-
 def crashed_copy(run_dir: Path, copy: Path, last: str) -> Path:
     """A copy of the finished run ``run_dir`` at ``copy`` as if its process had died right after saving
     checkpoint ``last`` (e.g. "step_00000010"): no final weights, no later checkpoints, ``latest`` on it."""
@@ -409,12 +383,11 @@ def run_two(cwd: Path, *runs: list[str], timeout: int = 600) -> list[subprocess.
 def assert_one_and_two_processes_agree_and_resume_exactly(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str,
         launched: tuple[Path, subprocess.CompletedProcess[str]] | None = None) -> Path:
-    """:func:`assert_sharded_counted_and_resumable`'s checks, with the 1-process runs (the whole run and the run
-    resumed from its mid-epoch checkpoint) in this process through the trainer's ``main()``: only the 2-process run
-    is launched, or ``launched`` already (its run directory and outcome, a smoke run with the same ``options``).
-    Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2 processes agree
-    within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and a run resumed
-    mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory."""
+    """Smoke runs with ``options`` (which set data.test_size=37 and checkpoint.keep_last=100): 1 and 2 processes
+    agree within 1e-6 and count 37 test images per evaluation, predictions come back in dataset order, and a run
+    resumed mid-epoch (step 5) ends bitwise where the 1-process run did. Returns that run's directory. The 1-process
+    runs (the whole run and the resumed one) run in this process through the trainer's ``main()``; only the
+    2-process run is launched, or ``launched`` already (its run directory and outcome, with the same ``options``)."""
     first = check(in_process(smoke(tmp_path, "one", *options), capsys))
     two, second = launched or (tmp_path / "runs" / "two",
                                run_cli(smoke(tmp_path, "two", *options), tmp_path, processes=2))
