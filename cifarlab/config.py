@@ -1,13 +1,8 @@
-"""Typed configuration: a dataclass schema merged with OmegaConf.
-
-Resolution order: schema defaults <- ``--config FILE.yaml`` <- ``key=value`` overrides.
-The schema defaults *are* the default preset (``configs/default.yaml`` mirrors them and a
-test keeps the two equal), so ``accelerate launch -m cifarlab.train`` needs no file.
-
-Unknown keys, wrong types and bad choices are rejected by OmegaConf itself; cross-field
-rules live in ``__post_init__`` and name the dotted key. Every failure surfaces as a
-:class:`ConfigError` whose message is one line.
-"""
+"""Typed configuration: a dataclass schema merged with OmegaConf: schema defaults <- ``--config FILE.yaml`` <-
+``key=value`` overrides. The schema defaults *are* the default preset (``configs/default.yaml`` mirrors them and a
+test keeps the two equal), so ``accelerate launch -m cifarlab.train`` needs no file. Unknown keys, wrong types and
+bad choices are rejected by OmegaConf itself; cross-field rules live in ``__post_init__`` and name the dotted key.
+Every failure, YAML that does not parse included, surfaces as a :class:`ConfigError` whose message is one line."""
 
 from __future__ import annotations
 
@@ -17,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -289,41 +285,45 @@ class Config:
 def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
                 overrides_from: Optional[str] = None) -> Config:
     """Defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`Config`. Overrides are the command
-    line's, typed by the person running it: their interpolations are resolved once, here (``train.run_name=${oc.env:
-    WANDB_RUN_ID}``). A file may have been written by someone else (a shared preset, a copied run's config.yaml): it
-    may refer to other keys (``${optim.lr}``) but call no resolver (:func:`refuse_resolvers`). ``overrides_from``
-    names the file the overrides were read from (a sweep's record): they are then held to a file's rule."""
+    line's, typed by the person running it: their interpolations are resolved once, here. A file may have been
+    written by someone else: it may refer to other keys (``${optim.lr}``) but call no resolver (:func:`refuse_resolvers`).
+    ``overrides_from`` names the file the overrides were read from (a sweep's record): they are held to a file's rule."""
     try:
         layers = []
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
                 raise ConfigError(f"--config {config_file}: no such file; presets live in configs/ (e.g. configs/smoke.yaml)")
-            loaded = OmegaConf.load(path)
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"--config {config_file}: not valid YAML: {_yaml_problem(error)}") from None
             refuse_resolvers(loaded, config_file)
             layers.append(_yaml_no(loaded))
-        for item in (item for item in overrides or [] if "=" not in item):
-            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
-        if overrides:
-            typed = OmegaConf.from_dotlist(list(overrides))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
+            try:
+                typed = OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as error:  # an unbalanced quote or bracket: a shell-quoting slip
+                raise ConfigError(f"override {item!r}: its value is not valid YAML ({_yaml_problem(error)}); check "
+                                  f"its quotes and brackets (the shell takes off one pair of quotes)") from None
             if overrides_from is not None:
                 refuse_resolvers(typed, overrides_from)
             layers.append(_yaml_no(typed))
-        # One merge onto the cached schema (merge copies it): a sweep loads a config per trial; 13 -> 4 ms a load.
-        config = OmegaConf.to_object(OmegaConf.merge(_schema(), *layers))
+        config = OmegaConf.to_object(OmegaConf.merge(_schema(), *layers))  # merge copies the schema, built once
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
     assert isinstance(config, Config)
     return config
 
 
-_schema = functools.lru_cache(maxsize=1)(lambda: OmegaConf.structured(Config))
-"""The defaults as a typed node, built once (half of a load's time)."""
+_schema = functools.lru_cache(maxsize=1)(lambda: OmegaConf.structured(Config))  # half of a load's time (13 ms)
+_yaml_problem = lambda error: getattr(error, "problem", None) or type(error).__name__  # noqa: E731 - PyYAML's own words
 
 
 def refuse_resolvers(document: Any, where: str) -> None:
-    """Refuse a file's interpolation that calls a resolver, anywhere in ``document`` (a loaded YAML file, as
-    OmegaConf or plain containers): see :mod:`cifarlab.interpolation`."""
+    """Refuse a file's interpolation that calls a resolver anywhere in ``document`` (see cifarlab.interpolation)."""
     found = resolver_call(OmegaConf.to_container(document, resolve=False) if OmegaConf.is_config(document)
                           else document)
     if found is not None:

@@ -17,7 +17,7 @@ from cifarlab.config import (
 )
 from cifarlab.config_docs import field_docs, reference_markdown
 
-from conftest import CONFIGS, error_lines, run_python
+from conftest import CONFIGS, error_lines, in_process, run_python
 
 pytestmark = pytest.mark.unit
 
@@ -54,6 +54,12 @@ def test_file_then_overrides(tmp_path: Path) -> None:
      "checkpoint.every_n_steps=3 must be a multiple of train.grad_accum_steps=2"),
     (["bogus=1"], "unknown config key 'bogus'; keys in 'top level': data, model, optim"),
     (["optim.lr"], "override 'optim.lr' is not key=value"),
+    # Shell-quoting slips: YAML that does not parse (a traceback and exit 1 before).
+    (['model.name="'], "override 'model.name=\"': its value is not valid YAML (found unexpected end of stream); "
+                       "check its quotes and brackets"),
+    (["train.mixed_precision={a:"], "override 'train.mixed_precision={a:': its value is not valid YAML"),
+    (["optim.lr=0.1", "model.bn_group_size=[1,2"], "override 'model.bn_group_size=[1,2': its value is not valid YAML"),
+    (["optim.lr='0.1"], "override \"optim.lr='0.1\": its value is not valid YAML"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -66,6 +72,18 @@ def test_bad_values_fail_with_one_line_naming_the_key(overrides: list[str], expe
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="--config nope.yaml: no such file"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["train: {epochs: 2\n", "optim:\n  lr: [0.1\n", "a: 'b\n", "\x00"])
+def test_a_preset_that_is_not_yaml_is_one_line_and_exit_2(text: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^--config {preset}: not valid YAML: \S") as raised:
+        load_config(str(preset))
+    assert "\n" not in str(raised.value)
+    refused = in_process(["--config", str(preset), "--print-config", 'model.name="'], capsys)
+    assert refused.returncode == 2 and error_lines(refused.stderr) == [refused.stderr.strip()]
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
