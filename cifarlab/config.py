@@ -1,8 +1,7 @@
-"""Typed configuration: a dataclass schema merged with OmegaConf: schema defaults <- ``--config FILE.yaml`` <-
-``key=value`` overrides. The schema defaults *are* the default preset (``configs/default.yaml`` mirrors them and a
-test keeps the two equal), so ``accelerate launch -m cifarlab.train`` needs no file. Unknown keys, wrong types and
-bad choices are rejected by OmegaConf itself; cross-field rules live in ``__post_init__`` and name the dotted key.
-Every failure, YAML that does not parse included, surfaces as a :class:`ConfigError` whose message is one line."""
+"""Typed configuration: schema defaults <- ``--config FILE.yaml`` <- ``key=value`` overrides, merged by OmegaConf.
+The schema defaults *are* the default preset (``configs/default.yaml`` mirrors them; a test keeps the two equal).
+Unknown keys, wrong types and bad choices are refused by OmegaConf; cross-field rules live in ``__post_init__`` and
+name the dotted key. Every failure, YAML that does not parse included, is a :class:`ConfigError` of one line."""
 
 from __future__ import annotations
 
@@ -300,17 +299,18 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]
                 raise ConfigError(f"--config {config_file}: not valid YAML: {_yaml_problem(error)}") from None
             refuse_resolvers(loaded, config_file)
             layers.append(_yaml_no(loaded))
-        for item in overrides or []:
+        typed = OmegaConf.create()
+        for item in overrides or []:  # one at a time, as OmegaConf.from_dotlist does, to name the one at fault
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01 or data.train_size=null)")
             try:
-                typed = OmegaConf.from_dotlist([item])
+                typed.merge_with_dotlist([item])
             except yaml.YAMLError as error:  # an unbalanced quote or bracket: a shell-quoting slip
                 raise ConfigError(f"override {item!r}: its value is not valid YAML ({_yaml_problem(error)}); check "
                                   f"its quotes and brackets (the shell takes off one pair of quotes)") from None
-            if overrides_from is not None:
-                refuse_resolvers(typed, overrides_from)
-            layers.append(_yaml_no(typed))
+        if overrides_from is not None:
+            refuse_resolvers(typed, overrides_from)
+        layers.append(_yaml_no(typed))
         config = OmegaConf.to_object(OmegaConf.merge(_schema(), *layers))  # merge copies the schema, built once
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
