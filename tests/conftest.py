@@ -328,13 +328,13 @@ run it with ``python -m cifarlab.sweep ... --trainer FAKE_TRAINER`` (tests/test_
 trainers to one table)."""
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180, every: float = 0.05) -> None:
+    """Poll ``condition`` every ``every`` seconds until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -31,7 +31,7 @@ from cifarlab.run.preemption import StopRequest
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir
 
-from conftest import CONFIGS, records, signal_handlers_kept
+from conftest import CONFIGS, records
 
 pytestmark = pytest.mark.unit
 
@@ -232,8 +232,7 @@ def test_a_stopped_run_continues_with_the_command_it_prints_and_its_epoch_loss_i
     assert printed is not None
     arguments = shlex.split(printed.group(1))
     assert arguments == ["--config", str(run.config), "train.resume=auto"]
-    with signal_handlers_kept():
-        assert train_command.main(arguments) == 0  # the printed arguments through the trainer's own command line
+    assert train_command.main(arguments) == 0  # the printed arguments through the trainer's own command line
     assert "resumed from" in capsys.readouterr().out
 
     # The resumed epoch's loss covers all its batches, as the uninterrupted run's does (the weights are equal).

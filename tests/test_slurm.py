@@ -23,7 +23,7 @@ from typing import Optional
 import psutil
 import pytest
 
-from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke
+from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -71,12 +71,8 @@ def _state(env: dict[str, str], job: str) -> tuple[str, int]:
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 180, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+    """conftest.wait_until, polling SLURM's clients (a process per look) less often by default."""
+    wait_until(condition, what, timeout, every)
 
 
 def _trainers(marker: str) -> list[int]:
