@@ -173,3 +173,14 @@ def test_one_identity_rule_splits_differences_into_volatile_recorded_and_refused
     assert run_changes(saved, written) == run_changes(written, saved) == run_changes(saved, saved)
     assert list(run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"), ["data.std=[0.5,0.5,0.5]"])).refused) == [
         "data.std"]
+
+
+def test_a_load_leaves_nothing_behind_for_the_next(tmp_path: Path) -> None:
+    """The schema is built once per process and merged onto for every load: no load may change it for the next."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("optim:\n  lr: 0.5\ntrain:\n  epochs: 7\n")
+    changed = load_config(str(preset), ["data.train_size=64", "model.name=resnet18"])
+    assert (changed.optim.lr, changed.train.epochs, changed.data.train_size) == (0.5, 7, 64)
+    assert changed.model.name == "resnet18"
+    assert load_config() == Config()
+    assert load_config(None, ["optim.lr=0.25"]).train.epochs == Config().train.epochs
