@@ -39,9 +39,9 @@ def launch(args: Sequence[str], module: str = "cifarlab.train") -> list[str]:
 
 def evaluations(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluation records (those with ``test/acc``) of ``run_dir``'s metrics.jsonl, in order; [] when it has
-    none (cifarlab.experiments.results reads them). Names as in W&B: train/epoch, test/acc (a fraction),
+    none (cifarlab.analysis.results reads them). Names as in W&B: train/epoch, test/acc (a fraction),
     train/epoch_images_per_s, train/epoch_seconds, ...; ``time`` is unix seconds when the record was written."""
-    from cifarlab.experiments.results import evaluations as read
+    from cifarlab.analysis.results import evaluations as read
 
     return read(Path(run_dir))
 

@@ -170,7 +170,7 @@ class Check:
 
 
 def figures(run_dir: Path) -> dict[str, Any]:
-    from cifarlab.experiments.results import records
+    from cifarlab.analysis.results import records
 
     written = records(run_dir, tolerate_torn_tail=True)
     epochs = [r for r in written if "train/epoch_seconds" in r]

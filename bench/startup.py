@@ -117,7 +117,7 @@ def launch_round(command: list[str], tmp: Path, run_dir: Optional[Path], console
     result: dict[str, Any] = {"exit_s": wall}
     if run_dir is not None:
         if not console:
-            from cifarlab.experiments.results import records as read_records
+            from cifarlab.analysis.results import records as read_records
 
             records = read_records(run_dir)
             first = next((r["time"] - start for r in records if r.get("step") == 1), None)

@@ -8,7 +8,7 @@ sqrt(p (1 - p) / IMAGES) = 0.48 points at 64 %, seed luck adds what it adds.
 Old rule (before issue 20): one run each, McNemar's exact test; otherwise the paired bootstrap over images and runs
 (here with RESAMPLES resamples instead of 10,000). New rule: Welch's t on the runs' accuracies, 2 or more runs a
 side; one run on a side, no verdict about settings. With the floor (compare's rule since issue 27): each group's
-spread taken at least as large as its test-set sampling error, cifarlab.experiments.stats.sampling_floor.
+spread taken at least as large as its test-set sampling error, cifarlab.analysis.stats.sampling_floor.
 
     python bench/verdict_calibration.py            # prints a Markdown table (a few minutes on 2 cores)
 """
@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
-from cifarlab.experiments import stats
+from cifarlab.analysis import stats
 
 IMAGES, ACCURACY, RESAMPLES, DATASETS = 10_000, 0.64, 1000, 400
 TEST_SET_STD = math.sqrt(ACCURACY * (1 - ACCURACY) / IMAGES)

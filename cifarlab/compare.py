@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from cifarlab.analysis import searchview
+from cifarlab.analysis.comparison import METRICS, compare
+from cifarlab.analysis.planning import plan
+from cifarlab.analysis.rendering import picture, render, to_json
+from cifarlab.analysis.results import read_runs
+from cifarlab.analysis.sweepdir import SweepDir
 from cifarlab.errors import UsageError
-from cifarlab.experiments import searchview
-from cifarlab.experiments.analysis import METRICS, compare
-from cifarlab.experiments.planning import plan
-from cifarlab.experiments.rendering import picture, render, to_json
-from cifarlab.experiments.results import read_runs
-from cifarlab.experiments.study import DESCRIPTION
 from cifarlab.report import console
 
 if TYPE_CHECKING:
@@ -118,14 +118,14 @@ def _save(image: Image.Image, path: Path) -> int:
 
 
 def search(folder: Path, args: argparse.Namespace) -> int:
-    """A search's folder: its best trials with their settings (cifarlab.experiments.searchview)."""
+    """A search's folder: its best trials with their settings (cifarlab.analysis.searchview)."""
     if args.by or args.baseline or args.plan is not None or args.per_class:
         raise UsageError(f"{folder} is a search: --by, --baseline, --plan and --per-class compare groups of runs; "
-                         f"use them on its confirmation, {folder / 'confirm'}")
+                         f"use them on its confirmation, {SweepDir(folder).confirmation.root}")
     goal = searchview.objective(folder, args.metric)
     if goal.keys is None and args.metric is None:
         console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
-                     f"{folder / DESCRIPTION}): ranked by {goal.metric.name}; --metric picks another")
+                     f"{SweepDir(folder).description}): ranked by {goal.metric.name}; --metric picks another")
     trials, keys = searchview.read_trials(folder, goal)
     if args.json:
         sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, goal), indent=2) + "\n")

@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab.experiments import results
-from cifarlab.experiments.results import per_class  # noqa: F401 - the tests' name for it
+from cifarlab.analysis import results
+from cifarlab.analysis.results import per_class  # noqa: F401 - the tests' name for it
 from cifarlab.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The package's shape: every module imports, the import graph has no cycle, and each wing imports only the wings
-below it: commands -> experiments -> run -> report -> data, models -> the ground floor (config, errors, files,
-interpolation). Imports inside functions and under TYPE_CHECKING count too: they are the same dependency, only later."""
+below it: commands -> experiments (running trials) -> analysis (judging finished runs) -> run -> report -> data,
+models -> the ground floor (config, errors, files, interpolation). Imports inside functions and under TYPE_CHECKING count too: they are the same dependency, only later."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cifarlab"
 COMMANDS = ("train", "evaluate", "predict", "summary", "sweep", "compare")
-FLOORS = {"commands": 5, "experiments": 4, "run": 3, "report": 2, "data": 1, "models": 1, "ground": 0}
+FLOORS = {"commands": 6, "experiments": 5, "analysis": 4, "run": 3, "report": 2, "data": 1, "models": 1, "ground": 0}
 """How high each wing stands; an import from one wing into another must point to a lower floor."""
 
 pytestmark = pytest.mark.unit
@@ -96,3 +96,14 @@ def test_no_module_is_long_and_no_function_longer_than_a_screen() -> None:
             if (node.end_lineno or node.lineno) - node.lineno + 1 > 60:
                 long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
     assert long_modules == [] and long_functions == []
+
+
+def test_the_analysis_wing_needs_no_optuna() -> None:
+    """compare judges finished runs without the [search] extra: nothing in analysis/ imports Optuna, not even late."""
+    found = []
+    for path in sorted((PACKAGE / "analysis").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "optuna"]
+    assert found == []

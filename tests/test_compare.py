@@ -1,4 +1,4 @@
-"""cifarlab.experiments.results and python -m cifarlab.compare on run directories built here by hand (no training)."""
+"""cifarlab.analysis.results and python -m cifarlab.compare on run directories built here by hand (no training)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import math
 import random
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -16,9 +18,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cifarlab import compare
+from cifarlab.analysis import comparison, rendering, repeats, results, stats
+from cifarlab.analysis.results import ResultsError
 from cifarlab.config import VOLATILE, load_config, to_yaml
-from cifarlab.experiments import analysis, rendering, repeats, results, stats
-from cifarlab.experiments.results import ResultsError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.unit
@@ -304,7 +306,7 @@ def test_keys_that_never_change_what_is_computed_do_not_split_groups(tmp_path: P
         make_run(tmp_path, f"v{seed}", [0.5 + seed / 100], setting, seed=seed)
     out = run_json(capsys, str(tmp_path))
     assert [(g["label"], g["n"]) for g in out["groups"]] == [("all", 7)] and out["merged"] == []
-    assert set(analysis.IGNORED) == {"train.seed", *VOLATILE}
+    assert set(comparison.IGNORED) == {"train.seed", *VOLATILE}
 
 
 def test_ignored_keys_do_not_split_groups_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -573,10 +575,10 @@ def test_holm_adjusted_intervals_agree_with_the_verdicts(tmp_path: Path, capsys:
     assert "CI (holm)" in table and f"[{100 * (0.066 - half):+.2f}, {100 * (0.066 + half):+.2f}]" in table
 
 
-def _result(label: str, values: list[float], images: Optional[int]) -> analysis.GroupResult:
+def _result(label: str, values: list[float], images: Optional[int]) -> comparison.GroupResult:
     floor = stats.sampling_floor(stats.mean(values), images) if images else None
-    return analysis.GroupResult(analysis.Group(label, {}, []), [], values, stats.summarize(values, floor or 0.0), {},
-                                None, floor)
+    group = comparison.Group(label, {}, [])
+    return comparison.GroupResult(group, [], values, stats.summarize(values, floor or 0.0), {}, None, floor)
 
 
 @pytest.mark.parametrize("method", stats.ADJUSTMENTS)
@@ -585,24 +587,24 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
     # floors from 100 to 10,000 images or none, some groups repeated (tied p): adjusted p < 0.05 exactly when the
     # adjusted interval excludes 0, and the verdict says better/worse exactly then.
     rng = random.Random(27)
-    metric = analysis.METRICS["final_acc"]
+    metric = comparison.METRICS["final_acc"]
     found, missed, holm_stops_after = 0, 0, 0
     for _ in range(1000):
         images = rng.choice([None, 100, 1000, 10_000])
         def draw(shift: float) -> list[float]:
             return [0.6 + shift + rng.gauss(0, rng.uniform(0.002, 0.03)) for _ in range(rng.randint(2, 5))]
         base = _result("base", draw(0.0), images)
-        others: list[analysis.GroupResult] = []
+        others: list[comparison.GroupResult] = []
         for i in range(rng.randint(1, 6)):
             shift = rng.choice([0, 0.01, 0.02, 0.04, 0.08])
             values = others[-1].values if others and rng.random() < 0.2 else draw(shift)
             others.append(_result(f"g{i}", values, images))
-        differences = [analysis.difference(other, base, None) for other in others]
-        analysis.decide(differences, metric, method)
+        differences = [comparison.difference(other, base, None) for other in others]
+        comparison.decide(differences, metric, method)
         ps = [d.p for d in differences]
         for rank, d in enumerate(sorted(differences, key=lambda d: d.p or 0.0), start=1):
             assert d.p_adjusted is not None and d.ci_adjusted is not None and not d.ci_withheld
-            significant = d.p_adjusted < analysis.SIGNIFICANCE
+            significant = d.p_adjusted < comparison.SIGNIFICANCE
             assert (d.ci_adjusted[0] > 0 or d.ci_adjusted[1] < 0) == significant, (method, ps)
             assert (" better than " in d.verdict or " worse than " in d.verdict) == significant, d.verdict
             found, missed = found + significant, missed + (not significant)
@@ -616,12 +618,12 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
 def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
     # a = [0.5, 0.6], b = a + x: se = sqrt(0.005), df = 2, p = 0.05 at x = t(0.975, 2) * se = 0.304243. Around there
     # floating-point rounding decides both the p and the interval's end; they must agree, or no interval is shown.
-    metric = analysis.METRICS["final_acc"]
+    metric = comparison.METRICS["final_acc"]
 
-    def decided(x: float) -> analysis.Difference:
+    def decided(x: float) -> comparison.Difference:
         base, other = _result("a", [0.5, 0.6], None), _result("b", [0.5 + x, 0.6 + x], None)
-        d = analysis.difference(other, base, None)
-        analysis.decide([d], metric, "none")
+        d = comparison.difference(other, base, None)
+        comparison.decide([d], metric, "none")
         assert d.p_adjusted is not None
         return d
 
@@ -630,11 +632,11 @@ def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
     low, high = 0.9 * stats.t_quantile(0.975, 2) * math.sqrt(0.005), 1.1 * stats.t_quantile(0.975, 2) * math.sqrt(0.005)
     for _ in range(200):
         middle = (low + high) / 2
-        low, high = (middle, high) if decided(middle).p_adjusted >= analysis.SIGNIFICANCE else (low, middle)
+        low, high = (middle, high) if decided(middle).p_adjusted >= comparison.SIGNIFICANCE else (low, middle)
     seen = set()
     for step in range(-40, 41):
         d = decided(high + step * 2e-16)
-        significant = d.p_adjusted < analysis.SIGNIFICANCE
+        significant = d.p_adjusted < comparison.SIGNIFICANCE
         seen.add(significant)
         if d.ci_adjusted is None:
             assert d.ci_withheld
@@ -726,8 +728,8 @@ def test_verdicts_name_both_groups_in_80_columns(tmp_path: Path, capsys: pytest.
         for seed in range(2):
             make_run(tmp_path, f"lr{lr}-s{seed}", [0.6 + seed / 100], f"optim.lr={lr}", "optim.weight_decay=0.0005",
                      "train.epochs=20", seed=seed)
-    report = analysis.compare(results.read_runs([str(tmp_path)]), ["optim.lr", "optim.weight_decay", "train.epochs"],
-                              analysis.METRICS["final_acc"], None)
+    report = comparison.compare(results.read_runs([str(tmp_path)]), ["optim.lr", "optim.weight_decay", "train.epochs"],
+                                comparison.METRICS["final_acc"], None)
     rendering.render(report, False, 80)
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
@@ -831,12 +833,12 @@ def _shown(keys: Sequence[str]) -> list[str]:
 
 def test_the_docs_name_every_ignored_key_and_metric() -> None:
     docs = (REPO / "docs" / "compare.md").read_text()
-    assert " ".join(_shown(analysis.IGNORED)) in " ".join(docs.split())
-    assert all(f"`{name}`" in docs for name in analysis.METRICS)
+    assert " ".join(_shown(comparison.IGNORED)) in " ".join(docs.split())
+    assert all(f"`{name}`" in docs for name in comparison.METRICS)
 
 
 def test_compares_help_names_every_ignored_key() -> None:
-    assert ", ".join(_shown(analysis.IGNORED)) in " ".join((compare.__doc__ or "").split())
+    assert ", ".join(_shown(comparison.IGNORED)) in " ".join((compare.__doc__ or "").split())
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/runs.md", "docs/sweeps.md"])
@@ -849,3 +851,17 @@ def test_the_docs_name_exactly_the_volatile_keys(doc: str) -> None:
              for match in re.finditer(rf"{key}(?:(?:,\s+and\s+|,\s+|\s+and\s+){key})+", text)]
     named = [keys for keys in lists if "train.run_name" in keys and len(keys) >= 5]
     assert named and all(sorted(keys) == sorted(_shown(VOLATILE)) for keys in named), named
+
+
+def test_compare_on_runs_imports_neither_optuna_nor_what_runs_trials(tmp_path: Path) -> None:
+    """compare judges finished runs with the analysis wing alone: a run or grid folder loads no Optuna (the
+    [search] extra) and nothing of cifarlab.experiments (tests/test_architecture.py keeps analysis/ below it)."""
+    for seed, lr in ((0, "0.01"), (1, "0.01"), (0, "0.02"), (1, "0.02")):
+        make_run(tmp_path / "sweep", f"lr{lr}-s{seed}", [0.5 + seed / 100], f"optim.lr={lr}", seed=seed)
+    probe = ("import sys; from cifarlab.compare import main; code = main(sys.argv[1:]); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna' or "
+             "m.startswith('cifarlab.experiments'))); sys.exit(code)")
+    for folder in (tmp_path / "sweep", tmp_path / "sweep" / "lr0.01-s0"):
+        result = subprocess.run([sys.executable, "-c", probe, str(folder), "--json"], capture_output=True, text=True,
+                                timeout=120, cwd=REPO)
+        assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "[]"), result.stderr

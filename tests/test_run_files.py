@@ -23,6 +23,7 @@ from test_loop import TINY, stop_at, tiny_config
 
 from cifarlab import files
 from cifarlab import train as train_command
+from cifarlab.analysis.sweepdir import SweepDir
 from cifarlab.config import TrainConfig, load_config
 from cifarlab.data import tensors
 from cifarlab.errors import Preempted, UsageError
@@ -382,7 +383,7 @@ def test_the_sweep_folders_writers_refuse_a_link(tmp_path: Path, name: str) -> N
         "search.journal": lambda: pruning.journal(str(folder / name)),
         "sweep.yaml": lambda: runner.write_whole(folder / name, "trials: []\n"),
         "logs/trial-0000.log": lambda: files.open_append(folder / name),  # the runner's trial log
-        "claims/trial-0000.lock": lambda: study.Claims(folder).claim("trial-0000"),
+        "claims/trial-0000.lock": lambda: study.Claims(SweepDir(folder)).claim("trial-0000"),
     }
     with pytest.raises(UsageError, match=f"^{folder / name} is a symbolic link"):
         write[name]()

@@ -29,13 +29,14 @@ import yaml
 from cifarlab import compare
 from cifarlab import sweep as sweeps
 from cifarlab import train as trainer_command
+from cifarlab.analysis.sweepdir import SweepDir, trial_name
 from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
 from cifarlab.experiments import study as study_module
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.spec import read_sweep
-from cifarlab.experiments.study import JOURNAL, Claims, StudyFeed, open_study, run_dir, trial_name
+from cifarlab.experiments.study import Claims, StudyFeed, open_study, run_dir
 from cifarlab.run import loop, pruning
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.runlock import RunLock
@@ -242,7 +243,7 @@ def test_workers_asking_at_once_draw_their_own_settings_and_a_rerun_draws_them_a
 
 
 def _hold(path: str, ready: Any) -> None:
-    claims = Claims(Path(path))
+    claims = Claims(SweepDir(Path(path)))
     assert claims.claim("trial-0000", new=True)
     ready.set()
     time.sleep(60)
@@ -255,7 +256,7 @@ def test_a_claim_excludes_other_workers_until_its_worker_dies(tmp_path: Path) ->
     holder = context.Process(target=_hold, args=(str(tmp_path), ready))
     holder.start()
     assert ready.wait(60)
-    claims = Claims(tmp_path)
+    claims = Claims(SweepDir(tmp_path))
     assert not claims.claim("trial-0000")  # held by the other worker
     assert holder.pid is not None
     os.kill(holder.pid, signal.SIGKILL)  # the kernel drops a dead process's POSIX locks
@@ -271,7 +272,7 @@ def test_claim_files_follow_the_umask_and_a_planted_link_is_refused(mask: int, t
     """A colleague's worker on a shared study opens the claim files this worker made (0600 before: PermissionError)."""
     previous = os.umask(mask)
     try:
-        claims = Claims(tmp_path)
+        claims = Claims(SweepDir(tmp_path))
         assert claims.claim("trial-0000", new=True) and claims.claim("trial-0001")
         for name in ("trial-0000", "trial-0001"):
             assert stat.S_IMODE(claims.path(name).stat().st_mode) == 0o666 & ~mask
@@ -314,7 +315,7 @@ def doomed_trial(tmp_path: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
         study.tell(earlier, 0.95)
     trial = study.ask()
     trial.suggest_float("optim.lr", 0.01, 0.1)
-    order = {"journal": str(sweep.folder / JOURNAL), "study": sweep.name, "trial": trial.number,
+    order = {"journal": str(sweep.dir.journal), "study": sweep.name, "trial": trial.number,
              "pruning": "median", "report": "test/acc"}
     return sweep, study, trial, order
 
@@ -336,7 +337,7 @@ def test_a_trainer_that_outlived_its_worker_is_waited_for_and_its_trial_is_never
     study = open_study(sweep)
     asked = study.ask()
     space.suggest(sweep.search, asked)  # type: ignore[arg-type]
-    Claims(sweep.folder).path(trial_name(asked.number)).touch()  # claimed by a worker that has died since
+    Claims(sweep.dir).path(trial_name(asked.number)).touch()  # claimed by a worker that has died since
     context = multiprocessing.get_context("fork")  # a copy of this process at once (spawn re-imports torch: 1.5 s)
     ready, release = context.Event(), context.Event()
     trainer = context.Process(target=_hold_run_lock, args=(str(run_dir(sweep, asked.number).root), ready, release))
@@ -364,7 +365,7 @@ def test_a_trial_whose_worker_died_before_its_settings_were_sampled_is_failed_an
     sweep = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 2})), [f"train.output_dir={tmp_path / 'runs'}"])
     study = open_study(sweep)
     asked = study.ask()  # no settings: its worker died here
-    Claims(sweep.folder).path(trial_name(asked.number)).touch()  # its claim, free since its worker died
+    Claims(sweep.dir).path(trial_name(asked.number)).touch()  # its claim, free since its worker died
     feed = StudyFeed(sweep, study)
     taken = feed.take()
     assert taken is not None and taken.index == 1 and len(taken.settings) == len(SPACE)
@@ -421,7 +422,7 @@ def searched(tmp_path: Path, top: int, trials: list[tuple[float, float]]) -> tup
 
 def confirmed_runs(sweep: Any, accuracies: dict[str, list[float]]) -> None:
     """Each confirmation run finished, with its setting's accuracies by seed ("base" for the control)."""
-    check = read_sweep(str(sweep.folder / "confirm.yaml"))
+    check = read_sweep(str(sweep.dir.confirmation_file))
     for trial in check.trials:
         setting = next((s for s in trial.settings if s.startswith("optim.lr=")), "base")
         seed = int(next(s for s in trial.settings if s.startswith("train.seed=")).split("=")[1])
@@ -614,7 +615,7 @@ def test_compare_ranks_a_search_folder_by_the_search_metric_and_direction(tmp_pa
 
 
 def study_of(folder: Path) -> Any:
-    return optuna.load_study(study_name="search", storage=pruning.journal(str(folder / JOURNAL)))
+    return optuna.load_study(study_name="search", storage=pruning.journal(str(SweepDir(folder).journal)))
 
 
 def finished_trials(folder: Path) -> int:
@@ -650,7 +651,8 @@ def quiet_journal(folder: Path) -> None:
     period, 30 s); one killed between asking the study for a trial and recording its settings leaves a trial that is
     failed by design ("it lost its worker before its settings were sampled") and replaced. With trials of a fraction
     of a second both moments come often; the kills in these tests are about claims, adoption and resuming."""
-    journal, lock = folder / JOURNAL, folder / f"{JOURNAL}.lock"
+    journal = SweepDir(folder).journal
+    lock = journal.with_name(journal.name + ".lock")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         size = journal.stat().st_size

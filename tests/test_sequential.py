@@ -20,10 +20,11 @@ from scipy.stats import norm
 from test_sweep import SMALL, lines, spec, write
 
 from cifarlab import sweep as sweeps
+from cifarlab.analysis import stats
+from cifarlab.analysis.results import read_run
 from cifarlab.config import to_yaml
-from cifarlab.experiments import sequential, stats
+from cifarlab.experiments import sequential
 from cifarlab.experiments.record import Trial
-from cifarlab.experiments.results import read_run
 from cifarlab.experiments.sequential import decide, pocock_level, welch_intervals
 from cifarlab.experiments.spec import Sweep
 from cifarlab.run.rundir import RunDir

@@ -1,4 +1,4 @@
-"""cifarlab.experiments.stats against hand computations and published tables."""
+"""cifarlab.analysis.stats against hand computations and published tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from cifarlab.experiments import stats
+from cifarlab.analysis import stats
 
 pytestmark = pytest.mark.unit
 

@@ -24,9 +24,9 @@ import pytest
 from safetensors import safe_open
 
 from cifarlab import train as trainer_command
+from cifarlab.analysis.results import read_run
 from cifarlab.config import CIFAR10_CLASSES, load_config
 from cifarlab.errors import UsageError
-from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import checkpoint_step
 from cifarlab.run import pruning
 from cifarlab.run.checkpoint import TrainState

@@ -23,9 +23,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cifarlab import compare, evaluate, predict, summary, sweep, train
+from cifarlab.analysis import results
 from cifarlab.config import CheckpointConfig, ConfigError, load_config, to_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments import results
 from cifarlab.experiments.runner import conflict
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import StudyFeed, open_study

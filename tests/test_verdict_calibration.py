@@ -8,7 +8,7 @@ test-set sampling (its IMAGES test images right or wrong as coins: normal with s
 points at p = 0.64, the default recipe's). The verdict rule is applied vectorised over many data sets
 (:func:`welch_p`, a copy of the rule in numpy, each group's spread floored at its test-set sampling error as compare
 floors it), and :func:`test_the_vectorised_rule_is_compares_rule` checks that the copy and cifarlab's own code
-(analysis.difference and decide) give the same verdicts on the same data sets."""
+(comparison.difference and decide) give the same verdicts on the same data sets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlab.experiments import analysis, stats
+from cifarlab.analysis import comparison, stats
 
 pytestmark = pytest.mark.unit
 
@@ -123,26 +123,26 @@ def test_power_under_a_real_difference(runs: int, delta: float) -> None:
         assert found > 0.9  # 5 v 5 still finds a 2-point difference
 
 
-def _group(label: str, values: list[float]) -> analysis.GroupResult:
-    """A group of runs on IMAGES test images: floored as analysis.summarize_group floors it."""
+def _group(label: str, values: list[float]) -> comparison.GroupResult:
+    """A group of runs on IMAGES test images: floored as comparison.summarize_group floors it."""
     floor = stats.sampling_floor(stats.mean(values), IMAGES)
-    return analysis.GroupResult(analysis.Group(label, {}, []), [], values, stats.summarize(values, floor), {}, None,
-                                floor)
+    return comparison.GroupResult(comparison.Group(label, {}, []), [], values, stats.summarize(values, floor), {}, None,
+                                  floor)
 
 
 def test_the_vectorised_rule_is_compares_rule() -> None:
-    """The verdicts that compare's own code (analysis.difference, decide) gives on simulated data sets are the
+    """The verdicts that compare's own code (comparison.difference, decide) gives on simulated data sets are the
     vectorised rule's: a side with one run never gets a verdict about settings."""
     rng = np.random.default_rng(3)
-    metric = analysis.METRICS["final_acc"]
+    metric = comparison.METRICS["final_acc"]
     for n_a, n_b in SIZES:
         a, b = simulate(rng, n_a, TEST_SET_STD, datasets=60), simulate(rng, n_b, TEST_SET_STD, shift=0.006,
                                                                        datasets=60)
         expected = welch_p(a, b)
         for row_a, row_b, p in zip(a, b, expected):
             base, other = _group("lr=0.02", row_a.tolist()), _group("lr=0.05", row_b.tolist())
-            d = analysis.difference(other, base, None)
-            analysis.decide([d], metric, "holm")
+            d = comparison.difference(other, base, None)
+            comparison.decide([d], metric, "holm")
             claimed = " better than " in d.verdict or " worse than " in d.verdict
             if np.isnan(p):
                 assert not claimed and "no verdict about the settings" in d.verdict

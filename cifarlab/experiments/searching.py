@@ -17,17 +17,17 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from cifarlab.analysis.comparison import Report, compare, group_runs
+from cifarlab.analysis.rendering import render
+from cifarlab.analysis.results import read_run
+from cifarlab.analysis.sweepdir import CONFIRMATION, trial_name
 from cifarlab.config import load_config
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
-from cifarlab.experiments.analysis import Report, compare, group_runs
 from cifarlab.experiments.record import Trial
-from cifarlab.experiments.rendering import render
-from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, finished, say, status, write_record, write_whole
 from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
 from cifarlab.experiments.study import (
-    JOURNAL,
     ClaimFeed,
     Claims,
     StudyFeed,
@@ -35,10 +35,7 @@ from cifarlab.experiments.study import (
     progress,
     reading,
     sampled_trial,
-    trial_name,
 )
-
-CONFIRM = "confirm"
 
 
 def main(sweep: Sweep, args: argparse.Namespace) -> int:
@@ -157,12 +154,12 @@ def confirm_file(sweep: Sweep, study: Any) -> Path:
     common = [item for item in sweep.common if not item.startswith("train.output_dir=")]
     group = [] if any(item.startswith("logging.wandb.group=") for item in common) else [
         f"logging.wandb.group={sweep.name}-confirm"]  # not "confirm": every search's confirmation would share it
-    spec = {"name": CONFIRM, **({"base": str(Path(sweep.base).resolve())} if sweep.base else {}),
+    spec = {"name": CONFIRMATION, **({"base": str(Path(sweep.base).resolve())} if sweep.base else {}),
             "overrides": [*common, f"train.output_dir={sweep.folder.resolve()}", *group],
             "trials": [{}, *[space.settings(sweep.search, t.params) for t in chosen]],
             "seeds": [seed + i for i in range(1, sweep.search.confirm.seeds + 1)],
             **({"launch": [shlex.join(sweep.launch)]} if sweep.launch else {})}
-    path = sweep.folder / "confirm.yaml"
+    path = sweep.dir.confirmation_file
     text = "# written by cifarlab.sweep: the search's best settings and the base, on fresh seeds\n" + \
         OmegaConf.to_yaml(OmegaConf.create(spec))
     if not path.is_file() or path.read_text() != text:
@@ -182,7 +179,7 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     what = f"the {len(chosen)} best setting(s) and the base configuration" if chosen else "the base configuration"
     say(sweep, f"confirming {what} on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
                f"{check.folder}")
-    code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.folder)))
+    code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.dir)))
     if code != 0:
         return code
     if not all(finished(check, t) for t in check.trials):
@@ -210,7 +207,7 @@ def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
     """compare's report on the confirmation runs, grouped by the searched keys, the base configuration (the
     control) as the baseline."""
     assert sweep.search is not None
-    check = check or read_sweep(str(sweep.folder / "confirm.yaml"))
+    check = check or read_sweep(str(sweep.dir.confirmation_file))
     runs = [read_run(check.run_dir(t).root) for t in check.trials]
     keys = [p.key for p in sweep.search.space]
     control = {key: run.config.get(key) for run in runs[:1] for key in keys}
@@ -231,7 +228,7 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
 
     assert sweep.search is not None
     if study is None:
-        raise UsageError(f"--best: search {sweep.name} has not started ({sweep.folder / JOURNAL} does not exist)")
+        raise UsageError(f"--best: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
     keys = [p.key for p in sweep.search.space]
     if sweep.search.confirm is None:
         top = ranked(sweep, study)
@@ -241,7 +238,7 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
         console.note(f"trial {top[0].number}'s settings, not confirmed: the best of {len(top)} noisy trials "
                      f"overstates its score; add search: confirm: to re-run it on fresh seeds")
     else:
-        check = read_sweep(str(sweep.folder / "confirm.yaml")) if (sweep.folder / "confirm.yaml").is_file() else None
+        check = read_sweep(str(sweep.dir.confirmation_file)) if sweep.dir.confirmation_file.is_file() else None
         if check is None or not all(finished(check, t) for t in check.trials):
             raise UsageError(f"--best: search {sweep.name} has no finished confirmation yet; run the search to its end")
         report = confirmed(sweep, check)

@@ -6,7 +6,7 @@ The rule: repeated confidence intervals with Pocock's boundary. After each round
 mean final test accuracy (group minus baseline) gets a Welch interval whose two-sided level is the same at every
 look and chosen (:func:`pocock_level`) so that over all the planned looks together the intervals miss the true
 difference with probability about 5 %. No group's spread is taken below its test-set sampling error (a run's
-accuracy is itself a sample: cifarlab.experiments.stats.sampling_floor): runs that repeat one score are not a
+accuracy is itself a sample: cifarlab.analysis.stats.sampling_floor): runs that repeat one score are not a
 measurement without error. A comparison is decided when its interval lies above 0 (better), below 0 (worse) or
 inside ±margin (equivalent); a decision can be wrong only where some interval missed the truth.
 tests/test_sequential.py simulates the false-positive rate and the power. numpy and scipy are imported inside the
@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from cifarlab.analysis import stats
+from cifarlab.analysis.results import read_run
+from cifarlab.analysis.sweepdir import read_yaml
 from cifarlab.errors import UsageError
-from cifarlab.experiments import stats
 from cifarlab.experiments.record import Trial
-from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Runner, finished, say, write_record
-from cifarlab.experiments.spec import SEED, TRAINER, Sweep, read_sweep, read_yaml
+from cifarlab.experiments.spec import SEED, TRAINER, Sweep, read_sweep
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,21 +92,12 @@ def welch_intervals(base: Any, other: Any, level: float,
     (stats.sampling_floor). None: no floor. Where neither group spreads and no floor applies, the interval is
     unbounded: runs that repeat one score exactly decide nothing."""
     import numpy as np
-    from scipy import special  # Student's t without scipy.stats' checks per call (stats.t_quantile)
 
     base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
-    n_base, n_other = base.shape[-1], other.shape[-1]
-    std_base, std_other = base.std(axis=-1, ddof=1), other.std(axis=-1, ddof=1)
-    if images is not None:
-        std_base = np.maximum(std_base, POINTS * stats.sampling_floors(base.mean(axis=-1) / POINTS, images))
-        std_other = np.maximum(std_other, POINTS * stats.sampling_floors(other.mean(axis=-1) / POINTS, images))
-    var_base, var_other = std_base**2 / n_base, std_other**2 / n_other
-    spread = var_base + var_other
-    diff = other.mean(axis=-1) - base.mean(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = spread**2 / (var_base**2 / (n_base - 1) + var_other**2 / (n_other - 1))
-        quantile = special.stdtrit(np.where(spread > 0, df, 1.0), 1 - level / 2)
-        half = np.where(spread > 0, quantile * np.sqrt(spread), np.inf)
+    floors = (0.0, 0.0) if images is None else (
+        POINTS * stats.sampling_floors(base.mean(axis=-1) / POINTS, images),
+        POINTS * stats.sampling_floors(other.mean(axis=-1) / POINTS, images))
+    diff, _, _, half = stats.welch_many(base, other, 1 - level, *floors)  # stats' level is the coverage
     return diff, diff - half, diff + half
 
 

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from cifarlab.analysis.sweepdir import SweepDir, read_yaml
 from cifarlab.config import SEED_LIMIT, Config, flatten, load_config, refuse_resolvers, to_dict, with_run_name
 from cifarlab.errors import UsageError
 from cifarlab.experiments.launching import check_launch, launch_list
@@ -69,15 +70,19 @@ class Sweep:
     identity, whatever the trainer's resume rule lets one run change (cifarlab.experiments.record.changes)."""
     trainer: tuple[str, ...] = TRAINER  # from the command line only: a sweep file names no program to run
 
+    @property
+    def dir(self) -> SweepDir:
+        return SweepDir(self.folder)
+
     def run_dir(self, trial: Trial) -> RunDir:
-        return RunDir(self.folder / trial.name)
+        return self.dir.run(trial.name)
 
     def log(self, trial: Trial) -> Path:
-        return self.folder / "logs" / f"{trial.name}.log"
+        return self.dir.log(trial.name)
 
     def outcome(self, trial: Trial) -> Path:
         """How the trial's last attempt under a sweep ended (JSON, see cifarlab.experiments.runner)."""
-        return self.folder / "logs" / f"{trial.name}.outcome.json"
+        return self.dir.outcome(trial.name)
 
     @property
     def count(self) -> int:
@@ -86,7 +91,7 @@ class Sweep:
 
     @property
     def record(self) -> Path:
-        return self.folder / "sweep.yaml"
+        return self.dir.record
 
     def overrides(self, trial: Trial) -> list[str]:
         """Everything after the trainer's --config: common, the trial's own, then where and how it runs."""
@@ -267,15 +272,6 @@ def _load_file(source: Path) -> dict[str, Any]:
         raise UsageError(f"sweep file {source}: unknown key '{unknown[0]}'; keys: {', '.join(FILE_KEYS)}")
     refuse_resolvers(loaded, f"sweep file {source}")  # its values reach trainers' command lines, which resolve
     return {str(key): value for key, value in loaded.items()}
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file's contents, read as OmegaConf reads presets (so 1e-3 is a number here too)."""
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:  # PyYAML's errors (yaml is not imported here) and OmegaConf's
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"{path}: not a YAML file ({reason})") from None
 
 
 def _find_base(base: Any, source: Path) -> str:

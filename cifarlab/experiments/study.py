@@ -28,28 +28,21 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from cifarlab import files
+from cifarlab.analysis.results import read_run
+from cifarlab.analysis.sweepdir import SweepDir, trial_name
 from cifarlab.config import VOLATILE, load_config, refuse_resolvers, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
-from cifarlab.experiments.results import read_run
 from cifarlab.experiments.runner import Feed, finished, say, write_whole
 from cifarlab.experiments.spec import Sweep, identity, setting
 from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir
 
-JOURNAL = "search.journal"
-DESCRIPTION = "search.yaml"
-"""Beside the journal: the search's metric, direction and space (Search.identity), for what reads the folder without
-Optuna (compare, cifarlab.experiments.searchview)."""
 ASKING_S = 60.0
 """A running trial with no claim file for this long lost its worker between sampling it and claiming it."""
 QUIET_S = 2.0
 """How long a worker with free slots waits before asking the study again (while its other trials run)."""
-
-
-def trial_name(number: int) -> str:
-    return f"trial-{number:04d}"
 
 
 def open_study(sweep: Sweep) -> Any:
@@ -59,9 +52,9 @@ def open_study(sweep: Sweep) -> Any:
     import optuna
 
     assert sweep.search is not None
-    path = sweep.folder / JOURNAL
+    path = sweep.dir.journal
     try:
-        (sweep.folder / "claims").mkdir(parents=True, exist_ok=True)
+        sweep.dir.claims.mkdir(parents=True, exist_ok=True)
         storage = pruning.journal(str(path))
         study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
                                     direction=optuna.study.StudyDirection.MAXIMIZE if sweep.search.maximize
@@ -76,9 +69,9 @@ def open_study(sweep: Sweep) -> Any:
 
 
 def _describe(sweep: Sweep) -> None:
-    """``search.yaml`` (:data:`DESCRIPTION`), written whole and renamed into place (never through a link there)."""
+    """``search.yaml`` (SweepDir.description), written whole and renamed into place (never through a link there)."""
     assert sweep.search is not None
-    path = sweep.folder / DESCRIPTION
+    path = sweep.dir.description
     text = "# written by cifarlab.sweep: what this search optimizes (cifarlab.compare reads it)\n" + \
         OmegaConf.to_yaml(OmegaConf.create(sweep.search.identity()))
     try:
@@ -93,7 +86,7 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
     """The study as it is now, for ``--list`` and ``--best``, read from a copy of its journal: nothing in the folder
     is written (opening the journal itself appends to it and takes Optuna's lock file), so a read-only folder, a
     colleague's, works. None before the search first ran; refused as :func:`open_study` refuses."""
-    path = sweep.folder / JOURNAL
+    path = sweep.dir.journal
     if not path.is_file():
         yield None
         return
@@ -101,7 +94,7 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
     import optuna
 
     with tempfile.TemporaryDirectory(prefix="cifarlab-study-") as scratch:
-        copy = Path(scratch) / JOURNAL
+        copy = Path(scratch) / sweep.dir.journal.name
         shutil.copyfile(path, copy)  # a line a worker is appending meanwhile is torn: Optuna's reader leaves it out
         try:
             study = optuna.load_study(study_name=sweep.name, storage=pruning.journal(str(copy)))
@@ -146,7 +139,7 @@ class StudyFeed(Feed):
         assert sweep.search is not None
         self.sweep, self.search, self.study = sweep, sweep.search, study
         self.study.sampler = space.sampler(self.search)
-        self.claims = Claims(sweep.folder)
+        self.claims = Claims(sweep.dir)
         self.quiet_until = 0.0
         self.orphans: set[int] = set()
         """Trials whose worker has gone while their trainer runs on (see :meth:`_orphaned`)."""
@@ -216,7 +209,7 @@ class StudyFeed(Feed):
         return sampled_trial(self.sweep, number, params)
 
     def environment(self, trial: Trial) -> dict[str, str]:
-        order = {"journal": str((self.sweep.folder / JOURNAL).resolve()), "study": self.sweep.name,
+        order = {"journal": str(self.sweep.dir.journal.resolve()), "study": self.sweep.name,
                  "trial": trial.index, "pruning": self.search.pruning,
                  "report": space.EVALUATED.get(self.search.metric, "test/acc")}
         return {pruning.VARIABLE: json.dumps(order)}
@@ -267,8 +260,9 @@ class StudyFeed(Feed):
 class Claims:
     """Locks on ``<sweep folder>/claims/<name>.lock``, one per trial a worker works on (see the module docstring)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder / "claims"
+    def __init__(self, sweep: SweepDir) -> None:
+        self.sweep = sweep
+        self.folder = sweep.claims
         self.held: dict[str, int] = {}  # name -> the claim file's descriptor (holding its lock)
 
     def claim(self, name: str, new: bool = False) -> bool:
@@ -298,7 +292,7 @@ class Claims:
         return True
 
     def path(self, name: str) -> Path:
-        return self.folder / f"{name}.lock"
+        return self.sweep.claim(name)
 
     def release(self, name: str) -> None:
         descriptor = self.held.pop(name, None)
@@ -361,7 +355,7 @@ def sampled_trial(sweep: Sweep, number: int, params: dict[str, Any]) -> Trial:
     assert sweep.search is not None
     chosen = space.settings(sweep.search, params)
     trial = Trial(number, trial_name(number), tuple(setting(key, value) for key, value in chosen.items()))
-    refuse_resolvers(chosen, str(sweep.folder / JOURNAL))  # values read back from the journal
+    refuse_resolvers(chosen, str(sweep.dir.journal))  # values read back from the journal
     sweep.configs[number] = load_config(sweep.base, sweep.overrides(trial))
     return trial
 

@@ -4,4 +4,4 @@ metrics.jsonl and the console (``recorder``, ``tracking``), checkpoints (``check
 (``preemption``), the run directory's names and lock (``rundir``, ``runlock``), the run record (``environment``),
 Accelerate bypasses (``workarounds``), a trained model read back (``loading``), a search's trial reporting to its
 study (``pruning``) and what loads a checkpoint's pickles (``pickles``). Imports report, data, models and
-the ground floor, never the experiments or the commands."""
+the ground floor, never analysis, experiments or the commands."""

@@ -9,7 +9,7 @@ trainer killed while writing it (``whole``: replaced atomically by cifarlab.file
                            and rewritten whole by each start (without the records past its checkpoint)
       model.safetensors    final weights (written last: its presence means the run finished); saved into a new
                            folder and renamed into place, so a kill never leaves a partial file that says finished
-      predictions.safetensors  the final evaluated model's test predictions (see cifarlab.experiments.results); whole
+      predictions.safetensors  the final evaluated model's test predictions (see cifarlab.analysis.results); whole
       environment.json     versions, hardware, command line and git commit of each start (see
                            cifarlab.run.environment); whole
       history.jsonl        allowed changes to config.yaml's settings and the process count, by start; appended

@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from cifarlab.analysis import stats
+from cifarlab.analysis.comparison import Report
 from cifarlab.errors import UsageError
-from cifarlab.experiments import stats
-from cifarlab.experiments.analysis import Report
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.experiments import stats
-from cifarlab.experiments.analysis import Difference, GroupResult, Metric, Report
-from cifarlab.experiments.planning import Plan
+from cifarlab.analysis import stats
+from cifarlab.analysis.comparison import Difference, GroupResult, Metric, Report
+from cifarlab.analysis.planning import Plan
 
 # --- output ---------------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ env.* from environment.json), each group's mean, spread and 95 % interval of a m
 test-set sampling explains, each group's difference from a baseline (Welch's t on the runs: the verdict about
 settings; McNemar on per-image predictions when each side has one run: a statement about two trained models),
 adjusted for several comparisons, and the warnings and notes that go with them. Copies of one measurement are
-counted once (cifarlab.experiments.repeats), and an accuracy's spread is never taken below its test-set sampling
+counted once (cifarlab.analysis.repeats), and an accuracy's spread is never taken below its test-set sampling
 error. The statistics and what they mean: docs/compare.md."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from cifarlab.analysis import repeats, stats
+from cifarlab.analysis.confounds import ENV_PREFIX, environment_warnings
+from cifarlab.analysis.results import Predictions, Run
 from cifarlab.config import VOLATILE, shown
 from cifarlab.errors import UsageError
-from cifarlab.experiments import repeats, stats
-from cifarlab.experiments.confounds import ENV_PREFIX, environment_warnings
-from cifarlab.experiments.results import Predictions, Run
 
 IGNORED: tuple[str, ...] = ("train.seed", *VOLATILE)
 """Config keys (or prefixes, ending in a dot) that never form groups by themselves: the seed, which is what repeats
@@ -219,7 +219,7 @@ class Report:
     adjust: str = "holm"
     missing: list[dict[str, str]] = field(default_factory=list)
     merged: list[repeats.Merged] = field(default_factory=list)
-    """Copies of a measurement another run of their group holds: counted once (cifarlab.experiments.repeats)."""
+    """Copies of a measurement another run of their group holds: counted once (cifarlab.analysis.repeats)."""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

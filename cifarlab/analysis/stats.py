@@ -133,16 +133,30 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
     difference by, so no test (never p = 0)."""
     if len(a) < 2 or len(b) < 2:
         return None
-    diff = mean(b) - mean(a)
-    va = max(sample_std(a), floor[0]) ** 2 / len(a)
-    vb = max(sample_std(b), floor[1]) ** 2 / len(b)
-    se = math.sqrt(va + vb)
+    diff, se, df, half = (float(x) for x in welch_many(a, b, level, *floor))
     if se == 0.0:
         return None
-    # The floored variances count as estimates with n - 1 degrees of freedom: at most n_a + n_b - 2, conservative.
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = t_quantile(0.5 + level / 2, df) * se
     return Welch(diff, se, df, (diff - half, diff + half), t_two_sided_p(diff / se, df))
+
+
+def welch_many(a: Any, b: Any, level: float = LEVEL, floor_a: Any = 0.0, floor_b: Any = 0.0) -> tuple[Any, ...]:
+    """Welch along the last axis, every leading axis an independent comparison (the sequential rule's simulations
+    pass thousands at once; :func:`welch` one): the difference of means ``b - a``, its standard error, the
+    Welch-Satterthwaite degrees of freedom and the half-width of its interval at ``level`` (infinite where neither
+    side spreads: nothing is decided). ``floor_a``, ``floor_b``: each side's smallest standard deviation, one number
+    or one per comparison. Each side needs at least 2 values."""
+    import numpy as np
+    from scipy import special  # Student's t without scipy.stats' checks per call (:func:`t_quantile`)
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va = np.maximum(a.std(axis=-1, ddof=1), floor_a) ** 2 / a.shape[-1]
+    vb = np.maximum(b.std(axis=-1, ddof=1), floor_b) ** 2 / b.shape[-1]
+    se = np.sqrt(va + vb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # The floored variances count as estimates with n - 1 degrees of freedom: at most n_a + n_b - 2, conservative.
+        df = (va + vb) ** 2 / (va ** 2 / (a.shape[-1] - 1) + vb ** 2 / (b.shape[-1] - 1))
+        half = np.where(se > 0, special.stdtrit(np.where(se > 0, df, 1.0), 0.5 + level / 2) * se, np.inf)
+    return b.mean(axis=-1) - a.mean(axis=-1), se, df, half
 
 
 # --- two single runs on the same test images: McNemar ---------------------------------------------------
@@ -224,7 +238,7 @@ def interval_levels(ps: Sequence[float], method: str, alpha: float = ALPHA) -> l
     false-coverage-rate level 1 - alpha R / k (Benjamini & Yekutieli 2005; R = 1 when none are found): a rejected
     p(r) <= p(R) < alpha R / k excludes 0, a kept one p(j) >= alpha j / k > alpha R / k does not. none: 1 - alpha.
     Ties in p fall on the same side of every threshold. At a p exactly on a threshold the agreement is exact
-    arithmetic's; floats can miss it by an ulp, which the caller checks (cifarlab.experiments.analysis.decide)."""
+    arithmetic's; floats can miss it by an ulp, which the caller checks (cifarlab.analysis.comparison.decide)."""
     k = len(ps)
     found = [p < alpha for p in adjust(ps, method)]
     if method == "holm":

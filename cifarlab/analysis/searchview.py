@@ -6,17 +6,15 @@ trials overstates its score (the winner's curse): the table says where the confi
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from cifarlab.analysis.comparison import METRICS, Metric, differing_keys
+from cifarlab.analysis.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
+from cifarlab.analysis.results import Run, read_run
+from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
 from cifarlab.errors import UsageError
-from cifarlab.experiments.analysis import METRICS, Metric, differing_keys
-from cifarlab.experiments.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
-from cifarlab.experiments.results import Run, read_run
-from cifarlab.experiments.spec import read_yaml
-from cifarlab.experiments.study import DESCRIPTION, JOURNAL
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -51,14 +49,14 @@ class Objective:
 
 
 def is_search(path: str) -> bool:
-    return (Path(path) / JOURNAL).is_file()
+    return SweepDir(Path(path)).is_search()
 
 
 def objective(folder: Path, metric: Optional[str]) -> Objective:
     """The search's metric and direction, from the folder's search.yaml (written when its study was opened;
     final_acc, maximized, for a folder from before); ``metric``, given, replaces the search's, in its own direction
     unless it is the search's."""
-    path = folder / DESCRIPTION
+    path = SweepDir(folder).description
     found = read_yaml(path) if path.is_file() else None
     if found is None:
         chosen = METRICS[metric or "final_acc"]
@@ -75,9 +73,7 @@ def objective(folder: Path, metric: Optional[str]) -> Objective:
 
 def read_trials(folder: Path, goal: Objective) -> tuple[list[SearchTrial], list[str]]:
     """The folder's trials by number, and the searched keys (the search's; else those whose values differ)."""
-    found = sorted((int(m[1]), path) for path in folder.glob("trial-*")
-                   if (m := re.fullmatch(r"trial-(\d+)", path.name)) and (path / "config.yaml").is_file())
-    runs = [(number, read_run(path)) for number, path in found]
+    runs = [(number, read_run(run.root)) for number, run in SweepDir(folder).search_trials()]
     keys = goal.keys if goal.keys is not None else differing_keys([run for _, run in runs]) if len(runs) > 1 else []
     metric = goal.metric
     return [SearchTrial(number, run, metric.read(run) if run.finished else None,
@@ -95,7 +91,7 @@ def summary(folder: Path, trials: list[SearchTrial], goal: Objective) -> list[st
     pruned = [t for t in trials if t.state.startswith("pruned")]
     lines = [f"search {folder}: {len(trials)} trials: {len(ranked(trials, goal))} complete, {len(pruned)} pruned, "
              f"{sum(t.state == 'unfinished' for t in trials)} unfinished"]
-    confirm = folder / "confirm"
+    confirm = SweepDir(folder).confirmation.root
     lines.append(f"the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
                  f"{'cifarlab.compare ' + str(confirm) if confirm.is_dir() else 'add search: confirm: to the file'}")
     return lines
@@ -112,7 +108,7 @@ def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objec
         table.add_column(column, justify="right" if column != "trial" else "left")
     for rank, trial in enumerate(best[:SHOWN], 1):
         # The values as the trial trained with them (cifarlab.experiments.space.rounded: inside the range).
-        table.add_row(str(rank), f"trial-{trial.number:04d}", _number(metric, trial.value),
+        table.add_row(str(rank), trial_name(trial.number), _number(metric, trial.value),
                       *[str(trial.settings.get(key)) for key in keys])
     out = Console(highlight=False, markup=False, width=width)
     out.print(table)

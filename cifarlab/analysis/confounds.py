@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+from cifarlab.analysis.results import Run
 from cifarlab.config import shown
-from cifarlab.experiments.results import Run
 
 ENV_PREFIX = "env."
 """``--by env.<field>`` groups by a field of environment.json."""

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifarlab.analysis.results import Run
 from cifarlab.config import VOLATILE
-from cifarlab.experiments.results import Run
 
 SAME_CONFIG = "same configuration and seed"
 SAME_PREDICTIONS = "identical predictions.safetensors"
