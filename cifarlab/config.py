@@ -15,8 +15,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifarlab.config_errors import below_a_list, escaped, not_a_mapping, one_line
-from cifarlab.errors import UsageError
+from cifarlab.config_errors import below_a_list, not_a_mapping, one_line
+from cifarlab.errors import UsageError, printable
 from cifarlab.interpolation import literal, resolver_call
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
@@ -343,7 +343,7 @@ def refuse_resolvers(document: Any, where: str) -> None:
     found = resolver_call(OmegaConf.to_container(document, resolve=False) if OmegaConf.is_config(document)
                           else document)
     if found is not None:
-        key, text = (escaped(part) for part in found)  # on one line, whatever the file holds
+        key, text = (printable(part) for part in found)  # on one line, whatever the file holds
         raise ConfigError(f"{where}: {key or 'a value'}: {text} calls a resolver, which a file may not (it could read "
                           f"the environment); a file may refer to other keys (${{optim.lr}}): set {key or 'the value'} "
                           f"on the command line instead")

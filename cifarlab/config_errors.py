@@ -1,7 +1,7 @@
 """One line for each way a config load fails (cifarlab.config.load_config raises them as its ConfigError): OmegaConf's
 own messages span several lines and name the key last, a preset's keys may be any text (line breaks included), and
 two of its refusals are no OmegaConf error at all (a mapping merged onto a list is a TypeError; a YAML file holding a
-scalar, an IOError). Works on the schema's dataclass, which the caller passes: imports nothing of cifarlab."""
+scalar, an IOError). Works on the schema's dataclass, which the caller passes (cifarlab.config imports this)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf.errors import OmegaConfBaseException
 
+from cifarlab.errors import printable
+
 
 def one_line(error: OmegaConfBaseException, schema: type) -> str:
     """OmegaConf's message, its first line: the reason, naming the dotted key (an unknown key with the keys its
@@ -18,8 +20,8 @@ def one_line(error: OmegaConfBaseException, schema: type) -> str:
     text, key = str(error), getattr(error, "full_key", None)
     # A key's own line breaks would cut the reason short and print as lines of their own.
     for part in {str(key or ""), str(getattr(error, "key", None) or "")} - {""}:
-        text = text.replace(part, escaped(part))
-    key = escaped(str(key)) if key else key
+        text = text.replace(part, printable(part))
+    key = printable(str(key)) if key else key
     reason = text.splitlines()[0].strip() if text else type(error).__name__
     if "not in" in reason and key:
         section = str(key).rpartition(".")[0]
@@ -41,13 +43,8 @@ def below_a_list(keys: list[str], schema: type) -> str:
         parts = key.split(".")
         lists = [".".join(parts[:end]) for end in range(1, len(parts)) if _is_list(schema, parts[:end])]
         if lists:
-            return f"{escaped(key)}: {lists[0]} is a list, set whole (e.g. {lists[0]}=[...]), not item by item"
+            return f"{printable(key)}: {lists[0]} is a list, set whole (e.g. {lists[0]}=[...]), not item by item"
     return "a key is set below a list-valued key (such as data.mean); set the list whole"
-
-
-def escaped(text: str) -> str:
-    """``text`` with what does not print (line breaks, control characters) as Python escapes."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def allowed_keys(schema: type, section: str) -> list[str]:
