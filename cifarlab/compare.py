@@ -16,8 +16,8 @@ checkpoint.*), or by the --by keys: a dotted config key, or env.<field> of envir
 env.mixed_precision). Only finished runs count; the others are listed. Copies of one measurement (same
 configuration and seed, or identical predictions) count once. The statistics and what they mean: docs/compare.md.
 A search's folder (a sweep file with search:) shows its completed trials best first by the search's metric and
-direction (--metric: by another), with their settings, and with --png the best-so-far curve and each searched
-setting against the metric (docs/sweeps.md).
+direction (--metric: by another), with their settings and each searched key's importance (Optuna's, when it is
+installed), and with --png the best-so-far curve and each searched setting against the metric (docs/sweeps.md).
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
@@ -28,7 +28,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import searchview
 from cifarlab.analysis.comparison import METRICS, compare
@@ -127,11 +127,31 @@ def search(folder: Path, args: argparse.Namespace) -> int:
         console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
                      f"{SweepDir(folder).description}): ranked by {goal.metric.name}; --metric picks another")
     trials, keys = searchview.read_trials(folder, goal)
+    taught = _importances(goal, trials)
     if args.json:
-        sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, goal), indent=2) + "\n")
+        listed = searchview.to_json(folder, trials, keys, goal)
+        sys.stdout.write(json.dumps({**listed, "importance": taught and taught[0]}, indent=2) + "\n")
     else:
         searchview.render(folder, trials, keys, goal, None if sys.stdout.isatty() else 200)
+        if taught is not None:
+            print("\n".join(taught[1]))
     return _save(searchview.picture(trials, keys, goal), args.png) if args.png is not None else 0
+
+
+def _importances(goal: searchview.Objective, trials: list[searchview.SearchTrial]
+                 ) -> Optional[tuple[dict[str, Any], list[str]]]:
+    """What the search teaches: each searched key's importance over the completed trials, as JSON and as lines
+    (cifarlab.experiments.insight, imported here only: a run or grid folder needs neither Optuna nor what runs
+    trials; --list prints the same figures). None, with a note, where Optuna is not installed."""
+    from cifarlab.experiments import insight
+
+    missing = insight.missing()
+    if missing is not None:
+        console.note(missing)
+        return None
+    found = insight.importances(goal, [(t.settings, t.value or 0.0) for t in searchview.ranked(trials, goal)])
+    return ({"evaluator": insight.EVALUATOR, "trials": found.trials, "shares": found.shares,
+             "none": found.why_not}, insight.lines(found, goal))
 
 
 def cli() -> None:

@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return until_decided(args, launch)
         sweep = read_sweep(args.sweep, args.overrides, launch, trainer=args.trainer)
         if sweep.search is not None and args.list:
-            print("\n".join(searching.listing(sweep)))
+            searching.show_listing(sweep)
             return 0
         if sweep.search is not None and args.best:
             print(searching.best(sweep))

@@ -1,6 +1,7 @@
 """The package's shape: every module imports, the import graph has no cycle, and each wing imports only the wings
 below it: commands -> experiments (running trials) -> analysis (judging finished runs) -> run -> report -> data,
-models -> the ground floor (config, errors, files, interpolation). Imports inside functions and under TYPE_CHECKING count too: they are the same dependency, only later."""
+models -> the ground floor (config, errors, files, interpolation). Imports inside functions and under TYPE_CHECKING
+count too: they are the same dependency, only later."""
 
 from __future__ import annotations
 

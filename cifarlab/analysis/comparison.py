@@ -46,6 +46,10 @@ class Metric:
     """A fraction of the test images (accuracy): test-set sampling explains part of its spread, and puts a floor
     under the spread a verdict is judged by (stats.sampling_floor)."""
 
+    def with_unit(self, value: float) -> str:
+        """``61.20 %``: one value with its unit, as a sentence shows it (a search's trial, a confirmed mean)."""
+        return f"{value * self.scale:.{self.digits}f}{' ' + self.unit if self.unit else ''}"
+
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record",

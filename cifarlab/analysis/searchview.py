@@ -46,29 +46,40 @@ class Objective:
     keys: Optional[list[str]]
     """The searched keys, as the search's space lists them; None where the folder does not say what its search
     optimizes (no search.yaml: a search from before it was written)."""
+    space: Optional[dict[str, Any]] = None
+    """The search's space as search.yaml has it (``{key: {kind: values}}``); None where keys is."""
 
 
 def is_search(path: str) -> bool:
     return SweepDir(Path(path)).is_search()
 
 
-def objective(folder: Path, metric: Optional[str]) -> Objective:
-    """The search's metric and direction, from the folder's search.yaml (written when its study was opened;
-    final_acc, maximized, for a folder from before); ``metric``, given, replaces the search's, in its own direction
-    unless it is the search's."""
+def described(folder: Path, remedy: str) -> Optional[dict[str, Any]]:
+    """The folder's search.yaml (written when its study was opened: what the search optimizes, its space, metric and
+    direction), the one reader of it; None for a folder from before it was written. Refused, with ``remedy``, where
+    it is not what a search writes."""
     path = SweepDir(folder).description
     found = read_yaml(path) if path.is_file() else None
     if found is None:
-        chosen = METRICS[metric or "final_acc"]
-        return Objective(chosen, chosen.higher_is_better, None)
+        return None
     space = found.get("space") if isinstance(found, dict) else None
     if (not isinstance(space, dict) or found.get("metric") not in METRICS
             or found.get("direction") not in ("maximize", "minimize")):
-        raise UsageError(f"{path}: not what a search writes (metric, direction, space); move it away to rank by "
-                         f"--metric")
+        raise UsageError(f"{path}: not what a search writes (metric, direction, space); {remedy}")
+    return {"space": space, "metric": found["metric"], "direction": found["direction"]}
+
+
+def objective(folder: Path, metric: Optional[str]) -> Objective:
+    """The search's metric and direction, from the folder's search.yaml (final_acc, maximized, for a folder from
+    before); ``metric``, given, replaces the search's, in its own direction unless it is the search's."""
+    found = described(folder, "move it away to rank by --metric")
+    if found is None:
+        chosen = METRICS[metric or "final_acc"]
+        return Objective(chosen, chosen.higher_is_better, None)
+    keys, space = [str(key) for key in found["space"]], found["space"]
     if metric is not None and metric != found["metric"]:
-        return Objective(METRICS[metric], METRICS[metric].higher_is_better, [str(key) for key in space])
-    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", [str(key) for key in space])
+        return Objective(METRICS[metric], METRICS[metric].higher_is_better, keys, space)
+    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", keys, space)
 
 
 def read_trials(folder: Path, goal: Objective) -> tuple[list[SearchTrial], list[str]]:
