@@ -26,7 +26,7 @@ from cifarlab.run import pruning
 if TYPE_CHECKING:  # compare imports this module for a search folder: not the runner, nor the sweep file's reader
     from cifarlab.experiments.spec import Sweep
 
-EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator(), Optuna's default; deterministic)"
+EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator(); deterministic)"
 """The evaluator, as the output names it. Not fANOVA: its random forest needs scikit-learn, which the [search] extra
 does not bring. PED-ANOVA weighs how much each key's values set the best 10 % of trials apart from the whole space."""
 STEADY = 50
