@@ -68,29 +68,16 @@ def latest_name(run: RunDir) -> Optional[str]:
     return str(run.checkpoints / run.latest.read_text().strip()) if run.latest.is_file() else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    files.write_whole(path, text, durable=True)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _seal(folder: Path, state: TrainState) -> None:
     """fsync every file in ``folder`` and write its manifest last."""
     listed: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         files.share(file)  # safetensors writes model.safetensors 0600: colleagues could not read the weights
-        _fsync(file)  # other ranks wrote some of these: flush them all before publishing
+        files.sync(file)  # other ranks wrote some of these: flush them all before publishing
         listed[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
     manifest = {"format": 1, "global_step": state.global_step, "epoch": state.epoch,
                 "step_in_epoch": state.step_in_epoch, "files": listed}
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
+    files.write_whole(folder / MANIFEST, json.dumps(manifest, indent=2), durable=True)
 
 
 def _publish_best(source: Path) -> None:
@@ -191,7 +178,7 @@ class Checkpointer:
     def _write(self, tmp: Path, state: TrainState) -> None:
         self.accelerator.save_state(str(tmp))
         if self.accelerator.is_main_process:
-            _write_atomic(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2))
+            files.write_whole(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2), durable=True)
             for name, module in self.extra.items():
                 # safetensors stores contiguous tensors only (channels_last weights are not).
                 save_file({key: value.contiguous() for key, value in module.state_dict().items()},
@@ -202,8 +189,8 @@ class Checkpointer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(final.parent)
-        _write_atomic(self.run.latest, final.name)
+        files.sync(final.parent)
+        files.write_whole(self.run.latest, final.name, durable=True)
         if best:
             _publish_best(final)
         for old in self.run.step_checkpoints()[:-self.config.keep_last]:
