@@ -12,8 +12,9 @@ A save writes ``checkpoints/.tmp-step_N``, waits for every rank's files, fsyncs 
 updates ``latest``. A process killed at any moment therefore leaves the previous checkpoints
 untouched, and a checkpoint damaged later (truncated copy, full disk) fails its manifest check.
 
-The trainer's state is JSON, not a ``register_for_checkpointing`` object (Accelerate unpickles those with
-weights_only=False); Accelerate's own files are pickles, loaded as :mod:`cifarlab.run.pickles` says.
+The trainer's state (:class:`cifarlab.run.state.TrainState`) is JSON, not a ``register_for_checkpointing`` object
+(Accelerate unpickles those with weights_only=False); Accelerate's own files are pickles, loaded as
+:mod:`cifarlab.run.pickles` says.
 
 :class:`Checkpointer` owns the cadence (every ``checkpoint.every_n_steps`` steps and every epoch end),
 retention and ``best/``; the train loop only tells it where training is.

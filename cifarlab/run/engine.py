@@ -77,7 +77,7 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         workers = 0 if config.data.loader == "tensor" else config.data.num_workers
         torch.set_num_threads(train.cpu_threads or max(1, cores // local_processes - workers))
-    batch_size = train.batch_size  # checked here for the launch; the loop passes it on from where the data takes it
+    batch_size = train.batch_size
     for key, size in (("train.batch_size", batch_size), ("train.eval_batch_size", train.eval_batch_size)):
         if size % accelerator.num_processes:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
