@@ -74,9 +74,9 @@ class Recorder:
         self.run = run
         self.out = out
         self.main = accelerator.is_main_process
-        self.pace = pace
-        self.epochs = epochs
-        self.every_n_steps = every_n_steps
+        self._pace = pace
+        self._epochs = epochs
+        self._every_n_steps = every_n_steps
         self.tracker = tracker or tracking.Tracker()
         self._window = torch.zeros((), device=accelerator.device)  # loss summed on the device: no sync per step
         self._window_steps, self._window_start = 0, time.perf_counter()
@@ -116,7 +116,7 @@ class Recorder:
         """The epoch's progress bar (a terminal) and a fresh window for the running loss."""
         self._window.zero_()
         self._window_steps, self._window_start = 0, time.perf_counter()
-        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self.epochs}", self.pace.steps_per_epoch,
+        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self._epochs}", self._pace.steps_per_epoch,
                                        state.step_in_epoch)
         return self._bar
 
@@ -127,11 +127,11 @@ class Recorder:
         self._window_steps += 1
         if self._bar is not None:
             self._bar.update(state.step_in_epoch)
-        if state.global_step % self.every_n_steps:
+        if state.global_step % self._every_n_steps:
             return
-        steps = self.pace.steps_per_epoch
+        steps = self._pace.steps_per_epoch
         mean_loss = self.accelerator.reduce(self._window, reduction="mean").item() / self._window_steps
-        images_per_s = self.pace.images_per_s(self._window_steps, time.perf_counter() - self._window_start)
+        images_per_s = self._pace.images_per_s(self._window_steps, time.perf_counter() - self._window_start)
         rate = lr()
         self.record({"train/loss": mean_loss, "train/lr": rate, "train/images_per_s": images_per_s,
                      "train/epoch": state.epoch + state.step_in_epoch / steps}, state.global_step)
@@ -145,7 +145,7 @@ class Recorder:
     def evaluation(self, state: TrainState, result: EvalResult, stats: EpochStats) -> None:
         """After each epoch's evaluation (``state`` already past the epoch)."""
         self.record({"train/epoch": float(state.epoch), **result.values(), **stats.values()}, state.global_step)
-        self.out.eval_table(f"epoch {state.epoch}/{self.epochs}: {console.accuracy_summary(result)}", result,
+        self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.accuracy_summary(result)}", result,
                             self._previous)
         top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
         self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
@@ -199,11 +199,14 @@ class Recorder:
         model.safetensors, config.yaml and classes.json; metadata: the weights' SHA-256 and, for ``best``,
         that of the checkpoint's manifest (which holds every file's SHA-256)."""
         extra = [self.run.config, self.run.classes]
-        final = {"epoch": state.epoch, "step": state.global_step}
-        self.tracker.log_model(lambda: contextlib.nullcontext((self.run.weights, {
-            "sha256": sha256(self.run.weights), **final})), extra, ["final"])
+        self.tracker.log_model(lambda: self._final_weights(state), extra, ["final"])
         if (self.run.best / MANIFEST).is_file():
             self.tracker.log_model(lambda: self._best_weights(state), extra, ["best"])
+
+    @contextlib.contextmanager
+    def _final_weights(self, state: TrainState) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The final weights and their metadata (made only for W&B: the SHA-256 reads the whole file)."""
+        yield self.run.weights, {"sha256": sha256(self.run.weights), "epoch": state.epoch, "step": state.global_step}
 
     @contextlib.contextmanager
     def _best_weights(self, state: TrainState) -> Iterator[tuple[Path, dict[str, Any]]]:
