@@ -95,11 +95,15 @@ class WandbTracker(Tracker):
             _log_artifact(self.run, self.model, weights, extra, aliases, metadata)
 
     def where(self) -> str:
-        """One line on where the W&B run lives and how to upload it."""
-        if self.run.offline:
-            folder = Path(self.run.dir).parent  # run.dir is the run's files/ folder
-            return f"W&B run files in {folder}; upload them with `wandb sync {folder}`"
-        return f"W&B run {self.run.url}"
+        return where(self.run)
+
+
+def where(run: Any) -> str:
+    """One line on where a live W&B run lives and how to upload it (a search's summary run says it too)."""
+    if run.offline:
+        folder = Path(run.dir).parent  # run.dir is the run's files/ folder
+        return f"W&B run files in {folder}; upload them with `wandb sync {folder}`"
+    return f"W&B run {run.url}"
 
 
 def start(accelerator: Accelerator, config: Config, run: RunDir, run_id: str, environment: Optional[dict[str, Any]],
