@@ -289,3 +289,74 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})
     return shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()])
+
+
+# --- pictures ----------------------------------------------------------------------------------------------
+
+PICTURES = ("history", "slice", "importances")
+"""``--list --png FILE.png`` writes Optuna's three pictures of the study beside each other: FILE-history.png,
+FILE-slice.png and FILE-importances.png. One file each: Optuna draws each as a figure of its own (the slice a row of
+panels with a colour bar), and matplotlib cannot move a drawing from one figure into another; joined, they would
+have to be drawn again (no longer Optuna's) or pasted as pixels (no longer vector in an SVG or PDF)."""
+
+
+def picture_files(path: Path) -> list[Path]:
+    return [path.with_name(f"{path.stem}-{name}{path.suffix}") for name in PICTURES]
+
+
+def importance_evaluator() -> Any:
+    """Optuna's PED-ANOVA (its default in Optuna 5): no randomness, so the importances repeat exactly from one
+    reading to the next, and no scikit-learn (fANOVA, the default before, needs it)."""
+    import optuna
+
+    return optuna.importance.PedAnovaImportanceEvaluator()
+
+
+def search_pictures(sweep: Sweep, path: Path) -> list[Path]:
+    """``--list --png FILE``: Optuna's own pictures of the study (optuna.visualization.matplotlib), each trial's value
+    and the best so far, each searched setting against the metric, and each searched key's importance; the files
+    written (:func:`picture_files`), in the format FILE's ending picks. Nothing else is written."""
+    assert sweep.search is not None
+    with reading(sweep) as study:
+        if study is None:
+            raise UsageError(f"--png: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
+        if not _count(study, "COMPLETE"):
+            raise UsageError(f"--png: search {sweep.name} has no completed trial yet: nothing to draw")
+        return _draw(sweep, study, picture_files(path))
+
+
+def _shown(trial: Any, scale: float) -> float:
+    return float(trial.value) * scale
+
+
+def _draw(sweep: Sweep, study: Any, paths: list[Path]) -> list[Path]:
+    import warnings
+
+    from matplotlib.ticker import FuncFormatter
+    from optuna.visualization import matplotlib as plots
+
+    from cifarlab.report import console, figures
+
+    assert sweep.search is not None
+    metric = space.metric(sweep.search)
+    with figures.pyplot() as pyplot, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # The history's best-so-far line needs the study's own values (a target hides it): the axis shows them as
+        # compare does (accuracies in %).
+        history = plots.plot_optimization_history(study, target_name=metric.title)
+        history.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value * metric.scale:g}"))
+        history.set_title(f"Optimization history of {sweep.name} (completed trials)")
+        pictures = [pyplot.gcf()]
+        plots.plot_slice(study, target=lambda trial: _shown(trial, metric.scale), target_name=metric.title)
+        pyplot.suptitle(f"Slice plot of {sweep.name} (completed trials)")
+        pictures.append(pyplot.gcf())
+        # On the study's own values and direction (with a target, PED-ANOVA would take lower to be better).
+        plots.plot_param_importances(study, evaluator=importance_evaluator(), target_name=metric.name)
+        pyplot.title(f"Hyperparameter importances in {sweep.name} (PED-ANOVA)")
+        pictures.append(pyplot.gcf())
+        for picture, file in zip(pictures, paths):
+            figures.save(picture, file, tight=True)
+    for warning in caught:  # what Optuna says of the study (too few trials to tell importances apart, say)
+        if warning.category is UserWarning:  # not its ExperimentalWarning, nor a library's deprecations
+            console.note(f"Optuna: {warning.message}")
+    return paths
