@@ -304,32 +304,32 @@ def picture_files(path: Path) -> list[Path]:
     return [path.with_name(f"{path.stem}-{name}{path.suffix}") for name in PICTURES]
 
 
-def importance_evaluator() -> Any:
-    """Optuna's PED-ANOVA (its default in Optuna 5): no randomness, so the importances repeat exactly from one
-    reading to the next, and no scikit-learn (fANOVA, the default before, needs it)."""
-    import optuna
-
-    return optuna.importance.PedAnovaImportanceEvaluator()
-
-
 def search_pictures(sweep: Sweep, path: Path) -> list[Path]:
-    """``--list --png FILE``: Optuna's own pictures of the study (optuna.visualization.matplotlib), each trial's value
-    and the best so far, each searched setting against the metric, and each searched key's importance; the files
-    written (:func:`picture_files`), in the format FILE's ending picks. Nothing else is written."""
+    """``--list --png FILE``: Optuna's own pictures of the study (optuna.visualization.matplotlib): each trial's value
+    and the best so far, each searched setting against the metric, and each searched key's importance, drawn from
+    the study the importances table comes from (cifarlab.experiments.insight: the same figures; no picture, and a
+    note, where it has none); the files written (:func:`picture_files`), in the format FILE's ending picks."""
     assert sweep.search is not None
     with reading(sweep) as study:
         if study is None:
             raise UsageError(f"--png: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
         if not _count(study, "COMPLETE"):
             raise UsageError(f"--png: search {sweep.name} has no completed trial yet: nothing to draw")
-        return _draw(sweep, study, picture_files(path))
+        return _draw(sweep, study, objective(sweep), picture_files(path))
+
+
+def _retitle(ax: Any, title: str) -> None:
+    """Optuna's title (on whichever side it is) replaced by ``title``, naming the search."""
+    for side in ("left", "right"):
+        ax.set_title("", loc=side)
+    ax.set_title(title)
 
 
 def _shown(trial: Any, scale: float) -> float:
     return float(trial.value) * scale
 
 
-def _draw(sweep: Sweep, study: Any, paths: list[Path]) -> list[Path]:
+def _draw(sweep: Sweep, study: Any, goal: Objective, paths: list[Path]) -> list[Path]:
     import warnings
 
     from matplotlib.ticker import FuncFormatter
@@ -338,25 +338,30 @@ def _draw(sweep: Sweep, study: Any, paths: list[Path]) -> list[Path]:
     from cifarlab.report import console, figures
 
     assert sweep.search is not None
-    metric = space.metric(sweep.search)
+    metric = goal.metric
+    weighed, why_not = insight.weighed(goal, insight.completed(study, sweep.search))
     with figures.pyplot() as pyplot, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # The history's best-so-far line needs the study's own values (a target hides it): the axis shows them as
         # compare does (accuracies in %).
         history = plots.plot_optimization_history(study, target_name=metric.title)
         history.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value * metric.scale:g}"))
-        history.set_title(f"Optimization history of {sweep.name} (completed trials)")
+        _retitle(history, f"Optimization history of {sweep.name} (completed trials)")
         pictures = [pyplot.gcf()]
         plots.plot_slice(study, target=lambda trial: _shown(trial, metric.scale), target_name=metric.title)
         pyplot.suptitle(f"Slice plot of {sweep.name} (completed trials)")
         pictures.append(pyplot.gcf())
-        # On the study's own values and direction (with a target, PED-ANOVA would take lower to be better).
-        plots.plot_param_importances(study, evaluator=importance_evaluator(), target_name=metric.name)
-        pyplot.title(f"Hyperparameter importances in {sweep.name} (PED-ANOVA)")
-        pictures.append(pyplot.gcf())
+        if weighed is not None and goal.space is not None:
+            # The study's own values and direction (with a target, PED-ANOVA would take lower to be better).
+            plots.plot_param_importances(weighed, evaluator=insight.evaluator(), params=list(goal.space),
+                                         target_name=metric.name)
+            _retitle(pyplot.gca(), f"Hyperparameter importances in {sweep.name} (PED-ANOVA)")
+            pictures.append(pyplot.gcf())
         for picture, file in zip(pictures, paths):
             figures.save(picture, file, tight=True)
     for warning in caught:  # what Optuna says of the study (too few trials to tell importances apart, say)
         if warning.category is UserWarning:  # not its ExperimentalWarning, nor a library's deprecations
             console.note(f"Optuna: {warning.message}")
-    return paths
+    if weighed is None:
+        console.note(f"no picture of the importances: {why_not}")
+    return paths[:len(pictures)]
