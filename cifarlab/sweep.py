@@ -9,7 +9,7 @@
     sbatch --array=0-$(( $(python -m cifarlab.sweep SWEEP.yaml --count) - 1 )) slurm/sweep.sbatch SWEEP.yaml
     python -m cifarlab.sweep configs/sweeps/search.yaml --parallel 2   # a search: this process is one worker
     python -m cifarlab.sweep configs/sweeps/search.yaml --best         # the best confirmed settings
-    python -m cifarlab.sweep configs/sweeps/search.yaml --list --png search.png   # and Optuna's pictures of it
+    python -m cifarlab.sweep configs/sweeps/search.yaml --list --png study.png   # and Optuna's pictures of it
 
 A sweep file (docs/sweeps.md has the details):
 

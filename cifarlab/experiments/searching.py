@@ -325,6 +325,17 @@ def _retitle(ax: Any, title: str) -> None:
     ax.set_title(title)
 
 
+def _plain_log(axis: Any) -> None:
+    """A log axis labelled 0.01, 0.02, 0.05, 0.1 (1, 2, 5 a decade; 1 a decade over more than 2): Optuna's, within a
+    decade or two, labels every minor tick in scientific notation, one over the other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = axis.get_view_interval()
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if high > 100 * low else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _shown(trial: Any, scale: float) -> float:
     return float(trial.value) * scale
 
@@ -351,6 +362,10 @@ def _draw(sweep: Sweep, study: Any, goal: Objective, paths: list[Path]) -> list[
         plots.plot_slice(study, target=lambda trial: _shown(trial, metric.scale), target_name=metric.title)
         pyplot.suptitle(f"Slice plot of {sweep.name} (completed trials)")
         pictures.append(pyplot.gcf())
+        pictures[-1].set_size_inches(1.2 + 3.2 * len(sweep.search.space), 4.8)  # Optuna's: 6.4 for any number
+        for ax in pictures[-1].axes:
+            if ax.get_xscale() == "log":
+                _plain_log(ax.xaxis)
         if weighed is not None and goal.space is not None:
             # The study's own values and direction (with a target, PED-ANOVA would take lower to be better).
             plots.plot_param_importances(weighed, evaluator=insight.evaluator(), params=list(goal.space),
