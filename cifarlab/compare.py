@@ -101,9 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _save(chart: Figure, path: Path) -> int:
     try:
         figures.save(chart, path)
-    except OSError as error:  # checked before: the folder refuses us (permissions, a full disk)
-        console.error(f"--png {path}: cannot write it ({error.strerror or error})")
-        return 2
+    except UsageError as error:  # checked before: the folder refuses us (permissions, a full disk), a link since
+        console.error(str(error))
+        return error.exit_code
     console.note(f"picture written to {path}")
     return 0
 

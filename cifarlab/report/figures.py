@@ -85,13 +85,16 @@ def pyplot() -> Iterator[Any]:
             matplotlib.pyplot.close("all")
 
 
-def save(chart: Figure, path: Path, tight: bool = False) -> None:
+def save(chart: Figure, path: Path, tight: bool = False, option: str = "--png") -> None:
     """Write ``chart`` to ``path`` in the format its ending names, whole or not at all (a temporary file renamed
     into place; a link at ``path`` is refused, cifarlab.files). ``tight``: cropped to what is drawn (a legend
-    outside the axes). OSError where the folder refuses it."""
-    with files.replacing(path) as temporary:
-        chart.savefig(temporary, format=path.suffix.lower().lstrip("."), dpi="figure",
-                      bbox_inches="tight" if tight else None)
+    outside the axes). A folder that refuses it (permissions, a full disk) is one line naming ``option``."""
+    try:
+        with files.replacing(path) as temporary:
+            chart.savefig(temporary, format=path.suffix.lower().lstrip("."), dpi="figure",
+                          bbox_inches="tight" if tight else None)
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot write it ({error.strerror or error})") from None
 
 
 def image(chart: Figure) -> Image.Image:
