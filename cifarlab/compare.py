@@ -5,7 +5,7 @@ settings (Welch's t on the runs, 2 or more a group; Holm-adjusted when there are
     python -m cifarlab.compare runs/lr-sweep                          # groups: the config keys the runs differ in
     python -m cifarlab.compare runs/a* runs/b* --by optim.lr --by env.processes
     python -m cifarlab.compare runs/sweep --metric time_to_target --baseline 2 --json
-    python -m cifarlab.compare runs/sweep --per-class --png compare.png
+    python -m cifarlab.compare runs/sweep --per-class --png compare.png   # .svg, .pdf: the ending picks the format
     python -m cifarlab.compare runs/sweep --plan 0.5                  # seeds per group to find 0.5 points
     python -m cifarlab.compare runs/my-search --png search.png        # a search's folder: its best trials
 
@@ -37,10 +37,10 @@ from cifarlab.analysis.rendering import picture, render, to_json
 from cifarlab.analysis.results import read_runs
 from cifarlab.analysis.sweepdir import SweepDir
 from cifarlab.errors import UsageError
-from cifarlab.report import console
+from cifarlab.report import console, figures
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from matplotlib.figure import Figure
 
 # --- entry point ----------------------------------------------------------------------------------------
 
@@ -59,8 +59,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--png", type=Path, metavar="FILE",
                         help="also draw each run, the groups' intervals and the differences with their adjusted "
-                             "intervals into this PNG file (a name ending in .png)")
-    parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
+                             "intervals into this picture; the name's ending picks the format: "
+                             f"{figures.endings()} (a search's folder: its trials and settings)")
+    parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, picture)")
     parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                         help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
                              "default), bh (Benjamini-Hochberg false discovery rate) or none")
@@ -76,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.metric is not None and args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: unknown; one of {', '.join(METRICS)}")
         if args.png is not None:
-            _check_png(args.png)
+            figures.check("--png", args.png)
         if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
             return search(Path(args.paths[0]), args)
         metric = METRICS[args.metric or "final_acc"]
@@ -97,22 +98,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _save(picture(report, args.per_class), args.png) if args.png is not None else 0
 
 
-def _check_png(path: Path) -> None:
-    """Before any work: a file the picture can be written to, a PNG (PIL picks the format by the name's ending)."""
-    if path.is_dir():
-        raise UsageError(f"--png {path}: is a folder; give a file name ending in .png")
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"--png {path}: the picture is a PNG file; give a file name ending in .png")
-    if not path.parent.is_dir():
-        raise UsageError(f"--png {path}: folder {path.parent} does not exist")
-
-
-def _save(image: Image.Image, path: Path) -> int:
+def _save(chart: Figure, path: Path) -> int:
     try:
-        image.save(path, format="PNG")
-    except OSError as error:  # checked before: the folder refuses us (permissions, a full disk)
-        console.error(f"--png {path}: cannot write it ({error.strerror or error})")
-        return 2
+        figures.save(chart, path)
+    except UsageError as error:  # checked before: the folder refuses us (permissions, a full disk), a link since
+        console.error(str(error))
+        return error.exit_code
     console.note(f"picture written to {path}")
     return 0
 

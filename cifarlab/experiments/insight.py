@@ -48,13 +48,27 @@ def importances(goal: Objective, completed: Sequence[tuple[dict[str, Any], float
     """The importances of the searched keys (``goal.space``, as search.yaml has it) for ``goal``'s metric over
     ``completed`` (each trial's settings as it trained and its value). Fewer than 2 trials, or one key, give a reason
     instead."""
+    study, why_not = weighed(goal, completed)
+    if study is None or goal.space is None:
+        return Importances(len(completed), why_not=why_not)
+    import optuna
+
+    with warnings.catch_warnings():  # PED-ANOVA warns where its top 10 % is small: lines() says so itself
+        warnings.simplefilter("ignore")
+        shares = optuna.importance.get_param_importances(study, evaluator=evaluator(), params=list(goal.space))
+    return Importances(len(completed), {key: float(share) for key, share in shares.items()})
+
+
+def weighed(goal: Objective, completed: Sequence[tuple[dict[str, Any], float]]) -> tuple[Optional[Any], str]:
+    """The study the importances are computed on, in memory (the searched keys' settings as the trials trained,
+    their values, the search's direction; the picture of sweep --list --png draws it too); or None and why none."""
     if goal.space is None:
-        return Importances(len(completed), why_not="the folder does not say its space (no search.yaml)")
+        return None, "the folder does not say its space (no search.yaml)"
     keys = list(goal.space)
     if len(keys) < 2:
-        return Importances(len(completed), why_not=f"one searched key ({keys[0]}): nothing to weigh it against")
+        return None, f"one searched key ({keys[0]}): nothing to weigh it against"
     if len(completed) < 2:
-        return Importances(len(completed), why_not=f"{len(completed)} completed trial(s); importances need 2 or more")
+        return None, f"{len(completed)} completed trial(s); importances need 2 or more"
     pruning.require()  # and Optuna's INFO lines ("A new study created in memory") stay off the console
     import optuna
 
@@ -64,21 +78,29 @@ def importances(goal: Objective, completed: Sequence[tuple[dict[str, Any], float
         study.add_trials([optuna.trial.create_trial(params={key: settings[key] for key in keys}, distributions=kinds,
                                                     value=value) for settings, value in completed])
     except ValueError as error:  # a run trained with a value outside the space (an edited config.yaml)
-        return Importances(len(completed), why_not=f"a trial's settings are outside the space ({error})")
-    with warnings.catch_warnings():  # PED-ANOVA warns where its top 10 % is small: lines() says so itself
-        warnings.simplefilter("ignore")
-        shares = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=keys)
-    return Importances(len(completed), {key: float(share) for key, share in shares.items()})
+        return None, f"a trial's settings are outside the space ({error})"
+    return study, ""
+
+
+def evaluator() -> Any:
+    """The importance evaluator (:data:`EVALUATOR` names it), the table's and the picture's."""
+    import optuna
+
+    return optuna.importance.PedAnovaImportanceEvaluator()
 
 
 def of_study(study: Any, goal: Objective, search: space.Search) -> Importances:
     """For ``--list``: the study's completed trials, their settings rounded as they trained (``search``: the sweep
     file's, which cifarlab.experiments.searching.objective has found equal to the folder's)."""
+    return importances(goal, completed(study, search))
+
+
+def completed(study: Any, search: space.Search) -> list[tuple[dict[str, Any], float]]:
+    """The study's completed trials: each one's settings rounded as it trained, and its value."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return importances(goal, [(space.settings(search, t.params), t.value) for t in complete])
+    return [(space.settings(search, t.params), t.value) for t in complete]
 
 
 def lines(found: Importances, goal: Objective) -> list[str]:

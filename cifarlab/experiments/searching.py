@@ -289,3 +289,94 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})
     return shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()])
+
+
+# --- pictures ----------------------------------------------------------------------------------------------
+
+PICTURES = ("history", "slice", "importances")
+"""``--list --png FILE.png`` writes Optuna's three pictures of the study beside each other: FILE-history.png,
+FILE-slice.png and FILE-importances.png. One file each: Optuna draws each as a figure of its own (the slice a row of
+panels with a colour bar), and matplotlib cannot move a drawing from one figure into another; joined, they would
+have to be drawn again (no longer Optuna's) or pasted as pixels (no longer vector in an SVG or PDF)."""
+
+
+def picture_files(path: Path) -> list[Path]:
+    return [path.with_name(f"{path.stem}-{name}{path.suffix}") for name in PICTURES]
+
+
+def search_pictures(sweep: Sweep, path: Path) -> list[Path]:
+    """``--list --png FILE``: Optuna's own pictures of the study (optuna.visualization.matplotlib): each trial's value
+    and the best so far, each searched setting against the metric, and each searched key's importance, drawn from
+    the study the importances table comes from (cifarlab.experiments.insight: the same figures; no picture, and a
+    note, where it has none); the files written (:func:`picture_files`), in the format FILE's ending picks."""
+    assert sweep.search is not None
+    with reading(sweep) as study:
+        if study is None:
+            raise UsageError(f"--png: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
+        if not _count(study, "COMPLETE"):
+            raise UsageError(f"--png: search {sweep.name} has no completed trial yet: nothing to draw")
+        return _draw(sweep, study, objective(sweep), picture_files(path))
+
+
+def _retitle(ax: Any, title: str) -> None:
+    """Optuna's title (on whichever side it is) replaced by ``title``, naming the search."""
+    for side in ("left", "right"):
+        ax.set_title("", loc=side)
+    ax.set_title(title)
+
+
+def _plain_log(axis: Any) -> None:
+    """A log axis labelled 0.01, 0.02, 0.05, 0.1 (1, 2, 5 a decade; 1 a decade over more than 2): Optuna's, within a
+    decade or two, labels every minor tick in scientific notation, one over the other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = axis.get_view_interval()
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if high > 100 * low else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _shown(trial: Any, scale: float) -> float:
+    return float(trial.value) * scale
+
+
+def _draw(sweep: Sweep, study: Any, goal: Objective, paths: list[Path]) -> list[Path]:
+    import warnings
+
+    from matplotlib.ticker import FuncFormatter
+    from optuna.visualization import matplotlib as plots
+
+    from cifarlab.report import console, figures
+
+    assert sweep.search is not None
+    metric = goal.metric
+    weighed, why_not = insight.weighed(goal, insight.completed(study, sweep.search))
+    with figures.pyplot() as pyplot, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # The history's best-so-far line needs the study's own values (a target hides it): the axis shows them as
+        # compare does (accuracies in %).
+        history = plots.plot_optimization_history(study, target_name=metric.title)
+        history.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value * metric.scale:g}"))
+        _retitle(history, f"Optimization history of {sweep.name} (completed trials)")
+        pictures = [pyplot.gcf()]
+        plots.plot_slice(study, target=lambda trial: _shown(trial, metric.scale), target_name=metric.title)
+        pyplot.suptitle(f"Slice plot of {sweep.name} (completed trials)")
+        pictures.append(pyplot.gcf())
+        pictures[-1].set_size_inches(1.2 + 3.2 * len(sweep.search.space), 4.8)  # Optuna's: 6.4 for any number
+        for ax in pictures[-1].axes:
+            if ax.get_xscale() == "log":
+                _plain_log(ax.xaxis)
+        if weighed is not None and goal.space is not None:
+            # The study's own values and direction (with a target, PED-ANOVA would take lower to be better).
+            plots.plot_param_importances(weighed, evaluator=insight.evaluator(), params=list(goal.space),
+                                         target_name=metric.name)
+            _retitle(pyplot.gca(), f"Hyperparameter importances in {sweep.name} (PED-ANOVA)")
+            pictures.append(pyplot.gcf())
+        for picture, file in zip(pictures, paths):
+            figures.save(picture, file, tight=True)
+    for warning in caught:  # what Optuna says of the study (too few trials to tell importances apart, say)
+        if warning.category is UserWarning:  # not its ExperimentalWarning, nor a library's deprecations
+            console.note(f"Optuna: {warning.message}")
+    if weighed is None:
+        console.note(f"no picture of the importances: {why_not}")
+    return paths[:len(pictures)]
