@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import searchview
-from cifarlab.analysis.comparison import METRICS, compare
+from cifarlab.analysis.comparison import compare
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.planning import plan
 from cifarlab.analysis.rendering import picture, render, to_json
 from cifarlab.analysis.results import read_runs

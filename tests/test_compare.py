@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from cifarlab import compare
 from cifarlab.analysis import comparison, rendering, repeats, results, stats
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.results import ResultsError
 from cifarlab.config import VOLATILE, load_config, to_yaml
 
@@ -587,7 +588,7 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
     # floors from 100 to 10,000 images or none, some groups repeated (tied p): adjusted p < 0.05 exactly when the
     # adjusted interval excludes 0, and the verdict says better/worse exactly then.
     rng = random.Random(27)
-    metric = comparison.METRICS["final_acc"]
+    metric = METRICS["final_acc"]
     found, missed, holm_stops_after = 0, 0, 0
     for _ in range(1000):
         images = rng.choice([None, 100, 1000, 10_000])
@@ -618,7 +619,7 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
 def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
     # a = [0.5, 0.6], b = a + x: se = sqrt(0.005), df = 2, p = 0.05 at x = t(0.975, 2) * se = 0.304243. Around there
     # floating-point rounding decides both the p and the interval's end; they must agree, or no interval is shown.
-    metric = comparison.METRICS["final_acc"]
+    metric = METRICS["final_acc"]
 
     def decided(x: float) -> comparison.Difference:
         base, other = _result("a", [0.5, 0.6], None), _result("b", [0.5 + x, 0.6 + x], None)
@@ -729,7 +730,7 @@ def test_verdicts_name_both_groups_in_80_columns(tmp_path: Path, capsys: pytest.
             make_run(tmp_path, f"lr{lr}-s{seed}", [0.6 + seed / 100], f"optim.lr={lr}", "optim.weight_decay=0.0005",
                      "train.epochs=20", seed=seed)
     report = comparison.compare(results.read_runs([str(tmp_path)]), ["optim.lr", "optim.weight_decay", "train.epochs"],
-                                comparison.METRICS["final_acc"], None)
+                                METRICS["final_acc"], None)
     rendering.render(report, False, 80)
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
@@ -865,7 +866,7 @@ def _shown(keys: Sequence[str]) -> list[str]:
 def test_the_docs_name_every_ignored_key_and_metric() -> None:
     docs = (REPO / "docs" / "compare.md").read_text()
     assert " ".join(_shown(comparison.IGNORED)) in " ".join(docs.split())
-    assert all(f"`{name}`" in docs for name in comparison.METRICS)
+    assert all(f"`{name}`" in docs for name in METRICS)
 
 
 def test_compares_help_names_every_ignored_key() -> None:

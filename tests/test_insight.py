@@ -21,7 +21,7 @@ from test_search import finished_run, searched, snapshot, write
 
 from cifarlab import compare
 from cifarlab import sweep as sweeps
-from cifarlab.analysis.comparison import METRICS
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.searchview import Objective
 from cifarlab.analysis.sweepdir import trial_name
 from cifarlab.experiments import insight, searching, space

@@ -8,7 +8,8 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import stats
-from cifarlab.analysis.comparison import Difference, GroupResult, Metric, Report
+from cifarlab.analysis.comparison import Difference, GroupResult, Report
+from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.planning import Plan
 from cifarlab.report import figures
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.analysis.comparison import METRICS, Metric, differing_keys
+from cifarlab.analysis.comparison import differing_keys
+from cifarlab.analysis.metric import METRICS, Metric
 from cifarlab.analysis.rendering import _number
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name

@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.analysis.comparison import METRICS, Report, compare, group_runs
+from cifarlab.analysis.comparison import Report, compare, group_runs
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.rendering import render
 from cifarlab.analysis.results import read_run
 from cifarlab.analysis.searchview import Objective, described

@@ -16,7 +16,7 @@ from cifarlab.run.pruning import PRUNERS
 if TYPE_CHECKING:
     import optuna
 
-    from cifarlab.analysis.comparison import Metric
+    from cifarlab.analysis.metric import Metric
 
 KEYS = ("space", "method", "trials", "metric", "direction", "seed", "pruning", "confirm")
 METHODS = ("tpe", "random")
@@ -68,14 +68,14 @@ class Search:
 
 
 def metric(search: Search) -> Metric:
-    from cifarlab.analysis.comparison import METRICS
+    from cifarlab.analysis.metric import METRICS
 
     return METRICS[search.metric]
 
 
 def read_search(value: Any, where: str) -> Search:
     """The ``search:`` mapping of a sweep file, checked: every problem is one :class:`UsageError` line."""
-    from cifarlab.analysis.comparison import METRICS  # reads run files only; no torch
+    from cifarlab.analysis.metric import METRICS  # reads run files only; no torch
 
     where = f"{where}: search"
     if not isinstance(value, dict):
