@@ -5,7 +5,7 @@ settings (Welch's t on the runs, 2 or more a group; Holm-adjusted when there are
     python -m cifarlab.compare runs/lr-sweep                          # groups: the config keys the runs differ in
     python -m cifarlab.compare runs/a* runs/b* --by optim.lr --by env.processes
     python -m cifarlab.compare runs/sweep --metric time_to_target --baseline 2 --json
-    python -m cifarlab.compare runs/sweep --per-class --png compare.png
+    python -m cifarlab.compare runs/sweep --per-class --png compare.png   # .svg, .pdf: the ending picks the format
     python -m cifarlab.compare runs/sweep --plan 0.5                  # seeds per group to find 0.5 points
     python -m cifarlab.compare runs/my-search --png search.png        # a search's folder: its best trials
 
@@ -16,8 +16,8 @@ checkpoint.*), or by the --by keys: a dotted config key, or env.<field> of envir
 env.mixed_precision). Only finished runs count; the others are listed. Copies of one measurement (same
 configuration and seed, or identical predictions) count once. The statistics and what they mean: docs/compare.md.
 A search's folder (a sweep file with search:) shows its completed trials best first by the search's metric and
-direction (--metric: by another), with their settings, and with --png the best-so-far curve and each searched
-setting against the metric (docs/sweeps.md).
+direction (--metric: by another), with their settings and each searched key's importance (Optuna's, when it is
+installed), and with --png the best-so-far curve and each searched setting against the metric (docs/sweeps.md).
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
@@ -28,19 +28,20 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import searchview
-from cifarlab.analysis.comparison import METRICS, compare
+from cifarlab.analysis.comparison import compare
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.planning import plan
 from cifarlab.analysis.rendering import picture, render, to_json
 from cifarlab.analysis.results import read_runs
 from cifarlab.analysis.sweepdir import SweepDir
 from cifarlab.errors import UsageError
-from cifarlab.report import console
+from cifarlab.report import console, figures
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from matplotlib.figure import Figure
 
 # --- entry point ----------------------------------------------------------------------------------------
 
@@ -59,8 +60,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--png", type=Path, metavar="FILE",
                         help="also draw each run, the groups' intervals and the differences with their adjusted "
-                             "intervals into this PNG file (a name ending in .png)")
-    parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, PNG)")
+                             "intervals into this picture; the name's ending picks the format: "
+                             f"{figures.endings()} (a search's folder: its trials and settings)")
+    parser.add_argument("--per-class", action="store_true", help="also show per-class accuracy (tables, picture)")
     parser.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                         help="adjustment of the p-values for several comparisons: holm (family-wise error, the "
                              "default), bh (Benjamini-Hochberg false discovery rate) or none")
@@ -76,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.metric is not None and args.metric not in METRICS:
             raise UsageError(f"--metric {args.metric}: unknown; one of {', '.join(METRICS)}")
         if args.png is not None:
-            _check_png(args.png)
+            figures.check("--png", args.png)
         if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
             return search(Path(args.paths[0]), args)
         metric = METRICS[args.metric or "final_acc"]
@@ -97,22 +99,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _save(picture(report, args.per_class), args.png) if args.png is not None else 0
 
 
-def _check_png(path: Path) -> None:
-    """Before any work: a file the picture can be written to, a PNG (PIL picks the format by the name's ending)."""
-    if path.is_dir():
-        raise UsageError(f"--png {path}: is a folder; give a file name ending in .png")
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"--png {path}: the picture is a PNG file; give a file name ending in .png")
-    if not path.parent.is_dir():
-        raise UsageError(f"--png {path}: folder {path.parent} does not exist")
-
-
-def _save(image: Image.Image, path: Path) -> int:
+def _save(chart: Figure, path: Path) -> int:
     try:
-        image.save(path, format="PNG")
-    except OSError as error:  # checked before: the folder refuses us (permissions, a full disk)
-        console.error(f"--png {path}: cannot write it ({error.strerror or error})")
-        return 2
+        figures.save(chart, path)
+    except UsageError as error:  # checked before: the folder refuses us (permissions, a full disk), a link since
+        console.error(str(error))
+        return error.exit_code
     console.note(f"picture written to {path}")
     return 0
 
@@ -127,11 +119,31 @@ def search(folder: Path, args: argparse.Namespace) -> int:
         console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
                      f"{SweepDir(folder).description}): ranked by {goal.metric.name}; --metric picks another")
     trials, keys = searchview.read_trials(folder, goal)
+    taught = _importances(goal, trials)
     if args.json:
-        sys.stdout.write(json.dumps(searchview.to_json(folder, trials, keys, goal), indent=2) + "\n")
+        listed = searchview.to_json(folder, trials, keys, goal)
+        sys.stdout.write(json.dumps({**listed, "importance": taught and taught[0]}, indent=2) + "\n")
     else:
         searchview.render(folder, trials, keys, goal, None if sys.stdout.isatty() else 200)
+        if taught is not None:
+            print("\n".join(taught[1]))
     return _save(searchview.picture(trials, keys, goal), args.png) if args.png is not None else 0
+
+
+def _importances(goal: searchview.Objective, trials: list[searchview.SearchTrial]
+                 ) -> Optional[tuple[dict[str, Any], list[str]]]:
+    """What the search teaches: each searched key's importance over the completed trials, as JSON and as lines
+    (cifarlab.experiments.insight, imported here only: a run or grid folder needs neither Optuna nor what runs
+    trials; --list prints the same figures). None, with a note, where Optuna is not installed."""
+    from cifarlab.experiments import insight
+
+    missing = insight.missing()
+    if missing is not None:
+        console.note(missing)
+        return None
+    found = insight.importances(goal, [(t.settings, t.value or 0.0) for t in searchview.ranked(trials, goal)])
+    return ({"evaluator": insight.EVALUATOR, "trials": found.trials, "shares": found.shares,
+             "none": found.why_not}, insight.lines(found, goal))
 
 
 def cli() -> None:

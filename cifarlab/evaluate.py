@@ -21,7 +21,7 @@ from typing import Optional
 
 from cifarlab import data, models
 from cifarlab.errors import UsageError
-from cifarlab.report import console, plots
+from cifarlab.report import console, figures, plots
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import engine, loading
 
@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     out.eval_table(console.accuracy_summary(result), result)
     out.confusion_table(result)
     if png is not None and accelerator.is_main_process:
-        plots.confusion_image(result.confusion, datasets.classes).save(png)
+        figures.save(plots.confusion_figure(result.confusion, datasets.classes), png)
         out.log(f"confusion matrix written to {png}")
     # Every rank leaves the process group together: once (in CI, 2 gloo processes) rank 1 aborted in its teardown
     # ("terminate called without an active exception") while rank 0 was still printing the tables.
@@ -61,12 +61,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="run directory, its model.safetensors, or a folder under <run>/checkpoints/")
     parser.add_argument("--config", help="config to use instead of the run's config.yaml")
-    parser.add_argument("--png", type=Path, help="also write the confusion matrix as a PNG image here")
+    parser.add_argument("--png", type=Path, metavar="FILE",
+                        help="also draw the confusion matrix into this picture; the name's ending picks the format: "
+                             f"{figures.endings()}")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
     args = parser.parse_intermixed_args(argv)
     try:
-        if args.png is not None and not args.png.parent.is_dir():
-            raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
+        if args.png is not None:
+            figures.check("--png", args.png)
         evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.png)
     except UsageError as error:
         console.error(str(error))

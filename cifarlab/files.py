@@ -9,9 +9,11 @@
   ``.tmp-`` name another process could plant a link at), and a link where a file is to be written or replaced is
   refused with one line naming it (:func:`link_refusal`). cifarlab itself creates no links. The folders above a
   file may be links (a run directory on a scratch disk through a link is fine).
-- **Whole or not at all.** A small state file is replaced atomically (:func:`write_whole`): a process killed
-  while writing leaves the old file (and a ``.tmp-<name>.*`` file, removed by the next start of a run); an
-  append-only file (:func:`append`) can be left with a torn last line, which its readers leave out.
+- **Whole or not at all.** A file is replaced atomically, written under a temporary name and renamed into place, by
+  one helper: :func:`write_whole` for data in hand, :func:`replacing` for a library that writes to a file name
+  (safetensors, torch.save). A process killed while writing leaves the old file (and a ``.tmp-<name>.*`` file,
+  removed by the next start of a run); an append-only file (:func:`append`) can be left with a torn last line, which
+  its readers leave out.
 
 Nothing here imports torch.
 """
@@ -106,47 +108,57 @@ def open_append(path: PathLike) -> BinaryIO:
     return os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
 
 
-def _temporary(path: Path) -> tuple[int, str]:
-    """A new file beside ``path``, under a name nobody could have planted a link at (O_EXCL)."""
+@contextlib.contextmanager
+def _replaced(path: PathLike) -> Iterator[tuple[int, Path]]:
+    """The one write-then-rename every writer of a whole file goes through: a new file beside ``path`` under a name
+    nobody could have planted a link at (``mkstemp``: O_EXCL), open and named for the block; when the block ends it is
+    closed and published to ``path`` (:func:`publish`), and when the block fails it is removed. A link at ``path`` is
+    refused."""
+    path = Path(path)
     refuse_link(path)
-    return tempfile.mkstemp(prefix=f"{TEMPORARY}{path.name}.", dir=path.parent)
+    descriptor, name = tempfile.mkstemp(prefix=f"{TEMPORARY}{path.name}.", dir=path.parent)
+    temporary = Path(name)
+    try:
+        try:
+            yield descriptor, temporary
+        finally:
+            os.close(descriptor)
+        publish(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def write_whole(path: PathLike, data: Union[str, bytes], durable: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically, with the umask's mode: written under a name of its own and renamed
     into place, so a reader (or a process killed meanwhile) finds the old file or the new one, never a part.
-    ``durable``: flushed to disk before the rename (checkpoint files). A link at ``path`` is refused."""
-    path = Path(path)
-    descriptor, temporary = _temporary(path)
-    try:
-        try:
-            _write(descriptor, data.encode() if isinstance(data, str) else data)
-            if durable:
-                os.fsync(descriptor)
-            os.fchmod(descriptor, normal_mode())
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    ``durable`` (checkpoint files): the data is on disk before the rename, and the rename too when this returns. A link
+    at ``path`` is refused."""
+    with _replaced(path) as (descriptor, _):
+        _write(descriptor, data.encode() if isinstance(data, str) else data)
+        if durable:
+            os.fsync(descriptor)
+    if durable:
+        sync(Path(path).parent)
 
 
 @contextlib.contextmanager
 def replacing(path: PathLike) -> Iterator[Path]:
     """A new temporary file beside ``path`` for a writer that wants a file name (safetensors): what it wrote there
-    is published to ``path`` when the block ends, removed if it fails. A link at ``path`` is refused."""
-    path = Path(path)
-    descriptor, temporary = _temporary(path)
-    os.close(descriptor)
+    is published to ``path`` when the block ends, removed if it fails (as :func:`write_whole`). A link at ``path``
+    is refused."""
+    with _replaced(path) as (_, temporary):
+        yield temporary
+
+
+def sync(path: PathLike) -> None:
+    """Flush ``path`` to disk: a file's data, or a folder's entries (the names renamed into it)."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        yield Path(temporary)
-        publish(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def share(path: PathLike) -> None:

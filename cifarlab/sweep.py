@@ -9,6 +9,7 @@
     sbatch --array=0-$(( $(python -m cifarlab.sweep SWEEP.yaml --count) - 1 )) slurm/sweep.sbatch SWEEP.yaml
     python -m cifarlab.sweep configs/sweeps/search.yaml --parallel 2   # a search: this process is one worker
     python -m cifarlab.sweep configs/sweeps/search.yaml --best         # the best confirmed settings
+    python -m cifarlab.sweep configs/sweeps/search.yaml --list --png study.png   # and Optuna's pictures of it
 
 A sweep file (docs/sweeps.md has the details):
 
@@ -45,6 +46,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
 from cifarlab.errors import UsageError
@@ -52,13 +54,14 @@ from cifarlab.experiments import searching, sequential
 from cifarlab.experiments.runner import Runner, status, write_record
 from cifarlab.experiments.sequential import Plan
 from cifarlab.experiments.spec import TRAINER, read_sweep
-from cifarlab.report import console
+from cifarlab.report import console, figures
 
 # --- the command line -----------------------------------------------------------------------------------------
 
-USAGE = ("python -m cifarlab.sweep [-h] [--list | --count | --dry-run | --best | --until-decided [--max-seeds N] "
-         "[--margin M]] [--trial I] [--parallel N] SWEEP.yaml [key=value ...] [accelerate launch options]")
-VALUED = ("--trial", "--parallel", "--max-seeds", "--margin", "--trainer")
+USAGE = ("python -m cifarlab.sweep [-h] [--list [--png FILE] | --count | --dry-run | --best | --until-decided "
+         "[--max-seeds N] [--margin M]] [--trial I] [--parallel N] SWEEP.yaml [key=value ...] [accelerate launch "
+         "options]")
+VALUED = ("--trial", "--parallel", "--max-seeds", "--margin", "--png", "--trainer")
 """Our options that take a value."""
 
 
@@ -69,6 +72,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="print the trials: index, state, name, overrides")
+    parser.add_argument("--png", type=Path, metavar="FILE",
+                        help="a search, with --list: also draw Optuna's pictures of the study (each trial's value and "
+                             "the best so far, each setting against the metric, each key's importance) into "
+                             "FILE-history, FILE-slice and FILE-importances; FILE's ending picks the format: "
+                             f"{figures.endings()}")
     mode.add_argument("--count", action="store_true",
                       help="print the highest trial index + 1 (the number of trials, for sbatch --array)")
     mode.add_argument("--dry-run", action="store_true", help="print each trial's command instead of running it")
@@ -128,11 +136,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.parallel < 1:
             raise UsageError(f"--parallel {args.parallel}: run at least 1 trial at a time")
+        if args.png is not None:
+            check_pictures(args)
         if args.until_decided or args.max_seeds is not None or args.margin is not None:
             return until_decided(args, launch)
         sweep = read_sweep(args.sweep, args.overrides, launch, trainer=args.trainer)
+        if args.png is not None and sweep.search is None:
+            raise UsageError(f"--png: {args.sweep} has no search: section; compare draws a sweep's runs: "
+                             f"python -m cifarlab.compare {sweep.folder} --png {args.png}")
         if sweep.search is not None and args.list:
-            print("\n".join(searching.listing(sweep)))
+            if args.png is not None:
+                for written in searching.search_pictures(sweep, args.png):
+                    console.note(f"picture written to {written}")
+            searching.show_listing(sweep)
             return 0
         if sweep.search is not None and args.best:
             print(searching.best(sweep))
@@ -170,6 +186,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"sweep {sweep.name}: {len(trials)} of {len(sweep.trials)} trial(s) in {sweep.folder}, "
           f"{min(args.parallel, len(trials))} at a time", flush=True)
     return Runner(sweep, min(args.parallel, len(trials))).run(trials)
+
+
+def check_pictures(args: argparse.Namespace) -> None:
+    """Before any work: --png goes with --list, to files it can write (cifarlab.report.figures)."""
+    if not args.list:
+        raise UsageError("--png goes with --list (python -m cifarlab.sweep SEARCH.yaml --list --png FILE): it draws "
+                         "a search's study")
+    figures.check("--png", args.png)
+    for path in searching.picture_files(args.png):
+        figures.check("--png", path)
 
 
 def until_decided(args: argparse.Namespace, launch: list[str]) -> int:

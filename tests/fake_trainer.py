@@ -58,7 +58,7 @@ import shutil
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -83,6 +83,7 @@ from cifarlab.run.preemption import StopRequest
 from cifarlab.run.pruning import Pruning
 from cifarlab.run.rundir import MANIFEST, TRAINER_STATE, RunDir, read_metrics
 from cifarlab.run.runlock import RunLock
+from cifarlab.run.state import Pace, TrainState
 
 STEP_S = float(os.environ.get("CIFARLAB_FAKE_STEP_S", "0.01"))
 DIVERGES = 10.0
@@ -96,47 +97,6 @@ class Solo:
 
     num_processes = 1
     is_main_process = True
-
-
-class Stopwatch:
-    """Seconds over a run's segments (as cifarlab.run.checkpoint.Stopwatch, which imports torch with its module)."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds, self.since = seconds, time.perf_counter()
-
-    def read(self) -> float:
-        return self.seconds + time.perf_counter() - self.since
-
-
-@dataclass
-class State:
-    """cifarlab.run.checkpoint.TrainState's fields (trainer_state.json holds the same keys: the contract test
-    compares them), with a wall clock for Pruning."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_accuracy: float = 0.0
-    best_epoch: int = -1
-    wandb_run_id: Optional[str] = None
-    elapsed_s: float = 0.0
-    train_s: float = 0.0
-    target: Optional[dict[str, float]] = None
-    pruned: Optional[dict[str, float]] = None
-    epoch_loss_sum: float = 0.0
-    epoch_loss_batches: int = 0
-    epoch_start_train_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.wall = Stopwatch(self.elapsed_s)
-
-    def state_dict(self) -> dict[str, Any]:
-        seconds = round(self.wall.read(), 3)
-        return {**asdict(self), "elapsed_s": seconds, "train_s": seconds}
-
-    @property
-    def ended_early(self) -> bool:
-        return self.target is not None or self.pruned is not None
 
 
 # --- results: a function of the config and the seed ------------------------------------------------------------
@@ -210,12 +170,12 @@ class Checkpointer:
         self.run, self.config, self.protect = run, config, protect
         self.last: Optional[tuple[int, Path]] = None
 
-    def ensure_saved(self, state: State) -> Path:
+    def ensure_saved(self, state: TrainState) -> Path:
         if self.last is not None and self.last[0] == state.global_step:
             return self.last[1]
         return self.save(state)
 
-    def save(self, state: State) -> Path:
+    def save(self, state: TrainState) -> Path:
         final = self.run.checkpoint(state.global_step)
         tmp = final.with_name(f"{files.TEMPORARY}{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -312,10 +272,11 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
         out.log(f"run {run.root} has already finished (final weights in {run.weights}); nothing to do. Rerun the "
                 f"experiment as a new run with --config {run.config} train.run_name=<new name>")
         return run.root
-    state = State()
+    state = TrainState()  # the real trainer's (cifarlab.run.state: no torch)
     if resume_from is not None:
-        saved = json.loads((resume_from / TRAINER_STATE).read_text())
-        state = State(**{key: value for key, value in saved.items() if key in State.__dataclass_fields__})
+        state.load_state_dict(json.loads((resume_from / TRAINER_STATE).read_text()))
+    state.wall.start()
+    state.training.start()  # all the time it runs: it does nothing else
     classes = config_classes(config.data)
     # --- the run directory, as the real trainer leaves it at its start ---
     for folder in (run.root, run.checkpoints):
@@ -340,6 +301,7 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
     checkpointer = Checkpointer(run, config, resume_from)
     pruning = Pruning.from_environment(Solo())  # type: ignore[arg-type]
     steps, epochs, every = steps_per_epoch(config), config.train.epochs, config.logging.every_n_steps
+    pace = Pace(config.train.batch_size, steps)
 
     def record(values: dict[str, Any], step: int) -> None:
         line = {"step": step, "time": round(time.time(), 3), "elapsed_s": round(state.wall.read(), 3), **values}
@@ -370,7 +332,7 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
                 checkpointer.save(state)
             if state.step_in_epoch < steps:
                 stop.stop_if_agreed(state, checkpointer, step=state.global_step)  # type: ignore[arg-type]
-        end_epoch(config, state, classes, record, pruning, out)
+        end_epoch(config, pace, state, classes, record, pruning, out)
         if config.checkpoint.every_epoch:
             checkpointer.save(state)
         if state.epoch < epochs and not state.ended_early:
@@ -384,34 +346,29 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
     return run.root
 
 
-def end_epoch(config: Config, state: State, classes: tuple[str, ...], record: Any, pruning: Optional[Pruning],
-              out: console.Console) -> None:
+def end_epoch(config: Config, pace: Pace, state: TrainState, classes: tuple[str, ...], record: Any,
+              pruning: Optional[Pruning], out: console.Console) -> None:
     """The epoch just trained: its evaluation record (or its training figures alone), then the target or the pruner
     may end the run (cifarlab.run.loop.evaluate_epoch)."""
-    epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_batches, 1)
-    seconds = max(state.wall.read() - state.epoch_start_train_s, 1e-9)
+    epoch_loss = state.epoch_loss()
+    seconds = max(state.training.read() - state.epoch_start_train_s, 1e-9)
     trained = {"train/epoch_loss": round(epoch_loss, 6), "train/epoch_seconds": round(seconds, 3),
-               "train/epoch_images_per_s": round(state.epoch_loss_batches * config.train.batch_size / seconds, 1)}
-    state.epoch, state.step_in_epoch = state.epoch + 1, 0
-    state.epoch_loss_sum, state.epoch_loss_batches, state.epoch_start_train_s = 0.0, 0, state.wall.read()
-    if not (config.train.eval_every_epoch or state.epoch == config.train.epochs):
+               "train/epoch_images_per_s": round(pace.images_per_s(state.epoch_loss_batches, seconds), 1)}
+    evaluated = config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs
+    figures = evaluation(config, state.epoch + 1, classes) if evaluated else {}
+    state.end_epoch(figures["test/acc"] if evaluated else None)
+    if not evaluated:
         record({"train/epoch": float(state.epoch), **trained}, state.global_step)
         out.log(f"epoch {state.epoch}: train loss {epoch_loss:.4f}; not evaluated (train.eval_every_epoch=false)")
         return
-    figures = evaluation(config, state.epoch, classes)
-    if figures["test/acc"] > state.best_accuracy:
-        state.best_accuracy, state.best_epoch = figures["test/acc"], state.epoch
     record({"train/epoch": float(state.epoch), **figures, **trained}, state.global_step)
     out.log(f"epoch {state.epoch}: train loss {epoch_loss:.4f}; test accuracy {100 * figures['test/acc']:.2f} %")
-    target = config.train.target_accuracy
-    if target is not None and state.target is None and figures["test/acc"] >= target:
-        state.target = {"target/accuracy": target, "target/epoch": state.epoch, "target/step": state.global_step,
-                        "target/elapsed_s": round(state.wall.read(), 3),
-                        "target/train_seconds": round(state.wall.read(), 3)}
+    if state.reached(config.train.target_accuracy, figures["test/acc"]):
+        assert state.target is not None
         record(state.target, state.global_step)
-        out.log(f"reached the target accuracy {100 * target:.2f} % at epoch {state.epoch} (step {state.global_step}); "
-                f"finishing the run")
-    elif pruning is not None and pruning.stops(state, figures, config.train.epochs):  # type: ignore[arg-type]
+        out.log(f"reached the target accuracy {100 * state.target['target/accuracy']:.2f} % at epoch {state.epoch} "
+                f"(step {state.global_step}); finishing the run")
+    elif pruning is not None and pruning.stops(state, figures, config.train.epochs):
         assert state.pruned is not None
         record(state.pruned, state.global_step)
         out.log(f"pruned by the search at epoch {state.epoch} (step {state.global_step}): its pruner expects no "

@@ -11,8 +11,9 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab.config import CheckpointConfig
-from cifarlab.run.checkpoint import Checkpointer, TrainState, out_of_space, problem, resumable_checkpoint
+from cifarlab.run.checkpoint import Checkpointer, out_of_space, problem, resumable_checkpoint
 from cifarlab.run.rundir import RunDir
+from cifarlab.run.state import TrainState
 
 pytestmark = pytest.mark.unit
 

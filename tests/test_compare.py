@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from cifarlab import compare
 from cifarlab.analysis import comparison, rendering, repeats, results, stats
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.results import ResultsError
 from cifarlab.config import VOLATILE, load_config, to_yaml
 
@@ -587,7 +588,7 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
     # floors from 100 to 10,000 images or none, some groups repeated (tied p): adjusted p < 0.05 exactly when the
     # adjusted interval excludes 0, and the verdict says better/worse exactly then.
     rng = random.Random(27)
-    metric = comparison.METRICS["final_acc"]
+    metric = METRICS["final_acc"]
     found, missed, holm_stops_after = 0, 0, 0
     for _ in range(1000):
         images = rng.choice([None, 100, 1000, 10_000])
@@ -618,7 +619,7 @@ def test_adjusted_intervals_agree_with_adjusted_verdicts_in_random_families(meth
 def test_a_p_on_the_threshold_never_gets_a_disagreeing_interval() -> None:
     # a = [0.5, 0.6], b = a + x: se = sqrt(0.005), df = 2, p = 0.05 at x = t(0.975, 2) * se = 0.304243. Around there
     # floating-point rounding decides both the p and the interval's end; they must agree, or no interval is shown.
-    metric = comparison.METRICS["final_acc"]
+    metric = METRICS["final_acc"]
 
     def decided(x: float) -> comparison.Difference:
         base, other = _result("a", [0.5, 0.6], None), _result("b", [0.5 + x, 0.6 + x], None)
@@ -729,7 +730,7 @@ def test_verdicts_name_both_groups_in_80_columns(tmp_path: Path, capsys: pytest.
             make_run(tmp_path, f"lr{lr}-s{seed}", [0.6 + seed / 100], f"optim.lr={lr}", "optim.weight_decay=0.0005",
                      "train.epochs=20", seed=seed)
     report = comparison.compare(results.read_runs([str(tmp_path)]), ["optim.lr", "optim.weight_decay", "train.epochs"],
-                                comparison.METRICS["final_acc"], None)
+                                METRICS["final_acc"], None)
     rendering.render(report, False, 80)
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
@@ -782,6 +783,36 @@ def test_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "picture written to" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("name", "start"), [("compare.svg", (b"<?xml", b"<svg")), ("compare.pdf", (b"%PDF",)),
+                                             ("compare.PNG", (b"\x89PNG\r\n\x1a\n",))])
+def test_the_names_ending_picks_the_pictures_format(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+                                                     start: tuple[bytes, ...]) -> None:
+    lr_sweep(tmp_path / "sweep")
+    assert compare.main([str(tmp_path / "sweep"), "--png", str(tmp_path / name), "--per-class"]) == 0
+    assert (tmp_path / name).read_bytes().startswith(start)
+    assert capsys.readouterr().err.endswith(f"picture written to {tmp_path / name}\n")
+    assert [path.name for path in tmp_path.iterdir() if path.is_file()] == [name]  # no temporary file left
+
+
+def test_an_unknown_ending_is_refused_in_one_line_naming_the_formats(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    lr_sweep(tmp_path / "sweep")
+    assert usage_error(capsys, str(tmp_path / "sweep"), "--png", str(tmp_path / "x.gif")) == (
+        f"cifarlab: error: --png {tmp_path / 'x.gif'}: the name's ending picks the picture's format; give a file name "
+        f"ending in .png, .svg or .pdf")
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_a_link_where_the_picture_goes_is_refused_and_its_target_left_alone(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    lr_sweep(tmp_path / "sweep")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "compare.png").symlink_to(tmp_path / "notes.txt")
+    assert "compare.png is a symbolic link" in usage_error(capsys, str(tmp_path / "sweep"), "--png",
+                                                           str(tmp_path / "compare.png"))
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and (tmp_path / "compare.png").is_symlink()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--metric", "accuracy"], "--metric accuracy: unknown; one of final_acc, best_acc"),
     (["--by", "optim.learning_rate"], "--by optim.learning_rate: not a config key"),
@@ -799,6 +830,7 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: l
 @pytest.mark.parametrize("view", ["runs", "search"])
 @pytest.mark.parametrize(("name", "message"), [("out.txt", "give a file name ending in .png"),
                                                ("out", "give a file name ending in .png"),
+                                               ("out.gif", "give a file name ending in .png, .svg or .pdf"),
                                                ("folder.png", "is a folder; give a file name ending in .png")])
 def test_a_png_it_cannot_write_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           view: str, name: str, message: str) -> None:
@@ -834,7 +866,7 @@ def _shown(keys: Sequence[str]) -> list[str]:
 def test_the_docs_name_every_ignored_key_and_metric() -> None:
     docs = (REPO / "docs" / "compare.md").read_text()
     assert " ".join(_shown(comparison.IGNORED)) in " ".join(docs.split())
-    assert all(f"`{name}`" in docs for name in comparison.METRICS)
+    assert all(f"`{name}`" in docs for name in METRICS)
 
 
 def test_compares_help_names_every_ignored_key() -> None:
@@ -855,13 +887,15 @@ def test_the_docs_name_exactly_the_volatile_keys(doc: str) -> None:
 
 def test_compare_on_runs_imports_neither_optuna_nor_what_runs_trials(tmp_path: Path) -> None:
     """compare judges finished runs with the analysis wing alone: a run or grid folder loads no Optuna (the
-    [search] extra) and nothing of cifarlab.experiments (tests/test_architecture.py keeps analysis/ below it)."""
+    [search] extra) and nothing of cifarlab.experiments (tests/test_architecture.py keeps analysis/ below it); and,
+    without --png, no matplotlib (it draws the picture only)."""
     for seed, lr in ((0, "0.01"), (1, "0.01"), (0, "0.02"), (1, "0.02")):
         make_run(tmp_path / "sweep", f"lr{lr}-s{seed}", [0.5 + seed / 100], f"optim.lr={lr}", seed=seed)
     probe = ("import sys; from cifarlab.compare import main; code = main(sys.argv[1:]); "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna' or "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'matplotlib') or "
              "m.startswith('cifarlab.experiments'))); sys.exit(code)")
-    for folder in (tmp_path / "sweep", tmp_path / "sweep" / "lr0.01-s0"):
-        result = subprocess.run([sys.executable, "-c", probe, str(folder), "--json"], capture_output=True, text=True,
+    for folder, options in ((tmp_path / "sweep", ["--json"]), (tmp_path / "sweep" / "lr0.01-s0", ["--json"]),
+                            (tmp_path / "sweep", ["--per-class"])):
+        result = subprocess.run([sys.executable, "-c", probe, str(folder), *options], capture_output=True, text=True,
                                 timeout=120, cwd=REPO)
         assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "[]"), result.stderr

@@ -4,12 +4,14 @@ launched on 2 processes."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import check, error_lines, in_process, metrics, run_cli
+from conftest import check, cli_env, error_lines, in_process, metrics, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,30 @@ def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp
     assert all(name in result.stdout for name in ("airplane", "truck"))
     with Image.open(png) as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 400
+
+
+def test_evaluate_draws_svg_and_pdf_by_the_ending_and_imports_matplotlib_only_for_a_picture(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, start in (("confusion.svg", (b"<?xml", b"<svg")), ("confusion.pdf", (b"%PDF",))):
+        check(in_process(["--checkpoint", str(run_dir), "--png", str(tmp_path / name)], capsys,
+                         module="cifarlab.evaluate"))
+        assert (tmp_path / name).read_bytes().startswith(start)
+    probe = ("import sys; from cifarlab.evaluate import main; code = main(sys.argv[1:]); "
+             "print('matplotlib' in sys.modules); sys.exit(code)")
+    plain = check(subprocess.run([sys.executable, "-c", probe, "--checkpoint", str(run_dir)], cwd=tmp_path,
+                                 env=cli_env(), capture_output=True, text=True, timeout=300))
+    assert plain.stdout.splitlines()[-1] == "False"
+
+
+def test_a_picture_evaluate_cannot_write_is_refused_before_any_work(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # The checkpoint does not exist either: the picture's name is refused first, before anything is read.
+    result = in_process(["--checkpoint", str(tmp_path / "nope"), "--png", str(tmp_path / "x.gif")], capsys,
+                        module="cifarlab.evaluate")
+    assert result.returncode == 2 and error_lines(result.stderr) == [
+        f"cifarlab: error: --png {tmp_path / 'x.gif'}: the name's ending picks the picture's format; give a file name "
+        f"ending in .png, .svg or .pdf"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_folders_files_and_two_processes_agree(run_dir: Path, tmp_path: Path,

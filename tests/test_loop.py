@@ -25,11 +25,12 @@ from cifarlab.errors import Preempted, RunFailed, UsageError
 from cifarlab.models import build_model
 from cifarlab.report.console import Console
 from cifarlab.run import engine, loop
-from cifarlab.run.checkpoint import Checkpointer, TrainState, problem
+from cifarlab.run.checkpoint import Checkpointer, problem
 from cifarlab.run.epoch import train_epoch
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir
+from cifarlab.run.state import Pace, TrainState
 
 from conftest import CONFIGS, records
 
@@ -46,7 +47,7 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
                                                     *overrides])
 
 
-def parts(config: Config) -> tuple[engine.Learner, DataPath, Recorder, Checkpointer, RunDir]:
+def parts(config: Config) -> tuple[engine.Learner, DataPath, Pace, Recorder, Checkpointer, RunDir]:
     accelerator = engine.build_accelerator(config)
     data = build_data(config.data, config.train.seed, device=accelerator.device)
     steps = data.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
@@ -58,8 +59,10 @@ def parts(config: Config) -> tuple[engine.Learner, DataPath, Recorder, Checkpoin
     learner = engine.Learner(accelerator, model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), ema)
     run = RunDir(Path(config.train.output_dir) / "tiny")
     run.root.mkdir(parents=True)
-    recorder = Recorder(accelerator, run, config, Console(True, quiet=True), steps)
-    return learner, data, recorder, Checkpointer(accelerator, run, config.checkpoint, steps, {"ema": ema}), run
+    pace = Pace(config.train.batch_size, steps)
+    recorder = Recorder(accelerator, run, Console(True, quiet=True), pace, config.train.epochs,
+                        config.logging.every_n_steps)
+    return learner, data, pace, recorder, Checkpointer(accelerator, run, config.checkpoint, steps, {"ema": ema}), run
 
 
 def no_nan(learner: engine.Learner, every: int = 2) -> engine.LossGuard:
@@ -68,7 +71,7 @@ def no_nan(learner: engine.Learner, every: int = 2) -> engine.LossGuard:
 
 def test_a_non_finite_loss_stops_the_epoch_before_anything_is_saved(tmp_path: Path) -> None:
     config = tiny_config(tmp_path)
-    learner, data, recorder, _, run = parts(config)
+    learner, data, pace, recorder, _, run = parts(config)
     guard = engine.LossGuard(learner.accelerator, lambda: "runs/tiny/checkpoints/step_00000000", every=100)
     checkpointer = Checkpointer(learner.accelerator, run, config.checkpoint, 4, healthy=guard.check)
     with torch.no_grad():
@@ -77,17 +80,17 @@ def test_a_non_finite_loss_stops_the_epoch_before_anything_is_saved(tmp_path: Pa
     with StopRequest(learner.accelerator, lambda message: None) as stop, \
             pytest.raises(RunFailed, match=r"not finite \(NaN or inf\) at step 1; .* last good checkpoint is "
                                            r"runs/tiny/checkpoints/step_00000000"):
-        train_epoch(learner, data, state, recorder, checkpointer, stop, guard)
+        train_epoch(learner, data, pace, state, recorder, checkpointer, stop, guard)
     # checkpoint.every_n_steps=2: the save at step 2 asked the guard first and was never written.
     assert state.global_step == 2 and run.step_checkpoints() == [] and not run.latest.exists()
 
 
 def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> None:
-    learner, data, recorder, checkpointer, run = parts(tiny_config(tmp_path))
+    learner, data, pace, recorder, checkpointer, run = parts(tiny_config(tmp_path))
     state = TrainState()
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest(learner.accelerator, lambda message: None) as stop:
-        stats = train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+        stats = train_epoch(learner, data, pace, state, recorder, checkpointer, stop, no_nan(learner))
         assert (state.epoch, state.step_in_epoch, state.global_step) == (0, 4, 4)
         assert stats.batches == 4 and 2.0 < stats.loss < 2.6 and stats.images_per_s > 0
         # The recorder logged every 2 steps; the checkpointer saved step 2 (step 4 is the epoch end's to save).
@@ -103,18 +106,18 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
         # A stop signal mid-epoch: the next step is checkpointed, then Preempted.
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(Preempted):
-            train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+            train_epoch(learner, data, pace, state, recorder, checkpointer, stop, no_nan(learner))
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
     assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 1, 5)
     assert problem(run.checkpoint(5)) is None and run.latest.read_text() == "step_00000005"
     assert json.loads((run.checkpoint(5) / "trainer_state.json").read_text())["step_in_epoch"] == 1
 
     # Resumed from step 5 in a fresh set of parts, the rest of the epoch gives the uninterrupted run's weights.
-    resumed, data2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
+    resumed, data2, pace2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again"))
     state2 = checkpointer2.load(run.checkpoint(5), resumed.model)
     with StopRequest(resumed.accelerator, lambda message: None) as stop:
-        train_epoch(resumed, data2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
-        train_epoch(learner, data, state, recorder, checkpointer, stop, no_nan(learner))
+        train_epoch(resumed, data2, pace2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
+        train_epoch(learner, data, pace, state, recorder, checkpointer, stop, no_nan(learner))
     assert state2.global_step == state.global_step == 8
     for a, b in zip(resumed.model.state_dict().values(), learner.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -268,14 +271,14 @@ def test_the_batch_loop_reads_nothing_back_per_step(tmp_path: Path, monkeypatch:
     item, tolist = torch.Tensor.item, torch.Tensor.tolist
     counts = []
     for images in (64, 128):  # 4 and 8 steps; no logging, no saves inside the epoch
-        learner, data, recorder, checkpointer, _ = parts(tiny_config(
+        learner, data, pace, recorder, checkpointer, _ = parts(tiny_config(
             tmp_path / str(images), f"data.train_size={images}", "logging.every_n_steps=1000",
             "checkpoint.every_n_steps=null"))
         reads.clear()
         monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or item(self))
         monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or tolist(self))
         with StopRequest(learner.accelerator, lambda message: None) as stop:
-            stats = train_epoch(learner, data, TrainState(), recorder, checkpointer, stop, no_nan(learner, 1000))
+            stats = train_epoch(learner, data, pace, TrainState(), recorder, checkpointer, stop, no_nan(learner, 1000))
         monkeypatch.undo()
         counts.append((stats.batches, len(reads)))
     assert counts[0][0] == 4 and counts[1][0] == 8 and counts[0][1] == counts[1][1]
@@ -318,7 +321,7 @@ def test_steps_of_the_default_preset_make_no_host_device_syncs_between_logging_b
                                 "logging.wandb.mode=disabled", "logging.level=warning",
                                 f"train.output_dir={tmp_path}", "train.run_name=tiny"])
     assert config.data.loader == "tensor" and config.train.ema
-    learner, data, recorder, checkpointer, _ = parts(config)
+    learner, data, pace, recorder, checkpointer, _ = parts(config)
     counter = HostReads()
     step = learner.step
 
@@ -328,7 +331,7 @@ def test_steps_of_the_default_preset_make_no_host_device_syncs_between_logging_b
 
     learner.step = counted_step  # type: ignore[method-assign]
     with StopRequest(learner.accelerator, lambda message: None) as stop, counter:
-        stats = train_epoch(learner, data, TrainState(), recorder, checkpointer, stop,
+        stats = train_epoch(learner, data, pace, TrainState(), recorder, checkpointer, stop,
                             engine.LossGuard(learner.accelerator, lambda: None, 4))
     assert stats.batches == 8
     per_step = {step: [name for at, name in counter.seen if at == step] for step in range(1, 9)}

@@ -30,10 +30,11 @@ from cifarlab.errors import Preempted, UsageError
 from cifarlab.experiments import runner, study
 from cifarlab.report.console import Console
 from cifarlab.report.metrics import EvalResult
-from cifarlab.run import checkpoint, environment, loop, pruning
+from cifarlab.run import checkpoint, environment, loop, pruning, tracking
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir, read_metrics
 from cifarlab.run.runlock import RunLock
+from cifarlab.run.state import Pace, TrainState
 
 from conftest import CONFIGS, REPO, cli_env, error_lines, records
 
@@ -267,13 +268,14 @@ def test_the_run_directory_and_output_folder_may_be_links(whole: RunDir, tmp_pat
 
 
 def _recorder(run: RunDir) -> Recorder:
-    return Recorder(Accelerator(cpu=True), run, tiny_config(run.root.parent), Console(True, quiet=True), 4)
+    config = tiny_config(run.root.parent)
+    return Recorder(Accelerator(cpu=True), run, Console(True, quiet=True), Pace(config.train.batch_size, 4),
+                    config.train.epochs, config.logging.every_n_steps)
 
 
 def _record_to_wandb(run: RunDir) -> None:
-    recorder = _recorder(run)
-    recorder.wandb = object()  # as if W&B were on (Accelerate has no tracker to log to)
-    recorder._to_wandb({"train/loss": 1.0}, 2)
+    # As if W&B were on (Accelerate has no tracker to log to).
+    tracking.WandbTracker(Accelerator(cpu=True), object(), run.wandb_step, -1, "tiny").log({"train/loss": 1.0}, 2)
 
 
 def _checkpointer(run: RunDir) -> tuple[checkpoint.Checkpointer, torch.nn.Module]:
@@ -289,7 +291,7 @@ def _save_weights(run: RunDir) -> None:
 
 def _save_checkpoint(run: RunDir) -> None:
     saver, _ = _checkpointer(run)
-    saver.save(checkpoint.TrainState(global_step=2))
+    saver.save(TrainState(global_step=2))
 
 
 def _predictions(run: RunDir) -> None:
@@ -300,7 +302,7 @@ def _predictions(run: RunDir) -> None:
 
 def _rewrite_metrics(run: RunDir) -> None:
     run.metrics.write_text('{"step": 1}\n')
-    _recorder(run).start(checkpoint.TrainState(), "id", continuing=True)
+    _recorder(run).start(TrainState())
 
 
 def _write_run_files(run: RunDir) -> None:

@@ -551,6 +551,74 @@ def test_list_and_best_read_a_read_only_search_folder_without_writing(tmp_path: 
     assert snapshot(runs) == before
 
 
+def drawn_search(root: Path) -> tuple[Path, Path]:
+    """A search over SPACE whose study holds 12 completed trials, scored by their learning rate alone (best at 0.05),
+    and 2 pruned ones: its file and its output folder."""
+    file = write(root, {"space": SPACE, "trials": 14})
+    sweep = read_sweep(str(file), [f"train.output_dir={root / 'runs'}"])
+    study = open_study(sweep)
+    lr = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+    decay = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+    for number in range(14):
+        params = {"optim.lr": 10 ** (-3 + 3 * ((number * 7) % 12) / 11), "optim.weight_decay": 10 ** (-5 + number / 5)}
+        score = 0.6 - 0.03 * math.log10(params["optim.lr"] / 0.05) ** 2
+        state = optuna.trial.TrialState.PRUNED if number in (5, 9) else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={"optim.lr": lr, "optim.weight_decay": decay}, state=state,
+            value=score if state == optuna.trial.TrialState.COMPLETE else None, intermediate_values={1: score}))
+    return file, root / "runs"
+
+
+@pytest.mark.unit
+def test_list_draws_optunas_pictures_of_the_study_and_writes_nothing_else(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    file, runs = drawn_search(tmp_path)
+    before = snapshot(runs)
+    assert sweeps.main([str(file), "--list", "--png", str(tmp_path / "study.svg"), f"train.output_dir={runs}"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 + 14 and captured.out.count("\tpruned\t") == 2
+    written = [tmp_path / f"study-{name}.svg" for name in ("history", "slice", "importances")]
+    assert captured.err.splitlines()[:3] == [f"cifarlab: note: picture written to {path}" for path in written]
+    assert captured.err.splitlines()[3].startswith("importance of each searched key for final_acc")
+    assert all(path.read_bytes().startswith((b"<?xml", b"<svg")) for path in written)
+    assert not (tmp_path / "study.svg").exists() and snapshot(runs) == before
+    # The importances repeat exactly (PED-ANOVA: no randomness), and the learning rate, which alone moves the score,
+    # matters most.
+    for name in ("a.png", "b.png"):
+        assert sweeps.main([str(file), "--list", "--png", str(tmp_path / name), f"train.output_dir={runs}"]) == 0
+    assert (tmp_path / "a-importances.png").read_bytes() == (tmp_path / "b-importances.png").read_bytes()
+    lr, decay = (line.split() for line in capsys.readouterr().err.splitlines()[4:6])
+    assert lr[0] == "optim.lr" and decay[0] == "optim.weight_decay" and float(lr[1]) > float(decay[1])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("options", "search", "expected"), [
+    (["--png", "x.png"], True, "--png goes with --list"),
+    (["--list", "--png", "x.gif"], True, "x.gif: the name's ending picks the picture's format; give a file name "
+                                         "ending in .png, .svg or .pdf"),
+    (["--list", "--png", "x.png"], False, "has no search: section; compare draws a sweep's runs"),
+    (["--list", "--png", "x.png"], None, "--png: search search has not started"),
+])
+def test_list_pictures_are_refused_in_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                options: list[str], search: Optional[bool],
+                                                                expected: str) -> None:
+    """search True: a study with trials; False: a sweep without search:; None: a search that has not started."""
+    if search:
+        file, _ = drawn_search(tmp_path)
+    elif search is None:
+        file = write(tmp_path, {"space": SPACE})
+    else:
+        file = tmp_path / "grid.yaml"
+        file.write_text(yaml.safe_dump({"name": "grid", "base": SMOKE, "grid": {"optim.lr": [0.01, 0.05]}}))
+    before = snapshot(tmp_path)
+    options = [str(tmp_path / word) if word.startswith("x.") else word for word in options]
+    assert sweeps.main([str(file), *options, f"train.output_dir={tmp_path / 'runs'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith("cifarlab: error: ") and expected in captured.err
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.integration
 def test_list_and_best_work_for_a_user_who_cannot_write_the_folder(tmp_path: Path) -> None:
     """As an unprivileged user (root runs the test as nobody, with setpriv), whom the folder's modes keep out."""

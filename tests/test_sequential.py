@@ -303,7 +303,8 @@ def test_flags_argparse_refuses(argv: list[str], expected: str, capsys: pytest.C
 
 
 def test_the_sweep_command_imports_no_numpy_or_scipy_until_it_decides() -> None:
-    probe = "import sys, cifarlab.sweep; print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
+    probe = ("import sys, cifarlab.sweep; "
+             "print(sorted(m for m in ('torch', 'numpy', 'scipy', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=60,
                             check=True)
     assert result.stdout.strip() == "[]"

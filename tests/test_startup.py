@@ -1,6 +1,6 @@
 """Start-up: the CLI's fast paths import no torch, and a training process imports torchvision and wandb only
-when the run uses them (bench/startup.py measures the times); with --quiet it prints nothing, from its imports
-on."""
+when the run uses them, matplotlib only to draw W&B's pictures (bench/startup.py measures the times); with --quiet it
+prints nothing, from its imports on."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from conftest import cli_env
 
 # Runs the trainer's CLI; at exit (also after --help) prints which heavy modules the process imported.
 PROBE = ("import atexit, sys; from cifarlab.train import main; "
-         "atexit.register(lambda: print('imported:', ','.join(m for m in ('torch', 'torchvision', 'wandb') "
-         "if m in sys.modules))); sys.exit(main(sys.argv[1:]))")
+         "atexit.register(lambda: print('imported:', ','.join(m for m in ('torch', 'torchvision', 'wandb', "
+         "'matplotlib') if m in sys.modules))); sys.exit(main(sys.argv[1:]))")
 
 
 def probe(*args: str, cwd: Path) -> tuple[int, set[str], str, str]:
@@ -54,7 +54,8 @@ def test_a_training_process_imports_torchvision_and_wandb_only_when_used(tmp_pat
     plain = probe(*common, "train.run_name=plain", "logging.wandb.mode=disabled", cwd=tmp_path)
     assert (plain[0], plain[1], plain[3]) == (0, {"torch"}, "")
     offline = probe(*common, "train.run_name=offline", "logging.wandb.mode=offline", cwd=tmp_path)
-    assert (offline[0], offline[1], offline[3]) == (0, {"torch", "wandb"}, "")
+    # W&B gets the final pictures: the confusion matrix is drawn with matplotlib (cifarlab.report.figures).
+    assert (offline[0], offline[1], offline[3]) == (0, {"torch", "wandb", "matplotlib"}, "")
     fake = probe(*common, "train.run_name=fake", "logging.wandb.mode=disabled", "data.name=fake",
                  "data.train_size=32", "data.test_size=8", cwd=tmp_path)
     assert (fake[0], fake[1], fake[3]) == (0, {"torch", "torchvision"}, "")

@@ -1,4 +1,5 @@
-"""cifarlab.summary: per-layer shapes and counts, the size formula, and where a wrong input size breaks."""
+"""cifarlab.summary and the layer table it prints (cifarlab.models.summary): per-layer shapes and counts, the size
+formula, and where a wrong input size breaks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from cifarlab import summary
 from cifarlab.config import ModelConfig
 from cifarlab.models import MODELS, build_model
+from cifarlab.models.summary import BrokenAt, layer_summary, totals
 
 from conftest import CONFIGS, REPO, check, cli_env, error_lines, in_process
 
@@ -38,7 +40,7 @@ def lenet() -> nn.Module:
 
 @pytest.mark.unit
 def test_lenet_rows_are_the_tutorial_numbers() -> None:
-    rows = summary.layer_summary(lenet(), (1, 3, 32, 32))
+    rows = layer_summary(lenet(), (1, 3, 32, 32))
     assert [(r.name, r.call) for r in rows] == [("conv1", 1), ("pool", 1), ("conv2", 1), ("pool", 2),
                                                 ("fc1", 1), ("fc2", 1), ("fc3", 1)]
     by_call = {(r.name, r.call): r for r in rows}
@@ -50,7 +52,7 @@ def test_lenet_rows_are_the_tutorial_numbers() -> None:
     assert by_call["fc1", 1].params == 16 * 5 * 5 * 120 + 120 and by_call["fc1", 1].formula is None
     assert rows[-1].output_shape == (1, 10)
     # The reused pool is counted once, so the rows add up to the model's total.
-    total = summary.totals(lenet())
+    total = totals(lenet())
     assert sum(r.params for r in rows) == total.parameters == total.trainable == 62_006
     assert total.tensors == 10
 
@@ -60,8 +62,8 @@ def test_lenet_rows_are_the_tutorial_numbers() -> None:
 def test_rows_add_up_and_formulas_match_the_shapes(name: str) -> None:
     model = build_model(ModelConfig(name=name), 10)
     model.train()
-    rows = summary.layer_summary(model, (1, 3, 32, 32))
-    assert sum(r.params for r in rows) == summary.totals(model).parameters
+    rows = layer_summary(model, (1, 3, 32, 32))
+    assert sum(r.params for r in rows) == totals(model).parameters
     assert rows[-1].output_shape == (1, 10)
     sized = [r for r in rows if r.formula is not None]
     assert sized, "every model has Conv2d layers"
@@ -74,7 +76,7 @@ def test_rows_add_up_and_formulas_match_the_shapes(name: str) -> None:
 
 @pytest.mark.unit
 def test_strided_conv_formula_says_it_rounds_down() -> None:
-    rows = summary.layer_summary(build_model(ModelConfig(name="resnet18"), 10), (1, 3, 32, 32))
+    rows = layer_summary(build_model(ModelConfig(name="resnet18"), 10), (1, 3, 32, 32))
     strided = next(r for r in rows if r.name == "layers.2.conv1")
     assert strided.formula == "floor((32 - 3 + 2*1)/2) + 1 = 16"
     assert strided.output_shape == (1, 128, 16, 16)
@@ -82,8 +84,8 @@ def test_strided_conv_formula_says_it_rounds_down() -> None:
 
 @pytest.mark.unit
 def test_too_large_input_breaks_at_fc1() -> None:
-    with pytest.raises(summary.BrokenAt) as caught:
-        summary.layer_summary(lenet(), (1, 3, 64, 64))
+    with pytest.raises(BrokenAt) as caught:
+        layer_summary(lenet(), (1, 3, 64, 64))
     assert caught.value.layer == "fc1"
     assert caught.value.reason == "Linear expects 400 features, got 2704"
     assert caught.value.rows[-1].output_shape == (1, 16, 13, 13)  # the last layer that ran: pool, 2nd call
@@ -91,12 +93,12 @@ def test_too_large_input_breaks_at_fc1() -> None:
 
 @pytest.mark.unit
 def test_too_small_input_breaks_where_the_formula_reaches_zero() -> None:
-    with pytest.raises(summary.BrokenAt) as caught:
-        summary.layer_summary(lenet(), (1, 3, 4, 4))
+    with pytest.raises(BrokenAt) as caught:
+        layer_summary(lenet(), (1, 3, 4, 4))
     assert caught.value.layer == "conv1"
     assert caught.value.reason == "Conv2d on a 4x4 map: (4 - 5 + 2*0)/1 + 1 = 0"
-    with pytest.raises(summary.BrokenAt, match=r"it breaks at features\.5 \(MaxPool2d on a 1x1 map"):
-        summary.layer_summary(build_model(ModelConfig(name="convnet_bn"), 10), (1, 3, 2, 2))
+    with pytest.raises(BrokenAt, match=r"it breaks at features\.5 \(MaxPool2d on a 1x1 map"):
+        layer_summary(build_model(ModelConfig(name="convnet_bn"), 10), (1, 3, 2, 2))
 
 
 @pytest.mark.integration

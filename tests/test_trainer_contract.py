@@ -29,9 +29,9 @@ from cifarlab.config import CIFAR10_CLASSES, load_config
 from cifarlab.errors import UsageError
 from cifarlab.experiments.runner import checkpoint_step
 from cifarlab.run import pruning
-from cifarlab.run.checkpoint import TrainState
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 from cifarlab.run.runlock import RunLock
+from cifarlab.run.state import TrainState
 from cifarlab.run.verify import problem
 
 from conftest import FAKE_TRAINER, Background, error_lines, per_class, records, smoke, wait_until

@@ -30,8 +30,9 @@ from cifarlab.experiments.runner import conflict
 from cifarlab.experiments.spec import read_sweep
 from cifarlab.experiments.study import StudyFeed, open_study
 from cifarlab.run import pickles
-from cifarlab.run.checkpoint import Checkpointer, TrainState
+from cifarlab.run.checkpoint import Checkpointer
 from cifarlab.run.rundir import RunDir
+from cifarlab.run.state import TrainState
 
 from conftest import CONFIGS, REPO, error_lines
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cifarlab.analysis import comparison, stats
+from cifarlab.analysis.metric import METRICS
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +135,7 @@ def test_the_vectorised_rule_is_compares_rule() -> None:
     """The verdicts that compare's own code (comparison.difference, decide) gives on simulated data sets are the
     vectorised rule's: a side with one run never gets a verdict about settings."""
     rng = np.random.default_rng(3)
-    metric = comparison.METRICS["final_acc"]
+    metric = METRICS["final_acc"]
     for n_a, n_b in SIZES:
         a, b = simulate(rng, n_a, TEST_SET_STD, datasets=60), simulate(rng, n_b, TEST_SET_STD, shift=0.006,
                                                                        datasets=60)

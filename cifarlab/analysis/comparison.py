@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from cifarlab.analysis import repeats, stats
 from cifarlab.analysis.confounds import ENV_PREFIX, environment_warnings
+from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.results import Predictions, Run
 from cifarlab.config import VOLATILE, shown
 from cifarlab.errors import UsageError
@@ -28,39 +29,6 @@ folders, resumption, threads, logging, checkpoints, where the data lives). ``--b
 
 SIGNIFICANCE = stats.ALPHA
 """A difference is significant when p < 0.05."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    title: str
-    read: Callable[[Run], Optional[float]]
-    higher_is_better: bool
-    scale: float
-    """Display factor: fractions are shown in %."""
-    unit: str
-    digits: int
-    absent: str
-    """Why a finished run has no value."""
-    proportion: bool = False
-    """A fraction of the test images (accuracy): test-set sampling explains part of its spread, and puts a floor
-    under the spread a verdict is judged by (stats.sampling_floor)."""
-
-
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("final_acc", "final test accuracy (%)", Run.final_accuracy, True, 100.0, "%", 2, "no evaluation record",
-           True),
-    Metric("best_acc", "best test accuracy (%)", Run.best_accuracy, True, 100.0, "%", 2, "no evaluation record",
-           True),
-    Metric("final_top5", "final top-5 test accuracy (%)", Run.final_top5, True, 100.0, "%", 2,
-           "no top-5 accuracy recorded (5 classes or fewer, or an older run)", True),
-    Metric("test_loss", "final test loss", Run.final_loss, False, 1.0, "", 4, "no evaluation record"),
-    Metric("time_to_target", "wall seconds to train.target_accuracy", Run.time_to_target, False, 1.0, "s", 1,
-           "did not reach train.target_accuracy"),
-    Metric("train_time_to_target", "training seconds to train.target_accuracy", Run.train_time_to_target, False,
-           1.0, "s", 1, "did not reach train.target_accuracy"),
-    Metric("images_per_s", "training images/s", Run.images_per_s, True, 1.0, "", 0, "no epoch throughput recorded"),
-)}
 
 
 # --- grouping -------------------------------------------------------------------------------------------

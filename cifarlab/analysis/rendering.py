@@ -1,6 +1,6 @@
 """A comparison as people and programs read it: rich tables with the verdicts on lines of their own, JSON, and a
-PNG a slide can use (each run as a dot with its group's interval, the differences with adjusted intervals, per-class
-bars)."""
+picture a slide can use (each run as a dot with its group's interval, the differences with adjusted intervals,
+per-class bars; matplotlib, cifarlab.report.figures)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import stats
-from cifarlab.analysis.comparison import Difference, GroupResult, Metric, Report
+from cifarlab.analysis.comparison import Difference, GroupResult, Report
+from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.planning import Plan
+from cifarlab.report import figures
 
 # --- output ---------------------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from matplotlib.figure import Figure
 
 
 def _interval(ci: Optional[tuple[float, float]]) -> Optional[list[float]]:
@@ -196,135 +198,99 @@ def _class_table(report: Report) -> Any:
     return table
 
 
-_WHITE, _BLACK, _GREY, _BLUE = (255, 255, 255), (0, 0, 0), (120, 120, 120), (40, 90, 200)
-_GREEN, _RED, _LIGHT = (20, 140, 40), (220, 30, 30), (150, 170, 220)
-_TEXT, _ROW, _PLOT = 22, 40, 900
-"""Font size, row height and plot width in pixels: readable on a slide (the image is about 1,600 wide)."""
-
-
-def _font(size: int) -> Any:
-    """A scalable font at ``size`` pixels: DejaVu Sans where installed, else Pillow's own (scalable from
-    Pillow 10.1), else its small bitmap font."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        try:
-            return ImageFont.load_default(size=size)
-        except TypeError:
-            return ImageFont.load_default()
-
-
-class _Axis:
-    """Maps values to x pixels over [low, high] padded by a tenth."""
-
-    def __init__(self, values: list[float], left: int, include_zero: bool = False) -> None:
-        ends = values + ([0.0] if include_zero else [])
-        low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
-        pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
-        self.low, self.high, self.left = low - pad, high + pad, left
-
-    def __call__(self, value: float) -> int:
-        return int(self.left + (value - self.low) / (self.high - self.low) * _PLOT)
-
-
-def picture(report: Report, per_class: bool) -> Image.Image:
-    """Top: each run's value (a grey dot), each group's mean (black) and 95 % interval (blue bar). Below: each
-    group's difference from the baseline with its adjusted interval (the one that agrees with the verdict; green
-    better, red worse, grey no verdict) around a zero line. With ``per_class``: each group's per-class difference
-    from the baseline (bars around zero). PIL only, like cifarlab/report/plots.py."""
-    from PIL import Image, ImageDraw
-
-    font = _font(_TEXT)
+def picture(report: Report, per_class: bool) -> Figure:
+    """Top: each run's value (a dot), each group's mean (black) and 95 % interval (blue bar), the baseline's mean a
+    dashed line. Below: each group's difference from the baseline with its adjusted interval (the one that agrees
+    with the verdict; green better, red worse, grey no verdict) around zero. With ``per_class``: each group's
+    per-class difference from the baseline in points (bars around zero)."""
     classes = list(report.groups[report.baseline].per_class) if per_class and report.differences else []
-    labels = [g.group.label for g in report.groups] + [_class_label(c, d) for c in classes for d in report.differences]
-    left = 24 + int(max(font.getlength(label) for label in labels))
-    groups_h = 50 + _ROW * len(report.groups) + 40
-    diffs_h = (60 + _ROW * len(report.differences) + 40) if report.differences else 0
-    classes_h = (60 + 30 * len(classes) * len(report.differences)) if classes else 0
-    image = Image.new("RGB", (left + _PLOT + 200, groups_h + diffs_h + classes_h), _WHITE)
-    draw = ImageDraw.Draw(image)
-    _group_panel(draw, font, report, left, 0)
+    rows = [len(report.groups), len(report.differences), len(classes) * (1 + len(report.differences)) // 2]
+    heights = [0.95 + 0.3 * count for count in rows if count]  # inches: title, axis and labels, and the rows
+    heights[-1] += 0.5 if classes and len(report.differences) > 1 else 0.0  # the legend below
+    longest = max(len(label) for label in [*(g.group.label + " (baseline)" for g in report.groups), *classes])
+    # Inches: the row names (about 0.08 an inch a letter), a plot of 6, the values on its right: 1,300 pixels or more.
+    chart = figures.figure(max(8.7, 0.08 * longest + 7.4), sum(heights), dpi=150)
+    axes = chart.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    _group_panel(axes[0], report)
     if report.differences:
-        _difference_panel(draw, font, report, left, groups_h)
+        _difference_panel(axes[1], report)
     if classes:
-        _class_bars(draw, font, report, classes, groups_h + diffs_h + 40, left, _PLOT)
-    return image
+        _class_bars(axes[2], report, classes)
+    return chart
 
 
-def _group_panel(draw: Any, font: Any, report: Report, left: int, top: int) -> None:
+def _rows(ax: Any, title: str, labels: list[str]) -> None:
+    """A panel of one row per label, the first on top."""
+    figures.panel(ax, title)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+
+
+def _right(ax: Any, row: int, text: str) -> None:
+    """``text`` to the right of the plot, on ``row``."""
+    ax.text(1.01, row, text, transform=ax.get_yaxis_transform(), va="center")
+
+
+def _group_panel(ax: Any, report: Report) -> None:
     metric, base = report.metric, report.groups[report.baseline]
-    draw.text((12, top + 8), f"{metric.title}: runs (grey), mean (black), 95 % interval (blue)", fill=_BLACK,
-              font=font)
-    x = _Axis([v for g in report.groups for v in [*g.values, *(g.summary.ci95 or ())]], left)
-    bottom = top + 50 + _ROW * len(report.groups)
+    scale = metric.scale
+    _rows(ax, f"{metric.title} by group", [f"{g.group.label} (baseline)" if g is base else g.group.label
+                                            for g in report.groups])
     if base.summary.mean is not None:
-        draw.line([x(base.summary.mean), top + 44, x(base.summary.mean), bottom], fill=_GREY, width=2)
+        ax.axvline(base.summary.mean * scale, color=figures.GREY, linestyle="--", linewidth=1)
     for i, g in enumerate(report.groups):
-        y = top + 50 + i * _ROW + _ROW // 2
-        draw.text((12, y - _TEXT // 2 - 2), g.group.label, fill=_BLACK, font=font)
         if g.summary.ci95 is not None:
-            draw.line([x(g.summary.ci95[0]), y, x(g.summary.ci95[1]), y], fill=_BLUE, width=5)
-        for value in g.values:
-            draw.ellipse([x(value) - 5, y - 12, x(value) + 5, y - 2], fill=_LIGHT, outline=_GREY)
+            ax.hlines(i, g.summary.ci95[0] * scale, g.summary.ci95[1] * scale, color=figures.BLUE, linewidth=5,
+                      alpha=0.6)
+        ax.scatter([v * scale for v in g.values], [i - 0.25] * len(g.values), s=20, color=figures.LIGHT,
+                   edgecolors=figures.GREY, zorder=3)
         if g.summary.mean is not None:
-            draw.ellipse([x(g.summary.mean) - 7, y - 7, x(g.summary.mean) + 7, y + 7], fill=_BLACK)
-            draw.text((left + _PLOT + 16, y - _TEXT // 2 - 2), f"{_number(metric, g.summary.mean)} {metric.unit}",
-                      fill=_BLACK, font=font)
-    _ticks(draw, font, metric, x, bottom)
+            ax.scatter([g.summary.mean * scale], [i], s=45, color="black", zorder=4)
+            _right(ax, i, f"{_number(metric, g.summary.mean)} {metric.unit}".rstrip())
+    ax.set_xlabel("dots: runs; black: the group's mean; blue bar: its 95 % interval")
 
 
-def _ticks(draw: Any, font: Any, metric: Metric, x: _Axis, y: int, sign: bool = False) -> None:
-    draw.line([x.left, y, x.left + _PLOT, y], fill=_GREY, width=2)
-    for value in (x.low, x.high):
-        text = _number(metric, value, sign)
-        draw.text((x(value) - (int(font.getlength(text)) if value == x.high else 0), y + 4), text, fill=_GREY,
-                  font=font)
-
-
-def _difference_panel(draw: Any, font: Any, report: Report, left: int, top: int) -> None:
-    metric, base = report.metric, report.groups[report.baseline]
+def _difference_panel(ax: Any, report: Report) -> None:
+    metric = report.metric
     adjusted = "" if report.adjust == "none" else f", {report.adjust}-adjusted"
-    draw.text((12, top + 8), f"difference from {base.group.label} with its interval (Welch{adjusted})",
-              fill=_BLACK, font=font)
-    ends = [v for d in report.differences for v in [*((d.diff,) if d.diff is not None else ()),
-                                                     *(d.ci_adjusted or ())]]
-    x = _Axis(ends, left, include_zero=True)
-    bottom = top + 50 + _ROW * len(report.differences)
-    draw.line([x(0.0), top + 44, x(0.0), bottom], fill=_GREY, width=2)
+    _rows(ax, f"difference from the baseline with its interval (Welch{adjusted})",
+          [d.group.group.label for d in report.differences])
+    ax.axvline(0.0, color=figures.GREY, linewidth=1.5)
     for i, d in enumerate(report.differences):
-        y = top + 50 + i * _ROW + _ROW // 2
-        colour = (_GREEN if " better than " in d.verdict else _RED if " worse than " in d.verdict else _GREY)
-        draw.text((12, y - _TEXT // 2 - 2), d.group.group.label, fill=_BLACK, font=font)
+        colour = (figures.GREEN if " better than " in d.verdict else figures.RED if " worse than " in d.verdict
+                  else figures.GREY)
         if d.ci_adjusted is not None:
-            draw.line([x(d.ci_adjusted[0]), y, x(d.ci_adjusted[1]), y], fill=colour, width=5)
+            ax.hlines(i, d.ci_adjusted[0] * metric.scale, d.ci_adjusted[1] * metric.scale, color=colour,
+                      linewidth=5, alpha=0.6)
         if d.diff is not None:
-            draw.ellipse([x(d.diff) - 7, y - 7, x(d.diff) + 7, y + 7], fill=colour)
-            draw.text((left + _PLOT + 16, y - _TEXT // 2 - 2), _number(metric, d.diff, sign=True), fill=_BLACK,
-                      font=font)
-    _ticks(draw, font, metric, x, bottom, sign=True)
+            ax.scatter([d.diff * metric.scale], [i], s=45, color=colour, zorder=4)
+            _right(ax, i, _number(metric, d.diff, sign=True))
+    ax.set_xlabel(f"{'points' if metric.unit == '%' else metric.unit or metric.name}: green better, red worse, grey no "
+                  f"verdict")
 
 
-def _class_label(name: str, d: Difference) -> str:
-    return f"{name} ({d.group.group.label})"
-
-
-def _class_bars(draw: Any, font: Any, report: Report, classes: list[str], top: int, left: int, plot: int) -> None:
-    """Per-class difference from the baseline in points: one bar per (class, group), green up, red down,
-    scaled to the largest difference."""
-    base = report.groups[report.baseline].group.label
-    draw.text((12, top - 36), f"per-class final accuracy minus {base} (points)", fill=_BLACK, font=font)
-    diffs = [d.per_class.get(name) for d in report.differences for name in classes]
-    largest = max((abs(v) for v in diffs if v is not None), default=0.0) or 0.01
-    zero, y = left + plot // 2, top
-    draw.line([zero, top, zero, top + 30 * len(classes) * len(report.differences)], fill=_GREY, width=2)
-    for name in classes:
-        for d in report.differences:
-            value = d.per_class.get(name)
-            draw.text((12, y), _class_label(name, d), fill=_BLACK, font=font)
-            if value is not None:
-                end = zero + int(value / largest * (plot // 2 - 4))
-                draw.rectangle([min(zero, end), y + 4, max(zero, end), y + 24], fill=_GREEN if value >= 0 else _RED)
-                draw.text((left + plot + 16, y), f"{100 * value:+.1f}", fill=_BLACK, font=font)
-            y += 30
+def _class_bars(ax: Any, report: Report, classes: list[str]) -> None:
+    """Per-class difference from the baseline in points, one row per class: a bar per group (green right, red left;
+    with several groups each its own colour, named in the legend)."""
+    several = len(report.differences) > 1
+    _rows(ax, "per-class final accuracy minus the baseline's (points)", classes)
+    height = 0.8 / len(report.differences)
+    largest = 0.0
+    for k, d in enumerate(report.differences):
+        values = [d.per_class.get(name) for name in classes]
+        points = [0.0 if v is None else 100 * v for v in values]
+        largest = max([largest, *map(abs, points)])
+        colours = figures.SERIES[k % len(figures.SERIES)] if several else [
+            figures.GREEN if v >= 0 else figures.RED for v in points]
+        bars = ax.barh([i - 0.4 + (k + 0.5) * height for i in range(len(classes))], points, height=0.9 * height,
+                       color=colours, label=d.group.group.label)
+        ax.bar_label(bars, labels=["-" if v is None else f"{100 * v:+.1f}" for v in values], padding=3,
+                     fontsize=8 if several else None)
+    ax.axvline(0.0, color=figures.GREY, linewidth=1.5)
+    ax.set_xlim(-1.25 * (largest or 1.0), 1.25 * (largest or 1.0))
+    ax.set_xlabel("points")
+    if several:
+        # Below the axis and its label: beside the bars it would hide some.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.0,
+                  ncols=min(3, len(report.differences)), frameon=False)

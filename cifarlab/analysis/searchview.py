@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.analysis.comparison import METRICS, Metric, differing_keys
-from cifarlab.analysis.rendering import _BLACK, _GREY, _RED, _TEXT, _WHITE, _font, _number
+from cifarlab.analysis.comparison import differing_keys
+from cifarlab.analysis.metric import METRICS, Metric
+from cifarlab.analysis.rendering import _number
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
 from cifarlab.errors import UsageError
+from cifarlab.report import figures
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from matplotlib.figure import Figure
 
 SHOWN = 15
 """Completed trials the table shows, best first."""
@@ -46,29 +48,40 @@ class Objective:
     keys: Optional[list[str]]
     """The searched keys, as the search's space lists them; None where the folder does not say what its search
     optimizes (no search.yaml: a search from before it was written)."""
+    space: Optional[dict[str, Any]] = None
+    """The search's space as search.yaml has it (``{key: {kind: values}}``); None where keys is."""
 
 
 def is_search(path: str) -> bool:
     return SweepDir(Path(path)).is_search()
 
 
-def objective(folder: Path, metric: Optional[str]) -> Objective:
-    """The search's metric and direction, from the folder's search.yaml (written when its study was opened;
-    final_acc, maximized, for a folder from before); ``metric``, given, replaces the search's, in its own direction
-    unless it is the search's."""
+def described(folder: Path, remedy: str) -> Optional[dict[str, Any]]:
+    """The folder's search.yaml (written when its study was opened: what the search optimizes, its space, metric and
+    direction), the one reader of it; None for a folder from before it was written. Refused, with ``remedy``, where
+    it is not what a search writes."""
     path = SweepDir(folder).description
     found = read_yaml(path) if path.is_file() else None
     if found is None:
-        chosen = METRICS[metric or "final_acc"]
-        return Objective(chosen, chosen.higher_is_better, None)
+        return None
     space = found.get("space") if isinstance(found, dict) else None
     if (not isinstance(space, dict) or found.get("metric") not in METRICS
             or found.get("direction") not in ("maximize", "minimize")):
-        raise UsageError(f"{path}: not what a search writes (metric, direction, space); move it away to rank by "
-                         f"--metric")
+        raise UsageError(f"{path}: not what a search writes (metric, direction, space); {remedy}")
+    return {"space": space, "metric": found["metric"], "direction": found["direction"]}
+
+
+def objective(folder: Path, metric: Optional[str]) -> Objective:
+    """The search's metric and direction, from the folder's search.yaml (final_acc, maximized, for a folder from
+    before); ``metric``, given, replaces the search's, in its own direction unless it is the search's."""
+    found = described(folder, "move it away to rank by --metric")
+    if found is None:
+        chosen = METRICS[metric or "final_acc"]
+        return Objective(chosen, chosen.higher_is_better, None)
+    keys, space = [str(key) for key in found["space"]], found["space"]
     if metric is not None and metric != found["metric"]:
-        return Objective(METRICS[metric], METRICS[metric].higher_is_better, [str(key) for key in space])
-    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", [str(key) for key in space])
+        return Objective(METRICS[metric], METRICS[metric].higher_is_better, keys, space)
+    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", keys, space)
 
 
 def read_trials(folder: Path, goal: Objective) -> tuple[list[SearchTrial], list[str]]:
@@ -128,49 +141,37 @@ def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Obje
 
 # --- the picture -------------------------------------------------------------------------------------------
 
-_SIDE = 560  # each panel's plot area, pixels
 
-
-def picture(trials: list[SearchTrial], keys: list[str], goal: Objective) -> Image.Image:
+def picture(trials: list[SearchTrial], keys: list[str], goal: Objective) -> Figure:
     """Left: each trial's value by trial number (dots; pruned: red crosses at their last evaluation) and the best
-    so far (a line). Then one panel per searched key: its values (log scale where they span 20x or more, all
-    positive) against the metric."""
-    from PIL import Image, ImageDraw
-
+    so far (a line). Then one panel per searched key: its values (a log scale where they span 20x or more, all
+    positive; names on their own ticks where they are not numbers) against the metric."""
     metric = goal.metric
-    font = _font(_TEXT)
-    image = Image.new("RGB", (60 + (_SIDE + 120) * (1 + len(keys)), _SIDE + 190), _WHITE)
-    draw = ImageDraw.Draw(image)
-    draw.text((80, _SIDE + 150), "black dots: completed trials; red crosses: pruned trials, at their last evaluation; "
-              "line: the best so far", fill=_GREY, font=font)
-    shown = [t for t in trials if t.value is not None or t.run.pruned]
-    values = [_value(t, metric) for t in shown]
-    y = _Scale([v for v in values if v is not None], 70 + _SIDE, -_SIDE)
-    best: list[tuple[float, float]] = []  # (trial number, the best value up to it)
-    for trial, value in zip(shown, values):
-        if trial.state == "complete" and value is not None:
-            if best and (value <= best[-1][1] if goal.maximize else value >= best[-1][1]):
-                value = best[-1][1]
-            best.append((trial.number, value))
-    x = _Scale([float(t.number) for t in trials] or [0.0], 80, _SIDE)
-    _panel(draw, font, 80, f"{metric.title} by trial; best so far", "trial", x, y, metric)
+    read = [(t, _value(t, metric)) for t in trials if t.value is not None or t.run.pruned]
+    points = [(t, value * metric.scale) for t, value in read if value is not None]
+    chart = figures.figure(3.6 * (1 + len(keys)), 3.6, dpi=150)  # 540 pixels a panel
+    axes = chart.subplots(1, 1 + len(keys), sharey=True, squeeze=False)[0]
+    history = axes[0]
+    figures.panel(history, f"{metric.name} by trial; the best so far")
+    best = _best_so_far(points, goal.maximize)
     if len(best) > 1:
-        draw.line([(x(n), y(v)) for n, v in best], fill=_BLACK, width=3)
-    for trial, value in zip(shown, values):
-        if value is not None:
-            _mark(draw, x(float(trial.number)), y(value), trial)
-    for i, key in enumerate(keys, 1):
-        left = 80 + i * (_SIDE + 120)
-        points = [(t, float(t.settings[key]), v) for t, v in zip(shown, values)
-                  if isinstance(t.settings.get(key), (int, float)) and v is not None]
-        if not points:
-            draw.text((left, 90), f"{key}: not numeric", fill=_GREY, font=font)
-            continue
-        kx = _Scale([p for _, p, _ in points], left, _SIDE)
-        _panel(draw, font, left, f"{key} vs {metric.name}" + (" (log)" if kx.log else ""), key, kx, y, metric)
-        for trial, setting, value in points:
-            _mark(draw, kx(setting), y(value), trial)
-    return image
+        history.step(*zip(*best), where="post", color="black", linewidth=1.5, label="the best so far")
+    for trial, value in points:
+        _mark(history, trial.number, value, trial)
+    history.set_xlabel("trial")
+    history.xaxis.get_major_locator().set_params(integer=True)
+    history.set_ylabel(metric.title)
+    for ax, key in zip(axes[1:], keys):
+        figures.panel(ax, f"{key} vs {metric.name}")
+        values = [_setting(t.settings.get(key)) for t, _ in points]
+        numeric = all(isinstance(v, float) for v in values)
+        for (trial, value), setting in zip(points, values if numeric else [str(v) for v in values]):
+            _mark(ax, setting, value, trial)
+        if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(key + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    chart.legend(handles=_legend(history), loc="outside lower center", ncols=3, frameon=False)
+    return chart
 
 
 def _value(trial: SearchTrial, metric: Metric) -> Optional[float]:
@@ -180,41 +181,33 @@ def _value(trial: SearchTrial, metric: Metric) -> Optional[float]:
     return metric.read(trial.run) if trial.run.evaluations else None
 
 
-class _Scale:
-    """Values to pixels: ``start`` + ``length`` * position, padded by a tenth; log where they span 20x (positive)."""
-
-    def __init__(self, values: list[float], start: int, length: int) -> None:
-        self.log = bool(values) and min(values) > 0 and max(values) / min(values) >= 20
-        ends = [self._t(v) for v in values] or [0.0, 1.0]
-        low, high = min(ends), max(ends)
-        pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
-        self.low, self.high, self.start, self.length = low - pad, high + pad, start, length
-
-    def _t(self, value: float) -> float:
-        return math.log10(value) if self.log else value
-
-    def __call__(self, value: float) -> int:
-        return int(self.start + (self._t(value) - self.low) / (self.high - self.low) * self.length)
-
-    def ends(self) -> tuple[float, float]:
-        return (10 ** self.low, 10 ** self.high) if self.log else (self.low, self.high)
+def _best_so_far(points: list[tuple[SearchTrial, float]], maximize: bool) -> list[tuple[int, float]]:
+    """(trial number, the best value of the completed trials up to it), one per completed trial."""
+    best: list[tuple[int, float]] = []
+    for trial, value in points:
+        if trial.state == "complete":
+            if best and (value <= best[-1][1] if maximize else value >= best[-1][1]):
+                value = best[-1][1]
+            best.append((trial.number, value))
+    return best
 
 
-def _panel(draw: Any, font: Any, left: int, title: str, label: str, x: _Scale, y: _Scale, metric: Metric) -> None:
-    top, bottom = 70, 70 + _SIDE
-    draw.text((left, 20), title, fill=_BLACK, font=font)
-    draw.rectangle([left, top, left + _SIDE, bottom], outline=_GREY, width=2)
-    low, high = x.ends()
-    draw.text((left, bottom + 8), f"{low:.3g}", fill=_GREY, font=font)
-    draw.text((left + _SIDE - 80, bottom + 8), f"{high:.3g}", fill=_GREY, font=font)
-    draw.text((left + _SIDE // 2 - 40, bottom + 36), label, fill=_BLACK, font=font)
-    for value in y.ends():
-        draw.text((left - 70, y(value) - _TEXT), _number(metric, value), fill=_GREY, font=font)
+def _setting(value: Any) -> Any:
+    """A number as a float (a bool is a name: true/false), anything else as it is."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def _mark(draw: Any, x: int, y: int, trial: SearchTrial) -> None:
+def _mark(ax: Any, x: Any, y: float, trial: SearchTrial) -> None:
     if trial.run.pruned:
-        draw.line([x - 7, y - 7, x + 7, y + 7], fill=_RED, width=3)
-        draw.line([x - 7, y + 7, x + 7, y - 7], fill=_RED, width=3)
+        ax.scatter([x], [y], marker="x", s=30, color=figures.RED, linewidths=1.5, zorder=3)
     else:
-        draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=_BLACK)
+        ax.scatter([x], [y], s=16, color="black", zorder=3)
+
+
+def _legend(ax: Any) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], marker="o", linestyle="", color="black", label="completed trial"),
+            Line2D([], [], marker="x", linestyle="", color=figures.RED, markeredgewidth=2,
+                   label="pruned trial, at its last evaluation"),
+            *ax.get_lines()[:1]]

@@ -14,6 +14,7 @@ judges finished runs (compare's search view) reads the same folder without impor
       claims/<trial>.lock  a worker's POSIX lock on each trial it runs (see cifarlab.experiments.study)
       confirm.yaml         the sweep file of its confirmation (the winners and the base, over seeds); whole
       confirm/             the confirmation's sweep folder, laid out as above
+      wandb/               the search's W&B summary run (W&B's own files; see cifarlab.experiments.insight)
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class SweepDir:
     @property
     def confirmation(self) -> SweepDir:
         return SweepDir(self.root / CONFIRMATION)
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's own folder of a run logged with ``dir=`` the sweep folder (a search's summary run)."""
+        return self.root / "wandb"
 
     def is_search(self) -> bool:
         return self.journal.is_file()

@@ -1,8 +1,9 @@
 """A search, run by ``python -m cifarlab.sweep FILE`` when FILE has a ``search:`` section: this process is one
 worker of the study (with ``--parallel N`` it runs N trials at a time); when the study has its trials, the best
 settings are confirmed on fresh seeds (``search: confirm:``) and compared, with compare's calibrated table, against
-the base configuration. ``--list`` shows the study's trials, ``--best`` the best confirmed settings as trainer
-options (returned for the command to print).
+the base configuration. ``--list`` shows the study's trials and what they teach (each searched key's importance),
+``--best`` the best confirmed settings as trainer options (returned for the command to print); both read what the
+search optimizes from its folder (search.yaml), as compare does.
 
 The confirmation is an ordinary sweep file the search writes, ``<sweep folder>/confirm.yaml`` (its trials in
 ``<sweep folder>/confirm/``), shared by every worker that gets there: each takes the runs nobody else holds."""
@@ -18,12 +19,14 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from cifarlab.analysis.comparison import Report, compare, group_runs
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.rendering import render
 from cifarlab.analysis.results import read_run
+from cifarlab.analysis.searchview import Objective, described
 from cifarlab.analysis.sweepdir import CONFIRMATION, trial_name
 from cifarlab.config import load_config
 from cifarlab.errors import UsageError
-from cifarlab.experiments import space
+from cifarlab.experiments import insight, space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.runner import Runner, finished, say, status, write_record, write_whole
 from cifarlab.experiments.spec import Sweep, identity, read_sweep, setting
@@ -66,6 +69,10 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
                    f"again once they have stopped); {progress(sweep, study)}")
         return 0
     say(sweep, f"search done: {progress(sweep, study)}")
+    goal = objective(sweep)
+    logged = insight.log_summary(sweep, study, goal, next(iter(ranked(study, goal)), None))
+    if logged is not None:
+        say(sweep, logged)
     return confirm(sweep, study, args.parallel) if search.confirm is not None else 0
 
 
@@ -75,30 +82,58 @@ def _count(study: Any, state: str) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState[state],)))
 
 
-def ranked(sweep: Sweep, study: Any) -> list[Any]:
+def objective(sweep: Sweep) -> Objective:
+    """What the search optimizes, as its folder says (search.yaml, cifarlab.analysis.searchview.described: the one
+    reader of it, compare's too); the file's search for a folder from before search.yaml (reading() has checked it
+    against the study's own record). Refused where the folder's differs from the file's: an edited search.yaml (a
+    study of another search is refused before, by reading())."""
+    assert sweep.search is not None
+    ours = sweep.search.identity()
+    found = described(sweep.folder, "move it away: the search writes it again when it next runs")
+    if found is not None and (found != ours or list(found["space"]) != list(ours["space"])):  # its keys' order too
+        what = next((key for key in ours if found.get(key) != ours[key]), "space")
+        raise UsageError(f"{sweep.dir.description} gives the search another {what} than {sweep.source} (edited, or "
+                         f"another search's); move it away: the search writes it again when it next runs")
+    found = found or ours
+    return Objective(METRICS[found["metric"]], found["direction"] == "maximize", [str(key) for key in found["space"]],
+                     found["space"])
+
+
+def ranked(study: Any, goal: Objective) -> list[Any]:
     """The study's completed trials, best first (ties: the earlier trial)."""
     import optuna
 
-    assert sweep.search is not None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    sign = -1.0 if sweep.search.maximize else 1.0
+    sign = -1.0 if goal.maximize else 1.0
     return sorted(complete, key=lambda t: (sign * t.value, t.number))
 
 
 def listing(sweep: Sweep) -> list[str]:
     """``--list``: a header, then every trial of the study with its state, value and settings (nothing written)."""
     with reading(sweep) as study:
-        return _listing(sweep, study)
+        return _listing(sweep, study, objective(sweep))
 
 
-def _listing(sweep: Sweep, study: Optional[Any]) -> list[str]:
+def show_listing(sweep: Sweep) -> None:
+    """``--list`` as the command prints it: the :func:`listing` on stdout, then on stderr what the search teaches
+    so far, each searched key's importance (cifarlab.experiments.insight; stdout stays one row a trial for cut and
+    grep)."""
+    assert sweep.search is not None
+    with reading(sweep) as study:
+        goal = objective(sweep)
+        print("\n".join(_listing(sweep, study, goal)), flush=True)
+        found = insight.of_study(study, goal, sweep.search) if study is not None else insight.importances(goal, [])
+        print("\n".join(insight.lines(found, goal)), file=sys.stderr)
+
+
+def _listing(sweep: Sweep, study: Optional[Any], goal: Objective) -> list[str]:
     assert sweep.search is not None
     lines = ["index\tstate\tname\tvalue\toverrides"]
     for frozen in study.get_trials(deepcopy=False) if study is not None else []:
         state = frozen.state.name.lower()
         if state == "running":
             state += f" ({status(sweep, _as_trial(sweep, frozen))})"
-        value = space.shown(sweep.search, frozen.value) if frozen.value is not None else "-"
+        value = goal.metric.with_unit(frozen.value) if frozen.value is not None else "-"
         chosen = space.settings(sweep.search, frozen.params) if frozen.params else {}
         settings = " ".join(setting(key, value) for key, value in chosen.items())
         lines.append(f"{frozen.number}\t{state}\t{trial_name(frozen.number)}\t{value}\t{settings}")
@@ -127,7 +162,7 @@ def winners(sweep: Sweep, study: Any) -> tuple[list[Any], Optional[Any]]:
     base = identity(load_config(sweep.base, list(sweep.common)))
     seen: set[str] = set()
     chosen, control = [], None
-    for trial in ranked(sweep, study):
+    for trial in ranked(study, objective(sweep)):
         if len(seen) == sweep.search.confirm.top:
             break
         settings = [setting(key, value) for key, value in space.settings(sweep.search, trial.params).items()]
@@ -172,6 +207,7 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     assert sweep.search is not None and sweep.search.confirm is not None
     check = read_sweep(str(confirm_file(sweep, study)), trainer=sweep.trainer)  # the search's trainer, not the file's
     chosen, control = winners(sweep, study)
+    goal = objective(sweep)
     write_record(check)
     if control is not None:
         say(sweep, f"trial {control.number} {trial_name(control.number)} has the base configuration's settings: "
@@ -185,35 +221,33 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
     if not all(finished(check, t) for t in check.trials):
         say(sweep, "other workers are still running confirmation runs; run the search again for the table")
         return 0
-    report = confirmed(sweep, check)
+    report = confirmed(check, goal)
     render(report, False, None if sys.stdout.isatty() else 200)
-    keys = [p.key for p in sweep.search.space]
+    keys = goal.keys or []
     searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in chosen}
     for result in report.groups:
-        mean = space.shown(sweep.search, result.summary.mean) if result.summary.mean is not None else "-"
+        mean = goal.metric.with_unit(result.summary.mean) if result.summary.mean is not None else "-"
         if result is report.groups[report.baseline]:
             found = "the base configuration (control)" + (
-                f"; trial {control.number} scored {space.shown(sweep.search, control.value)} with these settings in "
+                f"; trial {control.number} scored {goal.metric.with_unit(control.value)} with these settings in "
                 f"the search" if control is not None else "")
         else:
             trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
-            found = (f"trial {trial.number} scored {space.shown(sweep.search, trial.value)} in the search"
+            found = (f"trial {trial.number} scored {goal.metric.with_unit(trial.value)} in the search"
                      if trial is not None else "a searched setting")
         say(sweep, f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
     return 0
 
 
-def confirmed(sweep: Sweep, check: Optional[Sweep] = None) -> Report:
-    """compare's report on the confirmation runs, grouped by the searched keys, the base configuration (the
-    control) as the baseline."""
-    assert sweep.search is not None
-    check = check or read_sweep(str(sweep.dir.confirmation_file))
+def confirmed(check: Sweep, goal: Objective) -> Report:
+    """compare's report on the confirmation runs (``check``), grouped by the searched keys, the base configuration
+    (the control) as the baseline."""
     runs = [read_run(check.run_dir(t).root) for t in check.trials]
-    keys = [p.key for p in sweep.search.space]
+    keys = goal.keys or []
     control = {key: run.config.get(key) for run in runs[:1] for key in keys}
     groups = group_runs([run for run in runs if run.finished], keys)  # compare's groups, in its order
     base = next((i for i, g in enumerate(groups) if g.overrides == control), 0)
-    return compare(runs, keys, space.metric(sweep.search), str(base + 1))
+    return compare(runs, keys, goal.metric, str(base + 1))
 
 
 def best(sweep: Sweep) -> str:
@@ -229,9 +263,10 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
     assert sweep.search is not None
     if study is None:
         raise UsageError(f"--best: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
-    keys = [p.key for p in sweep.search.space]
+    goal = objective(sweep)
+    keys = goal.keys or []
     if sweep.search.confirm is None:
-        top = ranked(sweep, study)
+        top = ranked(study, goal)
         if not top:
             raise UsageError(f"--best: search {sweep.name} has no completed trial yet")
         chosen = space.settings(sweep.search, top[0].params)
@@ -241,8 +276,8 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
         check = read_sweep(str(sweep.dir.confirmation_file)) if sweep.dir.confirmation_file.is_file() else None
         if check is None or not all(finished(check, t) for t in check.trials):
             raise UsageError(f"--best: search {sweep.name} has no finished confirmation yet; run the search to its end")
-        report = confirmed(sweep, check)
-        sign = 1.0 if sweep.search.maximize else -1.0
+        report = confirmed(check, goal)
+        sign = 1.0 if goal.maximize else -1.0
         winner = max((g for g in report.groups if g.summary.mean is not None),
                      key=lambda g: sign * (g.summary.mean or 0.0))
         chosen = {key: winner.group.overrides.get(key) for key in keys}
@@ -255,3 +290,94 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})
     return shlex.join([*(["--config", sweep.base] if sweep.base else []), *settings.values()])
+
+
+# --- pictures ----------------------------------------------------------------------------------------------
+
+PICTURES = ("history", "slice", "importances")
+"""``--list --png FILE.png`` writes Optuna's three pictures of the study beside each other: FILE-history.png,
+FILE-slice.png and FILE-importances.png. One file each: Optuna draws each as a figure of its own (the slice a row of
+panels with a colour bar), and matplotlib cannot move a drawing from one figure into another; joined, they would
+have to be drawn again (no longer Optuna's) or pasted as pixels (no longer vector in an SVG or PDF)."""
+
+
+def picture_files(path: Path) -> list[Path]:
+    return [path.with_name(f"{path.stem}-{name}{path.suffix}") for name in PICTURES]
+
+
+def search_pictures(sweep: Sweep, path: Path) -> list[Path]:
+    """``--list --png FILE``: Optuna's own pictures of the study (optuna.visualization.matplotlib): each trial's value
+    and the best so far, each searched setting against the metric, and each searched key's importance, drawn from
+    the study the importances table comes from (cifarlab.experiments.insight: the same figures; no picture, and a
+    note, where it has none); the files written (:func:`picture_files`), in the format FILE's ending picks."""
+    assert sweep.search is not None
+    with reading(sweep) as study:
+        if study is None:
+            raise UsageError(f"--png: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
+        if not _count(study, "COMPLETE"):
+            raise UsageError(f"--png: search {sweep.name} has no completed trial yet: nothing to draw")
+        return _draw(sweep, study, objective(sweep), picture_files(path))
+
+
+def _retitle(ax: Any, title: str) -> None:
+    """Optuna's title (on whichever side it is) replaced by ``title``, naming the search."""
+    for side in ("left", "right"):
+        ax.set_title("", loc=side)
+    ax.set_title(title)
+
+
+def _plain_log(axis: Any) -> None:
+    """A log axis labelled 0.01, 0.02, 0.05, 0.1 (1, 2, 5 a decade; 1 a decade over more than 2): Optuna's, within a
+    decade or two, labels every minor tick in scientific notation, one over the other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = axis.get_view_interval()
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if high > 100 * low else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _shown(trial: Any, scale: float) -> float:
+    return float(trial.value) * scale
+
+
+def _draw(sweep: Sweep, study: Any, goal: Objective, paths: list[Path]) -> list[Path]:
+    import warnings
+
+    from matplotlib.ticker import FuncFormatter
+    from optuna.visualization import matplotlib as plots
+
+    from cifarlab.report import console, figures
+
+    assert sweep.search is not None
+    metric = goal.metric
+    weighed, why_not = insight.weighed(goal, insight.completed(study, sweep.search))
+    with figures.pyplot() as pyplot, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # The history's best-so-far line needs the study's own values (a target hides it): the axis shows them as
+        # compare does (accuracies in %).
+        history = plots.plot_optimization_history(study, target_name=metric.title)
+        history.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value * metric.scale:g}"))
+        _retitle(history, f"Optimization history of {sweep.name} (completed trials)")
+        pictures = [pyplot.gcf()]
+        plots.plot_slice(study, target=lambda trial: _shown(trial, metric.scale), target_name=metric.title)
+        pyplot.suptitle(f"Slice plot of {sweep.name} (completed trials)")
+        pictures.append(pyplot.gcf())
+        pictures[-1].set_size_inches(1.2 + 3.2 * len(sweep.search.space), 4.8)  # Optuna's: 6.4 for any number
+        for ax in pictures[-1].axes:
+            if ax.get_xscale() == "log":
+                _plain_log(ax.xaxis)
+        if weighed is not None and goal.space is not None:
+            # The study's own values and direction (with a target, PED-ANOVA would take lower to be better).
+            plots.plot_param_importances(weighed, evaluator=insight.evaluator(), params=list(goal.space),
+                                         target_name=metric.name)
+            _retitle(pyplot.gca(), f"Hyperparameter importances in {sweep.name} (PED-ANOVA)")
+            pictures.append(pyplot.gcf())
+        for picture, file in zip(pictures, paths):
+            figures.save(picture, file, tight=True)
+    for warning in caught:  # what Optuna says of the study (too few trials to tell importances apart, say)
+        if warning.category is UserWarning:  # not its ExperimentalWarning, nor a library's deprecations
+            console.note(f"Optuna: {warning.message}")
+    if weighed is None:
+        console.note(f"no picture of the importances: {why_not}")
+    return paths[:len(pictures)]

@@ -16,7 +16,7 @@ from cifarlab.run.pruning import PRUNERS
 if TYPE_CHECKING:
     import optuna
 
-    from cifarlab.analysis.comparison import Metric
+    from cifarlab.analysis.metric import Metric
 
 KEYS = ("space", "method", "trials", "metric", "direction", "seed", "pruning", "confirm")
 METHODS = ("tpe", "random")
@@ -68,20 +68,14 @@ class Search:
 
 
 def metric(search: Search) -> Metric:
-    from cifarlab.analysis.comparison import METRICS
+    from cifarlab.analysis.metric import METRICS
 
     return METRICS[search.metric]
 
 
-def shown(search: Search, value: float) -> str:
-    """``61.20 %``: a value of the search's metric as compare shows it."""
-    m = metric(search)
-    return f"{value * m.scale:.{m.digits}f}{' ' + m.unit if m.unit else ''}"
-
-
 def read_search(value: Any, where: str) -> Search:
     """The ``search:`` mapping of a sweep file, checked: every problem is one :class:`UsageError` line."""
-    from cifarlab.analysis.comparison import METRICS  # reads run files only; no torch
+    from cifarlab.analysis.metric import METRICS  # reads run files only; no torch
 
     where = f"{where}: search"
     if not isinstance(value, dict):
@@ -89,7 +83,7 @@ def read_search(value: Any, where: str) -> Search:
     unknown = [str(key) for key in value if key not in KEYS]
     if unknown:
         raise UsageError(f"{where}: unknown key '{unknown[0]}'; keys: {', '.join(KEYS)}")
-    space = _space(value.get("space"), where)
+    space = read_space(value.get("space"), where)
     method = _one_of(value.get("method", "tpe"), METHODS, f"{where}: method")
     metric = _one_of(value.get("metric", "final_acc"), tuple(METRICS), f"{where}: metric")
     direction = value.get("direction", "maximize" if METRICS[metric].higher_is_better else "minimize")
@@ -104,7 +98,8 @@ def read_search(value: Any, where: str) -> Search:
                   _confirm(value.get("confirm"), f"{where}: confirm"))
 
 
-def _space(value: Any, where: str) -> tuple[Param, ...]:
+def read_space(value: Any, where: str) -> tuple[Param, ...]:
+    """A search's space (``{key: {kind: values}}``: the file's ``space:``, or its folder's search.yaml), checked."""
     example = "e.g. {optim.lr: {log_uniform: [1.0e-3, 1]}}"
     if not isinstance(value, dict) or not value:
         raise UsageError(f"{where}: space must be a non-empty mapping of key: {{kind: values}} ({example})")
@@ -267,3 +262,20 @@ def suggest(search: Search, trial: optuna.Trial) -> dict[str, Any]:
         else:
             chosen[param.key] = trial.suggest_categorical(param.key, list(param.values))
     return chosen
+
+
+def distributions(params: tuple[Param, ...]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The space as Optuna's distributions, as :func:`suggest` samples it (for a study built from finished trials)."""
+    import optuna
+
+    made: dict[str, optuna.distributions.BaseDistribution] = {}
+    for param in params:
+        if param.kind == "choice":
+            made[param.key] = optuna.distributions.CategoricalDistribution(list(param.values))
+            continue
+        low, high = param.values
+        if param.kind == "int":
+            made[param.key] = optuna.distributions.IntDistribution(low, high)
+        else:
+            made[param.key] = optuna.distributions.FloatDistribution(low, high, log=param.kind == "log_uniform")
+    return made

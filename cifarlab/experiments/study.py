@@ -252,7 +252,7 @@ class StudyFeed(Feed):
             elif value is None or not math.isfinite(value):
                 self._tell(trial.index, None, f"its run has no {self.search.metric}")
             else:
-                self._tell(trial.index, value, space.shown(self.search, value))
+                self._tell(trial.index, value, space.metric(self.search).with_unit(value))
         elif result in ("failed", "refused"):
             self._tell(trial.index, None, result)
         else:  # stopped: it stays running in the study, for the next worker to resume
@@ -360,7 +360,7 @@ def progress(sweep: Sweep, study: Any) -> str:
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = (max if sweep.search.maximize else min)(complete, key=lambda t: t.value)
-        text += f"; best {space.shown(sweep.search, best.value)} (trial {best.number})"
+        text += f"; best {space.metric(sweep.search).with_unit(best.value)} (trial {best.number})"
     return text
 
 

@@ -1,4 +1,5 @@
-"""Networks for 3-channel CIFAR-scale images, and the input sizes each accepts."""
+"""Networks for 3-channel CIFAR-scale images, and the input sizes each accepts; ghost BatchNorm (``batchnorm``) and
+a model's layers as a table of shapes, parameters and size formulas (``summary``)."""
 
 from __future__ import annotations
 

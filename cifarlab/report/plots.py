@@ -1,23 +1,28 @@
-"""Pictures for people: a confusion matrix and labelled image grids, as PIL images (PNG files, W&B media).
+"""Pictures for people: a confusion matrix (a matplotlib figure, cifarlab.report.figures; as a PIL image for W&B)
+and labelled image grids (PIL images).
 
-Drawn with PIL alone (no plotting library): the tutorial's ``imshow(make_grid(...))`` done properly:
-images unnormalised back to [0, 1], each labelled with its true and predicted class, red where wrong.
-Beyond 20 classes a confusion matrix cell would be a few pixels with no room for names: CIFAR-100 gets its
-20 superclasses' matrix instead, and any many-class set the chart of its most-confused pairs.
+The grids are the tutorial's ``imshow(make_grid(...))`` done properly: images unnormalised back to [0, 1], each
+labelled with its true and predicted class, red where wrong. Beyond 20 classes a confusion matrix cell would be a
+few pixels with no room for names: CIFAR-100 gets its 20 superclasses' matrix instead, and any many-class set the
+chart of its most-confused pairs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cifarlab.data.classes import FULL_TABLE, grouped_confusion, most_confused, superclasses
+from cifarlab.report import figures
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _RED, _GREEN, _BLACK, _WHITE = (220, 30, 30), (20, 140, 40), (0, 0, 0), (255, 255, 255)
-_GREY, _BAR = (200, 200, 200), (230, 120, 100)
+_BAR = "#e67864"
 _LINE = 12  # pixels per line of text in the default font
 _PAIRS = 20  # most-confused pairs charted
 
@@ -79,80 +84,83 @@ def _grid(tiles: Sequence[Image.Image], columns: int, padding: int = 2) -> Image
 
 
 def confusion_image(confusion: Sequence[Sequence[int]], classes: Sequence[str], cell: int = 44) -> Image.Image:
-    """The confusion matrix as a heat map (see :func:`heat_map`). Beyond 20 classes: CIFAR-100's superclass
-    matrix, numbered, above a chart of the most-confused class pairs; other sets the chart alone."""
+    """:func:`confusion_figure` as a PIL image (W&B media)."""
+    return figures.image(confusion_figure(confusion, classes, cell))
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], cell: int = 44) -> Figure:
+    """The confusion matrix as a heat map (see :func:`heat_map`), ``cell`` pixels a side. Beyond 20 classes:
+    CIFAR-100's superclass matrix, numbered, above a chart of the most-confused class pairs; other sets the chart
+    alone."""
     if len(classes) <= FULL_TABLE:
-        return heat_map(confusion, list(classes), [name[:7] for name in classes],
-                        "rows: true class, columns: predicted class", cell)
-    parts = []
+        chart = figures.figure(*_matrix_size(classes, classes, cell))
+        heat_map(chart.subplots(), confusion, list(classes), list(classes), "confusion matrix")
+        return chart
     groups = superclasses(classes)
+    names = [f"{k + 1:2d} {name}" for k, (name, _) in enumerate(groups or [])]
+    numbers = [str(k + 1) for k in range(len(names))]
+    pairs = most_confused(confusion, _PAIRS)
+    heights = [_matrix_size(names, numbers, 32)[1]] if groups else []
+    heights.append(0.7 + 0.16 * max(len(pairs), 1))
+    chart = figures.figure(9.6, sum(heights))
+    axes = chart.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     if groups is not None:
-        parts.append(heat_map(grouped_confusion(confusion, groups),
-                              [f"{k + 1:2d} {name}" for k, (name, _) in enumerate(groups)],
-                              [str(k + 1) for k in range(len(groups))],
-                              "superclasses (images summed over their 5 classes): rows true, columns predicted", 36))
-    parts.append(pairs_chart(confusion, classes))
-    return _stack(parts)
+        heat_map(axes[0], grouped_confusion(confusion, groups), names, numbers,
+                 "superclasses (images summed over their 5 classes)")
+    pairs_chart(axes[-1], pairs, classes)
+    return chart
 
 
-def heat_map(confusion: Sequence[Sequence[int]], row_names: Sequence[str], column_names: Sequence[str],
-             title: str, cell: int) -> Image.Image:
+def _matrix_size(rows: Sequence[str], columns: Sequence[str], cell: int) -> tuple[float, float]:
+    """Width and height in inches of a heat map of ``cell``-pixel squares with its names, title and axis labels."""
+    side = max(len(rows) * cell / figures.DPI, 2.5)
+    return max(side + 0.075 * max(map(len, rows)) + 1.2, 5.0), side + 0.055 * max(map(len, columns)) + 1.3
+
+
+def heat_map(ax: Any, confusion: Sequence[Sequence[int]], row_names: Sequence[str], column_names: Sequence[str],
+             title: str) -> None:
     """Rows are true classes, columns predictions; each cell shows the count, shaded by the fraction of its
     row (blue on the diagonal, red off it)."""
-    font = ImageFont.load_default()
-    left = 12 + int(max(font.getlength(name) for name in row_names))  # room for the row names
-    top = 30  # a title line and the column names
+    import matplotlib
+
     size = len(row_names)
-    width = max(left + cell * size + 4, 8 + int(font.getlength(title)))
-    image = Image.new("RGB", (width, top + cell * size + 4), _WHITE)
-    draw = ImageDraw.Draw(image)
-    draw.text((4, 2), title, fill=_BLACK, font=font)
-    for j, name in enumerate(column_names):
-        draw.text((left + j * cell + 2, top - 13), name, fill=_BLACK, font=font)
+    shares = [[count / max(sum(row), 1) for count in row] for row in confusion]
+    blues, reds = matplotlib.colormaps["Blues"], matplotlib.colormaps["Reds"]
+    ax.imshow([[(blues if i == j else reds)(share) for j, share in enumerate(row)] for i, row in enumerate(shares)],
+              aspect="auto")  # cells about square: the figure is sized for them (fixed aspect upsets the layout)
+    small = 9 if size <= 12 else 7
     for i, row in enumerate(confusion):
-        total = max(sum(row), 1)
-        y = top + i * cell
-        draw.text((4, y + cell // 2 - 5), row_names[i], fill=_BLACK, font=font)
         for j, count in enumerate(row):
-            shade = int(255 * (1 - count / total))
-            fill = (shade, shade, 255) if i == j else (255, shade, shade)
-            x = left + j * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=fill, outline=_GREY)
-            draw.text((x + 4, y + cell // 2 - 5), str(count), fill=_WHITE if shade < 110 else _BLACK, font=font)
-    return image
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=small,
+                    color="white" if shares[i][j] > 0.55 else "black")
+    turned = max(map(len, column_names)) > 3  # names, not numbers: at 45 degrees, each ending under its column
+    ax.set_xticks(range(size), column_names, rotation=45 if turned else 0, ha="right" if turned else "center",
+                  rotation_mode="anchor", fontsize=small + 1)
+    ax.set_yticks(range(size), row_names, fontsize=small + 1)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    ax.spines[:].set_visible(False)
+    ax.set_xlabel("predicted class\n(shade: share of the true class; blue right, red wrong)", fontsize=10)
+    ax.set_ylabel("true class")
+    ax.set_title(title, loc="left", fontweight="bold")
 
 
-def pairs_chart(confusion: Sequence[Sequence[int]], classes: Sequence[str], count: int = _PAIRS) -> Image.Image:
-    """The ``count`` most-confused (true, predicted) pairs as bars of their image counts, each labelled with
-    its share of the true class's images."""
-    font = ImageFont.load_default()
-    pairs = most_confused(confusion, count)
-    labels = [f"{classes[true]} -> {classes[predicted]}" for true, predicted, _, _ in pairs]
-    title = f"most confused pairs of {len(classes)} classes: true -> predicted, images (share of the true class)"
-    left = 8 + int(max((font.getlength(label) for label in labels), default=0))
-    bars, row = 300, 16
-    image = Image.new("RGB", (max(left + bars + 90, 8 + int(font.getlength(title))), 24 + row * max(len(pairs), 1)),
-                      _WHITE)
-    draw = ImageDraw.Draw(image)
-    draw.text((4, 2), title, fill=_BLACK, font=font)
+def pairs_chart(ax: Any, pairs: list[tuple[int, int, int, float]], classes: Sequence[str]) -> None:
+    """The most-confused (true, predicted) ``pairs`` (classes.most_confused) as bars of their image counts, each
+    labelled with its share of the true class's images."""
+    figures.panel(ax, f"most confused pairs of {len(classes)} classes: true -> predicted, images (share of the true "
+                      f"class)")
     if not pairs:
-        draw.text((4, 24), "no test image was misclassified", fill=_BLACK, font=font)
-    most = max((n for _, _, n, _ in pairs), default=1)
-    for k, (label, (_, _, n, share)) in enumerate(zip(labels, pairs)):
-        y = 24 + k * row
-        draw.text((4, y + 1), label, fill=_BLACK, font=font)
-        length = max(1, round(bars * n / most))
-        draw.rectangle([left, y + 2, left + length, y + row - 3], fill=_BAR)
-        draw.text((left + length + 4, y + 1), f"{n} ({100 * share:.0f} %)", fill=_BLACK, font=font)
-    return image
-
-
-def _stack(parts: Sequence[Image.Image], padding: int = 8) -> Image.Image:
-    """Pictures one below the other, left-aligned, on white."""
-    image = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + padding * (len(parts) - 1)),
-                      _WHITE)
-    y = 0
-    for part in parts:
-        image.paste(part, (0, y))
-        y += part.height + padding
-    return image
+        ax.text(0.0, 0.5, "no test image was misclassified", transform=ax.transAxes, va="center")
+        ax.set_axis_off()
+        return
+    labels = [f"{classes[true]} -> {classes[predicted]}" for true, predicted, _, _ in pairs]
+    ax.set_yticks(range(len(pairs)), labels, fontsize=8)
+    ax.set_ylim(len(pairs) - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+    bars = ax.barh(range(len(pairs)), [n for _, _, n, _ in pairs], height=0.7, color=_BAR)
+    ax.bar_label(bars, labels=[f"{n} ({100 * share:.0f} %)" for _, _, n, share in pairs], padding=3, fontsize=8)
+    ax.set_xlim(0, 1.25 * max(n for _, _, n, _ in pairs))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel("test images", fontsize=8)

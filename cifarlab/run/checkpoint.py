@@ -12,8 +12,9 @@ A save writes ``checkpoints/.tmp-step_N``, waits for every rank's files, fsyncs 
 updates ``latest``. A process killed at any moment therefore leaves the previous checkpoints
 untouched, and a checkpoint damaged later (truncated copy, full disk) fails its manifest check.
 
-The trainer's state is JSON, not a ``register_for_checkpointing`` object (Accelerate unpickles those with
-weights_only=False); Accelerate's own files are pickles, loaded as :mod:`cifarlab.run.pickles` says.
+The trainer's state (:class:`cifarlab.run.state.TrainState`) is JSON, not a ``register_for_checkpointing`` object
+(Accelerate unpickles those with weights_only=False); Accelerate's own files are pickles, loaded as
+:mod:`cifarlab.run.pickles` says.
 
 :class:`Checkpointer` owns the cadence (every ``checkpoint.every_n_steps`` steps and every epoch end),
 retention and ``best/``; the train loop only tells it where training is.
@@ -26,13 +27,10 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
@@ -43,126 +41,11 @@ from cifarlab.config import CheckpointConfig
 from cifarlab.errors import RunFailed, UsageError
 from cifarlab.run.pickles import require_safe_torch
 from cifarlab.run.rundir import BEST, MANIFEST, TRAINER_STATE, WEIGHTS, RunDir, resume_command
+from cifarlab.run.state import TrainState
 from cifarlab.run.verify import first_line, model_mismatch, problem, saved_model, sha256, unloadable
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 """The errors of a write to a full (or read-only) filesystem."""
-
-
-class Stopwatch:
-    """Seconds counted over a run's segments: ``seconds`` saved in a checkpoint plus the running part."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds = seconds
-        self._since: Optional[float] = None
-
-    def start(self, since: Optional[float] = None) -> None:
-        """Count from ``since`` (a ``time.perf_counter()`` value; default now)."""
-        self._since = time.perf_counter() if since is None else since
-
-    def stop(self) -> None:
-        self.seconds, self._since = self.read(), None
-
-    def read(self) -> float:
-        return self.seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
-
-
-@dataclass
-class TrainState:
-    """Where training is; everything Accelerate does not save itself."""
-
-    epoch: int = 0
-    """Epoch in progress, 0-based (after the last epoch: train.epochs)."""
-    step_in_epoch: int = 0
-    """Training batches already taken in that epoch (skipped on resume)."""
-    global_step: int = 0
-    """Training batches taken since the start of the run; the W&B step."""
-    best_accuracy: float = 0.0
-    """Best test accuracy so far, as a fraction."""
-    best_epoch: int = -1
-    """Epoch (1-based) that reached best_accuracy; -1 before the first evaluation."""
-    wandb_run_id: Optional[str] = None
-    """The W&B run to continue on resume."""
-    elapsed_s: float = 0.0
-    """Wall seconds of the run so far, summed over its segments (time lost to a crash after the last
-    checkpoint is not counted); read it live from :attr:`wall`."""
-    train_s: float = 0.0
-    """Of those, seconds in training batches (no set-up, evaluation or saving); live in :attr:`training`."""
-    target: Optional[dict[str, float]] = None
-    """Where ``train.target_accuracy`` was reached (``target/*`` names, see :mod:`cifarlab.run.recorder`); None
-    before."""
-    pruned: Optional[dict[str, float]] = None
-    """Where a search's pruner stopped the run (``prune/*`` names, see :mod:`cifarlab.run.pruning`); None before."""
-    epoch_loss_sum: float = 0.0
-    """Training loss of the epoch in progress summed over :attr:`epoch_loss_batches` batches (each batch's loss
-    averaged over the ranks), so that a resumed epoch's ``train/epoch_loss`` covers the whole epoch. The batches
-    since the last save are summed on the device (:attr:`running_loss`) and added in by :meth:`read_back_loss`."""
-    epoch_loss_batches: int = 0
-    """The batches :attr:`epoch_loss_sum` covers: all of the epoch's so far; only those after the resume when the
-    run resumed from a checkpoint saved without these fields (older versions)."""
-    epoch_start_train_s: float = 0.0
-    """:attr:`train_s` when the epoch in progress began: the epoch's training seconds (over every segment) are
-    ``train_s`` minus this. A checkpoint saved without it counts from the resume."""
-
-    def __post_init__(self) -> None:
-        self.wall, self.training = Stopwatch(self.elapsed_s), Stopwatch(self.train_s)
-        self.running_loss: Optional[torch.Tensor] = None
-        """This rank's training loss summed on its device since :attr:`epoch_loss_sum` was last read back (no
-        host sync per step); None outside an epoch's batch loop."""
-        self._running_from = self.step_in_epoch  # step_in_epoch when running_loss was last zeroed
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain values for trainer_state.json; call :meth:`read_back_loss` first (the checkpointer does)."""
-        return {**asdict(self), "elapsed_s": self.wall.read(), "train_s": self.training.read()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-        if "epoch_start_train_s" not in state:  # saved by an older version: the epoch's figures start here
-            self.epoch_start_train_s = self.train_s
-        self.__post_init__()
-
-    def start_running_loss(self, device: torch.device) -> torch.Tensor:
-        """A zero sum on ``device`` for the batch loop to add each batch's loss to (:attr:`running_loss`)."""
-        self.running_loss, self._running_from = torch.zeros((), device=device), self.step_in_epoch
-        return self.running_loss
-
-    def read_back_loss(self, mean_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Add :attr:`running_loss`, averaged over the ranks, into :attr:`epoch_loss_sum` and zero it: a host sync,
-        and with ``mean_over_ranks`` a collective (call on every rank). Only at saves and at the epoch's end."""
-        if self.running_loss is None:
-            return
-        self.epoch_loss_sum += float(mean_over_ranks(self.running_loss).item())
-        self.epoch_loss_batches += self.step_in_epoch - self._running_from
-        self.running_loss.zero_()
-        self._running_from = self.step_in_epoch
-
-    def epoch_loss(self) -> float:
-        """Mean training loss over the epoch's batches so far (as read back)."""
-        return self.epoch_loss_sum / max(self.epoch_loss_batches, 1)
-
-    def end_epoch(self, accuracy: Optional[float]) -> None:
-        """The epoch in progress has been trained and evaluated at ``accuracy`` (None: not evaluated)."""
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.epoch_loss_sum, self.epoch_loss_batches, self.running_loss = 0.0, 0, None
-        self._running_from, self.epoch_start_train_s = 0, self.training.read()
-        if accuracy is not None and accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = accuracy, self.epoch
-
-    @property
-    def ended_early(self) -> bool:
-        """The run stops before train.epochs: it reached train.target_accuracy, or a search pruned it."""
-        return self.target is not None or self.pruned is not None
-
-    def reached(self, target: Optional[float], accuracy: float) -> bool:
-        """Whether the evaluation just ended (at ``accuracy``) is the first to reach ``target``; if so,
-        :attr:`target` records where."""
-        if target is None or self.target is not None or accuracy < target:
-            return False
-        self.target = {"target/accuracy": target, "target/epoch": self.epoch, "target/step": self.global_step,
-                       "target/elapsed_s": round(self.wall.read(), 3),
-                       "target/train_seconds": round(self.training.read(), 3)}
-        return True
 
 
 def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
@@ -186,29 +69,16 @@ def latest_name(run: RunDir) -> Optional[str]:
     return str(run.checkpoints / run.latest.read_text().strip()) if run.latest.is_file() else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    files.write_whole(path, text, durable=True)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _seal(folder: Path, state: TrainState) -> None:
     """fsync every file in ``folder`` and write its manifest last."""
     listed: dict[str, dict[str, Any]] = {}
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         files.share(file)  # safetensors writes model.safetensors 0600: colleagues could not read the weights
-        _fsync(file)  # other ranks wrote some of these: flush them all before publishing
+        files.sync(file)  # other ranks wrote some of these: flush them all before publishing
         listed[file.name] = {"size": file.stat().st_size, "sha256": sha256(file)}
     manifest = {"format": 1, "global_step": state.global_step, "epoch": state.epoch,
                 "step_in_epoch": state.step_in_epoch, "files": listed}
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
+    files.write_whole(folder / MANIFEST, json.dumps(manifest, indent=2), durable=True)
 
 
 def _publish_best(source: Path) -> None:
@@ -309,7 +179,7 @@ class Checkpointer:
     def _write(self, tmp: Path, state: TrainState) -> None:
         self.accelerator.save_state(str(tmp))
         if self.accelerator.is_main_process:
-            _write_atomic(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2))
+            files.write_whole(tmp / TRAINER_STATE, json.dumps(state.state_dict(), indent=2), durable=True)
             for name, module in self.extra.items():
                 # safetensors stores contiguous tensors only (channels_last weights are not).
                 save_file({key: value.contiguous() for key, value in module.state_dict().items()},
@@ -320,8 +190,8 @@ class Checkpointer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(final.parent)
-        _write_atomic(self.run.latest, final.name)
+        files.sync(final.parent)
+        files.write_whole(self.run.latest, final.name, durable=True)
         if best:
             _publish_best(final)
         for old in self.run.step_checkpoints()[:-self.config.keep_last]:

@@ -31,8 +31,8 @@ from cifarlab.report import console
 from cifarlab.report.metrics import EvalResult
 from cifarlab.run import workarounds
 from cifarlab.run.averaging import WeightAverage
-from cifarlab.run.checkpoint import TrainState
 from cifarlab.run.rundir import RunDir, resume_command
+from cifarlab.run.state import TrainState
 from cifarlab.run.tracking import wandb_mode
 
 
@@ -77,11 +77,12 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         workers = 0 if config.data.loader == "tensor" else config.data.num_workers
         torch.set_num_threads(train.cpu_threads or max(1, cores // local_processes - workers))
-    for key, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
+    batch_size = train.batch_size
+    for key, size in (("train.batch_size", batch_size), ("train.eval_batch_size", train.eval_batch_size)):
         if size % accelerator.num_processes:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
                              f"processes; use a multiple of {accelerator.num_processes}")
-    check_batchnorm(config.model, train.batch_size, accelerator.num_processes, accelerator.device.type)
+    check_batchnorm(config.model, batch_size, accelerator.num_processes, accelerator.device.type)
     return accelerator
 
 

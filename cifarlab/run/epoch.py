@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from cifarlab.data.path import DataPath
 from cifarlab.report.metrics import EpochStats
-from cifarlab.run.checkpoint import Checkpointer, TrainState
+from cifarlab.run.checkpoint import Checkpointer
 from cifarlab.run.engine import Learner, LossGuard
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.recorder import Recorder
+from cifarlab.run.state import Pace, TrainState
 
 
-def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: Recorder,
+def train_epoch(learner: Learner, data: DataPath, pace: Pace, state: TrainState, recorder: Recorder,
                 checkpointer: Checkpointer, stop: StopRequest, guard: LossGuard) -> EpochStats:
-    """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left), advancing
-    ``state`` batch by batch. The recorder, the checkpointer, the stop request and the loss guard each decide
-    for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once saved."""
+    """Train on the rest of epoch ``state.epoch`` (all of it, or what a resumed run has left; ``pace``: the data's
+    batches), advancing ``state`` batch by batch. The recorder, the checkpointer, the stop request and the loss guard
+    each decide for themselves what to do after a batch; a stop raises :class:`cifarlab.errors.Preempted` once
+    saved."""
     accelerator = learner.accelerator
-    steps_per_epoch = checkpointer.steps_per_epoch
     total = state.start_running_loss(accelerator.device)  # summed on the device: no sync per step
     learner.model.train()
     state.training.start()
@@ -33,7 +34,7 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
             checkpointer.after_step(state)  # a save reads the running sum back into the state (one sync)
             # Stop between optimizer steps, where the state is complete, all ranks at the same one; a
             # signal during the last batch is handled after the epoch-end checkpoint instead.
-            if state.step_in_epoch < steps_per_epoch and accelerator.sync_gradients:
+            if state.step_in_epoch < pace.steps_per_epoch and accelerator.sync_gradients:
                 stop.stop_if_agreed(state, checkpointer, step=state.global_step)
     state.training.stop()
     guard.check(state)
@@ -42,5 +43,5 @@ def train_epoch(learner: Learner, data: DataPath, state: TrainState, recorder: R
     seconds = state.training.read() - state.epoch_start_train_s
     batches = state.epoch_loss_batches
     return EpochStats(loss=state.epoch_loss(), batches=batches, seconds=seconds,
-                      images_per_s=batches * recorder.batch_size / max(seconds, 1e-9),
+                      images_per_s=pace.images_per_s(batches, seconds),
                       compile_seconds=learner.compile_seconds())

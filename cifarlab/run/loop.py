@@ -7,6 +7,7 @@ Accelerator's trackers and process group torn down when it returns or fails.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -41,6 +42,7 @@ from cifarlab.run.pruning import Pruning
 from cifarlab.run.recorder import Recorder
 from cifarlab.run.rundir import RunDir, drop_torn_tail, read_records
 from cifarlab.run.runlock import RunLock
+from cifarlab.run.state import Pace, TrainState
 
 T = TypeVar("T")
 
@@ -86,17 +88,17 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     set_seed(config.train.seed)
     datasets = data.build_data(config.data, config.train.seed, engine.data_first(accelerator), out.warn,
                                device=accelerator.device, progress=out)
-    learner, steps_per_epoch = build_learner(accelerator, config, datasets)
+    learner, pace = build_learner(accelerator, config, datasets)
 
     # --- resume: the checkpoint is restored before anything is written, so a refused one leaves the run as it was ---
     guard = engine.LossGuard(accelerator, lambda: checkpoint.latest_name(run_dir), config.logging.every_n_steps,
                              run_dir)
 
-    def before_save(state: checkpoint.TrainState) -> None:
+    def before_save(state: TrainState) -> None:
         guard.check(state)
         learner.sync_average()  # the EMA's BatchNorm statistics are saved as their mean over ranks
 
-    checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, steps_per_epoch,
+    checkpointer = checkpoint.Checkpointer(accelerator, run_dir, config.checkpoint, pace.steps_per_epoch,
                                            {"ema": learner.ema} if learner.ema is not None else {},
                                            protect=resume_from, healthy=before_save)
     state = restore(learner, checkpointer, resumed, out, new_wandb_id)
@@ -104,15 +106,17 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- run directory: written only once the data, the model and the checkpoint are known to work ---
     record = start_run_directory(accelerator, config, run_dir, datasets, out, preset, resumed, state)
     state.wall.start(started)  # on top of the time the run had spent before this start
-    recorder = Recorder(accelerator, run_dir, config, out, steps_per_epoch)
-    recorder.start(state, state.wandb_run_id or new_wandb_id, continuing=resume_from is not None, environment=record)
+    tracker = tracking.start(accelerator, config, run_dir, state.wandb_run_id or new_wandb_id, record,
+                             continuing=resume_from is not None, out=out)
+    recorder = Recorder(accelerator, run_dir, out, pace, config.train.epochs, config.logging.every_n_steps, tracker)
+    recorder.start(state)
     recorder.training_images(datasets, state)
 
     # --- train: every epoch, or until an evaluation reaches train.target_accuracy or a search prunes the run ---
     result: Optional[EvalResult] = None
     pruning = Pruning.from_environment(accelerator)
     while state.epoch < config.train.epochs and not state.ended_early:
-        stats = train_epoch(learner, datasets, state, recorder, checkpointer, stop, guard)
+        stats = train_epoch(learner, datasets, pace, state, recorder, checkpointer, stop, guard)
         result = evaluate_epoch(config, learner, datasets, state, recorder, stats, pruning) or result
         checkpointer.after_epoch(state)
         if state.epoch < config.train.epochs and not state.ended_early:
@@ -121,7 +125,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- finish ---
     if result is None:  # resumed after the last evaluation (stopped while finishing): evaluate the model again
         result = learner.evaluate(datasets, config.train.tta)
-    recorder.final_pictures(datasets, learner.predict, state, result)
+    recorder.final_pictures(datasets, functools.partial(learner.predict, tta=config.train.tta), state, result)
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
@@ -130,7 +134,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     return run_dir.root
 
 
-def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: checkpoint.TrainState,
+def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: TrainState,
                    recorder: Recorder, stats: EpochStats, pruning: Optional[Pruning] = None) -> Optional[EvalResult]:
     """End the epoch ``state`` has just trained: evaluate and record it (every epoch, or with
     train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone; a search's
@@ -149,9 +153,9 @@ def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, 
     return result
 
 
-def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) -> tuple[engine.Learner, int]:
+def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) -> tuple[engine.Learner, Pace]:
     """The model for ``datasets``, its weight average, optimizer and schedule, prepared by Accelerate (the loaders
-    too); and the training batches per epoch."""
+    too); and the pace of the training batches (the one place the trainer reads train.batch_size for them)."""
     models.check_input_size(config.model.name, *datasets.input_shape())
     model = models.build_model(config.model, num_classes=len(datasets.classes))
     if models.has_whitening(model):  # fastnet's first layer is computed from the data, not trained
@@ -159,7 +163,8 @@ def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) 
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = engine.build_ema(model, config.train.ema, accelerator.device) if config.train.ema else None
-    steps_per_epoch = datasets.prepare(accelerator, config.train.batch_size, config.train.eval_batch_size)
+    batch_size = config.train.batch_size
+    steps_per_epoch = datasets.prepare(accelerator, batch_size, config.train.eval_batch_size)
     optimizer = engine.build_optimizer(config.optim, model)
     optimizer_steps_per_epoch = -(-steps_per_epoch // config.train.grad_accum_steps)
     scheduler = engine.build_scheduler(config.optim, optimizer, config.train.epochs, optimizer_steps_per_epoch)
@@ -168,12 +173,12 @@ def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) 
     learner = engine.Learner(accelerator, model, optimizer, scheduler,
                              nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing), ema,
                              config.optim.grad_clip, memory_format, forward)
-    return learner, steps_per_epoch
+    return learner, Pace(batch_size, steps_per_epoch)
 
 
 def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDir, datasets: DataPath,
                         out: console.Console, preset: Optional[str], resumed: Resume,
-                        state: checkpoint.TrainState) -> Optional[dict[str, Any]]:
+                        state: TrainState) -> Optional[dict[str, Any]]:
     """Write the run's files (main process), the changes this start makes among them (history.jsonl, from the step
     ``state`` is at), and say where the run is; the run record on the main process, else None."""
     accelerator.wait_for_everyone()  # every rank has checked the run directory before anyone writes to it
@@ -194,12 +199,12 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
 
 
 def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resumed: Resume, out: console.Console,
-            new_wandb_id: str) -> checkpoint.TrainState:
+            new_wandb_id: str) -> TrainState:
     """The state this start begins from: a fresh one, or the checkpoint the run resumes from (with allowed changes
     to the optimizer or the schedule, the config's learning rates and schedule at the step it reached). Writes
     nothing: a checkpoint that does not fit the model is refused with the run directory as it was."""
     if resumed.checkpoint is None:
-        return checkpoint.TrainState(wandb_run_id=new_wandb_id)
+        return TrainState(wandb_run_id=new_wandb_id)
     configured = engine.Schedule.of(learner)
     state = checkpointer.load(resumed.checkpoint, learner.model)
     if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):

@@ -34,7 +34,8 @@ from cifarlab.run.rundir import RunDir, resume_command
 if TYPE_CHECKING:  # no torch at import: cifarlab.train calls stop_when_orphaned before its fast paths
     from accelerate import Accelerator
 
-    from cifarlab.run.checkpoint import Checkpointer, TrainState
+    from cifarlab.run.checkpoint import Checkpointer
+    from cifarlab.run.state import TrainState
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 SECOND_CTRL_C_AFTER = 2.0

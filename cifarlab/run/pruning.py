@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the sweep imports this module for the pruners' names: no to
     import optuna
     from accelerate import Accelerator
 
-    from cifarlab.run.checkpoint import TrainState
+    from cifarlab.run.state import TrainState
 
 VARIABLE = "CIFARLAB_SEARCH"
 PRUNERS = ("none", "median", "asha", "wilcoxon")

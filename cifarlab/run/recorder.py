@@ -33,14 +33,14 @@ Collectives (the loss average across ranks) run on every rank; writing happens o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -49,13 +49,13 @@ import torch
 from accelerate import Accelerator
 
 from cifarlab import files
-from cifarlab.config import Config, DataConfig, to_dict
+from cifarlab.config import DataConfig
 from cifarlab.data.classes import FULL_TABLE
 from cifarlab.report import console, plots
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import tracking
-from cifarlab.run.checkpoint import Stopwatch, TrainState
-from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir, read_metrics, read_records
+from cifarlab.run.rundir import MANIFEST, WEIGHTS, RunDir, read_metrics
+from cifarlab.run.state import Pace, Stopwatch, TrainState
 from cifarlab.run.verify import sha256
 
 if TYPE_CHECKING:
@@ -63,21 +63,21 @@ if TYPE_CHECKING:
 
 
 class Recorder:
-    """Receives the run's metrics and media; see the module docstring for the names."""
+    """Receives the run's metrics and media; see the module docstring for the names. It is given what it uses, not
+    the config: the run's ``pace`` (its global batch and batches per epoch), ``epochs`` (train.epochs),
+    ``every_n_steps`` (logging.every_n_steps) and the ``tracker`` that takes W&B's share
+    (:func:`cifarlab.run.tracking.start`; by default none: metrics.jsonl and the console only)."""
 
-    def __init__(self, accelerator: Accelerator, run: RunDir, config: Config, out: console.Console,
-                 steps_per_epoch: int) -> None:
+    def __init__(self, accelerator: Accelerator, run: RunDir, out: console.Console, pace: Pace, epochs: int,
+                 every_n_steps: int, tracker: Optional[tracking.Tracker] = None) -> None:
         self.accelerator = accelerator
         self.run = run
-        self.config = config
         self.out = out
         self.main = accelerator.is_main_process
-        self.batch_size = config.train.batch_size
-        self.steps_per_epoch = steps_per_epoch
-        self.wandb: Any = None
-        """The live W&B run on the main process; None elsewhere and with W&B off."""
-        self._wandb_step = -1  # highest step logged to W&B: it drops anything below
-        self._wandb_floor = -1  # highest step an earlier start of this run logged: this start logs above it only
+        self._pace = pace
+        self._epochs = epochs
+        self._every_n_steps = every_n_steps
+        self.tracker = tracker or tracking.Tracker()
         self._window = torch.zeros((), device=accelerator.device)  # loss summed on the device: no sync per step
         self._window_steps, self._window_start = 0, time.perf_counter()
         self._bar: Optional[console.EpochBar] = None
@@ -86,13 +86,9 @@ class Recorder:
 
     # --- start ----------------------------------------------------------------------------------------
 
-    def start(self, state: TrainState, wandb_run_id: str, continuing: bool,
-              environment: Optional[dict[str, Any]] = None) -> None:
-        """Drop metrics.jsonl records past ``state`` (progress a stopped run lost, and a torn last line) and start, or
-        continue,
-        the W&B run. After a resume the run redoes the steps since its checkpoint, which W&B may already
-        have: those are not logged to it again (an exact resume recomputes the same values). ``environment``
-        (the run record) goes to W&B's config under ``environment``."""
+    def start(self, state: TrainState) -> None:
+        """Drop metrics.jsonl records past ``state`` (progress a stopped run lost, and a torn last line); the run's
+        clock from here on is ``state``'s."""
         self._clock = state.wall
         if self.main and self.run.metrics.is_file():
             # Only an unfinished run gets here: a torn last line is a trainer killed while appending it.
@@ -103,50 +99,16 @@ class Recorder:
             kept = [line for line, record in zip(written.lines, written.records, strict=True)
                     if record["step"] <= state.global_step]
             files.write_whole(self.run.metrics, "".join(f"{line}\n" for line in kept))
-        if continuing:
-            self._wandb_floor = self._wandb_step = self._logged_to_wandb()
-        tracking.start_tracking(self.accelerator, self.config.logging.wandb, self.run.root,
-                                self.config.train.run_name or self.run.root.name, wandb_run_id,
-                                {**to_dict(self.config), "environment": environment, "history": self._history()})
-        self.wandb = tracking.wandb_run(self.accelerator)
-        if self.wandb is not None:
-            self.out.log(tracking.where(self.wandb))
-
-    def _logged_to_wandb(self) -> int:
-        """The highest step an earlier start logged to W&B (wandb_step); -1 when none did. The file is replaced whole,
-        so it is a number; where it is not (written by hand, or by an older version that was killed while writing
-        it), -1 (W&B then ignores, with a warning, the steps it already has)."""
-        if not self.run.wandb_step.is_file():
-            return -1
-        text = self.run.wandb_step.read_text(errors="replace").strip()
-        if text.isdigit():
-            return int(text)
-        self.out.note(f"{self.run.wandb_step}: not a step number ({text[:20]!r}); W&B will ignore, with a warning, "
-                      f"the steps it already has")
-        return -1
-
-    def _history(self) -> list[dict[str, Any]]:
-        """history.jsonl: what resumes of this run changed, for W&B's config (a torn last line left out: the start
-        that writes the next change repairs the file, cifarlab.run.loop.note_changes)."""
-        return read_records(self.run.history, tail_may_be_torn=True).records
 
     # --- the fan-out ----------------------------------------------------------------------------------
 
     def record(self, values: dict[str, Any], step: int) -> None:
         """One record: to W&B (unless it already has this step's successors) and to metrics.jsonl."""
-        self._to_wandb(values, step)
+        self.tracker.log(values, step)
         if self.main:
             line = {"step": step, "time": round(time.time(), 3), "elapsed_s": round(self._clock.read(), 3),
                     **{k: _json(v) for k, v in values.items()}}
             files.append(self.run.metrics, json.dumps(line) + "\n")
-
-    def _to_wandb(self, values: dict[str, Any], step: int) -> None:
-        if self.wandb is None or step < self._wandb_step or step <= self._wandb_floor:
-            return
-        self.accelerator.log(values, step=step)
-        if step > self._wandb_step:
-            files.write_whole(self.run.wandb_step, str(step))  # whole or not at all: a resume reads it
-        self._wandb_step = step
 
     # --- training -------------------------------------------------------------------------------------
 
@@ -154,7 +116,7 @@ class Recorder:
         """The epoch's progress bar (a terminal) and a fresh window for the running loss."""
         self._window.zero_()
         self._window_steps, self._window_start = 0, time.perf_counter()
-        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self.config.train.epochs}", self.steps_per_epoch,
+        self._bar = self.out.epoch_bar(f"epoch {state.epoch + 1}/{self._epochs}", self._pace.steps_per_epoch,
                                        state.step_in_epoch)
         return self._bar
 
@@ -165,15 +127,16 @@ class Recorder:
         self._window_steps += 1
         if self._bar is not None:
             self._bar.update(state.step_in_epoch)
-        if state.global_step % self.config.logging.every_n_steps:
+        if state.global_step % self._every_n_steps:
             return
+        steps = self._pace.steps_per_epoch
         mean_loss = self.accelerator.reduce(self._window, reduction="mean").item() / self._window_steps
-        images_per_s = self._window_steps * self.batch_size / (time.perf_counter() - self._window_start)
+        images_per_s = self._pace.images_per_s(self._window_steps, time.perf_counter() - self._window_start)
         rate = lr()
         self.record({"train/loss": mean_loss, "train/lr": rate, "train/images_per_s": images_per_s,
-                     "train/epoch": state.epoch + state.step_in_epoch / self.steps_per_epoch}, state.global_step)
+                     "train/epoch": state.epoch + state.step_in_epoch / steps}, state.global_step)
         stats = f"loss {mean_loss:.4f} lr {rate:.5f} {images_per_s:,.0f} images/s"
-        self.out.progress_line(f"epoch {state.epoch + 1} step {state.step_in_epoch}/{self.steps_per_epoch} {stats}")
+        self.out.progress_line(f"epoch {state.epoch + 1} step {state.step_in_epoch}/{steps} {stats}")
         if self._bar is not None:
             self._bar.update(state.step_in_epoch, stats)
         self._window.zero_()
@@ -182,14 +145,12 @@ class Recorder:
     def evaluation(self, state: TrainState, result: EvalResult, stats: EpochStats) -> None:
         """After each epoch's evaluation (``state`` already past the epoch)."""
         self.record({"train/epoch": float(state.epoch), **result.values(), **stats.values()}, state.global_step)
-        epochs = self.config.train.epochs
-        self.out.eval_table(f"epoch {state.epoch}/{epochs}: {console.accuracy_summary(result)}", result,
+        self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.accuracy_summary(result)}", result,
                             self._previous)
         top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
         self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
                      f"{stats.seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %{top5}")
-        if self.wandb is not None:
-            self.wandb.summary.update({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
+        self.tracker.summary({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
         self._previous = result
 
     def trained(self, state: TrainState, stats: EpochStats) -> None:
@@ -216,8 +177,7 @@ class Recorder:
     def _ended_early(self, where: dict[str, float], step: int, why: str) -> None:
         """The run ends before train.epochs: ``where`` to metrics.jsonl and the W&B summary, ``why`` to the console."""
         self.record(where, step)
-        if self.wandb is not None:
-            self.wandb.summary.update(where)
+        self.tracker.summary(where)
         self.out.log(f"{why}; finishing the run")
 
     # --- the end of the run ---------------------------------------------------------------------------
@@ -238,63 +198,70 @@ class Recorder:
         are written). Each version holds the evaluated weights (the EMA with ``train.ema``) as
         model.safetensors, config.yaml and classes.json; metadata: the weights' SHA-256 and, for ``best``,
         that of the checkpoint's manifest (which holds every file's SHA-256)."""
-        if self.wandb is None:
-            return
-        name = "model-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.config.train.run_name or self.run.root.name)
         extra = [self.run.config, self.run.classes]
-        tracking.log_model(self.wandb, name, self.run.weights, extra, ["final"],
-                           {"sha256": sha256(self.run.weights), "epoch": state.epoch, "step": state.global_step})
-        best = self.run.best
-        if not (best / MANIFEST).is_file():
-            return
-        # As a model file like the final one (the checkpoint's average is keyed as torch's AveragedModel).
+        self.tracker.log_model(lambda: self._final_weights(state), extra, ["final"])
+        if (self.run.best / MANIFEST).is_file():
+            self.tracker.log_model(lambda: self._best_weights(state), extra, ["best"])
+
+    @contextlib.contextmanager
+    def _final_weights(self, state: TrainState) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The final weights and their metadata (made only for W&B: the SHA-256 reads the whole file)."""
+        yield self.run.weights, {"sha256": sha256(self.run.weights), "epoch": state.epoch, "step": state.global_step}
+
+    @contextlib.contextmanager
+    def _best_weights(self, state: TrainState) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """``best/``'s evaluated weights as a model file like the final one (the checkpoint's average is keyed as
+        torch's AveragedModel), and its metadata; the file is removed after (W&B has copied it to its staging
+        area)."""
         from safetensors.torch import save_file
 
         from cifarlab.run.loading import evaluated_weights, model_weights
 
+        best = self.run.best
         descriptor, temporary = tempfile.mkstemp(prefix=f"{files.TEMPORARY}artifact-{WEIGHTS}.",
                                                  dir=self.run.checkpoints)
         os.close(descriptor)
         weights = Path(temporary)
         try:
             save_file(model_weights(evaluated_weights(best)), str(weights), metadata={"format": "pt"})
-            tracking.log_model(self.wandb, name, weights, extra, ["best"],
-                               {"sha256": sha256(weights), "manifest_sha256": sha256(best / MANIFEST),
-                                "epoch": state.best_epoch, "accuracy": state.best_accuracy})
+            yield weights, {"sha256": sha256(weights), "manifest_sha256": sha256(best / MANIFEST),
+                            "epoch": state.best_epoch, "accuracy": state.best_accuracy}
         finally:
-            weights.unlink()  # W&B has copied it to its staging area
+            weights.unlink()
 
     # --- pictures (W&B only) --------------------------------------------------------------------------
 
     def training_images(self, data: DataPath, state: TrainState) -> None:
         """A grid of training images after augmentation: what the model sees."""
-        if self.wandb is None:
-            return
-        data.set_epoch(state.epoch)
-        images, labels = data.sample(train=True, count=32)
-        grid = plots.labelled_grid(images, labels, data.classes, *self.config.data.normalization())
-        self._to_wandb({"media/train_images": tracking.image(
-            grid, "training images after augmentation: what the model sees")}, state.global_step)
+        def grid() -> dict[str, Any]:
+            data.set_epoch(state.epoch)
+            images, labels = data.sample(train=True, count=32)
+            picture = plots.labelled_grid(images, labels, data.classes, *data.config.normalization())
+            return {"media/train_images": tracking.image(picture, "training images after augmentation: what the "
+                                                                  "model sees")}
 
-    def final_pictures(self, data: DataPath, predict: Callable[[torch.Tensor, str], torch.Tensor], state: TrainState,
+        self.tracker.log_media(grid, state.global_step)
+
+    def final_pictures(self, data: DataPath, predict: Callable[[torch.Tensor], torch.Tensor], state: TrainState,
                        result: EvalResult) -> None:
-        """Test predictions (``predict(images, train.tta)``: the labels the final model predicts) and the final
+        """Test predictions (``predict(images)``: the labels the final model predicts, with train.tta) and the final
         evaluation's confusion matrix."""
-        if self.wandb is None:
-            return
-        images, labels = data.sample(train=False, count=32)
-        preds = predict(images, self.config.train.tta).cpu()
-        confusion, classes = result.confusion, data.classes
-        many = len(classes) > FULL_TABLE  # the picture is then a superclass matrix and/or the most-confused pairs
-        self._to_wandb({
-            "media/test_predictions": tracking.image(
-                plots.labelled_grid(images, labels, classes, *self.config.data.normalization(), preds=preds),
-                "test images: prediction (true class), red where wrong"),
-            "test/confusion_matrix": tracking.confusion_chart(confusion, classes),
-            "media/confusion_matrix": tracking.image(
-                plots.confusion_image(confusion, classes),
-                "most-confused pairs (and superclasses)" if many else "rows: true class, columns: predicted"),
-        }, state.global_step)
+        def pictures() -> dict[str, Any]:
+            images, labels = data.sample(train=False, count=32)
+            preds = predict(images).cpu()
+            confusion, classes = result.confusion, data.classes
+            many = len(classes) > FULL_TABLE  # the picture is then a superclass matrix and/or the most-confused pairs
+            return {
+                "media/test_predictions": tracking.image(
+                    plots.labelled_grid(images, labels, classes, *data.config.normalization(), preds=preds),
+                    "test images: prediction (true class), red where wrong"),
+                "test/confusion_matrix": tracking.confusion_chart(confusion, classes),
+                "media/confusion_matrix": tracking.image(
+                    plots.confusion_image(confusion, classes),
+                    "most-confused pairs (and superclasses)" if many else "rows: true class, columns: predicted"),
+            }
+
+        self.tracker.log_media(pictures, state.global_step)
 
 
 def test_set_digest(labels: torch.Tensor, data: DataConfig) -> str:
