@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from cifarlab.analysis import comparison, planning, repeats, stats
+from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.results import Run
 from cifarlab.run.rundir import RunDir
 
@@ -120,7 +121,7 @@ def run(path: str, group: float, seed: int, accuracy: float, images: int) -> Run
 def test_every_verdict_agrees_with_its_interval(values: list[list[float]], images: int, adjust: str) -> None:
     runs = [run(f"/runs/{g}-{i}", 0.01 * (g + 1), i, value, images)
             for g, group in enumerate(values) for i, value in enumerate(group)]
-    report = comparison.compare(runs, [], comparison.METRICS["final_acc"], None, adjust)
+    report = comparison.compare(runs, [], METRICS["final_acc"], None, adjust)
     for result in report.groups:
         assert result.summary.mean is not None and holds(result.summary.ci95, result.summary.mean)
     for d in report.differences:
@@ -200,7 +201,7 @@ def test_the_planner_asks_for_no_more_seeds_for_a_larger_difference(values: list
                                                                    first: float, second: float) -> None:
     runs = [run(f"/runs/{g}-{i}", 0.01 * (g + 1), i, value, images)
             for g, group in enumerate(values) for i, value in enumerate(group)]
-    report = comparison.compare(runs, [], comparison.METRICS["final_acc"], None, "holm")
+    report = comparison.compare(runs, [], METRICS["final_acc"], None, "holm")
     smaller, larger = (planning.plan(report, delta) for delta in sorted((first, second)))
     assert smaller.std == larger.std > 0  # the floor keeps every accuracy's spread above 0
     assert (math.inf if smaller.seeds is None else smaller.seeds) >= (math.inf if larger.seeds is None
