@@ -15,8 +15,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifarlab.errors import UsageError
-from cifarlab.interpolation import resolver_call
+from cifarlab.config_errors import below_a_list, not_a_mapping, one_line
+from cifarlab.errors import UsageError, printable
+from cifarlab.interpolation import literal, resolver_call
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
@@ -297,6 +298,12 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]
                 loaded = OmegaConf.load(path)
             except yaml.YAMLError as error:
                 raise ConfigError(f"--config {config_file}: not valid YAML: {_yaml_problem(error)}") from None
+            except (OSError, AssertionError) as error:  # unreadable; or a scalar: OmegaConf's IOError (a file of 0),
+                # or its assertion once it has read a string ('NO') as YAML again (false): no mapping either way
+                raise ConfigError(f"--config {config_file}: {getattr(error, 'strerror', None) or not_a_mapping(Config)}"
+                                  ) from None
+            if not OmegaConf.is_dict(loaded):  # a list
+                raise ConfigError(f"--config {config_file}: {not_a_mapping(Config)}")
             refuse_resolvers(loaded, config_file)
             layers.append(_yaml_no(loaded))
         typed = OmegaConf.create()
@@ -308,12 +315,21 @@ def load_config(config_file: Optional[str] = None, overrides: Optional[list[str]
             except yaml.YAMLError as error:  # an unbalanced quote or bracket: a shell-quoting slip
                 raise ConfigError(f"override {item!r}: its value is not valid YAML ({_yaml_problem(error)}); check "
                                   f"its quotes and brackets (the shell takes off one pair of quotes)") from None
+            except (IndexError, TypeError, ValueError):  # OmegaConf's, for a key that is no path of keys: '[=1' (a
+                # bracket), 'model.name=x' after 'model=-' (a list)
+                raise ConfigError(f"override {item!r}: not a path of config keys (e.g. optim.lr=0.01), or one below a "
+                                  f"list an earlier override set") from None
         if overrides_from is not None:
             refuse_resolvers(typed, overrides_from)
         layers.append(_yaml_no(typed))
-        config = OmegaConf.to_object(OmegaConf.merge(_schema(), *layers))  # merge copies the schema, built once
+        try:
+            merged = OmegaConf.merge(_schema(), *layers)  # merge copies the schema, built once
+        except TypeError:  # not an OmegaConf error: its merge of a mapping onto a list (data.mean.0=1)
+            keys = [key for layer in layers for key in flatten(OmegaConf.to_container(layer, resolve=False))]
+            raise ConfigError(below_a_list(keys, Config)) from None
+        config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ConfigError(_one_line(error)) from None
+        raise ConfigError(one_line(error, Config)) from None
     assert isinstance(config, Config)
     return config
 
@@ -327,7 +343,7 @@ def refuse_resolvers(document: Any, where: str) -> None:
     found = resolver_call(OmegaConf.to_container(document, resolve=False) if OmegaConf.is_config(document)
                           else document)
     if found is not None:
-        key, text = found
+        key, text = (printable(part) for part in found)  # on one line, whatever the file holds
         raise ConfigError(f"{where}: {key or 'a value'}: {text} calls a resolver, which a file may not (it could read "
                           f"the environment); a file may refer to other keys (${{optim.lr}}): set {key or 'the value'} "
                           f"on the command line instead")
@@ -351,7 +367,9 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def to_yaml(config: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
+    """config.yaml's text, which :func:`load_config` reads back as ``config``: text that would read as an
+    interpolation (a value typed as ``\\${x}``, which holds ``${x}``) is written escaped."""
+    return OmegaConf.to_yaml(OmegaConf.create(literal(to_dict(config))))
 
 
 def differences(config: Config, base: Config) -> list[str]:
@@ -426,25 +444,3 @@ def shown(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(shown(item) for item in value) + "]"
     return str(value)
-
-
-def _one_line(error: OmegaConfBaseException) -> str:
-    """OmegaConf's messages span several lines; keep the reason and name the dotted key."""
-    reason = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
-    key = getattr(error, "full_key", None)
-    if "not in" in reason and key:
-        section = str(key).rpartition(".")[0]
-        allowed = _allowed_keys(section)
-        return f"unknown config key '{key}'" + (f"; keys in '{section or 'top level'}': {', '.join(allowed)}" if allowed else "")
-    return f"{key}: {reason}" if key else reason
-
-
-def _allowed_keys(section: str) -> list[str]:
-    node: Any = Config
-    for part in [p for p in section.split(".") if p]:
-        fields = {f.name: f for f in dataclasses.fields(node)}
-        if part not in fields:
-            return []
-        node = fields[part].default_factory
-        node = type(node()) if callable(node) else node
-    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []

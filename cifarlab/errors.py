@@ -41,3 +41,10 @@ class Aborted(KeyboardInterrupt):
     expect of Ctrl-C); the message says how to continue from the last checkpoint."""
 
     exit_code = 130
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: each character that does not print (a line break, a control character) as its Python
+    escape. Messages quote user text (a file's keys and values, a path), which may hold any."""
+    return text if text.isprintable() else "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)

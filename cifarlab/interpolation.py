@@ -10,6 +10,7 @@ typed by the person running it and resolved once (cifarlab.config.load_config). 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -40,6 +41,17 @@ def calls_resolver(text: str) -> bool:
             return True
         found.extend(node.getChildren() if hasattr(node, "getChildren") else [])
     return False
+
+
+def literal(tree: Any) -> Any:
+    """A tree of dicts and lists whose every string OmegaConf reads back as the text it is, no interpolation: each
+    ``${`` after k backslashes written as 2k backslashes and ``\\${`` (OmegaConf's escape). For config.yaml, which
+    holds resolved values: a value typed as ``\\${x}`` is the text ``${x}``."""
+    if isinstance(tree, dict):
+        return {key: literal(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [literal(item) for item in tree]
+    return re.sub(r"(\\*)\$\{", lambda found: found[1] * 2 + "\\${", tree) if isinstance(tree, str) else tree
 
 
 def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from safetensors.torch import load_file
 
 from cifarlab.analysis import results
@@ -411,6 +412,19 @@ def assert_one_and_two_processes_agree_and_resume_exactly(
     assert torch.equal(load_file(str(RunDir(resumed_dir).predictions))["logits"], ones["logits"])
     return one
 
+
+# --- property tests (Hypothesis; tests/test_properties_*.py) ---------------------------------------------------------
+# The default profile is CI's: each property tries 25 examples, drawn from a fixed seed (derandomize) with no example
+# database, so that every run tries the same inputs and a red run repeats; the whole set takes about 15 s on 2 cores
+# (tests/README.md). The deadline is per example: 5 s, ten times the slowest example's half a second (a sweep of 36
+# trials read twice), so that a loaded 2-core machine never trips it, while a run-away example still does.
+# `pytest --hypothesis-profile=thorough` searches deeper, from a random seed each run, for local runs (minutes); a
+# failure it finds is kept as an @example of its test.
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, deadline=5000,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, derandomize=False, database=None, deadline=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")  # `--hypothesis-profile NAME` (Hypothesis's pytest plugin) loads another after this
 
 TIERS = ("unit", "integration", "slurm")
 

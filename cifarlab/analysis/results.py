@@ -84,6 +84,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """A run's config.yaml as dotted keys over the schema defaults: a run written before a key existed reads
     as having its default, and a key the schema has since dropped is kept as written. Not validated: a
     finished run's config is history, not input."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -92,7 +93,8 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         # Never resolved: ${oc.env:...} in a copied run's file would read this machine's environment into the table.
         written = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except (OmegaConfBaseException, OSError, ValueError) as error:
+    except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError, AssertionError) as error:  # YAML's own
+        # (damaged text), OmegaConf's assertion on a file holding one string ('NO')
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ResultsError(f"{path}: not a readable config ({reason})") from None
     if not isinstance(written, dict):
@@ -110,7 +112,7 @@ def read_environment(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
         raise ResultsError(f"{path}: not JSON ({error})") from None
     if isinstance(data, dict) and isinstance(data.get("starts"), list):
         data = data["starts"]

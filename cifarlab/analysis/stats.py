@@ -154,7 +154,9 @@ def welch_many(a: Any, b: Any, level: float = LEVEL, floor_a: Any = 0.0, floor_b
     se = np.sqrt(va + vb)
     with np.errstate(divide="ignore", invalid="ignore"):
         # The floored variances count as estimates with n - 1 degrees of freedom: at most n_a + n_b - 2, conservative.
-        df = (va + vb) ** 2 / (va ** 2 / (a.shape[-1] - 1) + vb ** 2 / (b.shape[-1] - 1))
+        # Written with each side's share of the variance: squared variances underflow (0 / 0) below spreads of 1e-77.
+        share_a, share_b = va / (va + vb), vb / (va + vb)
+        df = 1.0 / (share_a ** 2 / (a.shape[-1] - 1) + share_b ** 2 / (b.shape[-1] - 1))
         half = np.where(se > 0, special.stdtrit(np.where(se > 0, df, 1.0), 0.5 + level / 2) * se, np.inf)
     return b.mean(axis=-1) - a.mean(axis=-1), se, df, half
 
@@ -219,7 +221,7 @@ def adjust(ps: Sequence[float], method: str) -> list[float]:
     elif method == "bh":
         running = 1.0
         for rank, i in reversed(list(enumerate(order, start=1))):
-            running = min(running, k * ps[i] / rank)
+            running = min(running, ps[i] * (k / rank))  # k / rank >= 1 first: never an ulp below p (k p / k can be)
             adjusted[i] = running
     return adjusted
 
@@ -250,7 +252,7 @@ def interval_levels(ps: Sequence[float], method: str, alpha: float = ALPHA) -> l
             levels[i] = 1 - alpha / (k - (stop or rank) + 1)
         return levels
     if method == "bh":
-        return [1 - alpha * max(sum(found), 1) / k] * k
+        return [1 - alpha * max(sum(found), 1) / k] * k if k else []  # no tests: no levels (not a division by 0)
     return [1 - alpha] * k
 
 

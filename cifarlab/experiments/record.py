@@ -1,5 +1,6 @@
 """A sweep's record, ``<train.output_dir>/<name>/sweep.yaml``: every trial its sweep file has ever listed (index,
-name, settings, command) and each version of the file (when, base, shared overrides, which trials it listed).
+name, settings, command) and each version of the file (when, base, shared overrides, which trials it listed), after
+a digest of both (a record cut short or edited is refused, not read as another).
 
 Reading a sweep again matches the file's trials to the recorded ones (:func:`match`), so a trial keeps its index
 and its name when the file grows or shrinks; new trials get the indices after the recorded ones. A record whose
@@ -8,6 +9,8 @@ refused. Imports no torch."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -64,6 +67,9 @@ def read_record(path: Path) -> Optional[Record]:
         raise UsageError(problem) from None
     if not isinstance(document, dict) or not isinstance(document.get("trials"), list):
         raise UsageError(problem)
+    if "digest" in document and document["digest"] != _digest(document["trials"], document.get("versions")):
+        raise UsageError(f"{path}: not the record as cifarlab wrote it (cut short, damaged or edited: its digest "
+                         f"differs); restore it, or remove it to name the trials afresh from the sweep file")
     trials, commands = [], {}
     try:
         for entry in document["trials"]:
@@ -72,6 +78,9 @@ def read_record(path: Path) -> Optional[Record]:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UsageError(problem) from None
     versions = document.get("versions")
+    if isinstance(versions, list) and not all(isinstance(v, dict) and isinstance(v.get("trials", []), list)
+                                              for v in versions):
+        raise UsageError(problem)
     if not isinstance(versions, list) or not versions:
         versions = [{"version": 1, "time": None, "source": document.get("source"), "base": document.get("base"),
                      "overrides": None, "trials": [trial.index for trial in trials]}]
@@ -146,4 +155,10 @@ def document(record: Optional[Record], name: str, trials: Sequence[Trial], comma
         versions.append({"version": len(versions) + 1, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **version})
     entries = [{"index": t.index, "name": t.name, "overrides": list(t.settings), "command": commands[t.index]}
                for t in sorted(trials, key=lambda t: t.index)]
-    return {"name": name, "trials": entries, "versions": versions}
+    # The digest first: a YAML file cut short (inside a trial's name) can still read, as another record.
+    return {"digest": _digest(entries, versions), "name": name, "trials": entries, "versions": versions}
+
+
+def _digest(trials: Any, versions: Any) -> str:
+    """SHA-256 of a record's trials and versions (records from before it have none, and are read as they are)."""
+    return hashlib.sha256(json.dumps([trials, versions], sort_keys=True, default=str).encode()).hexdigest()

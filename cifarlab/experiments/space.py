@@ -123,14 +123,31 @@ def _values(kind: str, values: Any, where: str) -> tuple[Any, ...]:
             raise UsageError(f"{where}: choice: {values} repeats a value")
         return tuple(values)
     numbers = isinstance(values, list) and len(values) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and _floats_hold(v) for v in values)
     if not numbers or not values[0] < values[1]:
         raise UsageError(f"{where}: {kind}: {values!r} must be [low, high] with low < high")
+    if not math.isfinite(float(values[1]) - float(values[0])):  # Optuna samples in floats
+        raise UsageError(f"{where}: {kind}: {values!r} is wider than floats hold (high - low overflows); narrow it")
     if kind == "int" and not all(isinstance(v, int) for v in values):
         raise UsageError(f"{where}: int: {values!r} must be two integers [low, high]")
+    if kind == "int" and not all(abs(v) <= 2**53 for v in values):  # beyond, Optuna's TPE fails (NaN, numpy's dtype)
+        raise UsageError(f"{where}: int: {values!r} must lie within -2**53 and 2**53 (Optuna samples integers as "
+                         f"floats, which hold every integer only that far)")
     if kind == "log_uniform" and not values[0] > 0:
         raise UsageError(f"{where}: log_uniform: {values!r} needs low > 0 (a log scale); use uniform to include 0")
+    logs = [math.log(value) for value in values] if kind == "log_uniform" else None
+    if logs and logs[1] - logs[0] < 1e6 * math.ulp(max(abs(logs[0]), abs(logs[1]))):  # Optuna's TPE: NaN there
+        raise UsageError(f"{where}: log_uniform: {values!r} is too narrow for a log scale (Optuna samples the "
+                         f"logarithm, and [log low, log high] holds too few floats); use uniform")
     return (values[0], values[1])
+
+
+def _floats_hold(number: float) -> bool:
+    """Whether a number is a finite float, or an integer that converts to one (not 10**400)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _confirm(value: Any, where: str) -> Optional[Confirm]:
@@ -223,6 +240,7 @@ def rounded(value: Any, param: Param) -> Any:
     if not isinstance(value, float) or param.kind == "choice":
         return value
     low, high = param.values
+    value = min(max(value, low), high)  # Optuna's exp(log(x)) of a log_uniform range can miss it by a few ulps
     for digits in range(4, 18):  # 17 significant digits give back every float exactly
         shortened = float(f"{value:.{digits}g}")
         if low <= shortened <= high:

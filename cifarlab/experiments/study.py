@@ -55,7 +55,7 @@ def open_study(sweep: Sweep) -> Any:
     path = sweep.dir.journal
     try:
         sweep.dir.claims.mkdir(parents=True, exist_ok=True)
-        storage = pruning.journal(str(path))
+        storage = _journal(path)
         study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
                                     direction=optuna.study.StudyDirection.MAXIMIZE if sweep.search.maximize
                                     else optuna.study.StudyDirection.MINIMIZE)
@@ -97,11 +97,25 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
         copy = Path(scratch) / sweep.dir.journal.name
         shutil.copyfile(path, copy)  # a line a worker is appending meanwhile is torn: Optuna's reader leaves it out
         try:
-            study = optuna.load_study(study_name=sweep.name, storage=pruning.journal(str(copy)))
+            study = optuna.load_study(study_name=sweep.name, storage=_journal(path, copy))
         except KeyError:
             raise UsageError(f"{path} holds no study named {sweep.name}; move {sweep.folder} away") from None
         _same_search(sweep, study, path)
         yield study
+
+
+def _journal(path: Path, copy: Optional[Path] = None) -> Any:
+    """Optuna's storage of the journal ``path`` (read from ``copy`` where given), which replays the journal at once.
+    A damaged journal (a stray write, a line cut short before others) is one UsageError line, not whatever Optuna's
+    replay meets there (a JSONDecodeError, UnicodeDecodeError, KeyError, TypeError or AssertionError)."""
+    try:
+        return pruning.journal(str(copy or path))
+    except OSError:
+        raise  # the callers say what they could not write or read
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise UsageError(f"{path}: not a study journal Optuna can read ({type(error).__name__}: {reason}); it is "
+                         f"damaged: restore it, or move {path.parent} away to start the search again") from None
 
 
 def _ours(sweep: Sweep) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cifarlab.data.classes import FULL_TABLE, Groups, most_confused, superclasses
+from cifarlab.errors import printable
 
 if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
     from cifarlab.report.metrics import EvalResult
@@ -281,5 +282,5 @@ def note(message: str) -> None:
 
 
 def _stderr_line(kind: str, message: str) -> None:
-    if is_rank_zero():
-        print(f"cifarlab: {kind}: {message}", file=sys.stderr, flush=True)
+    if is_rank_zero():  # one line, whatever user text the message quotes (a line break in a file's value)
+        print(f"cifarlab: {kind}: {printable(message)}", file=sys.stderr, flush=True)
