@@ -65,7 +65,8 @@ def described(folder: Path, remedy: str) -> Optional[dict[str, Any]]:
     if found is None:
         return None
     space = found.get("space") if isinstance(found, dict) else None
-    if (not isinstance(space, dict) or found.get("metric") not in METRICS
+    metric = found.get("metric") if isinstance(found, dict) else None
+    if (not isinstance(space, dict) or not isinstance(metric, str) or metric not in METRICS  # a mapping: unhashable
             or found.get("direction") not in ("maximize", "minimize")):
         raise UsageError(f"{path}: not what a search writes (metric, direction, space); {remedy}")
     return {"space": space, "metric": found["metric"], "direction": found["direction"]}
