@@ -143,6 +143,8 @@ class DataPath(ABC):
         """The training batches of ``epoch``, less the first ``skip`` (already taken before a resume)."""
         assert self._train_loader is not None, "prepare() with a batch_size first"
         self.set_epoch(epoch)
+        if skip >= len(self._train_loader):  # a resume after the epoch's last batch: Accelerate 1.1's
+            return  # skip_first_batches then yields one None batch instead of none (test_properties_data found it)
         loader = self._skip(self._train_loader, skip) if skip else self._train_loader
         for batch in loader:
             yield self.to_model(batch, train=True)
