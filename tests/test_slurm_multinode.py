@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_slurm import _held, _slurm, _state, _wait  # one copy of the SLURM client helpers
+from test_slurm import _held, _slurm, _start_now, _state, _wait  # one copy of the SLURM client helpers
 
 from conftest import CONFIGS, REPO, assert_same_weights, check, run_python, smoke, weights
 
@@ -96,7 +96,7 @@ def _finish(env: dict[str, str], job: str, log: Path, timeout: float = 240) -> N
         if state == "PENDING":
             # A requeued job is held for 120 s (BeginTime); skip that. Repeated: SLURM may set the hold
             # again once the old run has completed, after an early update.
-            _slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+            _start_now(env, job)
             time.sleep(1)
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             raise AssertionError(f"job {job} {state}")

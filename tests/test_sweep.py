@@ -1096,7 +1096,7 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
     def finished() -> bool:
         state = _state(env, task)[0]
         if state == "PENDING":
-            _slurm(env, "scontrol", "update", f"JobId={task}", "StartTime=now")  # skip the requeue's hold
+            test_slurm._start_now(env, task)  # skip the requeue's hold
             time.sleep(1)
         return state == "COMPLETED" and _state(env, f"{array}_1")[0] == "COMPLETED"
 
