@@ -50,9 +50,13 @@ class DataConfig:
     download: bool = True
     """cifar10, cifar100: download into data.root when missing (main process first)."""
     train_size: Optional[int] = None
-    """Training images to use: a fixed random subset of this size (fake: the dataset size); null = all."""
+    """Training images to use: a fixed random subset of this size of those data.val_size leaves (fake: the dataset size, less the validation images); null = all."""
     test_size: Optional[int] = None
     """Test images to use, as train_size (fake: the dataset size); null = all."""
+    val_size: int = 0
+    """Validation images held out of the training split, stratified by class (each class its share) and chosen by data.val_seed; the training set shrinks by that many, and data.train_size, where set, then takes its subset of what is left (fake: the training split grows by that many instead); 0 = no validation split."""
+    val_seed: int = 0
+    """Which images data.val_size holds out (0 to 2**32 - 1): its own seed, not train.seed, so every run of a comparison holds out the same images."""
     image_size: int = 32
     """fake only: height and width of the synthetic images, in pixels."""
     augment: Literal["none", "flip", "flip_crop"] = "flip"
@@ -69,18 +73,17 @@ class DataConfig:
     """Cutout: set a random square of this side (pixels) of each training image to the mean colour (after the crop and flip); 0 = off."""
 
     def __post_init__(self) -> None:
-        for key in ("train_size", "test_size"):
-            size = getattr(self, key)
+        for key, size in (("train_size", self.train_size), ("test_size", self.test_size)):
             _require(size is None or size > 0, f"data.{key}={size} must be a positive integer or null (all)")
+        _require(self.val_size >= 0, f"data.val_size={self.val_size} must be >= 0 (0 = no validation split)")
+        _require(0 <= self.val_seed < SEED_LIMIT, f"data.val_seed={self.val_seed} must be from 0 to {SEED_LIMIT - 1}")
         _require(self.image_size > 0, f"data.image_size={self.image_size} must be positive")
-        for key in ("mean", "std"):
-            values = getattr(self, key)
+        for key, values in (("mean", self.mean), ("std", self.std)):
             _require(values is None or len(values) == 3, f"data.{key} needs 3 values (R, G, B) or null (the dataset's own)")
         _require(self.std is None or all(s > 0 for s in self.std), f"data.std={self.std} must be positive")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _require(self.cutout >= 0, f"data.cutout={self.cutout} must be >= 0 (0 = off)")
-        _require(self.num_classes is None or self.num_classes >= 2,
-                 f"data.num_classes={self.num_classes} must be 2 or more, or null")
+        _require(self.num_classes is None or self.num_classes >= 2, f"data.num_classes={self.num_classes} must be 2 or more, or null")
         known = DATASET_CLASSES.get(self.name)
         _require(self.num_classes is None or known is None or self.num_classes == known,
                  f"data.num_classes={self.num_classes} does not match data.name={self.name}, which has {known} "

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from cifarlab.config import DataConfig
-from cifarlab.data.path import Batch, DataPath, size, spread, subset_indices
-from cifarlab.data.sources import open_source, split_size
+from cifarlab.data.path import Batch, DataPath, Progress, cut, size, source_of, splits, spread
+from cifarlab.data.sources import labels_of, open_source
 
 
 class SeededTransform(Dataset):
@@ -88,9 +88,18 @@ def build_transform(config: DataConfig, train: bool) -> Callable[[Any], torch.Te
     return transforms.Compose(steps)
 
 
-def _subset(base: Dataset, subset_size: Optional[int], key: str) -> Dataset:
-    indices = subset_indices(size(base), subset_size, key)
-    return base if indices is None else Subset(base, indices)
+def _cut(config: DataConfig, seed: int, source: str) -> dict[str, tuple[SeededTransform, list[str]]]:
+    """The splits cut from the source split ``source`` (:func:`cifarlab.data.path.cut`), each transformed as the
+    model sees it: random per sample for training with any augmentation or cutout; test and validation images are
+    never augmented. The labels the validation split is stratified by are read without decoding images."""
+    base, classes = open_source(config, source)
+    random = config.augment != "none" or bool(config.cutout)
+    found = {}
+    for split, indices in cut(config, source, size(base), lambda: labels_of(base), classes).items():
+        train = split == "train"
+        found[split] = (SeededTransform(base if indices is None else Subset(base, indices),
+                                        build_transform(config, train), seed, random=train and random), classes)
+    return found
 
 
 class ImageData(DataPath):
@@ -98,17 +107,23 @@ class ImageData(DataPath):
 
     train: SeededTransform
     test: SeededTransform
+    val: Optional[SeededTransform]
+
+    @classmethod
+    def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None], device: Optional[torch.device] = None,
+              progress: Optional[Progress] = None) -> DataPath:
+        # Each source split opened once (its labels read once): the validation images are the training split's.
+        found = {split: part for source in ("train", "test") for split, part in _cut(config, seed, source).items()}
+        return cls.of_splits(config, seed, *(found[split] for split in splits(config)))
 
     @classmethod
     def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
               device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
-        base, classes = open_source(config, split)
-        key = "data.train_size" if split == "train" else "data.test_size"
-        train = split == "train"
-        # Random per sample with any augmentation or cutout; test images are never augmented.
-        random = train and (config.augment != "none" or bool(config.cutout))
-        return SeededTransform(_subset(base, split_size(config, split), key), build_transform(config, train), seed,
-                               random=random), classes
+        return _cut(config, seed, source_of(split))[split]
+
+    def held_out(self) -> Optional[list[int]]:
+        held = None if self.val is None else self.val.base
+        return list(held.indices) if isinstance(held, Subset) else None
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

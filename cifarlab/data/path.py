@@ -1,8 +1,8 @@
 """The data-path protocol, :class:`DataPath`, that both implementations share (``data.loader=tensor``:
 :mod:`cifarlab.data.tensors`; ``data.loader=torchvision``: :mod:`cifarlab.data.images`), and the helpers both use.
-Either way the loop asks for ``train_batches(epoch, skip)`` and ``test_batches()`` and gets (normalised images,
-labels) on the training device. This module does not know its implementations: :func:`cifarlab.data.build_data`
-picks one."""
+Either way the loop asks for ``train_batches(epoch, skip)``, ``test_batches()`` and, with a validation split
+(``data.val_size``), ``val_batches()``, and gets (normalised images, labels) on the training device. This module
+does not know its implementations: :func:`cifarlab.data.build_data` picks one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cifarlab.config import DataConfig
+from cifarlab.data import validation
 from cifarlab.data.sources import fingerprint
 from cifarlab.errors import UsageError
 
@@ -39,47 +40,53 @@ class Progress(Protocol):
 
 
 class DataPath(ABC):
-    """Both splits of a dataset and their loaders; yields batches ready for the model.
+    """The splits of a dataset (training, test and, with ``data.val_size``, validation) and their loaders; yields
+    batches ready for the model.
 
     Subclasses say how a loader batch becomes (images, labels) (:meth:`to_model`), how their loaders
     collate (:meth:`loader_options`) and how to draw samples for picture grids (:meth:`sample`).
     The training epoch is set in one place, :meth:`set_epoch`, which :meth:`train_batches` calls.
     """
 
-    def __init__(self, config: DataConfig, seed: int, classes: Sequence[str], train: Dataset, test: Dataset) -> None:
+    def __init__(self, config: DataConfig, seed: int, classes: Sequence[str], train: Dataset, test: Dataset,
+                 val: Optional[Dataset] = None) -> None:
         self.config = config
         self.seed = seed
         self.classes: tuple[str, ...] = tuple(classes)
         """Class names by label index, so every report says 'cat', not 3."""
         self.train = train
         self.test = test
+        self.val = val
+        """The validation images (data.val_size of the source's training split, never augmented); None without."""
         self.epoch = 0
         self._train_loader: Optional[DataLoader] = None
         self._test_loader: Optional[DataLoader] = None
+        self._val_loader: Optional[DataLoader] = None
         self._skip: Callable[[DataLoader, int], Any] = lambda loader, count: loader
 
     @classmethod
     def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None], device: Optional[torch.device] = None,
               progress: Optional[Progress] = None) -> DataPath:
-        """Both splits of ``data.name`` on this path (see :meth:`split`), with the same classes. ``progress``: where
-        one-off work is reported (a path that has none, as the per-image one, ignores it)."""
-        return cls.of_splits(config, seed, cls.split(config, seed, "train", warn, device),
-                             cls.split(config, seed, "test", warn, device))
+        """Every split of ``data.name`` on this path (see :meth:`split`), with the same classes. ``progress``: where
+        one-off work is reported (a path that has none, as the per-image one, ignores it). A path that can share work
+        between the splits (read the training source once for the training and the validation images) overrides it."""
+        return cls.of_splits(config, seed, *(cls.split(config, seed, split, warn, device) for split in splits(config)))
 
     @classmethod
     def of_splits(cls, config: DataConfig, seed: int, train: tuple[Dataset, Sequence[str]],
-                  test: tuple[Dataset, Sequence[str]]) -> DataPath:
-        """The data path of two splits as :meth:`split` gives them, checked to have the same classes."""
+                  test: tuple[Dataset, Sequence[str]], val: Optional[tuple[Dataset, Sequence[str]]] = None) -> DataPath:
+        """The data path of the splits as :meth:`split` gives them, checked to have the same classes."""
         _check_same_classes(config, train[1], test[1])
         _check_class_count(config, train[1])
-        return cls(config, seed, train[1], train[0], test[0])
+        return cls(config, seed, train[1], train[0], test[0], None if val is None else val[0])
 
     @classmethod
     @abstractmethod
     def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
               device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
-        """One split as this path's dataset (a subset when data.train_size / data.test_size say so), and the
-        class names. ``device``: where the tensor path keeps the images."""
+        """One split ("train", "test", or "val" where data.val_size > 0) as this path's dataset, and the class
+        names (:func:`cut`: the validation images are held out of the source's training split first, the training
+        images are what is left). ``device``: where the tensor path keeps the images."""
 
     @abstractmethod
     def to_model(self, batch: Any, train: bool) -> Batch:
@@ -102,10 +109,22 @@ class DataPath(ABC):
             self._train_loader.set_epoch(epoch)
 
     def source_keys(self) -> Optional[dict[str, str]]:
-        """The tensor cache's keys of the files each split comes from (they change when the files do), for the
-        run record; None for fake data and a dataset not on disk."""
+        """The tensor cache's keys of the files each split comes from (they change when the files do), and with a
+        validation split ``val``, a key of the images it holds out (:func:`cifarlab.data.validation.digest`), for
+        the run record; None for fake data and a dataset not on disk without a validation split."""
         found = {split: fingerprint(self.config, split) for split in ("train", "test")}
-        return {split: key[0] for split, key in found.items() if key is not None} or None
+        return self.with_val_key({split: key[0] for split, key in found.items() if key is not None})
+
+    def with_val_key(self, keys: dict[str, str]) -> Optional[dict[str, str]]:
+        """``keys`` (the source files' keys by split), with a validation split its ``val`` key; None for none."""
+        held = self.held_out()
+        if held is not None:
+            keys["val"] = validation.digest(held, keys.get("train"))
+        return keys or None
+
+    def held_out(self) -> Optional[Sequence[int]]:
+        """The indices of the validation images in the source's training split; None without a validation split."""
+        return None
 
     def input_shape(self) -> tuple[int, int, int]:
         channels, height, width = self.sample(train=False, count=1)[0].shape[1:]
@@ -124,9 +143,11 @@ class DataPath(ABC):
                 raise UsageError(f"train.batch_size={batch_size} exceeds the {size(self.train)} training images; "
                                  f"lower train.batch_size or raise data.train_size")
             train = DataLoader(self.train, batch_size=batch_size, shuffle=True, drop_last=True, **self.loader_options())
-        test = DataLoader(self.test, batch_size=eval_batch_size, shuffle=False, drop_last=False,
-                          **self.loader_options())
-        return train, test
+        return train, self.evaluation_loader(self.test, eval_batch_size)
+
+    def evaluation_loader(self, dataset: Dataset, eval_batch_size: int) -> DataLoader:
+        """A loader over every image of ``dataset`` in order (the test or the validation images)."""
+        return DataLoader(dataset, batch_size=eval_batch_size, shuffle=False, drop_last=False, **self.loader_options())
 
     def prepare(self, accelerator: Any, batch_size: Optional[int], eval_batch_size: int) -> int:
         """Build the loaders and hand them to ``accelerator``; return the training batches per epoch
@@ -134,6 +155,8 @@ class DataPath(ABC):
         train, test = self.loaders(batch_size, eval_batch_size)
         steps = len(train) if train is not None else 0
         self._test_loader = accelerator.prepare(test)
+        if self.val is not None:  # as the test loader: every image, in order, not augmented
+            self._val_loader = accelerator.prepare(self.evaluation_loader(self.val, eval_batch_size))
         if train is not None:
             self._train_loader = accelerator.prepare(train)
         self._skip = accelerator.skip_first_batches
@@ -154,6 +177,12 @@ class DataPath(ABC):
         for batch in self._test_loader:
             yield self.to_model(batch, train=False)
 
+    def val_batches(self) -> Iterator[Batch]:
+        """The validation images' batches, as :meth:`test_batches` (never augmented)."""
+        assert self._val_loader is not None, "prepare() with a validation split (data.val_size > 0) first"
+        for batch in self._val_loader:
+            yield self.to_model(batch, train=False)
+
 
 def size(dataset: Dataset) -> int:
     """``len(dataset)``: torch's Dataset type declares no ``__len__``, though every map-style dataset has one."""
@@ -165,12 +194,41 @@ def spread(total: int, count: int) -> list[int]:
     return [i * total // min(count, total) for i in range(min(count, total))]
 
 
-def subset_indices(total: int, size: Optional[int], key: str) -> Optional[list[int]]:
-    """Indices of the data.train_size / data.test_size subset; None for all."""
+def splits(config: DataConfig) -> tuple[str, ...]:
+    """The splits a data path has, in :meth:`DataPath.of_splits`' order: "val" only with data.val_size > 0."""
+    return ("train", "test", "val") if config.val_size else ("train", "test")
+
+
+def source_of(split: str) -> str:
+    """The source split a split's images come from: the validation images are the training split's."""
+    return "test" if split == "test" else "train"
+
+
+def cut(config: DataConfig, source: str, total: int, labels: Callable[[], validation.Labels],
+        classes: Sequence[str]) -> dict[str, Optional[list[int]]]:
+    """The splits cut from the source's ``source`` split ("train" or "test") of ``total`` images, as indices into
+    it (None: all of them). From "test": the test images, a fixed random subset where data.test_size says so. From
+    "train": with data.val_size > 0 the validation images, held out first (:func:`cifarlab.data.validation.held_out`;
+    ``labels`` gives the split's labels, asked for only then), and the training images, a fixed random subset of
+    what is left where data.train_size says so: the validation set does not change with data.train_size."""
+    if source == "test":
+        return {"test": subset_indices(total, config.test_size, "data.test_size")}
+    if not config.val_size:
+        return {"train": subset_indices(total, config.train_size, "data.train_size")}
+    val = validation.held_out(labels(), config.val_size, config.val_seed, classes)
+    left = validation.complement(total, val)
+    chosen = subset_indices(len(left), config.train_size, "data.train_size", held=config.val_size)
+    return {"train": left if chosen is None else [left[index] for index in chosen], "val": val}
+
+
+def subset_indices(total: int, size: Optional[int], key: str, held: int = 0) -> Optional[list[int]]:
+    """Indices of the data.train_size / data.test_size subset of ``total`` images (``held``: how many data.val_size
+    held out before); None for all."""
     if size is None or size == total:
         return None
     if size > total:
-        raise UsageError(f"{key}={size} exceeds the {total} images available; lower it or set {key}=null (all)")
+        after = f" (data.val_size={held} are held out for validation)" if held else ""
+        raise UsageError(f"{key}={size} exceeds the {total} images available{after}; lower it or set {key}=null (all)")
     # Random, not the first N: image folders are sorted by class.
     order = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))
     return sorted(order[:size].tolist())

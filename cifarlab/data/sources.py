@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch.utils.data import Dataset
 
 from cifarlab.config import CIFAR10_CLASSES, DataConfig
@@ -42,10 +43,6 @@ CIFARS = {
     "cifar10": TorchvisionCifar("CIFAR-10", "CIFAR10", "cifar-10-batches-py", CIFAR10_CLASSES),
     "cifar100": TorchvisionCifar("CIFAR-100", "CIFAR100", "cifar-100-python", CIFAR100_CLASSES),
 }
-
-
-def split_size(config: DataConfig, split: str) -> Optional[int]:
-    return config.train_size if split == "train" else config.test_size
 
 
 def list_image_folder(config: DataConfig, split: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -121,7 +118,8 @@ def open_source(config: DataConfig, split: str) -> tuple[Dataset, list[str]]:
     from torchvision import datasets  # only here: see the module docstring
 
     if config.name == "fake":
-        size = (config.train_size or 50_000) if split == "train" else (config.test_size or 10_000)
+        # data.train_size is the training images used: the held-out validation images come on top.
+        size = (config.train_size or 50_000) + config.val_size if split == "train" else (config.test_size or 10_000)
         names = fake_classes(config.class_count() or len(CIFAR10_CLASSES))
         fake = datasets.FakeData(size=size, image_size=(3, config.image_size, config.image_size),
                                  num_classes=len(names), random_offset=0 if split == "train" else _FAKE_TEST_OFFSET)
@@ -132,6 +130,41 @@ def open_source(config: DataConfig, split: str) -> tuple[Dataset, list[str]]:
     except (OSError, RuntimeError) as error:
         raise missing_cifar(config, cifar, error) from None
     return found, list(found.classes)
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The labels of a source split (:func:`open_source`) in index order, without decoding its images where it can:
+    an image folder's from its file list, torchvision's CIFAR's from its targets, FakeData's drawn as FakeData draws
+    them (any other dataset's: by loading every sample)."""
+    if isinstance(dataset, ImageFiles):
+        return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.long)
+    found = _fake_labels(dataset)
+    if found is not None:
+        return found
+    return torch.tensor([int(dataset[index][1]) for index in range(len(dataset))], dtype=torch.long)  # type: ignore[arg-type]
+
+
+def _fake_labels(dataset: Dataset) -> Optional[torch.Tensor]:
+    """FakeData's labels, without its images' conversion to PIL (a 50,000-image split: about a second instead of
+    ten). FakeData draws image ``i`` and then its label from torch's generator seeded with ``i + random_offset``;
+    here a generator of its own makes the same draws. FakeData's API gives labels only with the images: bypassed
+    where it still behaves so (the first and last labels agree with FakeData's own, else every sample is loaded)."""
+    from torchvision.datasets import FakeData
+
+    if not isinstance(dataset, FakeData):
+        return None
+    generator = torch.Generator()
+    labels = torch.empty(len(dataset), dtype=torch.long)
+    for index in range(len(dataset)):
+        generator.manual_seed(index + dataset.random_offset)
+        torch.randn(*dataset.image_size, generator=generator)  # the image's draws come first
+        labels[index] = torch.randint(0, dataset.num_classes, (1,), generator=generator)[0]
+    if len(dataset) and any(int(labels[index]) != dataset[index][1] for index in (0, len(dataset) - 1)):
+        return torch.tensor([dataset[index][1] for index in range(len(dataset))], dtype=torch.long)
+    return labels
 
 
 def missing_cifar(config: DataConfig, cifar: TorchvisionCifar, error: Exception) -> UsageError:

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from cifarlab import files
 from cifarlab.config import DataConfig
-from cifarlab.data.path import Batch, DataPath, Progress, size, spread, subset_indices
-from cifarlab.data.sources import fingerprint, open_source, split_size
+from cifarlab.data.path import Batch, DataPath, Progress, cut, size, source_of, splits, spread
+from cifarlab.data.sources import fingerprint, open_source
 from cifarlab.errors import UsageError
 
 _CACHE_DIR = ".cifarlab-cache"
@@ -40,11 +40,14 @@ class TensorImages(Dataset):
     """uint8 images (N, 3, H, W) and labels in memory. Batches are fetched whole (``__getitems__``)
     as (images, labels, sample indices); the indices seed each sample's augmentation."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source_key: Optional[str] = None) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source_key: Optional[str] = None,
+                 rows: Optional[list[int]] = None) -> None:
         self.images = images
         self.labels = labels
         self.source_key = source_key
         """The cache key of the files the images were decoded from (:func:`fingerprint`); None for fake data."""
+        self.rows = rows
+        """Which images of the decoded split these are, by index; None: all of them, in order."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,18 +76,22 @@ class TensorData(DataPath):
 
     train: TensorImages
     test: TensorImages
+    val: Optional[TensorImages]
 
     @classmethod
     def build(cls, config: DataConfig, seed: int, warn: Callable[[str], None], device: Optional[torch.device] = None,
               progress: Optional[Progress] = None) -> DataPath:
-        # Both splits at once: a decode of both is one bar and one line.
+        # Both source splits decoded at once (one bar and one line), then sliced: the validation images out of the
+        # training split's.
         loaded = load_splits(config, warn, progress)
-        return cls.of_splits(config, seed, *(_in_memory(config, split, loaded[split], device) for split in _SPLITS))
+        found = {split: part for source in _SPLITS for split, part in _in_memory(config, source, loaded[source],
+                                                                                  device).items()}
+        return cls.of_splits(config, seed, *(found[split] for split in splits(config)))
 
     @classmethod
     def split(cls, config: DataConfig, seed: int, split: str, warn: Callable[[str], None],
               device: Optional[torch.device]) -> tuple[Dataset, list[str]]:
-        return _in_memory(config, split, load_tensors(config, split, warn), device)
+        return _in_memory(config, source_of(split), load_tensors(config, source_of(split), warn), device)[split]
 
     def to_model(self, batch: Any, train: bool) -> Batch:
         images, labels, indices = batch
@@ -99,7 +106,10 @@ class TensorData(DataPath):
     def source_keys(self) -> Optional[dict[str, str]]:
         # Computed while loading (listing an image folder's files again would cost a start 0.25 s).
         found = {"train": self.train.source_key, "test": self.test.source_key}
-        return {split: key for split, key in found.items() if key is not None} or None
+        return self.with_val_key({split: key for split, key in found.items() if key is not None})
+
+    def held_out(self) -> Optional[list[int]]:
+        return None if self.val is None else self.val.rows
 
     def loader_options(self) -> dict[str, Any]:
         # Whole batches are sliced out of memory in the training process: workers would only copy them.
@@ -115,18 +125,23 @@ Loaded = tuple[torch.Tensor, torch.Tensor, list[str], Optional[str]]
 """A split, decoded: uint8 images (N, 3, H, W), labels, class names and the source files' key (None for fake data)."""
 
 
-def _in_memory(config: DataConfig, split: str, loaded: Loaded,
-               device: Optional[torch.device]) -> tuple[TensorImages, list[str]]:
+def _in_memory(config: DataConfig, source: str, loaded: Loaded,
+               device: Optional[torch.device]) -> dict[str, tuple[TensorImages, list[str]]]:
+    """The splits cut from the decoded source split ``source`` (:func:`cifarlab.data.path.cut`), in memory."""
     images, labels, classes, source_key = loaded
-    key = "data.train_size" if split == "train" else "data.test_size"
-    indices = subset_indices(len(labels), split_size(config, split), key)
+    found = cut(config, source, len(labels), lambda: labels, classes)
+    return {split: (_rows(images, labels, indices, source_key, device), classes) for split, indices in found.items()}
+
+
+def _rows(images: torch.Tensor, labels: torch.Tensor, indices: Optional[list[int]], source_key: Optional[str],
+          device: Optional[torch.device]) -> TensorImages:
     if indices is not None:
         images, labels = images[indices], labels[indices]
     if device is not None:
         # On a GPU the whole uint8 set (150 MB for CIFAR-10's training split) lives on the device: batches
         # are sliced and augmented there, with no host-to-device copy per step.
         images, labels = images.to(device), labels.to(device)
-    return TensorImages(images, labels, source_key), classes
+    return TensorImages(images, labels, source_key, indices)
 
 
 # --- decoding and the cache -------------------------------------------------------------------------

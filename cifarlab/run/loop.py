@@ -193,8 +193,9 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
     out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training and "
-            f"{size(datasets.test)} test images")
+            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training "
+            + (f"({size(datasets.val)} held out for validation, data.val_seed={config.data.val_seed}) "
+               if datasets.val is not None else "") + f"and {size(datasets.test)} test images")
     return record
 
 
