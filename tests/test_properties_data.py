@@ -3,7 +3,9 @@ process count, seed, epoch and resume step, an epoch's batches hold no image twi
 batch size divides the dataset, N processes split exactly the 1-process global batches, and a resumed epoch gives
 the batches it had left. The contract the bitwise-resume tests check by example, here on the sampler itself: the
 trainer's own Accelerator (cifarlab.run.engine) and data path (DataPath.prepare, train_batches), with the process
-count and rank set in Accelerate's state, in this process."""
+count and rank set in Accelerate's state, in this process. And of the validation split (cifarlab.data.validation):
+for any labels, size and seed it is disjoint from the training images, exactly its size, stratified and the same
+again for the same seed, or refused in one line."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from cifarlab.config import SEED_LIMIT, Config, load_config
 from cifarlab.data.tensors import TensorData, TensorImages
+from cifarlab.data.validation import complement, held_out
 from cifarlab.errors import UsageError
 from cifarlab.run import engine
 
@@ -75,3 +78,34 @@ def test_every_image_once_an_epoch_and_n_processes_split_the_global_batches(size
     skip, rank = resume % (len(whole) + 1), rank % processes  # a resume at any batch of the epoch, on any rank
     assert batches(config, size, 1, 0, epoch, skip) == whole[skip:]
     assert batches(config, size, processes, rank, epoch, skip) == ranks[rank][skip:]
+
+
+@st.composite
+def labels_and_size(draw: st.DrawFn) -> tuple[list[int], int]:
+    """Training labels (up to 10 classes, any balance) and a validation size from 0 to all of them."""
+    labels = draw(st.lists(st.integers(0, 9), min_size=1, max_size=400))
+    return labels, draw(st.integers(0, len(labels)))
+
+
+@given(labels_and_size(), st.integers(0, SEED_LIMIT - 1))
+@example(([0] + [1] * 9, 5), 0)  # a tie that would take a class's only image
+def test_a_validation_split_is_disjoint_exact_stratified_and_fixed_by_its_seed(split: tuple[list[int], int],
+                                                                               seed: int) -> None:
+    labels, size = split
+    counts = [labels.count(label) for label in range(10)]
+    try:
+        val = held_out(labels, size, seed)
+    except UsageError as error:
+        assert str(error).startswith(f"data.val_size={size} ") and "\n" not in str(error)
+        # Refused only where some class's share, proportional and rounded up, would be every image it has.
+        assert size >= len(labels) or any(count and size * count > (count - 1) * len(labels) for count in counts)
+        return
+    train = complement(len(labels), val)
+    assert len(val) == size and val == sorted(set(val)) and set(val).isdisjoint(train)
+    assert sorted(val + train) == list(range(len(labels)))
+    held = [sum(1 for index in val if labels[index] == label) for label in range(10)]
+    # Each class within 1 of its proportional share (the shares sum to the size: counted above), and left at least
+    # one training image.
+    assert all(abs(share * len(labels) - size * count) < len(labels) for share, count in zip(held, counts))
+    assert all(share < count for share, count in zip(held, counts) if count)
+    assert held_out(labels, size, seed) == val
