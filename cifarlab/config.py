@@ -50,7 +50,7 @@ class DataConfig:
     download: bool = True
     """cifar10, cifar100: download into data.root when missing (main process first)."""
     train_size: Optional[int] = None
-    """Training images to use: a fixed random subset of this size of those data.val_size leaves (fake: the dataset size, less the validation images); null = all."""
+    """Training images to use: a fixed random subset of this size of those data.val_size leaves (fake: the dataset size, the validation images on top); null = all."""
     test_size: Optional[int] = None
     """Test images to use, as train_size (fake: the dataset size); null = all."""
     val_size: int = 0
