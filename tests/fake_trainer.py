@@ -108,11 +108,17 @@ def _unit(*parts: Any) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+ADDED_LATER = {"data.val_size": 0, "data.val_seed": 0}
+"""Config keys newer than the numbers the tests expect of this trainer, with their defaults: at those values they are
+left out of :func:`identity`, so a new key leaves every test's numbers as they were (set otherwise, it counts)."""
+
+
 def identity(config: Config) -> dict[str, Any]:
     """What the run computes (cifarlab.config.VOLATILE aside), less the seed, optim.lr and optim.weight_decay."""
     tree = flatten(to_dict(config))
     skipped = ("train.seed", "optim.lr", "optim.weight_decay")
-    return {key: value for key, value in tree.items() if not key.startswith(VOLATILE) and key not in skipped}
+    return {key: value for key, value in tree.items() if not key.startswith(VOLATILE) and key not in skipped
+            and not (key in ADDED_LATER and ADDED_LATER[key] == value)}
 
 
 def accuracy(config: Config, epoch: int) -> float:
