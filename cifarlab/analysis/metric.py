@@ -47,6 +47,8 @@ class Metric:
         return f"{value * self.scale:.{self.digits}f}{' ' + self.unit if self.unit else ''}"
 
 
+DEFAULT = "final_acc"
+"""compare's metric where --metric is not given (and a search folder's that does not say which it chose on)."""
 NO_VAL = "no validation record (data.val_size 0: no validation split held out)"
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
