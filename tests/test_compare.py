@@ -844,6 +844,69 @@ def test_environment_differences_inside_a_group_and_grouped_by(tmp_path: Path,
 # --- output files and errors ----------------------------------------------------------------------------
 
 
+# --- runs a search chose (issue 30) ----------------------------------------------------------------------------
+
+
+def chosen_runs(root: Path, metric: Optional[str]) -> Path:
+    """A search folder as compare sees one (its journal, search.yaml saying it chose on ``metric``; None: a search
+    from before search.yaml), two trials and its confirmation, every run with a validation split: its folder."""
+    folder = root / "search"
+    folder.mkdir(parents=True)
+    (folder / "search.journal").touch()
+    if metric is not None:
+        direction = "maximize" if METRICS[metric].higher_is_better else "minimize"
+        (folder / "search.yaml").write_text(f"space: {{optim.lr: {{uniform: [0.01, 0.1]}}}}\nmetric: {metric}\n"
+                                            f"direction: {direction}\n")
+    for number, lr in enumerate(("0.05", "0.1")):
+        split_run(folder, f"trial-000{number}", [0.5 + number / 10], 0.5, f"optim.lr={lr}")
+        for seed in (1, 2):
+            split_run(folder / "confirm", f"lr={lr}-seed={seed}", [0.5 + seed / 100], 0.4 + seed / 100,
+                      f"optim.lr={lr}", seed=seed)
+    return folder
+
+
+def notes(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    assert compare.main(list(args)) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if "chosen by the search" in line]
+
+
+def test_runs_a_search_chose_on_the_test_set_are_noted_when_judged_on_it(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = chosen_runs(tmp_path, "final_acc")
+    note = (f"cifarlab: note: these runs were chosen by the search {folder} on the test set (final_acc), and "
+            f"final_acc judges them on it too: the winner's figure is optimistic (chosen on the same images); hold "
+            f"out a validation split (data.val_size) for the search to choose on, and judge on the test set")
+    assert notes(capsys, str(folder / "confirm")) == [note]
+    assert notes(capsys, str(folder)) == [note]  # the search's own table of its trials
+    assert notes(capsys, str(folder / "confirm" / "lr=0.1-seed=1"), str(folder / "confirm" / "lr=0.1-seed=2"),
+                 str(folder / "confirm" / "lr=0.05-seed=1")) == [note]
+    assert notes(capsys, str(folder / "confirm"), "--metric", "test_loss") == [note.replace(
+        "and final_acc judges", "and test_loss judges")]
+    assert note[len("cifarlab: note: "):] in run_json(capsys, str(folder / "confirm"))["notes"]
+    assert notes(capsys, str(folder / "confirm"), "--metric", "val_acc") == []
+    assert notes(capsys, str(folder / "confirm"), "--metric", "images_per_s") == []
+    (folder / "search.yaml").unlink()  # a search from before search.yaml: it could choose on the test set only
+    assert notes(capsys, str(folder / "confirm")) == [note]
+    (folder / "search.yaml").write_text("metric: [final_acc]\n")  # not what a search writes: no note, a table
+    assert notes(capsys, str(folder / "confirm")) == []
+
+
+def test_runs_a_search_chose_on_the_validation_split_are_noted_only_when_judged_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = chosen_runs(tmp_path, "val_acc")
+    assert notes(capsys, str(folder / "confirm")) == []  # judged on the test set: what it is for
+    assert notes(capsys, str(folder), "--metric", "final_acc") == []
+    note = (f"cifarlab: note: these runs were chosen by the search {folder} on the validation split (val_acc), and "
+            f"best_val_acc judges them on it too: the winner's figure is optimistic (chosen on the same images); "
+            f"judge them on the test set (--metric final_acc)")
+    assert notes(capsys, str(folder / "confirm"), "--metric", "best_val_acc") == [note]
+    assert notes(capsys, str(folder)) == [note.replace("best_val_acc judges", "val_acc judges")]
+    plain = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(plain, f"s{seed}", [0.5], seed=seed)
+    assert notes(capsys, str(plain)) == []
+
+
 def test_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lr_sweep(tmp_path / "sweep")
     picture = tmp_path / "compare.png"
