@@ -18,6 +18,8 @@ configuration and seed, or identical predictions) count once. The statistics and
 A search's folder (a sweep file with search:) shows its completed trials best first by the search's metric and
 direction (--metric: by another), with their settings and each searched key's importance (Optuna's, when it is
 installed), and with --png the best-so-far curve and each searched setting against the metric (docs/sweeps.md).
+Runs a search chose (its trials, its confirm/ runs) judged on the split it chose them on (the test set, or the
+validation split: val_acc, best_val_acc, val_loss) get a note: the winner's figure there is optimistic.
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
