@@ -18,6 +18,8 @@ configuration and seed, or identical predictions) count once. The statistics and
 A search's folder (a sweep file with search:) shows its completed trials best first by the search's metric and
 direction (--metric: by another), with their settings and each searched key's importance (Optuna's, when it is
 installed), and with --png the best-so-far curve and each searched setting against the metric (docs/sweeps.md).
+Runs a search chose (its trials, its confirm/ runs) judged on the split it chose them on (the test set, or the
+validation split: val_acc, best_val_acc, val_loss) get a note: the winner's figure there is optimistic.
 Reads only the run directories' files. User errors print one line and exit with code 2.
 """
 
@@ -30,9 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cifarlab.analysis import searchview
+from cifarlab.analysis import searchview, selection
 from cifarlab.analysis.comparison import compare
-from cifarlab.analysis.metric import METRICS
+from cifarlab.analysis.metric import DEFAULT, METRICS
 from cifarlab.analysis.planning import plan
 from cifarlab.analysis.rendering import picture, render, to_json
 from cifarlab.analysis.results import read_runs
@@ -81,8 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             figures.check("--png", args.png)
         if len(args.paths) == 1 and searchview.is_search(args.paths[0]):
             return search(Path(args.paths[0]), args)
-        metric = METRICS[args.metric or "final_acc"]
-        report = compare(read_runs(args.paths), args.by, metric, args.baseline, args.adjust)
+        metric = METRICS[args.metric or DEFAULT]
+        runs = read_runs(args.paths)
+        report = compare(runs, args.by, metric, args.baseline, args.adjust)
+        report.notes += [note for note in [selection.runs_note(metric, [run.path for run in runs])] if note]
         planned = plan(report, args.plan / metric.scale) if args.plan is not None else None
     except UsageError as error:
         console.error(str(error))
@@ -118,6 +122,9 @@ def search(folder: Path, args: argparse.Namespace) -> int:
     if goal.keys is None and args.metric is None:
         console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
                      f"{SweepDir(folder).description}): ranked by {goal.metric.name}; --metric picks another")
+    chosen = selection.selection_note(goal.metric, [folder])
+    if chosen is not None:
+        console.note(chosen)
     trials, keys = searchview.read_trials(folder, goal)
     taught = _importances(goal, trials)
     if args.json:

@@ -188,9 +188,11 @@ class TrainConfig:
     tta: Literal["none", "flip", "flip_translate"] = "flip"
     """Test-time augmentation: average the logits over each test image and its mirror image (flip), and also 1-pixel shifts of both (flip_translate)."""
     eval_every_epoch: bool = True
-    """Evaluate on the test set after every epoch; false = after the last epoch only, as speed records are timed (the final evaluation, predictions and weights are the same; train.target_accuracy needs true)."""
+    """Evaluate after every epoch (on the validation split when data.val_size > 0, else on the test set); false = after the last epoch only, as speed records are timed (the final evaluation, predictions and weights are the same; train.target_accuracy needs true)."""
+    test_every_epoch: bool = False
+    """With a validation split (data.val_size > 0): evaluate on the test set at every evaluation too (test/*), not only after the last epoch; every choice (best checkpoint, train.target_accuracy, a search) is still made on the validation split. Without a split the test set is evaluated at every evaluation anyway."""
     target_accuracy: Optional[float] = None
-    """Stop after the first evaluation whose test accuracy (a fraction, e.g. 0.6) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
+    """Stop after the first evaluation whose accuracy (a fraction, e.g. 0.6; on the validation split when data.val_size > 0, else on the test set) reaches this; the run finishes normally and records when (target/* in metrics.jsonl and the W&B summary). null = train all epochs."""
     allow_changes: bool = False
     """Start in a run directory whose config.yaml differs in settings that are the run's identity (every key but where and how it runs, what it reports and when it saves: see docs/runs.md); the changes are recorded in history.jsonl."""
     resume: Optional[str] = None
@@ -382,8 +384,8 @@ def differences(config: Config, base: Config) -> list[str]:
 
 
 VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
-            "train.timeout_minutes", "train.eval_every_epoch", "data.root", "data.download", "data.num_workers",
-            "logging.", "checkpoint.")
+            "train.timeout_minutes", "train.eval_every_epoch", "train.test_every_epoch", "data.root", "data.download",
+            "data.num_workers", "logging.", "checkpoint.")
 """Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
 reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
 key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it; compare never splits groups

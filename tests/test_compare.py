@@ -72,6 +72,25 @@ def make_run(root: Path, name: str, accuracies: list[float], *overrides: str, fi
     return run
 
 
+def split_run(root: Path, name: str, val: list[float], test: Optional[float], *overrides: str, val_images: int = 50,
+              **options: Any) -> Path:
+    """A run with a validation split (issue 30's metrics.jsonl): every evaluation scored the ``val`` accuracies on
+    ``val_images`` images (``val/*`` only), and the last one the test set too (``test``, on 100 images; None: an
+    unfinished run that has not got there). Validation losses are 1 - accuracy, the test loss 1 - test."""
+    path = make_run(root, name, val, *overrides, images=val_images, **options)
+    metrics = path / "metrics.jsonl"
+    written = [json.loads(line) for line in metrics.read_text().splitlines()]
+    evaluations = [r for r in written if "test/acc" in r]
+    for record in evaluations:
+        for key in [key for key in record if key.startswith("test/")]:
+            record["val/" + key[len("test/"):]] = record.pop(key)
+    if test is not None:
+        evaluations[-1].update({"test/acc": test, "test/loss": 1 - test, "test/images": 100,
+                                **{f"test/acc/{c}": test for c in CLASSES}})
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in written))
+    return path
+
+
 def outcomes(correct: list[bool]) -> list[int]:
     """Predictions against all-zero labels: class 0 where ``correct``, else class 1."""
     return [0 if right else 1 for right in correct]
@@ -111,6 +130,27 @@ def test_read_run(tmp_path: Path) -> None:
     assert run.per_class() == {"cat": 0.5, "dog": None}
     assert run.env("processes") == 2  # the first start
     assert results.evaluations(path) == run.evaluations and len(results.records(path)) == 7
+
+
+def test_read_run_with_a_validation_split(tmp_path: Path) -> None:
+    """Every evaluation scored the validation split, the last one the test set too: the test figures are the last
+    record's that has them, the validation ones over every evaluation; per-class accuracies stay on the test set."""
+    run = results.read_run(split_run(tmp_path, "split", [0.4, 0.7, 0.6], 0.55, epoch_rates=[(100.0, 1.0)] * 3))
+    assert len(run.evaluations) == 3 and run.final == run.last("test") and run.last("val") == run.final
+    assert run.final_accuracy() == 0.55 and run.best_accuracy() == 0.55 and run.final_loss() == pytest.approx(0.45)
+    assert run.final_val_accuracy() == 0.6 and run.best_val_accuracy() == 0.7
+    assert run.final_val_loss() == pytest.approx(0.4)
+    assert run.test_images() == 100 and run.images("test") == 100 and run.images("val") == 50
+    assert run.per_class() == {"cat": 0.55, "dog": 0.55} and run.images_per_s() == pytest.approx(100.0)
+    # Stopped before the test set was scored: validation figures, no test ones.
+    stopped = results.read_run(split_run(tmp_path, "stopped", [0.4, 0.7], None, finished=False))
+    assert len(stopped.evaluations) == 2 and stopped.last("test") is None
+    assert stopped.final_accuracy() is None and stopped.test_images() is None and stopped.per_class() == {}
+    assert stopped.final_val_accuracy() == 0.7 and stopped.images("val") == 50
+    # Without a split (data.val_size 0): no validation figures, the test ones as ever.
+    plain = results.read_run(make_run(tmp_path, "plain", [0.4, 0.7, 0.6]))
+    assert plain.final_val_accuracy() is None and plain.best_val_accuracy() is None and plain.final_val_loss() is None
+    assert plain.images("val") is None and plain.final_accuracy() == 0.6 and plain.last("val") is None
 
 
 def test_old_runs_without_environment_or_target(tmp_path: Path) -> None:
@@ -244,6 +284,36 @@ def test_best_accuracy_loss_and_one_group(tmp_path: Path, capsys: pytest.Capture
     assert best["groups"][0]["values"] == [0.7, 0.9] and best["groups"][0]["mean"] == pytest.approx(0.8)
     loss = run_json(capsys, str(tmp_path), "--metric", "test_loss")
     assert loss["groups"][0]["values"] == pytest.approx([0.5, 0.4]) and loss["higher_is_better"] is False
+
+
+def test_validation_metrics_judge_the_split_and_floor_on_its_images(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """val_acc, best_val_acc and val_loss read val/*; an accuracy's floor is the sampling error on the validation
+    images (50 here), not the test set's 100; a run without a split is left out, saying why."""
+    for seed in (0, 1):
+        split_run(tmp_path, f"a{seed}", [0.5, 0.4], 0.6, seed=seed)
+        split_run(tmp_path, f"b{seed}", [0.9, 0.8], 0.7, "optim.lr=0.1", seed=seed)
+    make_run(tmp_path, "plain", [0.5], "optim.lr=0.1", seed=2)
+    final = run_json(capsys, str(tmp_path), "--metric", "val_acc")
+    assert [g["values"] for g in final["groups"]] == [[0.4, 0.4], [0.8, 0.8]]
+    assert [g["floor"] for g in final["groups"]] == pytest.approx([math.sqrt(0.4 * 0.6 / 50),
+                                                                   math.sqrt(0.8 * 0.2 / 50)])
+    assert final["differences"][0]["verdict"].startswith("optim.lr=0.1 better than optim.lr=0.05")
+    assert final["missing"] == [{"run": str(tmp_path / "plain"),
+                                 "reason": "no validation record (data.val_size 0: no validation split held out)"}]
+    best = run_json(capsys, str(tmp_path), "--metric", "best_val_acc")
+    assert [g["values"] for g in best["groups"]] == [[0.5, 0.5], [0.9, 0.9]]
+    loss = run_json(capsys, str(tmp_path), "--metric", "val_loss")
+    assert [v for g in loss["groups"] for v in g["values"]] == pytest.approx([0.6, 0.6, 0.2, 0.2])
+    assert loss["higher_is_better"] is False and loss["groups"][0]["floor"] is None
+    test = run_json(capsys, str(tmp_path), "--metric", "final_acc")  # the test set's, on its own 100 images
+    assert [g["values"] for g in test["groups"]] == [[0.6, 0.6], [0.7, 0.7, 0.5]]
+    assert test["groups"][0]["floor"] == pytest.approx(math.sqrt(0.6 * 0.4 / 100))
+    assert compare.main([str(tmp_path), "--metric", "val_acc"]) == 0
+    captured = capsys.readouterr()
+    assert "final validation accuracy (%) by group" in captured.out
+    assert "validation-split sampling alone vs seed luck" in captured.out
+    assert "runs spread less than validation-split sampling alone makes an accuracy vary" in captured.err
 
 
 def test_final_top5_where_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -772,6 +842,69 @@ def test_environment_differences_inside_a_group_and_grouped_by(tmp_path: Path,
 
 
 # --- output files and errors ----------------------------------------------------------------------------
+
+
+# --- runs a search chose (issue 30) ----------------------------------------------------------------------------
+
+
+def chosen_runs(root: Path, metric: Optional[str]) -> Path:
+    """A search folder as compare sees one (its journal, search.yaml saying it chose on ``metric``; None: a search
+    from before search.yaml), two trials and its confirmation, every run with a validation split: its folder."""
+    folder = root / "search"
+    folder.mkdir(parents=True)
+    (folder / "search.journal").touch()
+    if metric is not None:
+        direction = "maximize" if METRICS[metric].higher_is_better else "minimize"
+        (folder / "search.yaml").write_text(f"space: {{optim.lr: {{uniform: [0.01, 0.1]}}}}\nmetric: {metric}\n"
+                                            f"direction: {direction}\n")
+    for number, lr in enumerate(("0.05", "0.1")):
+        split_run(folder, f"trial-000{number}", [0.5 + number / 10], 0.5, f"optim.lr={lr}")
+        for seed in (1, 2):
+            split_run(folder / "confirm", f"lr={lr}-seed={seed}", [0.5 + seed / 100], 0.4 + seed / 100,
+                      f"optim.lr={lr}", seed=seed)
+    return folder
+
+
+def notes(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    assert compare.main(list(args)) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if "chosen by the search" in line]
+
+
+def test_runs_a_search_chose_on_the_test_set_are_noted_when_judged_on_it(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = chosen_runs(tmp_path, "final_acc")
+    note = (f"cifarlab: note: these runs were chosen by the search {folder} on the test set (final_acc), and "
+            f"final_acc judges them on it too: the winner's figure is optimistic (chosen on the same images); hold "
+            f"out a validation split (data.val_size) for the search to choose on, and judge on the test set")
+    assert notes(capsys, str(folder / "confirm")) == [note]
+    assert notes(capsys, str(folder)) == [note]  # the search's own table of its trials
+    assert notes(capsys, str(folder / "confirm" / "lr=0.1-seed=1"), str(folder / "confirm" / "lr=0.1-seed=2"),
+                 str(folder / "confirm" / "lr=0.05-seed=1")) == [note]
+    assert notes(capsys, str(folder / "confirm"), "--metric", "test_loss") == [note.replace(
+        "and final_acc judges", "and test_loss judges")]
+    assert note[len("cifarlab: note: "):] in run_json(capsys, str(folder / "confirm"))["notes"]
+    assert notes(capsys, str(folder / "confirm"), "--metric", "val_acc") == []
+    assert notes(capsys, str(folder / "confirm"), "--metric", "images_per_s") == []
+    (folder / "search.yaml").unlink()  # a search from before search.yaml: it could choose on the test set only
+    assert notes(capsys, str(folder / "confirm")) == [note]
+    (folder / "search.yaml").write_text("metric: [final_acc]\n")  # not what a search writes: no note, a table
+    assert notes(capsys, str(folder / "confirm")) == []
+
+
+def test_runs_a_search_chose_on_the_validation_split_are_noted_only_when_judged_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = chosen_runs(tmp_path, "val_acc")
+    assert notes(capsys, str(folder / "confirm")) == []  # judged on the test set: what it is for
+    assert notes(capsys, str(folder), "--metric", "final_acc") == []
+    note = (f"cifarlab: note: these runs were chosen by the search {folder} on the validation split (val_acc), and "
+            f"best_val_acc judges them on it too: the winner's figure is optimistic (chosen on the same images); "
+            f"judge them on the test set (--metric final_acc)")
+    assert notes(capsys, str(folder / "confirm"), "--metric", "best_val_acc") == [note]
+    assert notes(capsys, str(folder)) == [note.replace("best_val_acc judges", "val_acc judges")]
+    plain = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(plain, f"s{seed}", [0.5], seed=seed)
+    assert notes(capsys, str(plain)) == []
 
 
 def test_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,8 +110,10 @@ def test_compare_on_a_search_folder_without_optuna_notes_how_to_install_it(tmp_p
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     assert compare.main([str(sweep.folder)]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ('cifarlab: note: the searched keys\' importances need Optuna, an optional extra: '
-                            'pip install -e ".[search]"\n')
+    chose, *rest = captured.err.splitlines()  # first, that the search chose on the test set it is ranked by
+    assert chose.startswith(f"cifarlab: note: these runs were chosen by the search {sweep.folder} on the test set")
+    assert rest == ['cifarlab: note: the searched keys\' importances need Optuna, an optional extra: '
+                    'pip install -e ".[search]"']
     assert "trial-0003" in captured.out and "importance" not in captured.out
     assert compare.main([str(sweep.folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["importance"] is None

@@ -404,3 +404,36 @@ def test_record_mode_still_saves_on_a_stop_and_resumes_to_the_same_weights(
 def test_a_target_accuracy_needs_every_epoch_evaluated(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="train.target_accuracy needs train.eval_every_epoch"):
         tiny_config(tmp_path, "train.eval_every_epoch=false", "train.target_accuracy=0.5")
+
+
+# --- a validation split (data.val_size): every choice on it, the test set touched once, at the end (issue 30) ------
+
+def _evaluated(run: RunDir) -> list[tuple[int, bool, bool]]:
+    return [(r["step"], "val/acc" in r, "test/acc" in r) for r in records(run.root) if "val/acc" in r or "test/acc" in r]
+
+
+def test_with_a_validation_split_every_choice_is_made_on_it_and_the_test_set_is_evaluated_at_the_end(
+        tmp_path: Path) -> None:
+    split = ("data.val_size=16", "train.epochs=3", "optim.lr=0.05", "data.augment=none")
+    run = RunDir(loop.train(tiny_config(tmp_path / "split", *split)))
+    assert _evaluated(run) == [(4, True, False), (8, True, False), (12, True, True)]
+    final = [r for r in records(run.root) if "test/acc" in r][-1]
+    assert final["val/images"] == 16 and final["test/images"] == 20  # 64 training images left after the split
+    assert load_file(str(run.predictions))["labels"].numel() == 20  # compare's paired tests: the test images
+
+    # Every evaluation on the test set too: the choices stay on the validation split.
+    every = RunDir(loop.train(tiny_config(tmp_path / "every", *split, "train.test_every_epoch=true")))
+    assert _evaluated(every) == [(4, True, True), (8, True, True), (12, True, True)]
+    evaluations = [r for r in records(every.root) if "val/acc" in r]
+    best = json.loads((every.best / "trainer_state.json").read_text())
+    chosen = max(range(3), key=lambda i: (evaluations[i]["val/acc"], -i))  # the first of equals
+    assert (best["epoch"], best["best_epoch"], best["best_accuracy"]) == (chosen + 1, chosen + 1,
+                                                                          evaluations[chosen]["val/acc"])
+    weights = [load_file(str(run.weights)), load_file(str(every.weights))]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])  # evaluating trains nothing
+
+    # A target is reached on the validation split: the run ends there, with the test set evaluated then.
+    early = RunDir(loop.train(tiny_config(tmp_path / "early", *split, "train.target_accuracy=0.01")))
+    assert _evaluated(early) == [(4, True, True)]
+    reached = [r for r in records(early.root) if "target/epoch" in r]
+    assert [r["target/epoch"] for r in reached] == [1]

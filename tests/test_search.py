@@ -5,6 +5,7 @@ resumed from their checkpoints, then confirmed on fresh seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import psutil
@@ -30,7 +32,7 @@ from cifarlab import compare
 from cifarlab import sweep as sweeps
 from cifarlab import train as trainer_command
 from cifarlab.analysis.sweepdir import SweepDir, trial_name
-from cifarlab.config import load_config, to_yaml
+from cifarlab.config import DataConfig, load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
 from cifarlab.experiments import study as study_module
@@ -78,6 +80,9 @@ BAD = {
                          "train.epochs is searched; it cannot also be set in overrides"),
     "with a grid": ({"space": SPACE}, {"grid": {"train.seed": [0, 1]}}, "search samples the trials; remove grid:"),
     "unknown metric": ({"space": SPACE, "metric": "accuracy"}, {}, "metric: 'accuracy' is not one of final_acc"),
+    "validation metric without a split": ({"space": SPACE, "metric": "val_acc"}, {},
+                                          "metric: val_acc reads the validation split, and the base configuration "
+                                          "holds none out; set data.val_size"),
     "pruning a time": ({"space": SPACE, "metric": "time_to_target", "pruning": "median"}, {},
                        "time_to_target has no figure there"),
     "unknown pruner": ({"space": SPACE, "pruning": "hyperband"}, {}, "pruning: 'hyperband' is not one of none"),
@@ -514,6 +519,154 @@ def test_best_never_reads_a_confirmation_folder_holding_another_configurations_r
     finished_run(check.run_dir(last), load_config(check.base, [*check.overrides(last), "optim.lr=0.1"]), 0.99)
     assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 2
     assert "has no finished confirmation yet" in capsys.readouterr().err
+
+
+# --- choosing on a validation split (issue 30) ----------------------------------------------------------------
+
+HOLDS_OUT = "val_size" in DataConfig.__dataclass_fields__
+"""Whether the config has data.val_size yet (its own branch adds it): the tests through a real base config need it."""
+
+
+@pytest.mark.unit
+def test_the_default_metric_follows_the_validation_split_and_pruning_its_figure() -> None:
+    """A base that holds a validation split out chooses on it by default (val_acc) and prunes on val/acc; a
+    validation metric without one is refused, and so is pruning on a test figure the split leaves to the last epoch
+    (unless the test set is scored every epoch)."""
+    section = {"space": SPACE}
+    assert space.read_search(section, "f").metric == "final_acc"
+    assert space.read_search(section, "f", held_out=True).metric == "val_acc"
+    chosen = space.read_search({**section, "metric": "val_loss"}, "f", held_out=True)
+    assert chosen.metric == "val_loss" and chosen.direction == "minimize"
+    assert space.read_search({**section, "metric": "final_acc"}, "f", held_out=True).metric == "final_acc"
+    with pytest.raises(UsageError, match="f: search: metric: best_val_acc reads the validation split, and the base "
+                                         "configuration holds none out; set data.val_size"):
+        space.read_search({**section, "metric": "best_val_acc"}, "f")
+    assert [space.EVALUATED[name] for name in ("val_acc", "best_val_acc", "val_loss")] == \
+        ["val/acc", "val/acc", "val/loss"]
+    assert space.read_search({**section, "pruning": "median"}, "f", held_out=True).pruning == "median"
+    test_pruned = {**section, "metric": "final_acc", "pruning": "median"}
+    with pytest.raises(UsageError, match="with data.val_size the test set is scored only after the last epoch"):
+        space.read_search(test_pruned, "f", held_out=True)
+    assert space.read_search(test_pruned, "f", held_out=True, test_every_epoch=True).pruning == "median"
+    assert space.evaluated(load_config(SMOKE, TRIAL)) == (False, False)
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not HOLDS_OUT, reason="needs data.val_size in the config (issue 30's data branch)")
+def test_a_search_file_takes_its_split_from_the_base_and_the_overrides(tmp_path: Path) -> None:
+    file = write(tmp_path, {"space": SPACE})
+    where = [f"train.output_dir={tmp_path / 'runs'}"]
+    assert read_sweep(str(file), where).search.metric == "final_acc"  # type: ignore[union-attr]
+    assert read_sweep(str(file), [*where, "data.val_size=64"]).search.metric == "val_acc"  # type: ignore[union-attr]
+    held = write(tmp_path, {"space": SPACE}, overrides=[*TRIAL, "data.val_size=64"])
+    assert read_sweep(str(held), where).search.metric == "val_acc"  # type: ignore[union-attr]
+
+
+@pytest.mark.unit
+def test_a_validation_search_prunes_on_the_validation_figure(tmp_path: Path) -> None:
+    """The study tells the trainer to report val/acc (space.EVALUATED), and the trainer's pruning reports that figure
+    alone: an evaluation without it (the test set's) asks nothing."""
+    sweep, study, trial, order = doomed_trial(tmp_path)
+    assert sweep.search is not None
+    val = dataclasses.replace(sweep, search=dataclasses.replace(sweep.search, metric="val_acc"))
+    told = json.loads(StudyFeed(val, study).environment(Trial(trial.number, trial_name(trial.number), ()))
+                      [pruning.VARIABLE])
+    assert told["report"] == "val/acc" and told["pruning"] == "median"
+    pruner = pruning.Pruning(SimpleNamespace(is_main_process=True, num_processes=1), {**order, **told})  # type: ignore
+    state = SimpleNamespace(epoch=1, global_step=8, wall=SimpleNamespace(read=lambda: 1.0), pruned=None)
+    assert not pruner.stops(state, {"test/acc": 0.1}, 3)  # type: ignore[arg-type]
+    assert pruner.stops(state, {"val/acc": 0.1, "val/loss": 2.0}, 3)  # type: ignore[arg-type]
+    assert state.pruned == {"prune/epoch": 1, "prune/step": 8, "prune/elapsed_s": 1.0}
+    assert list(study.get_trials()[trial.number].intermediate_values.items()) == [(1, 0.1)]
+
+
+def split_run(run: RunDir, config: Any, val: float, test: float, images: int = 64) -> None:
+    """A finished run with a validation split as the trainer leaves it: an evaluation of the split alone, then the
+    last, of the split and the test set (``images`` test images, 32 validation ones)."""
+    run.root.mkdir(parents=True)
+    run.config.write_text(to_yaml(config))
+    first = {"step": 4, "time": 1e9, "elapsed_s": 0.5, "train/epoch": 1.0, "val/acc": val / 2, "val/loss": 2.0,
+             "val/images": 32}
+    last = {"step": 8, "time": 1e9, "elapsed_s": 1.0, "train/epoch": 2.0, "val/acc": val, "val/loss": 1 - val,
+            "val/images": 32, "test/acc": test, "test/loss": 1 - test, "test/images": images}
+    run.metrics.write_text(json.dumps(first) + "\n" + json.dumps(last) + "\n")
+    run.weights.write_bytes(b"")
+
+
+def validation_search(tmp_path: Path, top: int, trials: list[tuple[float, float]],
+                      confirmed: dict[str, list[tuple[float, float]]]) -> tuple[Any, Any]:
+    """:func:`searched`, as if its base held a validation split out (metric val_acc; ``trials``: (lr, validation
+    accuracy)), its confirmation written and finished with ``confirmed``'s (validation, test) accuracies by seed."""
+    file = write(tmp_path, {"space": {"optim.lr": {"choice": [0.02, 0.05, 0.1]}}, "trials": len(trials),
+                            "confirm": {"top": top, "seeds": 2}})
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    assert sweep.search is not None
+    sweep = dataclasses.replace(sweep, search=dataclasses.replace(sweep.search, metric="val_acc"))
+    study = open_study(sweep)
+    lr = optuna.distributions.CategoricalDistribution([0.02, 0.05, 0.1])
+    for value, score in trials:
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": value}, distributions={"optim.lr": lr},
+                                                  value=score))
+    check = read_sweep(str(searching.confirm_file(sweep, study)))
+    for trial in check.trials:
+        setting = next((s for s in trial.settings if s.startswith("optim.lr=")), "base")
+        seed = int(next(s for s in trial.settings if s.startswith("train.seed=")).split("=")[1])
+        split_run(check.run_dir(trial), check.configs[trial.index], *confirmed[setting][seed - 1])
+    return sweep, study
+
+
+@pytest.mark.unit
+def test_a_validation_search_is_confirmed_on_the_test_set_and_best_chooses_on_validation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """lr 0.05 did best on the validation split, lr 0.1 on the test set: the confirmation judges the test set, shows
+    the validation figures beside it, and --best takes lr 0.05, the validation split's choice, then says that on
+    the test set it did not beat the base."""
+    sweep, study = validation_search(tmp_path, 2, [(0.05, 0.50), (0.1, 0.30), (0.02, 0.20)], {
+        "base": [(0.40, 0.39), (0.42, 0.41)], "optim.lr=0.05": [(0.50, 0.36), (0.52, 0.38)],
+        "optim.lr=0.1": [(0.20, 0.60), (0.22, 0.62)]})
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy (%) by group" in out and "chosen by the search" not in out
+    assert ("sweep search: optim.lr=0.02: the base configuration (control); confirmed 40.00 % test, 41.00 % val (mean "
+            "of 2 fresh seeds)") in out
+    assert ("sweep search: optim.lr=0.05: trial 0 scored 50.00 % (val) in the search; confirmed 37.00 % test, "
+            "51.00 % val (mean of 2 fresh seeds)") in out
+    assert "optim.lr=0.1: trial 1 scored 30.00 % (val) in the search; confirmed 61.00 % test, 21.00 % val" in out
+    last = out.splitlines()[-1]
+    assert last.startswith("sweep search: no significant difference on the test set between the winner "
+                           "(optim.lr=0.05) and the base (-3.00 points, p = ")
+    assert last.endswith(f", holm-adjusted): the base is as good; --plan says how many seeds would tell them apart: "
+                         f"python -m cifarlab.compare {sweep.dir.confirmation.root} --plan 3")
+    assert searching.best(sweep).split()[-1] == "optim.lr=0.05"
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[-1] == "cifarlab: note: " + last[len("sweep search: "):]
+    assert compare.main(last.split(" apart: ")[1].split()[3:]) == 0  # the command runs as printed
+    assert "plan: to find a difference of 3.00 points" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_the_confirmation_and_best_say_when_the_winner_beat_the_base_on_the_test_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A test-set search: its confirmation also says it chose on the images it is judged on."""
+    file, sweep, study = searched(tmp_path, 1, [(0.05, 0.60), (0.02, 0.50)])
+    check = read_sweep(str(searching.confirm_file(sweep, study)))
+    scores = {"base": [0.500, 0.507], "optim.lr=0.05": [0.600, 0.607]}
+    for trial in check.trials:  # 10,000 test images each: a 10-point difference is clear on 2 seeds
+        setting = next((s for s in trial.settings if s.startswith("optim.lr=")), "base")
+        seed = int(next(s for s in trial.settings if s.startswith("train.seed=")).split("=")[1])
+        split_run(check.run_dir(trial), check.configs[trial.index], 0.5, scores[setting][seed - 1], images=10_000)
+    assert searching.confirm(sweep, study, 1) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == (f"sweep search: these runs were chosen by the search {sweep.folder} on the test set "
+                       f"(final_acc), and final_acc judges them on it too: the winner's figure is optimistic (chosen "
+                       f"on the same images); hold out a validation split (data.val_size) for the search to choose "
+                       f"on, and judge on the test set")
+    assert re.fullmatch(r"sweep search: the winner \(optim\.lr=0\.05\) beat the base on fresh seeds on the test "
+                        r"set: \+10\.00 points, p = 0\.0\d+", out[-1]), out[-1]
+    assert sweeps.main([str(file), "--best", f"train.output_dir={tmp_path / 'runs'}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split()[-1] == "optim.lr=0.05"
+    assert captured.err.splitlines()[-1] == "cifarlab: note: " + out[-1][len("sweep search: "):]
 
 
 def read_only_search(root: Path) -> tuple[Path, Path]:

@@ -148,8 +148,8 @@ class GroupResult:
     """For accuracies of groups of 2 or more runs whose evaluation recorded its image count."""
     floor: Optional[float] = None
     """The smallest standard deviation of one run's value that the group's interval and tests use: an accuracy's
-    test-set sampling error at the group's mean (stats.sampling_floor, on the fewest test images of its runs);
-    None for other metrics and for runs that did not record their number of test images."""
+    sampling error at the group's mean (stats.sampling_floor, on the fewest evaluated images of its runs:
+    Metric.images); None for other metrics and for runs that did not record their number of images."""
 
 
 @dataclass
@@ -201,8 +201,8 @@ def _mean_per_class(runs: Sequence[Run]) -> dict[str, Optional[float]]:
     return means
 
 
-def spread_of(runs: Sequence[Run], summary: stats.Summary) -> Optional[Spread]:
-    counts = {run.test_images() for run in runs}
+def spread_of(runs: Sequence[Run], summary: stats.Summary, metric: Metric) -> Optional[Spread]:
+    counts = {metric.images(run) for run in runs}
     images = counts.pop() if len(counts) == 1 else None
     if summary.std is None or summary.mean is None or images is None:
         return None
@@ -213,8 +213,9 @@ def spread_of(runs: Sequence[Run], summary: stats.Summary) -> Optional[Spread]:
 
 
 def floor_of(runs: Sequence[Run], values: Sequence[float], metric: Metric) -> Optional[float]:
-    """The group's floor (GroupResult.floor): the test-set sampling error of its mean on its runs' fewest images."""
-    images = [count for count in (run.test_images() for run in runs) if count]
+    """The group's floor (GroupResult.floor): the sampling error of its mean on its runs' fewest evaluated images (the
+    test set's, or the validation split's for a validation metric: Metric.images)."""
+    images = [count for count in (metric.images(run) for run in runs) if count]
     return stats.sampling_floor(stats.mean(values), min(images)) if metric.proportion and images else None
 
 
@@ -225,7 +226,7 @@ def summarize_group(group: Group, metric: Metric) -> GroupResult:
     floor = floor_of(counted, values, metric)
     summary = stats.summarize(values, floor or 0.0)
     return GroupResult(group, counted, values, summary, _mean_per_class(counted),
-                       spread_of(counted, summary) if metric.proportion else None, floor)
+                       spread_of(counted, summary, metric) if metric.proportion else None, floor)
 
 
 class PairedTests:
@@ -379,6 +380,6 @@ def _measurement_notes(report: Report) -> list[str]:
     low = [f"{g.group.label} ({metric.scale * g.summary.std:.2f} < {metric.scale * g.floor:.2f}{unit})"
            for g in report.groups if g.floor is not None and g.summary.std is not None and g.summary.std < g.floor]
     if low:
-        lines.append("runs spread less than test-set sampling alone makes an accuracy vary, sqrt(p (1 - p) / images); "
-                     "their intervals and tests use that instead: " + "; ".join(low))
+        lines.append(f"runs spread less than {metric.sample} sampling alone makes an accuracy vary, sqrt(p (1 - p) / "
+                     "images); their intervals and tests use that instead: " + "; ".join(low))
     return lines

@@ -130,8 +130,8 @@ def _spread_table(report: Report) -> Any:
     from rich.table import Table
 
     metric = report.metric
-    table = Table(title="run-to-run spread: test-set sampling alone vs seed luck (std)")
-    for name in ("group", "std", "test set", "share", "seed luck"):
+    table = Table(title=f"run-to-run spread: {metric.sample} sampling alone vs seed luck (std)")
+    for name in ("group", "std", metric.sample.replace("-", " "), "share", "seed luck"):
         table.add_column(name, justify="left" if name == "group" else "right")
     for g in report.groups:
         if g.spread is not None:

@@ -50,8 +50,14 @@ def records(run_dir: Path, tolerate_torn_tail: bool = False) -> list[dict[str, A
     return written.records
 
 
+SPLITS = ("test", "val")
+"""The evaluated splits, as metrics.jsonl names their figures (``test/acc``, ``val/acc``): with a validation split
+(``data.val_size``) every evaluation scores it and the test set is scored at the end (cifarlab.run.recorder)."""
+
+
 def is_evaluation(record: dict[str, Any]) -> bool:
-    return "test/acc" in record
+    """An evaluation record: it scored the test set or the validation split (with a split, most hold ``val/*`` only)."""
+    return any(f"{split}/acc" in record for split in SPLITS)
 
 
 def is_target(record: dict[str, Any]) -> bool:
@@ -60,12 +66,12 @@ def is_target(record: dict[str, Any]) -> bool:
 
 
 def evaluations(run_dir: Path) -> list[dict[str, Any]]:
-    """The evaluation records (those with ``test/acc``) of a run's metrics.jsonl, in order."""
+    """The evaluation records (those with ``test/acc`` or ``val/acc``) of a run's metrics.jsonl, in order."""
     return [record for record in records(run_dir) if is_evaluation(record)]
 
 
 def per_class(record: dict[str, Any]) -> dict[str, Optional[float]]:
-    """An evaluation record's accuracy by class name (None for a class absent from the test set)."""
+    """An evaluation record's test accuracy by class name (None for a class absent from the test set)."""
     prefix = "test/acc/"
     return {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
 
@@ -168,12 +174,17 @@ class Run:
         """The last evaluation record: the final model's (a resumed run drops records past its checkpoint)."""
         return self.evaluations[-1] if self.evaluations else None
 
+    def last(self, split: str) -> Optional[dict[str, Any]]:
+        """The last evaluation record that scored ``split`` (``test`` or ``val``): with a validation split the test
+        set is scored at the end only, so the final model's test figures are in the last record that has them."""
+        return next((r for r in reversed(self.evaluations) if f"{split}/acc" in r), None)
+
     def final_accuracy(self) -> Optional[float]:
-        return _number(self.final, "test/acc")
+        return _number(self.last("test"), "test/acc")
 
     def final_top5(self) -> Optional[float]:
         """Top-5 accuracy of the final evaluation (recorded for datasets with more than 5 classes)."""
-        return _number(self.final, "test/acc_top5")
+        return _number(self.last("test"), "test/acc_top5")
 
     def best_accuracy(self) -> Optional[float]:
         values = [v for v in (_number(r, "test/acc") for r in self.evaluations) if v is not None]
@@ -181,11 +192,27 @@ class Run:
 
     def test_images(self) -> Optional[int]:
         """How many test images the final evaluation scored."""
-        count = _number(self.final, "test/images")
+        return self.images("test")
+
+    def images(self, split: str) -> Optional[int]:
+        """How many images of ``split`` (``test`` or ``val``) the last evaluation of it scored."""
+        count = _number(self.last(split), f"{split}/images")
         return int(count) if count else None
 
     def final_loss(self) -> Optional[float]:
-        return _number(self.final, "test/loss")
+        return _number(self.last("test"), "test/loss")
+
+    def final_val_accuracy(self) -> Optional[float]:
+        """The validation accuracy of the last evaluation (None without a validation split: data.val_size 0)."""
+        return _number(self.last("val"), "val/acc")
+
+    def best_val_accuracy(self) -> Optional[float]:
+        """The best validation accuracy over the evaluations: the one the best checkpoint was chosen by."""
+        values = [v for v in (_number(r, "val/acc") for r in self.evaluations) if v is not None]
+        return max(values) if values else None
+
+    def final_val_loss(self) -> Optional[float]:
+        return _number(self.last("val"), "val/loss")
 
     def time_to_target(self) -> Optional[float]:
         """Wall seconds from the start to the evaluation that reached the target (over resumed segments)."""
@@ -206,8 +233,9 @@ class Run:
         return sum(plain) / len(plain) if plain else None
 
     def per_class(self) -> dict[str, Optional[float]]:
-        """The final evaluation's accuracy by class name."""
-        return per_class(self.final) if self.final else {}
+        """The final evaluation's test accuracy by class name."""
+        final = self.last("test")
+        return per_class(final) if final else {}
 
     def env(self, key: str) -> Any:
         """A field of environment.json (first start); None when absent."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis.comparison import differing_keys
-from cifarlab.analysis.metric import METRICS, Metric
+from cifarlab.analysis.metric import DEFAULT, METRICS, Metric
 from cifarlab.analysis.rendering import _number
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
@@ -77,7 +77,7 @@ def objective(folder: Path, metric: Optional[str]) -> Objective:
     before); ``metric``, given, replaces the search's, in its own direction unless it is the search's."""
     found = described(folder, "move it away to rank by --metric")
     if found is None:
-        chosen = METRICS[metric or "final_acc"]
+        chosen = METRICS[metric or DEFAULT]
         return Objective(chosen, chosen.higher_is_better, None)
     keys, space = [str(key) for key in found["space"]], found["space"]
     if metric is not None and metric != found["metric"]:

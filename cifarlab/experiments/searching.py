@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from cifarlab.analysis import selection
 from cifarlab.analysis.comparison import Report, compare, group_runs
 from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.rendering import render
@@ -223,31 +224,52 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
         return 0
     report = confirmed(check, goal)
     render(report, False, None if sys.stdout.isatty() else 200)
-    keys = goal.keys or []
+    for line in _settings_lines(sweep, report, goal, chosen, control):
+        say(sweep, line)
+    note = selection.selection_note(report.metric, [sweep.folder])
+    if note is not None:
+        say(sweep, note)
+    say(sweep, selection.outcome_line(report, goal.metric, check.folder))
+    return 0
+
+
+def _settings_lines(sweep: Sweep, report: Report, goal: Objective, chosen: list[Any], control: Optional[Any]
+                    ) -> list[str]:
+    """Each confirmed setting's search score next to its confirmed mean; where the search chose on the validation
+    split, the score is marked (val) and the test mean (what the report judges) has the validation mean beside it."""
+    assert sweep.search is not None
+    keys, metric = goal.keys or [], goal.metric
+    val = metric.on_test is not None
     searched = {tuple(space.settings(sweep.search, t.params).values()): t for t in chosen}
-    for result in report.groups:
-        mean = goal.metric.with_unit(result.summary.mean) if result.summary.mean is not None else "-"
+    chosen_means = selection.means(report, metric)
+    lines = []
+    for result, chose in zip(report.groups, chosen_means):
+        mean = report.metric.with_unit(result.summary.mean) if result.summary.mean is not None else "-"
+        if val:
+            mean = f"{mean} test, {metric.with_unit(chose) if chose is not None else '-'} val"
+        mark = " (val)" if val else ""
         if result is report.groups[report.baseline]:
             found = "the base configuration (control)" + (
-                f"; trial {control.number} scored {goal.metric.with_unit(control.value)} with these settings in "
+                f"; trial {control.number} scored {metric.with_unit(control.value)}{mark} with these settings in "
                 f"the search" if control is not None else "")
         else:
             trial = searched.get(tuple(result.group.overrides.get(k) for k in keys))
-            found = (f"trial {trial.number} scored {goal.metric.with_unit(trial.value)} in the search"
+            found = (f"trial {trial.number} scored {metric.with_unit(trial.value)}{mark} in the search"
                      if trial is not None else "a searched setting")
-        say(sweep, f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
-    return 0
+        lines.append(f"{result.group.label}: {found}; confirmed {mean} (mean of {result.summary.n} fresh seeds)")
+    return lines
 
 
 def confirmed(check: Sweep, goal: Objective) -> Report:
     """compare's report on the confirmation runs (``check``), grouped by the searched keys, the base configuration
-    (the control) as the baseline."""
+    (the control) as the baseline, on the test set: a search that chose on the validation split is judged on the
+    metric's test-set counterpart (val_acc: final_acc; Metric.on_test)."""
     runs = [read_run(check.run_dir(t).root) for t in check.trials]
     keys = goal.keys or []
     control = {key: run.config.get(key) for run in runs[:1] for key in keys}
     groups = group_runs([run for run in runs if run.finished], keys)  # compare's groups, in its order
     base = next((i for i, g in enumerate(groups) if g.overrides == control), 0)
-    return compare(runs, keys, goal.metric, str(base + 1))
+    return compare(runs, keys, METRICS[goal.metric.on_test or goal.metric.name], str(base + 1))
 
 
 def best(sweep: Sweep) -> str:
@@ -278,14 +300,17 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
             raise UsageError(f"--best: search {sweep.name} has no finished confirmation yet; run the search to its end")
         report = confirmed(check, goal)
         sign = 1.0 if goal.maximize else -1.0
-        winner = max((g for g in report.groups if g.summary.mean is not None),
-                     key=lambda g: sign * (g.summary.mean or 0.0))
+        # Chosen on the search's own metric (a validation one: the validation split), as the search chose.
+        scored = [(sign * mean, g) for g, mean in zip(report.groups, selection.means(report, goal.metric))
+                  if mean is not None]
+        winner = max(scored, key=lambda pair: pair[0])[1]
         chosen = {key: winner.group.overrides.get(key) for key in keys}
         if winner is report.groups[report.baseline]:
             control = winners(sweep, study)[1]
             console.note("the base configuration did best in the confirmation" + (
                 f" (trial {control.number} of the search had its settings)" if control is not None else "") +
                 ": none of the searched settings beat it")
+        console.note(selection.outcome_line(report, goal.metric, check.folder))
     settings = {item.split("=", 1)[0]: item for item in sweep.common}  # the last of a key's values wins
     settings.pop("train.output_dir", None)
     settings.update({key: setting(key, chosen[key]) for key in keys})

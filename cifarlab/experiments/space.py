@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     import optuna
 
     from cifarlab.analysis.metric import Metric
+    from cifarlab.config import Config
 
 KEYS = ("space", "method", "trials", "metric", "direction", "seed", "pruning", "confirm")
 METHODS = ("tpe", "random")
 KINDS = ("log_uniform", "uniform", "int", "choice")
-EVALUATED = {"final_acc": "test/acc", "best_acc": "test/acc", "final_top5": "test/acc_top5", "test_loss": "test/loss"}
+EVALUATED = {"final_acc": "test/acc", "best_acc": "test/acc", "final_top5": "test/acc_top5", "test_loss": "test/loss",
+             "val_acc": "val/acc", "best_val_acc": "val/acc", "val_loss": "val/loss"}
 """The metrics a trial can be pruned on, with the evaluation record's figure reported after each epoch."""
 
 
@@ -67,15 +69,26 @@ class Search:
                 "direction": self.direction}
 
 
+def evaluated(config: Config) -> tuple[bool, bool]:
+    """What :func:`read_search` needs of the base configuration (with every override): whether it holds a validation
+    split out (``data.val_size`` > 0), and whether it then scores the test set at every evaluation too
+    (``train.test_every_epoch``). Read with defaults: a configuration from before those keys holds none out."""
+    held_out = (getattr(config.data, "val_size", 0) or 0) > 0
+    return held_out, held_out and bool(getattr(config.train, "test_every_epoch", False))
+
+
 def metric(search: Search) -> Metric:
     from cifarlab.analysis.metric import METRICS
 
     return METRICS[search.metric]
 
 
-def read_search(value: Any, where: str) -> Search:
-    """The ``search:`` mapping of a sweep file, checked: every problem is one :class:`UsageError` line."""
-    from cifarlab.analysis.metric import METRICS  # reads run files only; no torch
+def read_search(value: Any, where: str, held_out: bool = False, test_every_epoch: bool = False) -> Search:
+    """The ``search:`` mapping of a sweep file, checked: every problem is one :class:`UsageError` line. ``held_out``:
+    the base configuration holds a validation split out (``data.val_size`` > 0): the metric is ``val_acc`` unless
+    the file names one, and the test set is scored only after the last epoch (every epoch with
+    ``test_every_epoch``: ``train.test_every_epoch``)."""
+    from cifarlab.analysis.metric import DEFAULT, METRICS  # reads run files only; no torch
 
     where = f"{where}: search"
     if not isinstance(value, dict):
@@ -85,7 +98,10 @@ def read_search(value: Any, where: str) -> Search:
         raise UsageError(f"{where}: unknown key '{unknown[0]}'; keys: {', '.join(KEYS)}")
     space = read_space(value.get("space"), where)
     method = _one_of(value.get("method", "tpe"), METHODS, f"{where}: method")
-    metric = _one_of(value.get("metric", "final_acc"), tuple(METRICS), f"{where}: metric")
+    metric = _one_of(value.get("metric", "val_acc" if held_out else DEFAULT), tuple(METRICS), f"{where}: metric")
+    if METRICS[metric].split == "val" and not held_out:
+        raise UsageError(f"{where}: metric: {metric} reads the validation split, and the base configuration holds "
+                         f"none out; set data.val_size (e.g. data.val_size=5000 in overrides), or choose a test metric")
     direction = value.get("direction", "maximize" if METRICS[metric].higher_is_better else "minimize")
     _one_of(direction, ("maximize", "minimize"), f"{where}: direction")
     pruning = _one_of(str(value.get("pruning", "none")).lower() if value.get("pruning") is not False else "none",
@@ -93,6 +109,10 @@ def read_search(value: Any, where: str) -> Search:
     if pruning != "none" and metric not in EVALUATED:
         raise UsageError(f"{where}: pruning: {pruning} decides at each epoch's evaluation, and {metric} has no "
                          f"figure there; use pruning: none or a metric of {', '.join(EVALUATED)}")
+    if pruning != "none" and held_out and METRICS[metric].split == "test" and not test_every_epoch:
+        raise UsageError(f"{where}: pruning: {pruning} decides at each epoch's evaluation, and with data.val_size the "
+                         f"test set is scored only after the last epoch; choose on the validation split (metric: "
+                         f"val_acc), or set train.test_every_epoch=true")
     return Search(space, method, _count(value.get("trials", 20), f"{where}: trials"), metric,
                   direction == "maximize", _integer(value.get("seed", 0), f"{where}: seed"), pruning,
                   _confirm(value.get("confirm"), f"{where}: confirm"))

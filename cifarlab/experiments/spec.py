@@ -23,7 +23,7 @@ from cifarlab.config import SEED_LIMIT, Config, flatten, load_config, refuse_res
 from cifarlab.errors import UsageError
 from cifarlab.experiments.launching import check_launch, launch_list
 from cifarlab.experiments.record import Record, Trial, changes, check_same_sweep, match, read_record
-from cifarlab.experiments.space import Search, read_search
+from cifarlab.experiments.space import Search, evaluated, read_search
 from cifarlab.run.rundir import RunDir
 
 FILE_KEYS = ("name", "base", "overrides", "trials", "grid", "seeds", "search", "launch")
@@ -146,7 +146,7 @@ def read_sweep(path: str, overrides: Sequence[str] = (), launch: Sequence[str] =
     launch_options = (*launch_list(spec.get("launch", []), f"{where}: launch"),
                       *check_launch(launch, "launch options on the command line"))
     if "search" in spec:
-        search = _read_search(spec, where, base, common)
+        search = _read_search(spec, where, base, common, shared)
         return Sweep(name, source, base, common, launch_options, Path(shared.train.output_dir) / name, (),
                      search=search, swept=frozenset(param.key for param in search.space), trainer=trainer)
     drafts = tuple(Trial(i, folder, tuple(row)) for i, (folder, row) in enumerate(zip(_names(settings), settings)))
@@ -195,15 +195,16 @@ def _follow(sweep: Sweep, record: Record, configs: list[Config]) -> Sweep:
                                history=record, configs=dict(sorted(named.items())))
 
 
-def _read_search(spec: dict[str, Any], where: str, base: Optional[str], common: Sequence[str]) -> Search:
+def _read_search(spec: dict[str, Any], where: str, base: Optional[str], common: Sequence[str],
+                 shared: Config) -> Search:
     """The ``search:`` section, checked: alone (no trials, grid or seeds), its keys settable per trial and set
     nowhere else, and the config loading at each end of every range (a bad key or value fails before anything
-    runs)."""
+    runs). Its default metric follows ``shared``'s validation split (the base with every override: space.evaluated)."""
     for other in ("trials", "grid", "seeds"):
         if spec.get(other) is not None:
             raise UsageError(f"{where}: search samples the trials; remove {other}: (a search's winners are re-run on "
                              f"seeds by search: confirm:)")
-    search = read_search(spec["search"], where)
+    search = read_search(spec["search"], where, *evaluated(shared))
     for param in search.space:
         _check_key(param.key, f"{where}: search space")
         if param.key == SEED:

@@ -65,13 +65,14 @@ class EvalResult:
                                                   "logits": logits.detach().float().cpu()},
         )
 
-    def values(self) -> dict[str, Any]:
-        """The evaluation's metrics under their recorded names (see cifarlab.run.recorder)."""
-        values: dict[str, Any] = {"test/acc": self.accuracy}
+    def values(self, split: str = "test") -> dict[str, Any]:
+        """The evaluation's metrics under their recorded names, ``test/*`` or ``val/*`` as ``split`` says (see
+        cifarlab.run.recorder)."""
+        values: dict[str, Any] = {f"{split}/acc": self.accuracy}
         if self.top5 is not None:
-            values["test/acc_top5"] = self.top5
-        values.update({"test/loss": self.loss, "test/images": self.count})
-        values.update({f"test/acc/{name}": acc for name, acc in self.per_class.items()})
+            values[f"{split}/acc_top5"] = self.top5
+        values.update({f"{split}/loss": self.loss, f"{split}/images": self.count})
+        values.update({f"{split}/acc/{name}": acc for name, acc in self.per_class.items()})
         return values
 
 

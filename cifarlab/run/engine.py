@@ -332,10 +332,12 @@ class Learner:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
-    def evaluate(self, data: DataPath, tta: str) -> EvalResult:
-        """:func:`evaluate` of the evaluated model on the whole test set."""
+    def evaluate(self, data: DataPath, tta: str, split: str = "test") -> EvalResult:
+        """:func:`evaluate` of the evaluated model on the whole test set, or with ``split="val"`` the whole
+        validation split (data.val_size)."""
         self.sync_average()
-        return evaluate(self.evaluated, data.test_batches(), self.accelerator, data.classes, tta, self.memory_format)
+        batches = data.val_batches() if split == "val" else data.test_batches()
+        return evaluate(self.evaluated, batches, self.accelerator, data.classes, tta, self.memory_format)
 
 
 class LossGuard:

@@ -129,28 +129,44 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
-    out.log(f"done in {time.perf_counter() - started:.0f}s: best test accuracy {100 * state.best_accuracy:.2f} % "
-            f"(epoch {state.best_epoch}); weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
+    best = (f"best validation accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}), final test "
+            f"accuracy {100 * result.accuracy:.2f} %" if datasets.val is not None else
+            f"best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch})")
+    out.log(f"done in {time.perf_counter() - started:.0f}s: {best}; weights in {run_dir.weights}, checkpoints in "
+            f"{run_dir.checkpoints}")
     return run_dir.root
 
 
 def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: TrainState,
                    recorder: Recorder, stats: EpochStats, pruning: Optional[Pruning] = None) -> Optional[EvalResult]:
     """End the epoch ``state`` has just trained: evaluate and record it (every epoch, or with
-    train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone; a search's
-    trial reports the evaluation to its study, whose pruner may end the run here."""
-    if not (config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs):
+    train.eval_every_epoch=false only the last: a speed record's), or record its training figures alone; return
+    the test set's evaluation, where the test set was evaluated.
+
+    Every choice is made on the held-out validation split where there is one (data.val_size), else on the test set:
+    the best checkpoint, train.target_accuracy, and a search's pruner, to which a search's trial reports the figure.
+    With a split the test set is evaluated once, at the end: after the last epoch, or the epoch the run ends early
+    at (every epoch with train.test_every_epoch)."""
+    last = state.epoch + 1 == config.train.epochs
+    if not (config.train.eval_every_epoch or last):
         state.end_epoch(None)
         recorder.trained(state, stats)
         return None
-    result = learner.evaluate(datasets, config.train.tta)
-    state.end_epoch(result.accuracy)
-    recorder.evaluation(state, result, stats)
-    if state.reached(config.train.target_accuracy, result.accuracy):
+    chooser = "val" if datasets.val is not None else "test"
+    results = {chooser: learner.evaluate(datasets, config.train.tta, chooser)}
+    chosen = results[chooser]
+    state.end_epoch(chosen.accuracy)
+    reached = state.reached(config.train.target_accuracy, chosen.accuracy)
+    pruned = not reached and pruning is not None and pruning.stops(state, chosen.values(chooser),
+                                                                   config.train.epochs)
+    if chooser == "val" and (last or reached or pruned or config.train.test_every_epoch):
+        results["test"] = learner.evaluate(datasets, config.train.tta, "test")
+    recorder.evaluation(state, results, stats)
+    if reached:
         recorder.target(state)
-    elif pruning is not None and pruning.stops(state, result.values(), config.train.epochs):
+    elif pruned:
         recorder.pruned(state)
-    return result
+    return results.get("test")
 
 
 def build_learner(accelerator: Accelerator, config: Config, datasets: DataPath) -> tuple[engine.Learner, Pace]:

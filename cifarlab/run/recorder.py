@@ -8,7 +8,11 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
                                   classes), test/loss, test/images, test/acc/<class> (every class, also at
                                   100), train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds,
                                   train/epoch; with train.compile, in the first epoch a start trains:
-                                  train/compile_seconds (host seconds of the first compiled step)
+                                  train/compile_seconds (host seconds of the first compiled step).
+                                  With a validation split (data.val_size > 0): val/acc, val/acc_top5,
+                                  val/loss, val/images, val/acc/<class> every evaluation, and the test/*
+                                  figures only in the last one (the last epoch's, or the one a run ends
+                                  early at; every one with train.test_every_epoch)
     after an epoch not evaluated  train/epoch_loss, train/epoch_images_per_s, train/epoch_seconds, train/epoch
                                   (train.eval_every_epoch=false: only the last epoch is evaluated)
 
@@ -18,7 +22,8 @@ Names (the same in W&B, metrics.jsonl and the benchmarks that read it):
 
 metrics.jsonl holds one JSON object per record: ``step`` (the global step), ``time`` (unix seconds when it
 was recorded), ``elapsed_s`` (wall seconds of the run so far, over all its segments) and the values (NaN as
-null). An evaluation record is the one with ``test/acc``.
+null). An evaluation record is one with ``test/acc`` or ``val/acc``. The best checkpoint, ``best/accuracy`` (W&B
+summary) and train.target_accuracy go by ``val/acc`` where there is a validation split, else by ``test/acc``.
 
 At the end the recorder writes ``predictions.safetensors``: the final evaluated model's ``labels``,
 ``predictions`` (int64, one per test image in dataset order) and ``logits`` (float32), with metadata
@@ -81,7 +86,7 @@ class Recorder:
         self._window = torch.zeros((), device=accelerator.device)  # loss summed on the device: no sync per step
         self._window_steps, self._window_start = 0, time.perf_counter()
         self._bar: Optional[console.EpochBar] = None
-        self._previous: Optional[EvalResult] = None
+        self._previous: dict[str, EvalResult] = {}  # each split's last evaluation: the table shows the change
         self._clock = Stopwatch()  # the run's wall clock, from start()
 
     # --- start ----------------------------------------------------------------------------------------
@@ -142,16 +147,24 @@ class Recorder:
         self._window.zero_()
         self._window_steps, self._window_start = 0, time.perf_counter()
 
-    def evaluation(self, state: TrainState, result: EvalResult, stats: EpochStats) -> None:
-        """After each epoch's evaluation (``state`` already past the epoch)."""
-        self.record({"train/epoch": float(state.epoch), **result.values(), **stats.values()}, state.global_step)
-        self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.accuracy_summary(result)}", result,
-                            self._previous)
-        top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
+    def evaluation(self, state: TrainState, results: dict[str, EvalResult], stats: EpochStats) -> None:
+        """After each epoch's evaluation (``state`` already past the epoch). ``results``: each split evaluated, by its
+        recorded prefix: ``{"test": ...}`` without a validation split; with one ``{"val": ...}``, and ``"test"`` too
+        after the last epoch (or every epoch with train.test_every_epoch)."""
+        values: dict[str, Any] = {"train/epoch": float(state.epoch)}
+        for split, result in results.items():
+            values.update(result.values(split))
+        self.record({**values, **stats.values()}, state.global_step)
+        split, shown = list(results.items())[-1]  # the table of the test set where it was evaluated
+        self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.accuracy_summary(shown, split)}", shown,
+                            self._previous.get(split))
+        figures = "; ".join(f"{console.SPLITS[split]} accuracy {100 * result.accuracy:.2f} %"
+                            + (f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else "")
+                            for split, result in results.items())
         self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
-                     f"{stats.seconds:.1f}s; test accuracy {100 * result.accuracy:.2f} %{top5}")
+                     f"{stats.seconds:.1f}s; {figures}")
         self.tracker.summary({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
-        self._previous = result
+        self._previous.update(results)
 
     def trained(self, state: TrainState, stats: EpochStats) -> None:
         """After an epoch that is not evaluated (``train.eval_every_epoch=false``; ``state`` already past it)."""

@@ -58,7 +58,8 @@ class TrainState:
     global_step: int = 0
     """Training batches taken since the start of the run; the W&B step."""
     best_accuracy: float = 0.0
-    """Best test accuracy so far, as a fraction."""
+    """Best accuracy so far, as a fraction: on the validation split where there is one (data.val_size), else on
+    the test set; the best checkpoint is the epoch that reached it."""
     best_epoch: int = -1
     """Epoch (1-based) that reached best_accuracy; -1 before the first evaluation."""
     wandb_run_id: Optional[str] = None
