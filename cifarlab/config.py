@@ -75,19 +75,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         for key, size in (("train_size", self.train_size), ("test_size", self.test_size)):
             _require(size is None or size > 0, f"data.{key}={size} must be a positive integer or null (all)")
-        _require(self.val_size >= 0, f"data.val_size={self.val_size} must be >= 0 (0 = no validation split)")
         _require(0 <= self.val_seed < SEED_LIMIT, f"data.val_seed={self.val_seed} must be from 0 to {SEED_LIMIT - 1}")
         _require(self.image_size > 0, f"data.image_size={self.image_size} must be positive")
         for key, values in (("mean", self.mean), ("std", self.std)):
             _require(values is None or len(values) == 3, f"data.{key} needs 3 values (R, G, B) or null (the dataset's own)")
         _require(self.std is None or all(s > 0 for s in self.std), f"data.std={self.std} must be positive")
-        _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
-        _require(self.cutout >= 0, f"data.cutout={self.cutout} must be >= 0 (0 = off)")
+        for key, value, zero in (("num_workers", self.num_workers, ""), ("cutout", self.cutout, " (0 = off)"), ("val_size", self.val_size, " (0 = no validation split)")):
+            _require(value >= 0, f"data.{key}={value} must be >= 0{zero}")
         _require(self.num_classes is None or self.num_classes >= 2, f"data.num_classes={self.num_classes} must be 2 or more, or null")
         known = DATASET_CLASSES.get(self.name)
         _require(self.num_classes is None or known is None or self.num_classes == known,
-                 f"data.num_classes={self.num_classes} does not match data.name={self.name}, which has {known} "
-                 f"classes; set data.num_classes={known} or null")
+                 f"data.num_classes={self.num_classes} does not match data.name={self.name}, which has {known} classes; set data.num_classes={known} or null")
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) that images are normalised with: data.mean and data.std, each where null the dataset's
