@@ -9,12 +9,13 @@ settings (Welch's t on the runs, 2 or more a group; Holm-adjusted when there are
     python -m cifarlab.compare runs/sweep --plan 0.5                  # seeds per group to find 0.5 points
     python -m cifarlab.compare runs/my-search --png search.png        # a search's folder: its best trials
 
-Runs are grouped by the config keys in which they differ, except the seed and the keys that never change what a
-run computes (train.seed, train.run_name, train.output_dir, train.resume, train.allow_changes, train.cpu_threads,
-train.timeout_minutes, train.eval_every_epoch, data.root, data.download, data.num_workers, logging.*,
-checkpoint.*), or by the --by keys: a dotted config key, or env.<field> of environment.json (env.processes,
-env.mixed_precision). Only finished runs count; the others are listed. Copies of one measurement (same
-configuration and seed, or identical predictions) count once. The statistics and what they mean: docs/compare.md.
+Runs are grouped by the config keys in which they differ, except the seed and the keys that never change what a run
+computes (train.seed, train.run_name, train.output_dir, train.resume, train.allow_changes, train.cpu_threads,
+train.timeout_minutes, train.eval_every_epoch, train.test_every_epoch, data.root, data.download, data.num_workers,
+logging.*, checkpoint.*), or by the --by keys: a dotted config key, or env.<field> of environment.json
+(env.processes, env.mixed_precision). Only finished runs count; the others are listed. Copies of one measurement
+(same configuration and seed, or identical predictions) count once. The statistics and what they mean:
+docs/compare.md.
 A search's folder (a sweep file with search:) shows its completed trials best first by the search's metric and
 direction (--metric: by another), with their settings and each searched key's importance (Optuna's, when it is
 installed), and with --png the best-so-far curve and each searched setting against the metric (docs/sweeps.md).

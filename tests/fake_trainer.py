@@ -145,15 +145,21 @@ def train_loss(config: Config, step: int) -> float:
     return round(2.3 * math.exp(-step / (4 * steps_per_epoch(config) * config.train.epochs)) + 0.01, 6)
 
 
-def evaluation(config: Config, epoch: int, classes: tuple[str, ...]) -> dict[str, Any]:
-    """The evaluation record's test figures after ``epoch``."""
-    fraction = accuracy(config, epoch)
-    values: dict[str, Any] = {"test/acc": fraction, "test/loss": round(2.3 - 2 * fraction, 6),
-                              "test/images": test_images(config)}
+def evaluation(config: Config, epoch: int, classes: tuple[str, ...], split: str = "test") -> dict[str, Any]:
+    """The evaluation record's figures of ``split`` after ``epoch``: the test set's, or the validation split's
+    (data.val_size images, an accuracy a little off the test set's: other images)."""
+    fraction, images = accuracy(config, epoch), test_images(config)
+    if split == "val":
+        images = config.data.val_size
+        shifted = fraction + 0.04 * (_unit(identity(config), "val", config.train.seed, epoch) - 0.5)
+        fraction = round(min(max(shifted, 0.0), 1.0) * images) / images
+    values: dict[str, Any] = {f"{split}/acc": fraction, f"{split}/loss": round(2.3 - 2 * fraction, 6),
+                              f"{split}/images": images}
     if len(classes) > 5:
-        values["test/acc_top5"] = min(1.0, round(fraction + 0.3, 6))
+        values[f"{split}/acc_top5"] = min(1.0, round(fraction + 0.3, 6))
     spread = [(i - (len(classes) - 1) / 2) / len(classes) * 0.1 for i in range(len(classes))]
-    values.update({f"test/acc/{name}": round(min(max(fraction + d, 0.0), 1.0), 6) for name, d in zip(classes, spread)})
+    values.update({f"{split}/acc/{name}": round(min(max(fraction + d, 0.0), 1.0), 6)
+                   for name, d in zip(classes, spread)})
     return values
 
 
@@ -360,21 +366,32 @@ def end_epoch(config: Config, pace: Pace, state: TrainState, classes: tuple[str,
     seconds = max(state.training.read() - state.epoch_start_train_s, 1e-9)
     trained = {"train/epoch_loss": round(epoch_loss, 6), "train/epoch_seconds": round(seconds, 3),
                "train/epoch_images_per_s": round(pace.images_per_s(state.epoch_loss_batches, seconds), 1)}
-    evaluated = config.train.eval_every_epoch or state.epoch + 1 == config.train.epochs
-    figures = evaluation(config, state.epoch + 1, classes) if evaluated else {}
-    state.end_epoch(figures["test/acc"] if evaluated else None)
-    if not evaluated:
+    last = state.epoch + 1 == config.train.epochs
+    if not (config.train.eval_every_epoch or last):
+        state.end_epoch(None)
         record({"train/epoch": float(state.epoch), **trained}, state.global_step)
         out.log(f"epoch {state.epoch}: train loss {epoch_loss:.4f}; not evaluated (train.eval_every_epoch=false)")
         return
+    # As the real loop: every choice on the validation split where there is one, the test set scored at the end.
+    chooser = "val" if config.data.val_size else "test"
+    figures = evaluation(config, state.epoch + 1, classes, chooser)
+    chosen = figures[f"{chooser}/acc"]
+    state.end_epoch(chosen)
+    reached = state.reached(config.train.target_accuracy, chosen)
+    pruned = not reached and pruning is not None and pruning.stops(state, figures, config.train.epochs)
+    if chooser == "val" and (last or reached or pruned or config.train.test_every_epoch):
+        figures.update(evaluation(config, state.epoch, classes))
     record({"train/epoch": float(state.epoch), **figures, **trained}, state.global_step)
-    out.log(f"epoch {state.epoch}: train loss {epoch_loss:.4f}; test accuracy {100 * figures['test/acc']:.2f} %")
-    if state.reached(config.train.target_accuracy, figures["test/acc"]):
+    out.log(f"epoch {state.epoch}: train loss {epoch_loss:.4f}; " + "; ".join(
+        f"{name} accuracy {100 * figures[f'{split}/acc']:.2f} %" for split, name in (("val", "validation"),
+                                                                                     ("test", "test"))
+        if f"{split}/acc" in figures))
+    if reached:
         assert state.target is not None
         record(state.target, state.global_step)
         out.log(f"reached the target accuracy {100 * state.target['target/accuracy']:.2f} % at epoch {state.epoch} "
                 f"(step {state.global_step}); finishing the run")
-    elif pruning is not None and pruning.stops(state, figures, config.train.epochs):
+    elif pruned:
         assert state.pruned is not None
         record(state.pruned, state.global_step)
         out.log(f"pruned by the search at epoch {state.epoch} (step {state.global_step}): its pruner expects no "

@@ -409,7 +409,8 @@ def test_a_target_accuracy_needs_every_epoch_evaluated(tmp_path: Path) -> None:
 # --- a validation split (data.val_size): every choice on it, the test set touched once, at the end (issue 30) ------
 
 def _evaluated(run: RunDir) -> list[tuple[int, bool, bool]]:
-    return [(r["step"], "val/acc" in r, "test/acc" in r) for r in records(run.root) if "val/acc" in r or "test/acc" in r]
+    return [(r["step"], "val/acc" in r, "test/acc" in r) for r in records(run.root)
+            if "val/acc" in r or "test/acc" in r]
 
 
 def test_with_a_validation_split_every_choice_is_made_on_it_and_the_test_set_is_evaluated_at_the_end(

@@ -32,7 +32,7 @@ from cifarlab import compare
 from cifarlab import sweep as sweeps
 from cifarlab import train as trainer_command
 from cifarlab.analysis.sweepdir import SweepDir, trial_name
-from cifarlab.config import DataConfig, load_config, to_yaml
+from cifarlab.config import load_config, to_yaml
 from cifarlab.errors import UsageError
 from cifarlab.experiments import searching, space
 from cifarlab.experiments import study as study_module
@@ -523,10 +523,6 @@ def test_best_never_reads_a_confirmation_folder_holding_another_configurations_r
 
 # --- choosing on a validation split (issue 30) ----------------------------------------------------------------
 
-HOLDS_OUT = "val_size" in DataConfig.__dataclass_fields__
-"""Whether the config has data.val_size yet (its own branch adds it): the tests through a real base config need it."""
-
-
 @pytest.mark.unit
 def test_the_default_metric_follows_the_validation_split_and_pruning_its_figure() -> None:
     """A base that holds a validation split out chooses on it by default (val_acc) and prunes on val/acc; a
@@ -552,7 +548,6 @@ def test_the_default_metric_follows_the_validation_split_and_pruning_its_figure(
 
 
 @pytest.mark.unit
-@pytest.mark.skipif(not HOLDS_OUT, reason="needs data.val_size in the config (issue 30's data branch)")
 def test_a_search_file_takes_its_split_from_the_base_and_the_overrides(tmp_path: Path) -> None:
     file = write(tmp_path, {"space": SPACE})
     where = [f"train.output_dir={tmp_path / 'runs'}"]

@@ -156,6 +156,28 @@ def is_pruned_by_its_search(trainer: str, tmp_path: Path, capsys: pytest.Capture
     assert list(frozen.intermediate_values) == [1] and frozen.state.name == "RUNNING"
 
 
+def chooses_on_its_validation_split(trainer: str, tmp_path: Path, **_: Any) -> None:
+    """With data.val_size every evaluation record holds val/* (val/images: the held-out count), the last one test/*
+    too; the best (trainer_state.json's best_accuracy and best_epoch, which choose the real trainer's best/) is the
+    best val/acc; compare reads the split's figures. A target reached on the validation split ends the run with the
+    test set scored there."""
+    assert main(trainer, smoke(tmp_path, "run", *FAST, "data.val_size=40", "train.epochs=3")) == 0
+    run = RunDir(tmp_path / "runs" / "run")
+    evaluations = [record for record in records(run.root) if "val/acc" in record or "test/acc" in record]
+    assert [("val/acc" in r, "test/acc" in r, r.get("val/images")) for r in evaluations] == [
+        (True, False, 40), (True, False, 40), (True, True, 40)]
+    best = max(range(3), key=lambda i: (evaluations[i]["val/acc"], -i))
+    state = json.loads((run.step_checkpoints()[-1] / TRAINER_STATE).read_text())  # the fake keeps no best/
+    assert (state["best_epoch"], state["best_accuracy"]) == (best + 1, evaluations[best]["val/acc"])
+    found = read_run(run.root)
+    assert found.final_val_accuracy() == evaluations[-1]["val/acc"] and found.final_accuracy() == evaluations[-1][
+        "test/acc"]
+    assert main(trainer, smoke(tmp_path, "early", *FAST, "data.val_size=40", "train.epochs=3",
+                               "train.target_accuracy=0.01")) == 0
+    early = [record for record in records(tmp_path / "runs" / "early") if "val/acc" in record]
+    assert [("test/acc" in r, r["train/epoch"]) for r in early] == [(True, 1.0)]
+
+
 def stops_on_signals_and_goes_on_counting(trainer: str, tmp_path: Path, **_: Any) -> None:
     """Ctrl-C: a checkpoint of the step reached, exit 130; SIGTERM (what a sweep passes on): the same, exit 75; each
     start resumes from the newest checkpoint, and the finished run's records count every step once."""
@@ -217,6 +239,7 @@ ROWS: dict[str, tuple[Callable[..., None], bool]] = {
     "refuses a busy run directory": (refuses_a_busy_run_directory, True),
     "fails when the loss diverges": (fails_when_the_loss_diverges, True),
     "is pruned by its search": (is_pruned_by_its_search, True),
+    "chooses on its validation split": (chooses_on_its_validation_split, True),
     "stops on signals and goes on counting": (stops_on_signals_and_goes_on_counting, False),
     "stops when its parent dies": (stops_when_its_parent_dies, False),
 }

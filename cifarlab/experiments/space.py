@@ -72,9 +72,9 @@ class Search:
 def evaluated(config: Config) -> tuple[bool, bool]:
     """What :func:`read_search` needs of the base configuration (with every override): whether it holds a validation
     split out (``data.val_size`` > 0), and whether it then scores the test set at every evaluation too
-    (``train.test_every_epoch``). Read with defaults: a configuration from before those keys holds none out."""
-    held_out = (getattr(config.data, "val_size", 0) or 0) > 0
-    return held_out, held_out and bool(getattr(config.train, "test_every_epoch", False))
+    (``train.test_every_epoch``)."""
+    held_out = config.data.val_size > 0
+    return held_out, held_out and config.train.test_every_epoch
 
 
 def metric(search: Search) -> Metric:

@@ -132,7 +132,8 @@ def accuracy_summary(result: EvalResult, split: str = "test") -> str:
     """``test accuracy 61.20 % (10000 images), top-5 95.10 %, loss 1.1234`` (top-5 beyond 5 classes); ``split="val"``
     says ``validation accuracy``."""
     top5 = f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else ""
-    return f"{SPLITS[split]} accuracy {100 * result.accuracy:.2f} % ({result.count} images){top5}, loss {result.loss:.4f}"
+    return (f"{SPLITS[split]} accuracy {100 * result.accuracy:.2f} % ({result.count} images){top5}, "
+            f"loss {result.loss:.4f}")
 
 
 @dataclass

@@ -4,7 +4,8 @@ Layout under the run directory (names in :mod:`cifarlab.run.rundir`)::
 
     checkpoints/step_00001200/   model.safetensors, optimizer.bin, scheduler.bin, random_states_{rank}.pkl,
                                  trainer_state.json, [ema.safetensors,] manifest.json
-    checkpoints/best/            hard-linked copy of the epoch-end checkpoint with the best accuracy (validation split, else test set)
+    checkpoints/best/            hard-linked copy of the epoch-end checkpoint with the best accuracy (on the
+                                 validation split where there is one, else on the test set)
     checkpoints/latest           name of the newest complete checkpoint, updated last
 
 A save writes ``checkpoints/.tmp-step_N``, waits for every rank's files, fsyncs them, writes

@@ -129,12 +129,18 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
-    best = (f"best validation accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}), final test "
-            f"accuracy {100 * result.accuracy:.2f} %" if datasets.val is not None else
-            f"best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch})")
-    out.log(f"done in {time.perf_counter() - started:.0f}s: {best}; weights in {run_dir.weights}, checkpoints in "
-            f"{run_dir.checkpoints}")
+    out.log(f"done in {time.perf_counter() - started:.0f}s: {outcome(state, result, datasets.val is not None)}; "
+            f"weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
     return run_dir.root
+
+
+def outcome(state: TrainState, test: EvalResult, held_out: bool) -> str:
+    """What the run's last line says it reached: the best accuracy (by which the best checkpoint was chosen) and,
+    with a validation split, the final test accuracy beside it."""
+    if not held_out:
+        return f"best test accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch})"
+    return (f"best validation accuracy {100 * state.best_accuracy:.2f} % (epoch {state.best_epoch}), final test "
+            f"accuracy {100 * test.accuracy:.2f} %")
 
 
 def evaluate_epoch(config: Config, learner: engine.Learner, datasets: DataPath, state: TrainState,
