@@ -1104,3 +1104,18 @@ def test_a_study_of_another_space_in_the_folder_is_refused(tmp_path: Path) -> No
     more = read_sweep(str(write(tmp_path, {"space": SPACE, "trials": 40, "method": "random"})),
                       [f"train.output_dir={tmp_path / 'runs'}", "logging.wandb.mode=offline", "data.root=/elsewhere"])
     open_study(more)  # more trials, another sampler, W&B on, the data elsewhere: the same study goes on
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("file", ["search.yaml", "search-jpeg.yaml"])
+def test_the_search_examples_hold_out_5000_images_and_choose_on_them(file: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/sweeps/search*.yaml (issue 30): chosen and pruned on 5,000 held-out images; the same file with
+    data.val_size=0, as bench/search.py runs it beside, chooses on the test set as searches did before."""
+    monkeypatch.chdir(REPO)
+    sweep = read_sweep(f"configs/sweeps/{file}", [f"train.output_dir={tmp_path}"])
+    assert sweep.search is not None and sweep.search.metric == "val_acc"
+    assert "data.val_size=5000" in yaml.safe_load((REPO / "configs" / "sweeps" / file).read_text())["overrides"]
+    if file == "search-jpeg.yaml":  # its metric is the default, which follows the split
+        plain = read_sweep(f"configs/sweeps/{file}", [f"train.output_dir={tmp_path}", "data.val_size=0"])
+        assert plain.search is not None and plain.search.metric == "final_acc"
