@@ -88,7 +88,30 @@ def test_smoke_run_writes_everything_and_logs_per_class_to_wandb(tmp_path: Path)
     summary = read_summary(run_file)
     best = max(records, key=lambda r: r["test/acc"])
     assert (summary["best/accuracy"], summary["best/epoch"]) == (pytest.approx(best["test/acc"]), best["train/epoch"])
-    assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch"}
+    assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch", "val/*": "train/epoch"}
+
+
+def test_a_validation_split_is_the_same_on_one_and_two_processes_and_reaches_wandb_under_its_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 30: 37 validation images (the last global batch padded on 2 processes) give the same val/* figures on 1
+    and 2 processes; the test set is scored once, at the end; W&B holds val/* as metrics.jsonl does, charted against
+    the epoch, and its best/accuracy is the best validation accuracy."""
+    split = ("data.val_size=37", "train.eval_batch_size=8")
+    check(in_process(smoke(tmp_path, "one", *split, "logging.wandb.mode=offline"), capsys))
+    check(run_cli(smoke(tmp_path, "two", *split), tmp_path, processes=2))
+    one, two = (metrics(tmp_path / "runs" / name) for name in ("one", "two"))
+    assert [(m["val/images"], "test/acc" in m) for m in one] == [(37, False), (37, True)]
+    for first, second in zip(one, two, strict=True):
+        figures = [{k: v for k, v in m.items() if k.startswith(("val/", "test/")) and v is not None}
+                   for m in (first, second)]
+        assert figures[1] == pytest.approx(figures[0], abs=1e-6)
+    (run_file,) = find_run_files(tmp_path / "runs" / "one" / "wandb")
+    evals = [row for row in read_history(run_file) if "val/acc" in row]
+    assert [(row["_step"], "test/acc" in row) for row in evals] == [(8, False), (16, True)]
+    for row, record in zip(evals, one, strict=True):
+        assert (row["val/acc"], row["val/loss"]) == pytest.approx((record["val/acc"], record["val/loss"]))
+    assert read_summary(run_file)["best/accuracy"] == pytest.approx(max(m["val/acc"] for m in one))
+    assert read_metric_definitions(run_file) == {"train/epoch": "", "test/*": "train/epoch", "val/*": "train/epoch"}
 
 
 def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Path,

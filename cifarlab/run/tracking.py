@@ -145,7 +145,8 @@ def start(accelerator: Accelerator, config: Config, run: RunDir, run_id: str, en
     if live is None:  # a process other than the main one
         return Tracker()
     live.define_metric("train/epoch")
-    live.define_metric("test/*", step_metric="train/epoch")
+    for split in ("test", "val"):  # both evaluated splits charted against the epoch
+        live.define_metric(f"{split}/*", step_metric="train/epoch")
     tracker = WandbTracker(accelerator, live, run.wandb_step, logged, name)
     out.log(tracker.where())
     return tracker
