@@ -375,62 +375,6 @@ def to_yaml(config: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(literal(to_dict(config))))
 
 
-def differences(config: Config, base: Config) -> list[str]:
-    """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order."""
-    ours, theirs = flatten(to_dict(config)), flatten(to_dict(base))
-    return [f"{key}={shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
-
-
-VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
-            "train.timeout_minutes", "train.eval_every_epoch", "train.test_every_epoch", "data.root", "data.download",
-            "data.num_workers", "logging.", "checkpoint.")
-"""Keys (or section prefixes) that say where and how a run is started, where its data is read from, what it
-reports and when it saves, never what it computes: any start of a run may change them, unrecorded. Every other
-key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it; compare never splits groups
-by these keys, and counts runs of one identity once). README.md, docs/runs.md and docs/sweeps.md name exactly these
-keys (tests/test_compare.py checks)."""
-
-
-@dataclass(frozen=True)
-class RunChanges:
-    """How a start's config differs from its run's config.yaml: {key: (saved value, value now)} by kind."""
-
-    volatile: dict[str, tuple[Any, Any]]
-    """Keys in VOLATILE: never a change of the run."""
-    recorded: dict[str, tuple[Any, Any]]
-    """Allowed, and recorded in history.jsonl: train.epochs where nothing depends on it (optim.schedule=none);
-    with train.allow_changes=true, every change."""
-    refused: dict[str, tuple[Any, Any]]
-    """Another experiment: the start is refused."""
-
-
-def run_changes(saved: Config, now: Config) -> RunChanges:
-    """The identity rule for runs: how ``now`` differs from ``saved`` (the run's config.yaml), split into volatile,
-    recorded and refused differences. Normalisation left null (the dataset's own) equals the values written out."""
-    before, after = flatten(_resolved(saved)), flatten(_resolved(now))
-    volatile: dict[str, tuple[Any, Any]] = {}
-    recorded: dict[str, tuple[Any, Any]] = {}
-    refused: dict[str, tuple[Any, Any]] = {}
-    for key, value in after.items():
-        if before.get(key) == value:
-            continue
-        if key.startswith(VOLATILE):
-            kind = volatile
-        elif now.train.allow_changes or (key == "train.epochs" and saved.optim.schedule == "none"):
-            kind = recorded  # onecycle and cosine are stretched over all epochs: there more epochs change the course
-        else:
-            kind = refused
-        kind[key] = (before.get(key), value)
-    return RunChanges(volatile, recorded, refused)
-
-
-def _resolved(config: Config) -> dict[str, Any]:
-    """to_dict with data.mean/std resolved (null = the dataset's own): writing a default out is no change."""
-    tree = to_dict(config)
-    tree["data"]["mean"], tree["data"]["std"] = (list(values) for values in config.data.normalization())
-    return tree
-
-
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one dict of dotted keys (``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``)."""
     if not isinstance(node, dict) or not node:

@@ -11,7 +11,7 @@ What it keeps of the real trainer's outside contract (tests/test_trainer_contrac
 - the run directory and its lock (cifarlab.run.runlock itself): a second trainer on a busy run is refused (exit 2,
   one line, nothing written). ``train.resume`` as the real trainer takes it: null refuses a folder holding a run;
   ``auto`` continues from the newest intact checkpoint (a finished run: nothing to do, exit 0); a checkpoint folder
-  is resumed from. A config.yaml of another configuration is refused (cifarlab.config.run_changes), exit 2;
+  is resumed from. A config.yaml of another configuration is refused (cifarlab.identity.run_changes), exit 2;
 - config.yaml (by the first start, without train.resume), classes.json and metrics.jsonl: a step record every
   ``logging.every_n_steps`` steps (train/loss, train/lr, train/images_per_s, train/epoch), an evaluation record after
   each epoch (every epoch with ``train.eval_every_epoch``, else the last; test/acc, test/acc_top5 beyond 5 classes,
@@ -40,7 +40,7 @@ for a test to stop or kill a trial mid-run, short enough for dozens of trials a 
 Results: a deterministic function of the config and the seed (:func:`accuracy`), so confirmations, compare and
 --until-decided see real differences between settings and seed-to-seed noise: 60 % at optim.lr 0.05 and
 optim.weight_decay 5e-4, less 3 points per squared decade of optim.lr away from 0.05 and 1 point per squared decade
-of optim.weight_decay away from 5e-4; every other key of the run's identity (cifarlab.config.VOLATILE aside) moves
+of optim.weight_decay away from 5e-4; every other key of the run's identity (cifarlab.identity.VOLATILE aside) moves
 it by up to ±1 point; each seed by up to ±0.5 points; earlier epochs lower. Counted on ``data.test_size`` images
 (null: 10,000): a whole number of them is correct.
 
@@ -64,20 +64,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cifarlab import files
-from cifarlab.config import (
-    VOLATILE,
-    Config,
-    differences,
-    flatten,
-    load_config,
-    run_changes,
-    shown,
-    to_dict,
-    to_yaml,
-    with_run_name,
-)
+from cifarlab.config import Config, flatten, load_config, shown, to_dict, to_yaml, with_run_name
 from cifarlab.data.classes import config_classes
 from cifarlab.errors import RunFailed, UsageError
+from cifarlab.identity import VOLATILE, differences, run_changes
 from cifarlab.report import console
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.pruning import Pruning
@@ -114,7 +104,7 @@ left out of :func:`identity`, so a new key leaves every test's numbers as they w
 
 
 def identity(config: Config) -> dict[str, Any]:
-    """What the run computes (cifarlab.config.VOLATILE aside), less the seed, optim.lr and optim.weight_decay."""
+    """What the run computes (cifarlab.identity.VOLATILE aside), less the seed, optim.lr and optim.weight_decay."""
     tree = flatten(to_dict(config))
     skipped = ("train.seed", "optim.lr", "optim.weight_decay")
     return {key: value for key, value in tree.items() if not key.startswith(VOLATILE) and key not in skipped

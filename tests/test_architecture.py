@@ -1,7 +1,7 @@
 """The package's shape: every module imports, the import graph has no cycle, and each wing imports only the wings
 below it: commands -> experiments (running trials) -> analysis (judging finished runs) -> run -> report -> data,
-models -> the ground floor (config, config_errors, errors, files, interpolation). Imports inside functions and under
-TYPE_CHECKING count too: they are the same dependency, only later."""
+models -> the ground floor (config, config_errors, errors, files, identity, interpolation). Imports inside functions
+and under TYPE_CHECKING count too: they are the same dependency, only later."""
 
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ def modules() -> list[str]:
     return names
 
 
+GROUND = ("config", "config_docs", "config_errors", "errors", "files", "identity", "interpolation")
+
+
 def wing(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("config", "config_docs", "config_errors", "errors", "files", "interpolation"):
+    if len(parts) == 1 or parts[1] in GROUND:
         return "ground"
     return "commands" if parts[1] in COMMANDS else parts[1]
 

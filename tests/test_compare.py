@@ -21,7 +21,8 @@ from cifarlab import compare
 from cifarlab.analysis import comparison, rendering, repeats, results, stats
 from cifarlab.analysis.metric import METRICS
 from cifarlab.analysis.results import ResultsError
-from cifarlab.config import VOLATILE, load_config, to_yaml
+from cifarlab.config import load_config, to_yaml
+from cifarlab.identity import VOLATILE
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.unit
@@ -369,7 +370,7 @@ def test_by_environment_field_and_warnings_for_mixed_groups(tmp_path: Path,
 
 def test_keys_that_never_change_what_is_computed_do_not_split_groups(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    # Issue 27: compare split one configuration by keys config.VOLATILE lists (one list now).
+    # Issue 27: compare split one configuration by keys identity.VOLATILE lists (one list now).
     volatile = ["train.cpu_threads=2", "checkpoint.every_n_steps=5", "train.timeout_minutes=10",
                 "train.allow_changes=true", "data.download=false", "train.eval_every_epoch=false"]
     make_run(tmp_path, "plain", [0.5], seed=0)
@@ -1008,7 +1009,7 @@ def test_compares_help_names_every_ignored_key() -> None:
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/runs.md", "docs/sweeps.md"])
 def test_the_docs_name_exactly_the_volatile_keys(doc: str) -> None:
-    # Every list of 5 or more backticked keys that names train.run_name is config.VOLATILE, no key more or less, so
+    # Every list of 5 or more backticked keys that names train.run_name is identity.VOLATILE, no key more or less, so
     # the docs cannot drift from the one list again (compare's ignore list had).
     key = r"`[a-z_]+\.[a-z_.*]+`"
     text = (REPO / doc).read_text()

@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifarlab.config import (
-    Config,
-    ConfigError,
-    load_config,
-    run_changes,
-    to_dict,
-    to_yaml,
-)
+from cifarlab.config import Config, ConfigError, load_config, to_dict, to_yaml
 from cifarlab.config_docs import field_docs, reference_markdown
+from cifarlab.identity import run_changes
 
 from conftest import CONFIGS, error_lines, in_process, run_python
 

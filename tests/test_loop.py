@@ -146,7 +146,7 @@ def test_train_in_process_writes_the_run_and_restores_signal_handlers(tmp_path: 
         loop.train(config)
 
 
-# --- a run directory is its run: every start is held to its config.yaml (cifarlab.config.run_changes) ----------
+# --- a run directory is its run: every start is held to its config.yaml (cifarlab.identity.run_changes) ----------
 
 def _files(run: RunDir) -> dict[str, int]:
     """Each file under the run directory (the trainers' lock aside) and when it was last written."""

@@ -17,11 +17,12 @@ from PIL import Image
 from synthetic_cifar import CHECK, unchecked, write_cifar10
 from val_split_ranks import LOADERS, config, seen
 
-from cifarlab.config import ConfigError, DataConfig, load_config, run_changes
+from cifarlab.config import ConfigError, DataConfig, load_config
 from cifarlab.data import build_data
 from cifarlab.data.path import cut, subset_indices
 from cifarlab.data.validation import complement, digest, held_out, shares
 from cifarlab.errors import UsageError
+from cifarlab.identity import run_changes
 from cifarlab.run import engine
 from cifarlab.run.rundir import RunDir
 

@@ -19,12 +19,13 @@ from cifarlab.analysis import repeats, stats
 from cifarlab.analysis.confounds import ENV_PREFIX, environment_warnings
 from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.results import Predictions, Run
-from cifarlab.config import VOLATILE, shown
+from cifarlab.config import shown
 from cifarlab.errors import UsageError
+from cifarlab.identity import VOLATILE
 
 IGNORED: tuple[str, ...] = ("train.seed", *VOLATILE)
 """Config keys (or prefixes, ending in a dot) that never form groups by themselves: the seed, which is what repeats
-of one experiment vary, and the keys that never change what a run computes (cifarlab.config.VOLATILE: names,
+of one experiment vary, and the keys that never change what a run computes (cifarlab.identity.VOLATILE: names,
 folders, resumption, threads, logging, checkpoints, where the data lives). ``--by`` can still name them."""
 
 SIGNIFICANCE = stats.ALPHA

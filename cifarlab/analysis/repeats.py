@@ -2,7 +2,7 @@
 runs of one configuration with one seed (a run started twice by hand, a sweep's seeds 1 and 2 beside a search's
 confirmation on seeds 1 and 2) are the same measurement twice: counted twice they would halve its spread and double
 its weight. Two runs are one measurement when they have the same identity (every config key outside
-cifarlab.config.VOLATILE, ``train.seed`` included) or the same predictions.safetensors bytes (the same evaluation to
+cifarlab.identity.VOLATILE, ``train.seed`` included) or the same predictions.safetensors bytes (the same evaluation to
 the bit, whatever the configs say); the relation is closed over chains (a copy of a copy). Of each measurement the
 run first in path order counts; merging what was merged changes nothing.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarlab.analysis.results import Run
-from cifarlab.config import VOLATILE
+from cifarlab.identity import VOLATILE
 
 SAME_CONFIG = "same configuration and seed"
 SAME_PREDICTIONS = "identical predictions.safetensors"

@@ -19,8 +19,9 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from cifarlab.config import Config, flatten, load_config, run_changes, shown, to_dict
+from cifarlab.config import Config, flatten, load_config, shown, to_dict
 from cifarlab.errors import UsageError
+from cifarlab.identity import run_changes
 
 VERSION_KEYS = ("base", "overrides", "trials")
 """What makes a new version of the sweep file (the time and the file's path do not)."""
@@ -90,7 +91,7 @@ def read_record(path: Path) -> Optional[Record]:
 def check_same_sweep(record: Record, name: str, shared: Config, swept: Collection[str]) -> None:
     """Refuse a record of another sweep named ``name``: one whose base and overrides (its last version's) would
     train differently from the base and overrides now (``shared``, their config) in a key that is not ``swept``,
-    now or then. The trainer's identity rule decides what is another run (cifarlab.config.run_changes). Where
+    now or then. The trainer's identity rule decides what is another run (cifarlab.identity.run_changes). Where
     the record's base and overrides no longer load (its base moved away), nothing is compared: each trial's run
     directory is still checked before the trial runs."""
     last = record.versions[-1]
@@ -111,7 +112,7 @@ def check_same_sweep(record: Record, name: str, shared: Config, swept: Collectio
 
 def changes(saved: Config, now: Config, swept: Collection[str]) -> dict[str, tuple[Any, Any]]:
     """What makes ``now`` another trial than the run of ``saved``, ``{key: (saved value, value now)}`` in schema
-    order: what the trainer's resume rule refuses (cifarlab.config.run_changes), and any change of a ``swept`` key.
+    order: what the trainer's resume rule refuses (cifarlab.identity.run_changes), and any change of a ``swept`` key.
     The keys the grid, trials and seeds set are what tells one trial from another, so they are its identity even
     where a run may change them (data.root; anything under train.allow_changes=true): a finished run of another
     swept value is never this trial's. Every decision that a run directory is a trial's goes by this."""

@@ -44,7 +44,7 @@ def say(sweep: Sweep, message: str) -> None:
 
 def conflict(sweep: Sweep, trial: Trial) -> Optional[str]:
     """Why the trial's run directory holds a run the trial must not continue (a one-line reason), or None. The
-    trainer's own identity rule decides (cifarlab.config.run_changes): what it would refuse, the sweep refuses; and
+    trainer's own identity rule decides (cifarlab.identity.run_changes): what it would refuse, the sweep refuses; and
     a swept key is the trial's identity even where a run may change it (cifarlab.experiments.record.changes)."""
     run = sweep.run_dir(trial)
     if not run.config.is_file():

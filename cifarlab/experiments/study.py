@@ -30,12 +30,13 @@ from omegaconf import OmegaConf
 from cifarlab import files
 from cifarlab.analysis.results import read_run
 from cifarlab.analysis.sweepdir import SweepDir, trial_name
-from cifarlab.config import VOLATILE, load_config, refuse_resolvers, shown
+from cifarlab.config import load_config, refuse_resolvers, shown
 from cifarlab.errors import UsageError
 from cifarlab.experiments import space
 from cifarlab.experiments.record import Trial
 from cifarlab.experiments.runner import Feed, finished, say, write_whole
 from cifarlab.experiments.spec import Sweep, identity, setting
+from cifarlab.identity import VOLATILE
 from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir
 
@@ -140,7 +141,7 @@ def _same_search(sweep: Sweep, study: Any, path: Path) -> bool:
 
 def _experiment(sweep: Sweep) -> dict[str, Any]:
     """The base configuration (with the overrides) as the trainer's identity rule sees it: where the data lives,
-    logging and checkpointing aside (cifarlab.config.VOLATILE), so another host or W&B mode is the same search."""
+    logging and checkpointing aside (cifarlab.identity.VOLATILE), so another host or W&B mode is the same search."""
     settings = json.loads(identity(load_config(sweep.base, list(sweep.common))))
     return {key: value for key, value in settings.items() if not key.startswith(VOLATILE)}
 

@@ -23,17 +23,10 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
 from cifarlab import data, files, models
-from cifarlab.config import (
-    Config,
-    differences,
-    load_config,
-    run_changes,
-    shown,
-    to_yaml,
-    with_run_name,
-)
+from cifarlab.config import Config, load_config, shown, to_yaml, with_run_name
 from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
+from cifarlab.identity import differences, run_changes
 from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
@@ -271,7 +264,7 @@ class Resume:
 
 def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn: Callable[[str], None]) -> Resume:
     """Where this start continues from. A run directory with a config.yaml is that run: every start in it is held
-    to it first (cifarlab.config.run_changes), so it never trains over a finished run, nor continues or restarts a
+    to it first (cifarlab.identity.run_changes), so it never trains over a finished run, nor continues or restarts a
     run as another experiment (unless train.allow_changes).
 
     Decided on the main process (verifying a checkpoint reads all of it) and shared with the others.
