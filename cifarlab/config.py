@@ -130,14 +130,16 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    """Optimizer: sgd (with optim.momentum, optim.nesterov) or adamw (torch's AdamW, its default betas and eps)."""
     lr: float = 0.05
-    """SGD learning rate (the peak rate for the onecycle schedule)."""
+    """Learning rate (the peak rate for the onecycle schedule); AdamW usually wants a smaller one (e.g. 0.001-0.003)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD momentum (sgd only; adamw ignores it)."""
     nesterov: bool = True
-    """Use Nesterov momentum (needs momentum > 0)."""
+    """Use Nesterov momentum (sgd only, needs momentum > 0; adamw ignores it)."""
     weight_decay: float = 5e-4
-    """L2 weight decay applied by SGD."""
+    """Weight decay: L2 added to the gradient by sgd, decoupled (a shrink of the weights each step) by adamw."""
     label_smoothing: float = 0.0
     """CrossEntropyLoss label smoothing, in [0, 1)."""
     schedule: Literal["none", "cosine", "onecycle"] = "onecycle"

@@ -26,6 +26,11 @@ by these keys, and counts runs of one identity once). README.md, docs/runs.md an
 keys (tests/test_compare.py checks)."""
 
 
+FIXED = ("optim.name",)
+"""Keys no start of a run may change, not even with train.allow_changes: a checkpoint's optimizer state belongs to
+its optimizer (SGD's momentum buffers are no AdamW moments)."""
+
+
 @dataclass(frozen=True)
 class RunChanges:
     """How a start's config differs from its run's config.yaml: {key: (saved value, value now)} by kind."""
@@ -34,7 +39,7 @@ class RunChanges:
     """Keys in VOLATILE: never a change of the run."""
     recorded: dict[str, tuple[Any, Any]]
     """Allowed, and recorded in history.jsonl: train.epochs where nothing depends on it (optim.schedule=none);
-    with train.allow_changes=true, every change."""
+    with train.allow_changes=true, every change but those of :data:`FIXED`."""
     refused: dict[str, tuple[Any, Any]]
     """Another experiment: the start is refused."""
 
@@ -51,7 +56,8 @@ def run_changes(saved: Config, now: Config) -> RunChanges:
             continue
         if key.startswith(VOLATILE):
             kind = volatile
-        elif now.train.allow_changes or (key == "train.epochs" and saved.optim.schedule == "none"):
+        elif ((now.train.allow_changes and key not in FIXED)
+              or (key == "train.epochs" and saved.optim.schedule == "none")):
             kind = recorded  # onecycle and cosine are stretched over all epochs: there more epochs change the course
         else:
             kind = refused

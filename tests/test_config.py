@@ -35,7 +35,7 @@ def test_file_then_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; keys in 'optim': lr, momentum"),
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; keys in 'optim': name, lr, momentum"),
     (["optim.lr=fast"], "optim.lr: Value 'fast'"),
     (["data.name=imagenet"],
      "data.name: Invalid value 'imagenet', expected one of ['cifar10', 'cifar100', 'imagefolder', 'fake']"),
@@ -158,6 +158,9 @@ def test_one_identity_rule_splits_differences_into_volatile_recorded_and_refused
     allowed = run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"),
                                              ["train.tta=flip", "train.allow_changes=true"]))
     assert (allowed.recorded, allowed.refused) == ({"train.tta": ("none", "flip")}, {})
+    # Except another optimizer: the checkpoint's optimizer state is SGD's.
+    assert run_changes(saved, load_config(str(CONFIGS / "smoke.yaml"), ["optim.name=adamw", "train.allow_changes=true"]
+                                          )).refused == {"optim.name": ("sgd", "adamw")}
     # More epochs where nothing depends on their number: recorded without it.
     flat = load_config(str(CONFIGS / "smoke.yaml"), ["optim.schedule=none"])
     longer = run_changes(flat, load_config(str(CONFIGS / "smoke.yaml"), ["optim.schedule=none", "train.epochs=4"]))

@@ -45,6 +45,13 @@ def test_schedules() -> None:
     assert cycle[0] < 0.01 and cycle[-1] < 1e-4
 
 
+def test_adamw_is_torchs_with_its_default_betas_and_ignores_sgds_momentum() -> None:
+    optimizer = build_optimizer(OptimConfig(name="adamw", lr=0.003, weight_decay=0.05), torch.nn.Linear(2, 2))
+    assert type(optimizer) is torch.optim.AdamW
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (0.003, 0.05, (0.9, 0.999), 1e-8)
+
+
 def test_onecycle_keeps_the_configured_momentum() -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(OptimConfig(momentum=0.8, schedule="onecycle"), model)

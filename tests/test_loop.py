@@ -123,6 +123,23 @@ def test_an_epoch_records_checkpoints_and_stops_on_a_signal(tmp_path: Path) -> N
         assert torch.equal(a, b)
 
 
+def test_adamw_saves_its_moments_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    learner, data, pace, recorder, checkpointer, run = parts(tiny_config(tmp_path, "optim.name=adamw"))
+    assert isinstance(learner.optimizer.optimizer, torch.optim.AdamW)
+    state = TrainState()
+    with StopRequest(learner.accelerator, lambda message: None) as stop:
+        train_epoch(learner, data, pace, state, recorder, checkpointer, stop, no_nan(learner))  # saves step 2
+        resumed, data2, pace2, recorder2, checkpointer2, _ = parts(tiny_config(tmp_path / "again", "optim.name=adamw"))
+        state2 = checkpointer2.load(run.checkpoint(2), resumed.model)
+        assert state2.global_step == 2 and resumed.optimizer.state_dict()["state"][0]["step"] == 2
+        train_epoch(resumed, data2, pace2, state2, recorder2, checkpointer2, stop, no_nan(resumed))
+    assert state2.global_step == state.global_step == 4
+    for a, b in zip(resumed.model.state_dict().values(), learner.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    moments, again = learner.optimizer.state_dict()["state"][0], resumed.optimizer.state_dict()["state"][0]
+    assert torch.equal(moments["exp_avg_sq"], again["exp_avg_sq"])
+
+
 def test_evaluate_counts_every_test_image_once(tmp_path: Path) -> None:
     learner, data, *_ = parts(tiny_config(tmp_path, "data.test_size=23", "train.eval_batch_size=5"))
     result = engine.evaluate(learner.evaluated, data.test_batches(), learner.accelerator, data.classes, "flip")

@@ -161,7 +161,7 @@ def test_a_key_with_a_line_break_is_named_escaped_on_one_line(tmp_path: Path) ->
     preset.write_text('optim:\n  "a\\nb": 1\n')
     with pytest.raises(ConfigError) as raised:
         load_config(str(preset))
-    assert str(raised.value).startswith("unknown config key 'optim.a\\nb'; keys in 'optim': lr, momentum,")
+    assert str(raised.value).startswith("unknown config key 'optim.a\\nb'; keys in 'optim': name, lr, momentum,")
 
 
 def test_text_that_reads_as_an_interpolation_is_saved_escaped_and_reads_back(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, KwargsHandler, ProjectConfiguration
 from torch import nn
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cifarlab.config import Config, ModelConfig, OptimConfig
@@ -132,6 +132,9 @@ def check_batchnorm(config: ModelConfig, batch_size: int, processes: int, device
 
 
 def build_optimizer(config: OptimConfig, model: nn.Module) -> Optimizer:
+    """``optim.name``'s optimizer over all of ``model``'s parameters."""
+    if config.name == "adamw":
+        return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                weight_decay=config.weight_decay)
 

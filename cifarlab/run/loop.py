@@ -26,7 +26,7 @@ from cifarlab import data, files, models
 from cifarlab.config import Config, load_config, shown, to_yaml, with_run_name
 from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
-from cifarlab.identity import differences, run_changes
+from cifarlab.identity import FIXED, differences, run_changes
 from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
@@ -308,11 +308,12 @@ def _identity_changes(config: Config, run_dir: RunDir) -> dict[str, tuple[Any, A
                          f"or start a new one (new train.run_name)") from None
     compared = run_changes(saved, config)
     if compared.refused:
+        anyway = ("" if compared.refused.keys() & set(FIXED)
+                  else ", or pass train.allow_changes=true to record the changes and go on anyway")
         raise UsageError(f"run directory {run_dir.root} holds a run of another configuration; its config.yaml "
                          f"differs in: " + ", ".join(f"{key}={shown(new)} (was {shown(old)})"
                                                      for key, (old, new) in compared.refused.items())
-                         + "; use the run's own settings, start a new run (new train.run_name), or pass "
-                           "train.allow_changes=true to record the changes and go on anyway")
+                         + "; use the run's own settings, start a new run (new train.run_name)" + anyway)
     return compared.recorded
 
 
