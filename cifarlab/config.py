@@ -145,7 +145,7 @@ class OptimConfig:
     schedule: Literal["none", "cosine", "onecycle"] = "onecycle"
     """Learning-rate schedule over the whole run, stepped once per optimizer step."""
     warmup_epochs: float = 0.0
-    """Epochs of linear warmup to optim.lr (none/cosine); for onecycle its rising phase (0 = 25 % of the run)."""
+    """Epochs (fractions too) over which the learning rate rises from near 0 to optim.lr before the schedule goes on from there, any optimizer: linear for none and cosine (0 = no warm-up); onecycle's own rising phase (0 = its usual 25 % of the run)."""
     grad_clip: Optional[float] = None
     """Clip the gradient norm to this value; null = no clipping."""
 

@@ -52,6 +52,22 @@ def test_adamw_is_torchs_with_its_default_betas_and_ignores_sgds_momentum() -> N
     assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (0.003, 0.05, (0.9, 0.999), 1e-8)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
+def test_a_warm_up_rises_from_near_0_to_the_rate_then_the_schedule_goes_on(name: str, schedule: str) -> None:
+    lrs = _lrs(OptimConfig(name=name, lr=0.1, schedule=schedule, warmup_epochs=1.5))  # 15 of 40 steps
+    assert lrs[0] <= 0.1 * 0.1 and all(a < b for a, b in itertools.pairwise(lrs[:15]))
+    assert max(lrs) == pytest.approx(0.1) and lrs[14] == pytest.approx(0.1)
+    after = lrs[14:]
+    if schedule == "none":
+        assert all(lr == pytest.approx(0.1) for lr in after)
+    else:
+        assert all(a >= b for a, b in itertools.pairwise(after)) and after[-1] < 0.001
+    # A warm-up shorter than a step is its shortest, never onecycle's 25 % (which warmup_epochs=0 asks for).
+    short = _lrs(OptimConfig(name=name, lr=0.1, schedule=schedule, warmup_epochs=0.01))
+    assert short.index(max(short)) <= 1
+
+
 def test_onecycle_keeps_the_configured_momentum() -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(OptimConfig(momentum=0.8, schedule="onecycle"), model)

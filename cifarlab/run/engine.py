@@ -143,7 +143,8 @@ def build_scheduler(config: OptimConfig, optimizer: Optimizer, epochs: int, step
     """A schedule over ``epochs * steps_per_epoch`` optimizer steps (not batches: gradient
     accumulation takes several batches per step)."""
     total = epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    # At least one step when asked for any: a short warm-up must not round to none (onecycle: to its 25 %).
+    warmup = max(round(config.warmup_epochs * steps_per_epoch), 1) if config.warmup_epochs else 0
     if config.schedule == "onecycle":
         # Momentum stays at optim.momentum: OneCycleLR would otherwise cycle it between 0.85 and 0.95.
         rise = warmup / total if warmup else 0.25
