@@ -71,6 +71,10 @@ class DataConfig:
     """torchvision = decode and augment each image in workers; tensor = decode once (cached), keep in memory (on the GPU when there is one), augment batches there."""
     cutout: int = 0
     """Cutout: set a random square of this side (pixels) of each training image to the mean colour (after the crop and flip); 0 = off."""
+    mixup: float = 0.0
+    """MixUp: blend the training images of each pair (batch positions 2k, 2k+1) and their labels by a weight drawn from Beta(this, this), e.g. 0.2-0.8; 0 = off. With data.cutmix too, a seeded coin picks one per pair."""
+    cutmix: float = 0.0
+    """CutMix: paste a box of each pair's other image into each (its area weighting the labels), the area drawn from Beta(this, this), e.g. 1.0; 0 = off."""
 
     def __post_init__(self) -> None:
         for key, size in (("train_size", self.train_size), ("test_size", self.test_size)):
@@ -82,6 +86,8 @@ class DataConfig:
         _require(self.std is None or all(s > 0 for s in self.std), f"data.std={self.std} must be positive")
         for key, value, zero in (("num_workers", self.num_workers, ""), ("cutout", self.cutout, " (0 = off)"), ("val_size", self.val_size, " (0 = no validation split)")):
             _require(value >= 0, f"data.{key}={value} must be >= 0{zero}")
+        for key, alpha in (("mixup", self.mixup), ("cutmix", self.cutmix)):
+            _require(alpha >= 0, f"data.{key}={alpha} must be >= 0 (0 = off)")
         _require(self.num_classes is None or self.num_classes >= 2, f"data.num_classes={self.num_classes} must be 2 or more, or null")
         known = DATASET_CLASSES.get(self.name)
         _require(self.num_classes is None or known is None or self.num_classes == known,

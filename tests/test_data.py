@@ -203,7 +203,7 @@ def test_loaders_use_global_batches() -> None:
     data = build_data(config, seed=0)
     train, test = data.loaders(batch_size=32, eval_batch_size=4)
     assert len(train) == 2  # the partial batch is dropped: every step has 32 images
-    assert sum(len(labels) for _, labels in test) == 9
+    assert sum(len(labels) for _, labels, _ in test) == 9
     with pytest.raises(UsageError, match="train.batch_size=128 exceeds the 70 training images"):
         data.loaders(batch_size=128, eval_batch_size=4)
 
@@ -235,7 +235,7 @@ def test_persistent_workers_augment_each_epoch_as_in_process_loading_does() -> N
         seen = []
         for epoch in range(3):
             data.set_epoch(epoch)
-            seen.append(torch.cat([images for images, _ in loader]))
+            seen.append(torch.cat([images for images, *_ in loader]))
         return seen
 
     persistent, in_process = epochs(2), epochs(0)

@@ -135,6 +135,13 @@ def test_one_and_two_processes_agree_and_resume_mid_epoch_is_exact(tmp_path: Pat
     assert exact(crashed) == exact(full)
 
 
+def test_mixup_and_cutmix_train_the_same_on_one_and_two_processes_and_resume_exactly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Pairs of each global batch of 32 (16 a process), every pair's draws hashed from its sample indices.
+    assert_one_and_two_processes_agree_and_resume_exactly(tmp_path, capsys, "data.test_size=37", "data.mixup=0.4",
+                                                          "data.cutmix=1.0", "checkpoint.keep_last=100")
+
+
 def test_resume_with_gradient_accumulation_is_exact(tmp_path: Path) -> None:
     options = ("checkpoint.keep_last=100", "train.grad_accum_steps=2", "checkpoint.every_n_steps=6")
     full = train_here(tmp_path, "full", *options)

@@ -15,7 +15,8 @@ torchvision is imported only where it is used (its import pulls in torch._dynamo
 the tensor path reads an image folder, or any decoded cache, without it.
 
 This package's modules: ``path`` (the protocol), ``sources`` (where images come from), ``validation`` (which training
-images are held out for validation), ``tensors`` and ``images`` (the two implementations), ``classes`` (class names
+images are held out for validation), ``tensors`` and ``images`` (the two implementations), ``seeding`` (the hash that
+seeds the augmentations), ``mixing`` (MixUp/CutMix on either path's training batches), ``classes`` (class names
 and CIFAR-100's superclasses). Importing the package imports no
 torch: :func:`build_data` imports the path it builds.
 """

@@ -3,7 +3,7 @@ transforms in DataLoader workers, each sample under its own seeded generator."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
@@ -53,6 +53,11 @@ class SeededTransform(Dataset):
             # not yet initialised (about 1 ms a sample under a deep stack, e.g. pytest's).
             torch.default_generator.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF)
             return self.transform(image), int(label)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """A loader's batch, each sample with its index (collated third): MixUp/CutMix pair samples by index
+        (cifarlab.data.mixing), as the tensor path's batches do."""
+        return [(*self[index], index) for index in indices]
 
 
 class Cutout:

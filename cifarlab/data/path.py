@@ -16,11 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifarlab.config import DataConfig
 from cifarlab.data import validation
+from cifarlab.data.mixing import mix
 from cifarlab.data.sources import fingerprint
 from cifarlab.errors import UsageError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-"""(images, labels): normalised float images (N, 3, H, W) and integer labels, on the batch's device."""
+"""(images, labels): normalised float images (N, 3, H, W) and integer labels, on the batch's device; with MixUp or
+CutMix (data.mixup, data.cutmix) training batches carry soft targets (N, classes) instead of labels."""
 
 # Fixed seed for choosing data.train_size / data.test_size subsets: the subset is a property of
 # the data config, not of train.seed, so runs with different seeds see the same images.
@@ -169,8 +171,14 @@ class DataPath(ABC):
         if skip >= len(self._train_loader):  # a resume after the epoch's last batch: Accelerate 1.1's
             return  # skip_first_batches then yields one None batch instead of none (test_properties_data found it)
         loader = self._skip(self._train_loader, skip) if skip else self._train_loader
-        for batch in loader:
-            yield self.to_model(batch, train=True)
+        config = self.config
+        if not (config.mixup or config.cutmix):
+            for batch in loader:
+                yield self.to_model(batch, train=True)
+            return
+        for batch in loader:  # both paths' batches carry the sample indices third
+            images, labels = self.to_model(batch, train=True)
+            yield mix(images, labels, batch[2], self.seed, self.epoch, config.mixup, config.cutmix, len(self.classes))
 
     def test_batches(self) -> Iterator[Batch]:
         assert self._test_loader is not None, "prepare() first"

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from cifarlab import files
 from cifarlab.config import DataConfig
 from cifarlab.data.path import Batch, DataPath, Progress, cut, size, source_of, splits, spread
+from cifarlab.data.seeding import bits
 from cifarlab.data.sources import fingerprint, open_source
 from cifarlab.errors import UsageError
 
@@ -236,24 +237,6 @@ def _cache_file(config: DataConfig, split: str, key: str) -> Path:
 
 # --- batched augmentation ---------------------------------------------------------------------------
 
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _bits(seed: int, epoch: int, indices: torch.Tensor, stream: int) -> torch.Tensor:
-    """31 pseudo-random bits per sample from (seed, epoch, index, stream): splitmix64's finaliser on
-    int64 tensors (wrapping arithmetic, so CPU and GPU agree)."""
-    salt = _signed((((seed * 1_000_003 + epoch) * 4 + stream) * 0xBF58476D1CE4E5B9) % (1 << 64))
-    x = indices.to(torch.int64) * _GOLDEN + salt
-    x = (x ^ (x >> 30)) * _MIX1
-    x = (x ^ (x >> 27)) * _MIX2
-    x = x ^ (x >> 31)
-    return (x >> 16) & 0x7FFF_FFFF
-
-
 def flip_lr(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror the images where ``flip`` (bool, per sample) is set."""
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
@@ -276,11 +259,11 @@ def augment(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, 
     indices = indices.to(images.device)
     if mode == "flip_crop":
         span = 2 * _PAD + 1
-        dy = _bits(seed, epoch, indices, 1) % span - _PAD
-        dx = _bits(seed, epoch, indices, 2) % span - _PAD
+        dy = bits(seed, epoch, indices, 1) % span - _PAD
+        dx = bits(seed, epoch, indices, 2) % span - _PAD
         images = translate(images, dy, dx)
     if mode in ("flip", "flip_crop"):
-        images = flip_lr(images, _bits(seed, epoch, indices, 0) % 2 == 1)
+        images = flip_lr(images, bits(seed, epoch, indices, 0) % 2 == 1)
     return images
 
 
@@ -289,8 +272,8 @@ def cutout(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, s
     pixel drawn uniformly per sample and clipped at the border, as :class:`cifarlab.data.Cutout` does."""
     indices = indices.to(images.device)
     _, _, height, width = images.shape
-    top = (_bits(seed, epoch, indices, 3) % height - size // 2).view(-1, 1)
-    left = (_bits(seed, epoch, indices, 4) % width - size // 2).view(-1, 1)
+    top = (bits(seed, epoch, indices, 3) % height - size // 2).view(-1, 1)
+    left = (bits(seed, epoch, indices, 4) % width - size // 2).view(-1, 1)
     rows = torch.arange(height, device=images.device)
     cols = torch.arange(width, device=images.device)
     inside_rows = (rows >= top) & (rows < top + size)  # (batch, height)

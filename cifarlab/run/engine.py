@@ -83,7 +83,16 @@ def build_accelerator(config: Config, trackers: bool = False) -> Accelerator:
             raise UsageError(f"{key}={size} is the global batch and must divide by the {accelerator.num_processes} "
                              f"processes; use a multiple of {accelerator.num_processes}")
     check_batchnorm(config.model, batch_size, accelerator.num_processes, accelerator.device.type)
+    check_pairs(config.data.mixup or config.data.cutmix, batch_size, accelerator.num_processes)
     return accelerator
+
+
+def check_pairs(mixing: float, batch_size: int, processes: int) -> None:
+    """MixUp/CutMix mix batch positions 2k and 2k+1 (cifarlab.data.mixing): each process needs whole pairs."""
+    if mixing and (batch_size // processes) % 2:
+        raise UsageError(f"data.mixup and data.cutmix mix pairs of images: each process's share of "
+                         f"train.batch_size={batch_size} ({batch_size // processes}) must be even; use a multiple of "
+                         f"{2 * processes}")
 
 
 @contextlib.contextmanager
