@@ -167,9 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(sweep.count)
             return 0
         if args.list:
-            print("index\tstate\tname\toverrides")
-            for trial in listed:
-                print(f"{trial.index}\t{status(sweep, trial)}\t{trial.name}\t{' '.join(trial.settings)}")
+            console.print_columns(["index", "state", "name", "overrides"],
+                                  [[str(trial.index), status(sweep, trial), trial.name, " ".join(trial.settings)]
+                                   for trial in listed])
             return 0
         if not trials:  # --trial of a trial the file no longer lists (an array over the old and the new trials)
             print(f"sweep {sweep.name}: trial {args.trial} {listed[0].name} is no longer in {args.sweep}; "

@@ -40,6 +40,7 @@ from cifarlab.experiments.study import (
     reading,
     sampled_trial,
 )
+from cifarlab.report import console
 
 
 def main(sweep: Sweep, args: argparse.Namespace) -> int:
@@ -122,7 +123,8 @@ def show_listing(sweep: Sweep) -> None:
     assert sweep.search is not None
     with reading(sweep) as study:
         goal = objective(sweep)
-        print("\n".join(_listing(sweep, study, goal)), flush=True)
+        header, *rows = (line.split("\t") for line in _listing(sweep, study, goal))
+        console.print_columns(header, rows)
         found = insight.of_study(study, goal, sweep.search) if study is not None else insight.importances(goal, [])
         print("\n".join(insight.lines(found, goal)), file=sys.stderr)
 
