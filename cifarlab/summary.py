@@ -55,11 +55,12 @@ FORMULA = "output size: (W - F + 2P)/S + 1"
 def render(out: Console, model_name: str, input_size: Sequence[int], rows: list[LayerRow], total: Totals) -> None:
     """One table; where it would not fit the console (80 columns: resnet18's is 96 wide), the formulas move to a
     second table of the layers that have one, so no cell is wrapped or cut."""
-    table = _layer_table(f"{model_name} on a {'x'.join(map(str, input_size))} input", rows, with_formula=True)
+    title = f"{model_name} on a {'x'.join(map(str, input_size))} input"
+    table = _layer_table(title, rows, with_formula=True)
     if Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width:
         out.print(table)
     else:
-        out.print(_layer_table(table.title or "", rows, with_formula=False))
+        out.print(_layer_table(title, rows, with_formula=False))
         formulas = Table(title=f"{FORMULA} of the layers above that have one")
         formulas.add_column("layer", no_wrap=True)
         formulas.add_column("output size", no_wrap=True)
@@ -83,7 +84,8 @@ def _layer_table(title: str, rows: list[LayerRow], with_formula: bool) -> Table:
         table.add_column(FORMULA, no_wrap=True)
     for row in rows:
         params = f"{row.params:,}" if row.call == 1 else "shared"
-        table.add_row(_name(row), row.type, str(row.output_shape), params, *([row.formula or ""] if with_formula else []))
+        formula = [row.formula or ""] if with_formula else []
+        table.add_row(_name(row), row.type, str(row.output_shape), params, *formula)
     return table
 
 

@@ -20,6 +20,7 @@ from test_sweep import fake_run, spec, write
 
 from cifarlab.analysis.rendering import wrapped
 from cifarlab.experiments.spec import read_sweep
+
 from conftest import CONFIGS, cli_env
 
 COLUMNS = 80
@@ -116,4 +117,5 @@ def test_verdicts_wrap_at_spaces_and_keep_a_figure_with_its_name() -> None:
         lines = wrapped(text, width, "  ", "    ")
         assert " ".join(line.strip() for line in lines) == text
         assert all(len(line) <= width for line in lines)
-        assert any("p = 0.684," in line for line in lines) and any("the 5 %" in line or "5 % level" in line for line in lines)
+        assert any("p = 0.684," in line for line in lines)
+        assert any("the 5 %" in line or "5 % level" in line for line in lines)

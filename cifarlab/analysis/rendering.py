@@ -194,7 +194,7 @@ def _difference_table(report: Report, label: Label) -> Any:
     numbered, used = label is not _label, {_test(d) for d in report.differences}
     one_test = f"; {tests[used.pop()]}" if numbered and len(used) == 1 else ""
     table = Table(title=f"difference from {label(report, base).removesuffix(' (baseline)')}{points}{one_test}",
-                  **({"box": box.SIMPLE_HEAD, "pad_edge": False} if numbered else {}))
+                  box=box.SIMPLE_HEAD if numbered else box.HEAVY_HEAD, pad_edge=not numbered)
     adjusted = "p" if report.adjust == "none" else f"p ({report.adjust})"
     # The adjusted interval differs from the plain one only when several comparisons are adjusted together.
     several = report.adjust != "none" and sum(d.p is not None for d in report.differences) > 1
