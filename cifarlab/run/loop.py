@@ -101,7 +101,8 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     state.wall.start(started)  # on top of the time the run had spent before this start
     tracker = tracking.start(accelerator, config, run_dir, state.wandb_run_id or new_wandb_id, record,
                              continuing=resume_from is not None, out=out)
-    recorder = Recorder(accelerator, run_dir, out, pace, config.train.epochs, config.logging.every_n_steps, tracker)
+    recorder = Recorder(accelerator, run_dir, out, pace, config.train.epochs, config.logging.every_n_steps, tracker,
+                        config.logging.per_class_every_epoch)
     recorder.start(state)
     recorder.training_images(datasets, state)
 
@@ -118,6 +119,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- finish ---
     if result is None:  # resumed after the last evaluation (stopped while finishing): evaluate the model again
         result = learner.evaluate(datasets, config.train.tta)
+    recorder.final_table(result)
     recorder.final_pictures(datasets, functools.partial(learner.predict, tta=config.train.tta), state, result)
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
