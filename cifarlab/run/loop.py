@@ -26,7 +26,7 @@ from cifarlab import data, files, models
 from cifarlab.config import Config, load_config, shown, to_yaml, with_run_name
 from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
-from cifarlab.identity import differences, run_changes
+from cifarlab.identity import BOOKKEEPING, differences, run_changes
 from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
@@ -206,7 +206,7 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
         drop_torn_tail(run_dir.history, out.note)  # before a new line would continue it
         if resumed.changes:
             note_changes(run_dir, resumed.changes, state.global_step, out.log)
-    changed = differences(config, load_config(preset))
+    changed = differences(config, load_config(preset), leaving_out=BOOKKEEPING)
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run_dir.config}")
     out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
