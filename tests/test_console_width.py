@@ -119,3 +119,37 @@ def test_verdicts_wrap_at_spaces_and_keep_a_figure_with_its_name() -> None:
         assert all(len(line) <= width for line in lines)
         assert any("p = 0.684," in line for line in lines)
         assert any("the 5 %" in line or "5 % level" in line for line in lines)
+
+
+# --- paths as the user types them, hints that run as printed ------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_path_is_shown_relative_to_where_the_command_ran_when_under_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarlab.files import typed
+
+    monkeypatch.chdir(tmp_path)
+    assert typed(tmp_path / "runs" / "a") == typed("runs/a") == "runs/a"
+    assert typed(tmp_path) == "."
+    assert typed(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")  # not under it: absolute
+
+
+@pytest.mark.unit
+def test_the_confirmation_hint_of_a_search_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from cifarlab import compare
+    from cifarlab.analysis.metric import METRICS
+    from cifarlab.analysis.searchview import Objective, summary
+
+    folder = tmp_path / "runs" / "search"
+    for seed in range(2):
+        make_run(folder / "confirm", f"base-{seed}", [0.5], seed=seed)
+    monkeypatch.chdir(tmp_path)
+    hint = summary(folder, [], Objective(METRICS["final_acc"], True, None))[-1].split("fresh seeds: ")[1]
+    assert hint == "python -m cifarlab.compare runs/search/confirm"
+    words = shlex.split(hint)
+    assert words[:3] == ["python", "-m", "cifarlab.compare"] and compare.main(words[3:]) == 0
+    assert "by group" in capsys.readouterr().out

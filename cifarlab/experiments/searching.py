@@ -40,6 +40,7 @@ from cifarlab.experiments.study import (
     reading,
     sampled_trial,
 )
+from cifarlab.files import typed
 from cifarlab.report import console
 
 
@@ -54,7 +55,8 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
     search = sweep.search
     worker = f" (worker {args.trial})" if args.trial is not None else ""
     say(sweep, f"search{worker}: {search.trials} trials, {search.method}, {search.direction} {search.metric}, "
-               f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
+               f"pruning {search.pruning}, {args.parallel} at a time, in {typed(sweep.folder)}; "
+               f"{progress(sweep, study)}")
     code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
     failed = _count(study, "FAIL")
     if code in (0, 1) and failed >= search.trials > _count(study, "COMPLETE") + _count(study, "PRUNED"):

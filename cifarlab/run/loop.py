@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -73,8 +74,10 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     resumed = resume_point(accelerator, config, run_dir, out.warn)
     resume_from = resumed.checkpoint
     if resumed.finished:
-        out.log(f"run {run_dir.root} has already finished (final weights in {run_dir.weights}); nothing to do. Rerun "
-                f"the experiment as a new run with --config {run_dir.config} train.run_name=<new name>")
+        again = shlex.quote(files.typed(run_dir.config))
+        out.log(f"run {files.typed(run_dir.root)} has already finished (final weights in "
+                f"{files.typed(run_dir.weights)}); nothing to do. Rerun the experiment as a new run with --config "
+                f"{again} train.run_name=<new name>")
         return run_dir.root
 
     # --- build: data, model, optimizer, prepared for the launch ---
@@ -125,7 +128,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
     out.log(f"done in {time.perf_counter() - started:.0f}s: {outcome(state, result, datasets.val is not None)}; "
-            f"weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
+            f"weights in {files.typed(run_dir.weights)}, checkpoints in {files.typed(run_dir.checkpoints)}")
     return run_dir.root
 
 
@@ -208,9 +211,10 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
             note_changes(run_dir, resumed.changes, state.global_step, out.log)
     changed = differences(config, load_config(preset), leaving_out=BOOKKEEPING)
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
-            + f"; resolved config in {run_dir.config}")
-    out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training "
+            + f"; resolved config in {files.typed(run_dir.config)}")
+    out.log(f"run directory {files.typed(run_dir.root)}; {accelerator.num_processes} process(es) on "
+            f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}; {size(datasets.train)} "
+            f"training "
             + (f"({size(datasets.val)} held out for validation, data.val_seed={config.data.val_seed}) "
                if datasets.val is not None else "") + f"and {size(datasets.test)} test images")
     return record
