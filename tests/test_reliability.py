@@ -118,9 +118,9 @@ def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path
     _wait_gone(trainers)
     run = RunDir(tmp_path / "runs" / name)
     # Under a launcher the command leaves its options to the user.
+    config = run.config.relative_to(tmp_path)  # the trainer ran in tmp_path: its paths are relative to it
     step = int(launched.wait_for(r"stopped on SIGTERM at step (\d+): checkpoint \S+ saved; continue with accelerate "
-                                 rf"launch <launch options> -m cifarlab.train --config {run.config.relative_to(tmp_path)} "
-                                 r"train.resume=auto",
+                                 rf"launch <launch options> -m cifarlab.train --config {config} train.resume=auto",
                                  timeout=30).group(1))
     assert run.latest.read_text() == f"step_{step:08d}" and problem(run.checkpoint(step)) is None
     if processes == 1:  # the resumed run (in this process) ends exactly where the uninterrupted one did
