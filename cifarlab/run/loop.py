@@ -74,10 +74,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     resumed = resume_point(accelerator, config, run_dir, out.warn)
     resume_from = resumed.checkpoint
     if resumed.finished:
-        again = shlex.quote(files.typed(run_dir.config))
-        out.log(f"run {files.typed(run_dir.root)} has already finished (final weights in "
-                f"{files.typed(run_dir.weights)}); nothing to do. Rerun the experiment as a new run with --config "
-                f"{again} train.run_name=<new name>")
+        out.log(finished_line(run_dir))
         return run_dir.root
 
     # --- build: data, model, optimizer, prepared for the launch ---
@@ -130,6 +127,13 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     out.log(f"done in {time.perf_counter() - started:.0f}s: {outcome(state, result, datasets.val is not None)}; "
             f"weights in {files.typed(run_dir.weights)}, checkpoints in {files.typed(run_dir.checkpoints)}")
     return run_dir.root
+
+
+def finished_line(run_dir: RunDir) -> str:
+    """What a start of a finished run says: nothing to do, and how to run the experiment again."""
+    config = shlex.quote(files.typed(run_dir.config))
+    return (f"run {files.typed(run_dir.root)} has already finished (final weights in {files.typed(run_dir.weights)});"
+            f" nothing to do. Rerun the experiment as a new run with --config {config} train.run_name=<new name>")
 
 
 def outcome(state: TrainState, test: EvalResult, held_out: bool) -> str:
