@@ -268,6 +268,8 @@ class LoggingConfig:
     """Log the running training loss every this many steps."""
     level: Literal["info", "warning"] = "info"
     """Console output: info = config, progress, tables and summary; warning = warnings and errors only (--quiet)."""
+    per_class_every_epoch: bool = False
+    """Print the per-class accuracy table after every evaluation, not only at the end of the run."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases settings."""
 

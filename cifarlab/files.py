@@ -37,6 +37,16 @@ TEMPORARY = ".tmp-"
 """The prefix of every temporary file and folder cifarlab writes (then renames into place, or removes)."""
 
 
+def typed(path: PathLike) -> str:
+    """``path`` as the user should type it where the command ran: relative to the current directory when under it,
+    else absolute; every path a command shows (a hint's path runs as printed; quote it for the shell with shlex)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(os.getcwd()))
+    except ValueError:
+        return str(absolute)
+
+
 def umask() -> int:
     """The process's umask, read without changing it where Linux tells it (``os.umask`` sets it to read it)."""
     try:

@@ -10,10 +10,12 @@ from typing import Any
 from cifarlab.config import Config, flatten, shown, to_dict
 
 
-def differences(config: Config, base: Config) -> list[str]:
-    """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order."""
+def differences(config: Config, base: Config, leaving_out: tuple[str, ...] = ()) -> list[str]:
+    """``key=value`` for each leaf of ``config`` that differs from ``base`` (e.g. its preset), in schema order, less
+    the keys (or section prefixes) ``leaving_out`` (e.g. :data:`BOOKKEEPING`)."""
     ours, theirs = flatten(to_dict(config)), flatten(to_dict(base))
-    return [f"{key}={shown(value)}" for key, value in ours.items() if theirs.get(key) != value]
+    return [f"{key}={shown(value)}" for key, value in ours.items()
+            if theirs.get(key) != value and not (leaving_out and key.startswith(leaving_out))]
 
 
 VOLATILE = ("train.run_name", "train.output_dir", "train.resume", "train.allow_changes", "train.cpu_threads",
@@ -24,6 +26,11 @@ reports and when it saves, never what it computes: any start of a run may change
 key is the run's identity (cifarlab.run.loop and the sweep hold a run directory to it; compare never splits groups
 by these keys, and counts runs of one identity once). README.md, docs/runs.md and docs/sweeps.md name exactly these
 keys (tests/test_compare.py checks)."""
+
+BOOKKEEPING = ("train.output_dir", "train.run_name", "train.resume", "logging.wandb.group", "logging.wandb.tags")
+"""Volatile keys that say where a run goes and how W&B files it, which a sweep sets for each of its trials: the
+trainer's ``config:`` line leaves them out (its run directory and W&B lines say where the run went), so that a
+trial's line names only the settings it trains with beyond its preset."""
 
 
 FIXED = ("optim.name",)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from cifarlab import models
@@ -48,19 +49,44 @@ def summarize(config: Config) -> tuple[list[LayerRow], Totals, tuple[int, ...]]:
     return rows, totals(model), input_size
 
 
+FORMULA = "output size: (W - F + 2P)/S + 1"
+
+
 def render(out: Console, model_name: str, input_size: Sequence[int], rows: list[LayerRow], total: Totals) -> None:
-    table = Table(title=f"{model_name} on a {'x'.join(map(str, input_size))} input")
-    table.add_column("layer")
-    table.add_column("type")
-    table.add_column("output shape")
-    table.add_column("params", justify="right")
-    table.add_column("output size: (W - F + 2P)/S + 1")
-    for row in rows:
-        name = row.name if row.call == 1 else f"{row.name} (call {row.call})"
-        params = f"{row.params:,}" if row.call == 1 else "shared"
-        table.add_row(name, row.type, str(row.output_shape), params, row.formula or "")
-    out.print(table)
+    """One table; where it would not fit the console (80 columns: resnet18's is 96 wide), the formulas move to a
+    second table of the layers that have one, so no cell is wrapped or cut."""
+    title = f"{model_name} on a {'x'.join(map(str, input_size))} input"
+    table = _layer_table(title, rows, with_formula=True)
+    if Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width:
+        out.print(table)
+    else:
+        out.print(_layer_table(title, rows, with_formula=False))
+        formulas = Table(title=f"{FORMULA} of the layers above that have one")
+        formulas.add_column("layer", no_wrap=True)
+        formulas.add_column("output size", no_wrap=True)
+        for row in rows:
+            if row.formula:
+                formulas.add_row(_name(row), row.formula)
+        out.print(formulas)
     out.print(f"parameters: {total.parameters:,}\ntrainable: {total.trainable:,}\ntensors: {total.tensors}")
+
+
+def _name(row: LayerRow) -> str:
+    return row.name if row.call == 1 else f"{row.name} (call {row.call})"
+
+
+def _layer_table(title: str, rows: list[LayerRow], with_formula: bool) -> Table:
+    table = Table(title=title)
+    for column in ("layer", "type", "output shape"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    if with_formula:
+        table.add_column(FORMULA, no_wrap=True)
+    for row in rows:
+        params = f"{row.params:,}" if row.call == 1 else "shared"
+        formula = [row.formula or ""] if with_formula else []
+        table.add_row(_name(row), row.type, str(row.output_shape), params, *formula)
+    return table
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

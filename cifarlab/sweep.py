@@ -54,6 +54,7 @@ from cifarlab.experiments import searching, sequential
 from cifarlab.experiments.runner import Runner, status, write_record
 from cifarlab.experiments.sequential import Plan
 from cifarlab.experiments.spec import TRAINER, read_sweep
+from cifarlab.files import typed
 from cifarlab.report import console, figures
 
 # --- the command line -----------------------------------------------------------------------------------------
@@ -143,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sweep = read_sweep(args.sweep, args.overrides, launch, trainer=args.trainer)
         if args.png is not None and sweep.search is None:
             raise UsageError(f"--png: {args.sweep} has no search: section; compare draws a sweep's runs: "
-                             f"python -m cifarlab.compare {sweep.folder} --png {args.png}")
+                             + shlex.join(["python", "-m", "cifarlab.compare", typed(sweep.folder), "--png",
+                                           typed(args.png)]))
         if sweep.search is not None and args.list:
             if args.png is not None:
                 for written in searching.search_pictures(sweep, args.png):
@@ -167,9 +169,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(sweep.count)
             return 0
         if args.list:
-            print("index\tstate\tname\toverrides")
-            for trial in listed:
-                print(f"{trial.index}\t{status(sweep, trial)}\t{trial.name}\t{' '.join(trial.settings)}")
+            console.print_columns(["index", "state", "name", "overrides"],
+                                  [[str(trial.index), status(sweep, trial), trial.name, " ".join(trial.settings)]
+                                   for trial in listed])
             return 0
         if not trials:  # --trial of a trial the file no longer lists (an array over the old and the new trials)
             print(f"sweep {sweep.name}: trial {args.trial} {listed[0].name} is no longer in {args.sweep}; "
@@ -183,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as error:
         console.error(str(error))
         return error.exit_code
-    print(f"sweep {sweep.name}: {len(trials)} of {len(sweep.trials)} trial(s) in {sweep.folder}, "
+    print(f"sweep {sweep.name}: {len(trials)} of {len(sweep.trials)} trial(s) in {typed(sweep.folder)}, "
           f"{min(args.parallel, len(trials))} at a time", flush=True)
     return Runner(sweep, min(args.parallel, len(trials))).run(trials)
 

@@ -67,7 +67,7 @@ from cifarlab import files
 from cifarlab.config import Config, flatten, load_config, shown, to_dict, to_yaml, with_run_name
 from cifarlab.data.classes import config_classes
 from cifarlab.errors import RunFailed, UsageError
-from cifarlab.identity import VOLATILE, differences, run_changes
+from cifarlab.identity import BOOKKEEPING, VOLATILE, differences, run_changes
 from cifarlab.report import console
 from cifarlab.run.preemption import StopRequest
 from cifarlab.run.pruning import Pruning
@@ -293,7 +293,7 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
                      f"the file is rewritten without it")
         kept = [line for line, record in zip(written.lines, written.records) if record["step"] <= state.global_step]
         files.write_whole(run.metrics, "".join(f"{line}\n" for line in kept))
-    changed = differences(config, load_config(preset))
+    changed = differences(config, load_config(preset), leaving_out=BOOKKEEPING)
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
             + f"; resolved config in {run.config}")
     out.log(f"run directory {run.root}; 1 process(es) on cpu (tests/fake_trainer.py: nothing is trained)")

@@ -1,5 +1,5 @@
-"""What a person sees: one progress bar and table per epoch in a 2-process run, plain lines off a
-terminal, nothing but warnings with --quiet; tables that stay readable at 100 classes."""
+"""What a person sees: one progress bar and line per epoch and one table at the end in a 2-process run, plain lines
+off a terminal, nothing but warnings with --quiet; tables that stay readable at 100 classes."""
 
 from __future__ import annotations
 
@@ -83,13 +83,43 @@ def test_many_classes_without_superclasses_show_the_best_and_worst(capsys: pytes
     assert "most confused pairs of 30 classes" in pairs and "class00" in pairs and "class01" in pairs
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("every_epoch", [False, True])
+def test_each_epoch_is_one_line_and_the_per_class_table_comes_at_the_end(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], every_epoch: bool) -> None:
+    """Each figure once an epoch, on one line; the per-class table (with the change since the evaluation before)
+    once, at the end, unless logging.per_class_every_epoch asks for it after every evaluation."""
+    from accelerate import Accelerator
+
+    from cifarlab.report.metrics import EpochStats
+    from cifarlab.run.recorder import Recorder
+    from cifarlab.run.rundir import RunDir
+    from cifarlab.run.state import Pace, TrainState
+
+    recorder = Recorder(Accelerator(cpu=True), RunDir(tmp_path), Console(True), Pace(16, 4), 2, 50,
+                        per_class_every_epoch=every_epoch)
+    classes = fake_classes(10)
+    first, second = _result(classes, {0: 1}), _result(classes, {0: 3, 1: 2})
+    for epoch, result in enumerate((first, second), start=1):
+        recorder.evaluation(TrainState(epoch=epoch, global_step=4 * epoch), {"test": result},
+                            EpochStats(2.0, 4, 1.0, 64.0))
+    recorder.final_table(second)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "epoch 2/2: train loss" in line]
+    assert len(lines) == 1 and lines[0].count(accuracy_summary(second)) == 1 and out.count("test accuracy 12.50") == 1
+    assert out.count("┏") == (2 if every_epoch else 1) and out.count("change") == 1
+    assert ("test accuracy per class at the end of the run" in out) is not every_epoch
+
+
 @pytest.mark.integration
 def test_two_process_run_prints_once_in_plain_lines_off_a_terminal(tmp_path: Path) -> None:
     result = check(run_cli(smoke(tmp_path, "plain"), tmp_path, processes=2))
     out = result.stdout
     assert out.count("resolved config") == 1 and out.count("done in") == 1
-    assert out.count("┏") == 2  # one per-class table per epoch, from the main process only
-    assert out.count("change") == 1  # the second table shows the change since the first
+    assert out.count("┏") == 1  # one per-class table, at the end, from the main process only
+    assert out.count("change") == 1  # it shows the change since the evaluation before
+    assert all(sum(f"epoch {epoch}/2: train loss" in line and line.count("test accuracy") == 1
+                   for line in out.splitlines()) == 1 for epoch in (1, 2))
     assert "epoch 1 step 4/8 loss" in out  # periodic plain lines instead of a bar
     assert "\r" not in out and "\x1b[" not in out  # no control characters in logs
 
@@ -104,7 +134,7 @@ def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path: Path) -> None:
     out = result.stdout
     assert "8/8" in out and "epoch 1/2" in out and "epoch 2/2" in out  # the bars, run to the end
     assert "epoch 1 step 4/8 loss" not in out  # the bar replaces the plain lines
-    assert out.count("┏") == 2 and out.count("done in") == 1
+    assert out.count("┏") == 1 and out.count("done in") == 1
 
 
 @pytest.mark.integration

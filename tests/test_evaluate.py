@@ -38,7 +38,7 @@ def test_evaluate_reports_the_final_accuracy_and_writes_a_png(run_dir: Path, tmp
     assert accuracy == pytest.approx(100 * final["test/acc"], abs=0.01)
     top5 = re.search(r"\(100 images\), top-5 ([\d.]+) %", result.stdout)
     assert top5 and float(top5.group(1)) == pytest.approx(100 * final["test/acc_top5"], abs=0.01)
-    assert "confusion matrix (rows: true class, columns: predicted)" in result.stdout
+    assert "confusion matrix (rows: true class; columns: predicted, by the row's number)" in result.stdout
     assert all(name in result.stdout for name in ("airplane", "truck"))
     with Image.open(png) as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 400

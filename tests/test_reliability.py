@@ -118,8 +118,9 @@ def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path
     _wait_gone(trainers)
     run = RunDir(tmp_path / "runs" / name)
     # Under a launcher the command leaves its options to the user.
+    config = run.config.relative_to(tmp_path)  # the trainer ran in tmp_path: its paths are relative to it
     step = int(launched.wait_for(r"stopped on SIGTERM at step (\d+): checkpoint \S+ saved; continue with accelerate "
-                                 rf"launch <launch options> -m cifarlab.train --config {run.config} train.resume=auto",
+                                 rf"launch <launch options> -m cifarlab.train --config {config} train.resume=auto",
                                  timeout=30).group(1))
     assert run.latest.read_text() == f"step_{step:08d}" and problem(run.checkpoint(step)) is None
     if processes == 1:  # the resumed run (in this process) ends exactly where the uninterrupted one did
@@ -130,7 +131,7 @@ def test_a_trainer_stops_with_a_checkpoint_when_its_launcher_dies(tmp_path: Path
 # --- 3. Ctrl-C -----------------------------------------------------------------------------------------------
 
 def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(
-        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     run = Background(_python(tmp_path, "ctrlc", *SMALL, "logging.wandb.mode=offline"), tmp_path, tmp_path / "c.log")
     run.wait_for(r"epoch 1 step 6/16")
     os.killpg(run.process.pid, signal.SIGINT)  # what a terminal sends to the foreground process group
@@ -143,6 +144,7 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_continue_and_marks_the_wandb_run(
     (segment,) = find_run_files(tmp_path / "runs" / "ctrlc" / "wandb")
     (exit_record,) = [r["exit"] for r in read_records(segment) if r["type"] == "exit"]
     assert exit_record.get("exit_code") == 130  # not "finished (exit code 0)"
+    monkeypatch.chdir(tmp_path)  # where the command ran: its paths are relative to it
     check(in_process(arguments, capsys))  # the printed command continues the run
     assert_same_weights(reference / "model.safetensors", tmp_path / "runs" / "ctrlc" / "model.safetensors")
     assert step > 0

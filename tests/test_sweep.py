@@ -1106,3 +1106,24 @@ def test_an_array_task_stopped_by_the_time_limit_warning_requeues_and_finishes(s
     assert "resumed from" in log and FAKE_TRAINER in log
     listed = subprocess.run([*SWEEP, *arguments, "--list"], capture_output=True, text=True, check=True)
     assert [line.split("\t")[1] for line in listed.stdout.splitlines()[1:]] == ["finished", "finished"]
+
+
+@pytest.mark.unit
+def test_a_trials_config_line_names_only_what_it_trains_with_beyond_its_preset(tmp_path: Path) -> None:
+    """The trainer's ``config:`` line (cifarlab.run.loop.start_run_directory) leaves out the keys a sweep sets for its
+    bookkeeping (where the run goes, resuming, W&B's group and tags): a trial names its settings and the sweep's
+    (logging.wandb.mode among them: the user's choice)."""
+    from cifarlab.identity import BOOKKEEPING, differences
+
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1]))
+    sweep = read_sweep(str(file), [f"train.output_dir={tmp_path / 'runs'}"])
+    trial = sweep.trials[3]
+    config = load_config(sweep.base, sweep.overrides(trial))
+    base = load_config(sweep.base)
+    shown = differences(config, base, leaving_out=BOOKKEEPING)
+    assert shown == differences(load_config(sweep.base, [*SMALL, *trial.settings]), base)
+    assert "optim.lr=0.05" in shown and "train.seed=1" in shown and "logging.wandb.mode=disabled" in shown
+    assert not any(item.startswith(("train.output_dir=", "train.run_name=", "train.resume=", "logging.wandb.group",
+                                    "logging.wandb.tags"))
+                   for item in shown)
+    assert {"train.run_name=lr=0.05-seed=1", "train.resume=auto"} <= set(differences(config, base))  # as before

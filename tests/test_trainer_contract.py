@@ -193,7 +193,8 @@ def stops_on_signals_and_goes_on_counting(trainer: str, tmp_path: Path, **_: Any
         started.signal(signum)
         assert started.finish() == code, started.output()[-3000:]
         step = int(started.wait_for(rf"stopped on {signum.name} at step (\d+): checkpoint \S+ saved; continue with "
-                                    rf"python -m cifarlab.train --config {run.config} train.resume=auto").group(1))
+                                    rf"python -m cifarlab.train --config {run.config.relative_to(tmp_path)} "
+                                    r"train.resume=auto").group(1))
         assert step > last and checkpoint_step(run) == step and problem(run.checkpoint(step)) is None
         assert not run.finished()
         last = step

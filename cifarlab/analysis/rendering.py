@@ -5,6 +5,9 @@ per-class bars; matplotlib, cifarlab.report.figures)."""
 from __future__ import annotations
 
 import math
+import re
+import textwrap
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis import stats
@@ -91,71 +94,117 @@ def _sides(d: Difference) -> int:
 
 
 def render(report: Report, per_class: bool, width: Optional[int], plan: Optional[Plan] = None) -> None:
+    """The tables, then the verdicts (wrapped at spaces, never inside ``p = 0.684``). Where a table with the groups'
+    labels would not fit the console (80 columns: a label of two overrides), every table names each group by its
+    number instead (``#2``), and one line a group above them gives each number's whole label."""
     from rich.console import Console
+    from rich.measure import Measurement
 
     out = Console(highlight=False, markup=False, width=width)
-    out.print(_group_table(report))
-    if any(g.spread for g in report.groups):
-        out.print(_spread_table(report))
+    tables = _tables(report, per_class, _label)
+    if any(Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width for table in tables):
+        out.print("groups by number:")
+        for i, g in enumerate(report.groups, start=1):
+            for line in wrapped(_label(report, g), out.width, f"  #{i} ", "      "):
+                out.print(line)
+        numbers = {id(g): f"#{i}" for i, g in enumerate(report.groups, start=1)}
+        tables = _tables(report, per_class, lambda _, g: numbers[id(g)])
+    for table in tables[:-1] if per_class else tables:
+        out.print(table)
     if report.differences:
-        out.print(_difference_table(report))
         out.print("verdicts:")
         for d in report.differences:
-            out.print(f"  {d.verdict}")
+            for line in wrapped(d.verdict, out.width, "  ", "    "):
+                out.print(line)
     if plan is not None:
         for line in plan_lines(report, plan):
             out.print(line)
     if per_class:
-        out.print(_class_table(report))
+        out.print(tables[-1])
 
 
-def _group_table(report: Report) -> Any:
+Label = Callable[[Report, GroupResult], str]
+
+
+def _label(report: Report, g: GroupResult) -> str:
+    return f"{g.group.label} (baseline)" if g is report.groups[report.baseline] else g.group.label
+
+
+def _tables(report: Report, per_class: bool, label: Label) -> list[Any]:
+    """The group table, the spread table (where a group has a spread), the difference table (where there are
+    differences) and with ``per_class`` the per-class table, last."""
+    tables = [_group_table(report, label)]
+    tables += [_spread_table(report, label)] if any(g.spread for g in report.groups) else []
+    tables += [_difference_table(report, label)] if report.differences else []
+    return tables + ([_class_table(report, label)] if per_class else [])
+
+
+# A figure and its name or unit stay on one line: "p = 0.684", "5 % level".
+_GLUED = re.compile(r" (?==)|(?<==) | (?=%)")
+
+
+def wrapped(text: str, width: int, first: str, rest: str) -> list[str]:
+    """``text`` in lines of at most ``width`` columns, broken only at spaces and never inside a figure with its name
+    or unit (a word longer than a line stays whole)."""
+    lines = textwrap.wrap(_GLUED.sub("\u00a0", text), width, initial_indent=first, subsequent_indent=rest,
+                          break_long_words=False, break_on_hyphens=False)
+    return [line.replace("\u00a0", " ") for line in lines]
+
+
+def _group_table(report: Report, label: Label) -> Any:
     from rich.table import Table
 
-    metric, base = report.metric, report.groups[report.baseline]
+    metric = report.metric
+    numbered = label is not _label  # the group column holds the numbers then: no "#" column to repeat them
     table = Table(title=f"{metric.title} by group")
-    table.add_column("#", justify="right")
-    table.add_column("group")
+    if not numbered:
+        table.add_column("#", justify="right")
+    table.add_column("group", no_wrap=True)
     for name in ("n", "mean", "std", "95 % CI"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for i, g in enumerate(report.groups, start=1):
-        label = f"{g.group.label} (baseline)" if g is base else g.group.label
         std = "n<2" if g.summary.std is None else _number(metric, g.summary.std)
-        table.add_row(str(i), label, str(g.summary.n), _number(metric, g.summary.mean), std,
-                      _span(metric, g.summary.ci95, runs=g.summary.n))
+        table.add_row(*([] if numbered else [str(i)]), label(report, g), str(g.summary.n),
+                      _number(metric, g.summary.mean), std, _span(metric, g.summary.ci95, runs=g.summary.n))
     return table
 
 
-def _spread_table(report: Report) -> Any:
+def _spread_table(report: Report, label: Label) -> Any:
     from rich.table import Table
 
     metric = report.metric
     table = Table(title=f"run-to-run spread: {metric.sample} sampling alone vs seed luck (std)")
     for name in ("group", "std", metric.sample.replace("-", " "), "share", "seed luck"):
-        table.add_column(name, justify="left" if name == "group" else "right")
+        table.add_column(name, justify="left" if name == "group" else "right", no_wrap=True)
     for g in report.groups:
         if g.spread is not None:
-            table.add_row(g.group.label, _number(metric, g.summary.std), _number(metric, g.spread.test_set_std),
+            table.add_row(label(report, g), _number(metric, g.summary.std), _number(metric, g.spread.test_set_std),
                           f"{100 * g.spread.explained:.0f} %", _number(metric, g.spread.seed_std))
     return table
 
 
-def _difference_table(report: Report) -> Any:
+def _difference_table(report: Report, label: Label) -> Any:
+    from rich import box
     from rich.table import Table
 
     metric, base = report.metric, report.groups[report.baseline]
     points = " (points)" if metric.unit == "%" else ""
-    table = Table(title=f"difference from {base.group.label}{points}")
+    tests = {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}
+    # Numbered groups mean a narrow console: no borders, and one test for every row named in the title.
+    numbered, used = label is not _label, {_test(d) for d in report.differences}
+    one_test = f"; {tests[used.pop()]}" if numbered and len(used) == 1 else ""
+    table = Table(title=f"difference from {label(report, base).removesuffix(' (baseline)')}{points}{one_test}",
+                  box=box.SIMPLE_HEAD if numbered else box.HEAVY_HEAD, pad_edge=not numbered)
     adjusted = "p" if report.adjust == "none" else f"p ({report.adjust})"
     # The adjusted interval differs from the plain one only when several comparisons are adjusted together.
     several = report.adjust != "none" and sum(d.p is not None for d in report.differences) > 1
-    for name in ("group", "difference", "95 % CI (Welch)", "test", "p", adjusted,
+    for name in ("group", "difference", "95 % CI (Welch)", *([] if one_test else ["test"]), "p", adjusted,
                  *([f"CI ({report.adjust})"] if several else [])):
-        table.add_column(name, justify="left" if name in ("group", "test") else "right")
+        table.add_column(name, justify="left" if name in ("group", "test") else "right", no_wrap=True)
     for d in report.differences:
-        cells = [d.group.group.label, _number(metric, d.diff, sign=True),
+        cells = [label(report, d.group), _number(metric, d.diff, sign=True),
                  _span(metric, d.welch.ci95 if d.welch else None, sign=True, runs=_sides(d)),
-                 {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}[_test(d)],
+                 *([] if one_test else [tests[_test(d)]]),
                  "-" if d.p is None else f"{d.p:.3g}", "-" if d.p_adjusted is None else f"{d.p_adjusted:.3g}"]
         if several:
             cells.append("none: p on the threshold" if d.ci_withheld
@@ -178,13 +227,13 @@ def plan_lines(report: Report, plan: Plan) -> list[str]:
     return lines
 
 
-def _class_table(report: Report) -> Any:
+def _class_table(report: Report, label: Label) -> Any:
     from rich.table import Table
 
     table = Table(title="final accuracy per class (%; change from the baseline in points)")
-    table.add_column("class")
+    table.add_column("class", no_wrap=True)
     for g in report.groups:
-        table.add_column(g.group.label, justify="right")
+        table.add_column(label(report, g).removesuffix(" (baseline)"), justify="right", no_wrap=True)
     base = report.groups[report.baseline]
     for name in base.per_class:
         cells = []

@@ -6,6 +6,7 @@ trials overstates its score (the winner's curse): the table says where the confi
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -16,6 +17,7 @@ from cifarlab.analysis.rendering import _number
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 from cifarlab.report import figures
 
 if TYPE_CHECKING:
@@ -103,11 +105,12 @@ def ranked(trials: list[SearchTrial], goal: Objective) -> list[SearchTrial]:
 
 def summary(folder: Path, trials: list[SearchTrial], goal: Objective) -> list[str]:
     pruned = [t for t in trials if t.state.startswith("pruned")]
-    lines = [f"search {folder}: {len(trials)} trials: {len(ranked(trials, goal))} complete, {len(pruned)} pruned, "
-             f"{sum(t.state == 'unfinished' for t in trials)} unfinished"]
+    lines = [f"search {typed(folder)}: {len(trials)} trials: {len(ranked(trials, goal))} complete, {len(pruned)} "
+             f"pruned, {sum(t.state == 'unfinished' for t in trials)} unfinished"]
     confirm = SweepDir(folder).confirmation.root
-    lines.append(f"the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
-                 f"{'cifarlab.compare ' + str(confirm) if confirm.is_dir() else 'add search: confirm: to the file'}")
+    lines.append("the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
+                 + (shlex.join(["python", "-m", "cifarlab.compare", typed(confirm)]) if confirm.is_dir()
+                    else "add search: confirm: to the file"))
     return lines
 
 

@@ -17,6 +17,7 @@ from cifarlab.analysis.comparison import SIGNIFICANCE, Difference, Report
 from cifarlab.analysis.metric import DEFAULT, Metric
 from cifarlab.analysis.sweepdir import CONFIRMATION, SweepDir
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 
 SPLIT_NAMES = {"test": "the test set", "val": "the validation split"}
 
@@ -54,9 +55,9 @@ def selection_note(judged: Metric, searches: Iterable[Path]) -> Optional[str]:
             continue
         fix = ("hold out a validation split (data.val_size) for the search to choose on, and judge on the test set"
                if chose.split == "test" else f"judge them on the test set (--metric {chose.on_test})")
-        return (f"these runs were chosen by the search {folder} on {SPLIT_NAMES[chose.split]} ({chose.name}), and "
-                f"{judged.name} judges them on it too: the winner's figure is optimistic (chosen on the same images); "
-                f"{fix}")
+        return (f"these runs were chosen by the search {typed(folder)} on {SPLIT_NAMES[chose.split]} ({chose.name}), "
+                f"and {judged.name} judges them on it too: the winner's figure is optimistic (chosen on the same "
+                f"images); {fix}")
     return None
 
 
@@ -106,7 +107,7 @@ def outcome_line(report: Report, chooser: Metric, folder: Path) -> str:
             return f"the winner ({label}) beat the base on fresh seeds {where}: {shown}"
         return f"the base beat the winner ({label}) on fresh seeds {where}: {shown}"
     delta = max(round(abs(found.diff) * metric.scale, metric.digits), 10.0 ** -metric.digits)
-    command = shlex.join(["python", "-m", "cifarlab.compare", str(folder), "--plan", f"{delta:g}",
+    command = shlex.join(["python", "-m", "cifarlab.compare", typed(folder), "--plan", f"{delta:g}",
                           *(["--metric", metric.name] if metric.name != DEFAULT else [])])
     return (f"no significant difference {where} between the winner ({label}) and the base ({shown}): the base is as "
             f"good; --plan says how many seeds would tell them apart: {command}")

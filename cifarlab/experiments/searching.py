@@ -40,6 +40,8 @@ from cifarlab.experiments.study import (
     reading,
     sampled_trial,
 )
+from cifarlab.files import typed
+from cifarlab.report import console
 
 
 def main(sweep: Sweep, args: argparse.Namespace) -> int:
@@ -53,7 +55,8 @@ def main(sweep: Sweep, args: argparse.Namespace) -> int:
     search = sweep.search
     worker = f" (worker {args.trial})" if args.trial is not None else ""
     say(sweep, f"search{worker}: {search.trials} trials, {search.method}, {search.direction} {search.metric}, "
-               f"pruning {search.pruning}, {args.parallel} at a time, in {sweep.folder}; {progress(sweep, study)}")
+               f"pruning {search.pruning}, {args.parallel} at a time, in {typed(sweep.folder)}; "
+               f"{progress(sweep, study)}")
     code = Runner(sweep, args.parallel).run(StudyFeed(sweep, study))
     failed = _count(study, "FAIL")
     if code in (0, 1) and failed >= search.trials > _count(study, "COMPLETE") + _count(study, "PRUNED"):
@@ -122,7 +125,8 @@ def show_listing(sweep: Sweep) -> None:
     assert sweep.search is not None
     with reading(sweep) as study:
         goal = objective(sweep)
-        print("\n".join(_listing(sweep, study, goal)), flush=True)
+        header, *rows = (line.split("\t") for line in _listing(sweep, study, goal))
+        console.print_columns(header, rows)
         found = insight.of_study(study, goal, sweep.search) if study is not None else insight.importances(goal, [])
         print("\n".join(insight.lines(found, goal)), file=sys.stderr)
 

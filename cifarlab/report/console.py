@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from rich import box
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -102,22 +103,37 @@ class Console:
         self._rich.print(table)
 
     def confusion_table(self, result: EvalResult) -> None:
-        """Rows: true class; columns: predicted class (names cut to 5 letters to fit a terminal). Beyond
-        :data:`FULL_TABLE` classes, the most-confused pairs instead (the whole matrix: a training run's W&B
-        test/confusion_matrix, or predictions.safetensors)."""
+        """Rows: true class, each named whole and numbered; columns: predicted class, headed by that number (a whole
+        name in every column would not fit 80 columns). Beyond :data:`FULL_TABLE` classes, the most-confused pairs
+        instead (the whole matrix: a training run's W&B test/confusion_matrix, or predictions.safetensors)."""
         if self._rich is None:
             return
         names = list(result.per_class)
         if len(names) > FULL_TABLE:
             self._rich.print(_pairs_table(result, names))
             return
-        table = Table(title="confusion matrix (rows: true class, columns: predicted)")
-        table.add_column("")
-        for name in names:
-            table.add_column(name[:5], justify="right")
-        for name, row in zip(names, result.confusion):
-            table.add_row(name, *[str(count) for count in row])
+        table = Table(title="confusion matrix (rows: true class; columns: predicted, by the row's number)",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("true class", no_wrap=True)
+        for number in range(len(names)):
+            table.add_column(str(number), justify="right", no_wrap=True)
+        for number, (name, row) in enumerate(zip(names, result.confusion)):
+            table.add_row(f"{number} {name}", *[str(count) for count in row])
         self._rich.print(table)
+
+
+def print_columns(header: list[str], rows: list[list[str]]) -> None:
+    """A listing on stdout: on a terminal, aligned columns that fit it (the last column wraps at its spaces); piped,
+    one tab-separated line a row with the header first, for cut, grep and scripts."""
+    if not sys.stdout.isatty():
+        print("\n".join("\t".join(cells) for cells in [header, *rows]), flush=True)
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for number, name in enumerate(header):
+        table.add_column(name, no_wrap=number < len(header) - 1, overflow="fold")
+    for cells in rows:
+        table.add_row(*cells)
+    RichConsole(highlight=False, markup=False).print(table)
 
 
 _BEST_WORST = 5  # rows each for the best and the worst classes, without superclasses

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from cifarlab import data, files, models
 from cifarlab.config import Config, load_config, shown, to_yaml, with_run_name
 from cifarlab.data.path import DataPath, size
 from cifarlab.errors import UsageError
-from cifarlab.identity import FIXED, differences, run_changes
+from cifarlab.identity import BOOKKEEPING, FIXED, differences, run_changes
 from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
 from cifarlab.run import checkpoint, engine, environment, preemption, tracking
@@ -73,8 +74,7 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     resumed = resume_point(accelerator, config, run_dir, out.warn)
     resume_from = resumed.checkpoint
     if resumed.finished:
-        out.log(f"run {run_dir.root} has already finished (final weights in {run_dir.weights}); nothing to do. Rerun "
-                f"the experiment as a new run with --config {run_dir.config} train.run_name=<new name>")
+        out.log(finished_line(run_dir))
         return run_dir.root
 
     # --- build: data, model, optimizer, prepared for the launch ---
@@ -101,7 +101,8 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     state.wall.start(started)  # on top of the time the run had spent before this start
     tracker = tracking.start(accelerator, config, run_dir, state.wandb_run_id or new_wandb_id, record,
                              continuing=resume_from is not None, out=out)
-    recorder = Recorder(accelerator, run_dir, out, pace, config.train.epochs, config.logging.every_n_steps, tracker)
+    recorder = Recorder(accelerator, run_dir, out, pace, config.train.epochs, config.logging.every_n_steps, tracker,
+                        config.logging.per_class_every_epoch)
     recorder.start(state)
     recorder.training_images(datasets, state)
 
@@ -118,13 +119,21 @@ def run(accelerator: Accelerator, config: Config, run_dir: RunDir, new_wandb_id:
     # --- finish ---
     if result is None:  # resumed after the last evaluation (stopped while finishing): evaluate the model again
         result = learner.evaluate(datasets, config.train.tta)
+    recorder.final_table(result)
     recorder.final_pictures(datasets, functools.partial(learner.predict, tta=config.train.tta), state, result)
     recorder.predictions(result, config.data, datasets.classes)
     checkpointer.save_weights(learner.evaluated)
     recorder.model_artifact(state)
     out.log(f"done in {time.perf_counter() - started:.0f}s: {outcome(state, result, datasets.val is not None)}; "
-            f"weights in {run_dir.weights}, checkpoints in {run_dir.checkpoints}")
+            f"weights in {files.typed(run_dir.weights)}, checkpoints in {files.typed(run_dir.checkpoints)}")
     return run_dir.root
+
+
+def finished_line(run_dir: RunDir) -> str:
+    """What a start of a finished run says: nothing to do, and how to run the experiment again."""
+    config = shlex.quote(files.typed(run_dir.config))
+    return (f"run {files.typed(run_dir.root)} has already finished (final weights in {files.typed(run_dir.weights)});"
+            f" nothing to do. Rerun the experiment as a new run with --config {config} train.run_name=<new name>")
 
 
 def outcome(state: TrainState, test: EvalResult, held_out: bool) -> str:
@@ -204,11 +213,12 @@ def start_run_directory(accelerator: Accelerator, config: Config, run_dir: RunDi
         drop_torn_tail(run_dir.history, out.note)  # before a new line would continue it
         if resumed.changes:
             note_changes(run_dir, resumed.changes, state.global_step, out.log)
-    changed = differences(config, load_config(preset))
+    changed = differences(config, load_config(preset), leaving_out=BOOKKEEPING)
     out.log(f"config: {preset or 'built-in defaults'}" + (f" with {' '.join(changed)}" if changed else "")
-            + f"; resolved config in {run_dir.config}")
-    out.log(f"run directory {run_dir.root}; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-            f"mixed precision {accelerator.mixed_precision}; {size(datasets.train)} training "
+            + f"; resolved config in {files.typed(run_dir.config)}")
+    out.log(f"run directory {files.typed(run_dir.root)}; {accelerator.num_processes} process(es) on "
+            f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}; {size(datasets.train)} "
+            f"training "
             + (f"({size(datasets.val)} held out for validation, data.val_seed={config.data.val_seed}) "
                if datasets.val is not None else "") + f"and {size(datasets.test)} test images")
     return record

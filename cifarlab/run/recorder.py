@@ -71,10 +71,13 @@ class Recorder:
     """Receives the run's metrics and media; see the module docstring for the names. It is given what it uses, not
     the config: the run's ``pace`` (its global batch and batches per epoch), ``epochs`` (train.epochs),
     ``every_n_steps`` (logging.every_n_steps) and the ``tracker`` that takes W&B's share
-    (:func:`cifarlab.run.tracking.start`; by default none: metrics.jsonl and the console only)."""
+    (:func:`cifarlab.run.tracking.start`; by default none: metrics.jsonl and the console only) and
+    ``per_class_every_epoch`` (logging.per_class_every_epoch: the per-class table after every evaluation, not only
+    at the end, :meth:`final_table`)."""
 
     def __init__(self, accelerator: Accelerator, run: RunDir, out: console.Console, pace: Pace, epochs: int,
-                 every_n_steps: int, tracker: Optional[tracking.Tracker] = None) -> None:
+                 every_n_steps: int, tracker: Optional[tracking.Tracker] = None,
+                 per_class_every_epoch: bool = False) -> None:
         self.accelerator = accelerator
         self.run = run
         self.out = out
@@ -87,6 +90,8 @@ class Recorder:
         self._window_steps, self._window_start = 0, time.perf_counter()
         self._bar: Optional[console.EpochBar] = None
         self._previous: dict[str, EvalResult] = {}  # each split's last evaluation: the table shows the change
+        self._before: dict[str, EvalResult] = {}  # each split's evaluation before that: the final table's change
+        self._per_class_every_epoch = per_class_every_epoch  # logging.per_class_every_epoch
         self._clock = Stopwatch()  # the run's wall clock, from start()
 
     # --- start ----------------------------------------------------------------------------------------
@@ -155,22 +160,32 @@ class Recorder:
         for split, result in results.items():
             values.update(result.values(split))
         self.record({**values, **stats.values()}, state.global_step)
-        split, shown = list(results.items())[-1]  # the table of the test set where it was evaluated
-        self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.accuracy_summary(shown, split)}", shown,
-                            self._previous.get(split))
-        figures = "; ".join(f"{console.SPLITS[split]} accuracy {100 * result.accuracy:.2f} %"
-                            + (f", top-5 {100 * result.top5:.2f} %" if result.top5 is not None else "")
-                            for split, result in results.items())
-        self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
-                     f"{stats.seconds:.1f}s; {figures}")
+        # One line, each figure once; the per-class table at the end of the run (final_table), or here on request.
+        figures = "; ".join(console.accuracy_summary(result, split) for split, result in results.items())
+        self.out.log(f"epoch {state.epoch}/{self._epochs}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} "
+                     f"images/s over {stats.seconds:.1f}s; {figures}")
+        if self._per_class_every_epoch:
+            split, shown = list(results.items())[-1]  # the table of the test set where it was evaluated
+            self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.SPLITS[split]} accuracy per class",
+                                shown, self._previous.get(split))
         self.tracker.summary({"best/accuracy": state.best_accuracy, "best/epoch": state.best_epoch})
+        self._before.update({split: self._previous[split] for split in results if split in self._previous})
         self._previous.update(results)
+
+    def final_table(self, result: EvalResult) -> None:
+        """The end of the run: the final test evaluation per class, with the change since the test evaluation before
+        it (where there was one); printed after the last evaluation already with logging.per_class_every_epoch."""
+        last = self._previous.get("test")
+        if self._per_class_every_epoch and result is last:
+            return
+        self.out.eval_table("test accuracy per class at the end of the run", result,
+                            self._before.get("test") if result is last else last)
 
     def trained(self, state: TrainState, stats: EpochStats) -> None:
         """After an epoch that is not evaluated (``train.eval_every_epoch=false``; ``state`` already past it)."""
         self.record({"train/epoch": float(state.epoch), **stats.values()}, state.global_step)
-        self.out.log(f"epoch {state.epoch}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} images/s over "
-                     f"{stats.seconds:.1f}s; not evaluated (train.eval_every_epoch=false)")
+        self.out.log(f"epoch {state.epoch}/{self._epochs}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} "
+                     f"images/s over {stats.seconds:.1f}s; not evaluated (train.eval_every_epoch=false)")
 
     def target(self, state: TrainState) -> None:
         """``train.target_accuracy`` was reached at the evaluation just recorded (``state.target``)."""

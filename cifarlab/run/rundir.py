@@ -153,7 +153,7 @@ def resume_command(run: RunDir, *overrides: str) -> str:
     started: the run's paths are as it was given them."""
     launched = any(name in os.environ for name in ("ACCELERATE_DYNAMO_BACKEND", "TORCHELASTIC_RUN_ID"))
     trainer = "accelerate launch <launch options> -m cifarlab.train" if launched else "python -m cifarlab.train"
-    return " ".join([trainer, "--config", shlex.quote(str(run.config)), *(overrides or ["train.resume=auto"])])
+    return " ".join([trainer, "--config", shlex.quote(files.typed(run.config)), *(overrides or ["train.resume=auto"])])
 
 
 def planted_link(run: RunDir) -> Optional[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import netrc
 import os
 import re
+import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -102,7 +103,8 @@ def where(run: Any) -> str:
     """One line on where a live W&B run lives and how to upload it (a search's summary run says it too)."""
     if run.offline:
         folder = Path(run.dir).parent  # run.dir is the run's files/ folder
-        return f"W&B run files in {folder}; upload them with `wandb sync {folder}`"
+        shown = files.typed(folder)
+        return f"W&B run files in {shown}; upload them with `wandb sync {shlex.quote(shown)}`"
     return f"W&B run {run.url}"
 
 

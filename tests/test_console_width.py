@@ -1,0 +1,155 @@
+"""Each command's tables in a real 80-column terminal (a pty, TIOCSWINSZ and COLUMNS=80): no line is wider, and every
+class and group name is printed whole on one line (nothing cut with "…", nothing wrapped inside a name); verdicts
+wrap at spaces, never inside "p = 0.684". Stdout is the pty; stderr (one-line notes and warnings) a pipe."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from test_compare import make_run
+from test_sweep import fake_run, spec, write
+
+from cifarlab.analysis.rendering import wrapped
+from cifarlab.experiments.spec import read_sweep
+
+from conftest import CONFIGS, cli_env
+
+COLUMNS = 80
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def in_terminal(module: str, *args: str, cwd: Path) -> list[str]:
+    """``python -m MODULE ARGS`` with its stdout on an 80-column pty: its lines, control sequences removed."""
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, COLUMNS, 0, 0))
+    env = cli_env(COLUMNS=str(COLUMNS), LINES="24", TERM="xterm", NO_COLOR="1")
+    process = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=child,
+                               stderr=subprocess.PIPE, cwd=cwd, env=env)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the child has gone: Linux answers EIO
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main)
+    assert process.wait(timeout=120) == 0, process.stderr.read() if process.stderr else ""
+    text = _ESCAPE.sub("", b"".join(chunks).decode()).replace("\r\n", "\n")
+    return text.splitlines()
+
+
+def fits(lines: list[str], names: list[str]) -> None:
+    """No line wider than the terminal, nothing cut, and each name whole on some line."""
+    wide = [line for line in lines if len(line.rstrip()) > COLUMNS]
+    assert not wide, "\n".join(wide)
+    assert not any("…" in line for line in lines), "\n".join(lines)
+    for name in names:
+        assert any(re.search(rf"(?<![\w.=]){re.escape(name)}(?![\w.=])", line) for line in lines), (name, lines)
+
+
+@pytest.mark.integration
+def test_compare_numbers_groups_that_do_not_fit_and_wraps_verdicts_at_spaces(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    groups = [(), ("optim.lr=0.02", "optim.label_smoothing=0.1"), ("optim.weight_decay=0.001", "optim.momentum=0.8")]
+    for g, overrides in enumerate(groups):
+        for seed in range(3):
+            make_run(runs, f"g{g}-{seed}", [0.5, 0.6 + 0.01 * g + 0.013 * seed], *overrides, seed=seed,
+                     per_class={name: 0.5 for name in CLASSES[:2]})
+    lines = in_terminal("cifarlab.compare", str(runs), "--per-class", cwd=tmp_path)
+    fits(lines, [override for overrides in groups for override in overrides] + CLASSES[:2])
+    assert "groups by number:" in lines and "difference from #1 (points); Welch t" in "\n".join(lines)
+    verdicts = lines[lines.index("verdicts:") + 1:]
+    assert any(re.search(r"p = [\d.]+", line) for line in verdicts)
+    assert not any(re.search(r"p =?$|^\s*=? ?[\d.]+,", line) for line in verdicts)
+
+
+@pytest.mark.integration
+def test_summary_moves_the_formulas_to_a_table_of_their_own(tmp_path: Path) -> None:
+    lines = in_terminal("cifarlab.summary", "--config", str(CONFIGS / "resnet18.yaml"), cwd=tmp_path)
+    fits(lines, ["layers.6.shortcut.0", "AdaptiveAvgPool2d", "floor((32 - 3 + 2*1)/2) + 1 = 16"])
+    assert any("output size: (W - F + 2P)/S + 1 of the layers above" in line for line in lines)
+
+
+@pytest.mark.integration
+def test_sweep_list_prints_aligned_columns_on_a_terminal_and_tabs_to_a_pipe(tmp_path: Path) -> None:
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0, 1, 2]))
+    runs = f"train.output_dir={tmp_path / 'runs'}"
+    sweep = read_sweep(str(file), [runs])
+    fake_run(sweep, 0, finished=True)
+    fake_run(sweep, 2, finished=False)
+    lines = in_terminal("cifarlab.sweep", str(file), "--list", runs, cwd=tmp_path)
+    fits(lines, [trial.name for trial in sweep.trials] + ["interrupted, no checkpoint"])
+    assert not any("\t" in line for line in lines)
+    starts = {line.index(trial.name) for trial in sweep.trials for line in lines if f" {trial.name} " in line}
+    assert len(starts) == 1  # one column
+    piped = subprocess.run([sys.executable, "-m", "cifarlab.sweep", str(file), "--list", runs], cwd=tmp_path,
+                           env=cli_env(), capture_output=True, text=True, check=True).stdout.splitlines()
+    assert piped[0] == "index\tstate\tname\toverrides" and piped[1].startswith("0\tfinished\t")
+
+
+@pytest.mark.integration
+def test_evaluate_numbers_the_confusion_matrix_columns(smoke_reference: Path) -> None:
+    # Run where the run directory is, as people do: log lines name paths as given, and a path is not a table.
+    lines = in_terminal("cifarlab.evaluate", "--checkpoint", smoke_reference.name, cwd=smoke_reference.parent)
+    fits(lines, CLASSES)
+    assert any(line.strip().startswith("true class") for line in lines)
+    assert sum(bool(re.match(rf"\s*{number} {name}\s", line)) for number, name in enumerate(CLASSES)
+               for line in lines) == len(CLASSES)
+
+
+@pytest.mark.unit
+def test_verdicts_wrap_at_spaces_and_keep_a_figure_with_its_name() -> None:
+    text = "lr=0.05 vs lr=0.01: no significant difference (Welch t on runs, p = 0.684, holm-adjusted) at the 5 % level"
+    for width in range(30, 100):
+        lines = wrapped(text, width, "  ", "    ")
+        assert " ".join(line.strip() for line in lines) == text
+        assert all(len(line) <= width for line in lines)
+        assert any("p = 0.684," in line for line in lines)
+        assert any("the 5 %" in line or "5 % level" in line for line in lines)
+
+
+# --- paths as the user types them, hints that run as printed ------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_path_is_shown_relative_to_where_the_command_ran_when_under_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarlab.files import typed
+
+    monkeypatch.chdir(tmp_path)
+    assert typed(tmp_path / "runs" / "a") == typed("runs/a") == "runs/a"
+    assert typed(tmp_path) == "."
+    assert typed(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")  # not under it: absolute
+
+
+@pytest.mark.unit
+def test_the_confirmation_hint_of_a_search_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from cifarlab import compare
+    from cifarlab.analysis.metric import METRICS
+    from cifarlab.analysis.searchview import Objective, summary
+
+    folder = tmp_path / "runs" / "search"
+    for seed in range(2):
+        make_run(folder / "confirm", f"base-{seed}", [0.5], seed=seed)
+    monkeypatch.chdir(tmp_path)
+    hint = summary(folder, [], Objective(METRICS["final_acc"], True, None))[-1].split("fresh seeds: ")[1]
+    assert hint == "python -m cifarlab.compare runs/search/confirm"
+    words = shlex.split(hint)
+    assert words[:3] == ["python", "-m", "cifarlab.compare"] and compare.main(words[3:]) == 0
+    assert "by group" in capsys.readouterr().out
