@@ -24,7 +24,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from cifarlab.config import load_config, to_yaml
+from cifarlab.config import Config, load_config, to_yaml
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import Aborted, CifarlabError, Interrupted, Preempted
 from cifarlab.report import console
 from cifarlab.run.preemption import stop_when_orphaned
@@ -37,6 +38,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors (logging.level=warning)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
+    refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     return parser.parse_intermixed_args(argv)
 
 
