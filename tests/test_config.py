@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cifarlab.config import Config, ConfigError, load_config, to_dict, to_yaml
-from cifarlab.config_docs import field_docs, reference_markdown
+from cifarlab.config_docs import allowed_values, field_docs, reference_markdown
 from cifarlab.identity import run_changes
 
 from conftest import CONFIGS, error_lines, in_process, run_python
@@ -129,6 +129,18 @@ def test_config_reference_doc_matches_the_schema() -> None:
     documented = text[text.index(start) + len(start):text.index(end)]
     assert documented == reference_markdown(), "docs/config.md is stale: paste `python -m cifarlab.config_docs`"
     assert all(doc for _, _, doc in field_docs()), "every config field needs a docstring"
+
+
+def test_the_reference_lists_what_each_enumerated_key_allows() -> None:
+    """The values the table shows are the ones the loader takes: any other is refused, naming the same list."""
+    allowed = allowed_values()
+    assert {"data.name", "data.augment", "data.loader", "optim.schedule", "train.tta"} <= set(allowed)
+    assert allowed["train.mixed_precision"] == ["no", "fp16", "bf16", "null"]
+    for key, values in allowed.items():
+        with pytest.raises(ConfigError, match=r"expected one of \[(.*)\]") as raised:
+            load_config(None, [f"{key}=bogus"])
+        listed = str(raised.value).partition("expected one of [")[2].rstrip("]")
+        assert [word.strip(" '") for word in listed.split(",")] == [v for v in values if v != "null"]
 
 
 def test_yaml_no_is_the_mixed_precision_choice_no(tmp_path: Path) -> None:
