@@ -28,7 +28,7 @@ from cifarlab.config import Config, load_config, to_yaml
 from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import Aborted, CifarlabError, Interrupted, Preempted
 from cifarlab.report import console
-from cifarlab.run.preemption import stop_when_orphaned
+from cifarlab.run.preemption import EarlyCtrlC, stop_when_orphaned
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -47,6 +47,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
     cifarlab.run.loop.train; tests/fake_trainer.py passes a stand-in, which then keeps this command's outside
     contract (arguments, refusals, signals, exit codes) by running this same code."""
     stop_when_orphaned()
+    ctrl_c = EarlyCtrlC.install()  # recorded, not raised, until the run's StopRequest takes over (its docstring)
     args = parse_args(argv)
     try:
         config = load_config(args.config, [*args.overrides, *(["logging.level=warning"] if args.quiet else [])])
@@ -57,6 +58,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
             from cifarlab.run import loop  # torch and accelerate: only once the config is known to be good
 
             train = loop.train
+        ctrl_c.check()  # pressed during the imports: stop here, before anything is written
         train(config, preset=args.config)
     except Preempted as stopped:
         # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,

@@ -57,6 +57,34 @@ def check_interval(step_seconds: float, within_s: float = CHECK_WITHIN_S) -> int
     return max(1, int(within_s / step_seconds))
 
 
+class EarlyCtrlC:
+    """SIGINT from a trainer's start until its run's :class:`StopRequest` takes over: recorded, not raised.
+
+    Python's own handler raises KeyboardInterrupt wherever the main thread is, and in the first seconds that is
+    inside the imports of torch, numpy and accelerate: an import cut short leaves a package half-initialised
+    (numpy's ``dtypes`` then looked itself up until a RecursionError, 40 lines in a sweep's trial log, exit 1). A
+    sweep's trainer gets each Ctrl-C twice (the terminal's, the sweep's copy), so a second one would also cut the
+    handling of the first. Recorded instead: :meth:`check` raises it where the trainer can stop cleanly (exit 130,
+    one line), and a StopRequest entered after an unchecked one stops the run at its first step."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.pressed = True
+
+    @classmethod
+    def install(cls) -> EarlyCtrlC:
+        handler = cls()
+        signal.signal(signal.SIGINT, handler)
+        return handler
+
+    def check(self) -> None:
+        """Raise the Ctrl-C recorded so far, as Python would have (a KeyboardInterrupt)."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
 class StopRequest:
     """Records SIGUSR1/SIGTERM while active (a context manager: the previous handlers come back on exit,
     so a run can be started in-process from tests or a notebook) and turns it into a stop all ranks agree on.
@@ -80,6 +108,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        if isinstance(self._previous[signal.SIGINT], EarlyCtrlC) and self._previous[signal.SIGINT].pressed:
+            self._handle(signal.SIGINT, None)  # a Ctrl-C during the start: the run stops at its first step
         return self
 
     def __exit__(self, *exc: object) -> None:
