@@ -47,8 +47,8 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
     cifarlab.run.loop.train; tests/fake_trainer.py passes a stand-in, which then keeps this command's outside
     contract (arguments, refusals, signals, exit codes) by running this same code."""
     stop_when_orphaned()
-    ctrl_c = EarlyCtrlC.install()  # recorded, not raised, until the run's StopRequest takes over (its docstring)
     args = parse_args(argv)
+    ctrl_c = EarlyCtrlC.install()  # recorded, not raised, during the imports (its docstring)
     try:
         config = load_config(args.config, [*args.overrides, *(["logging.level=warning"] if args.quiet else [])])
         if args.print_config:
@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
             from cifarlab.run import loop  # torch and accelerate: only once the config is known to be good
 
             train = loop.train
-        ctrl_c.check()  # pressed during the imports: stop here, before anything is written
+        ctrl_c.release()  # pressed during the imports: stop here, before anything is written
         train(config, preset=args.config)
     except Preempted as stopped:
         # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,
@@ -80,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
         # An Aborted one (a second Ctrl-C during the run) says how to continue; another came before the run started.
         console.error(str(error) if isinstance(error, Aborted) and str(error) else "aborted by Ctrl-C")
         return Interrupted.exit_code
+    finally:
+        ctrl_c.restore()  # a refusal or --print-config: an in-process caller's Ctrl-C as it was
     # Finished and saved: a stop signal now (SLURM preempting a job as it ends, seen in CI) has nothing left to
     # save and must not turn exit 0 into death by that signal while the process exits.
     _ignore_stop_signals()

@@ -128,20 +128,30 @@ def test_a_stop_signal_after_the_run_has_finished_leaves_its_exit_code_0(tmp_pat
     assert [signal.getsignal(signum) for signum in stopping] == before  # put back for pytest
 
 
-def test_ctrl_c_during_the_start_is_recorded_and_stops_the_run_at_its_first_step() -> None:
-    """Between cifarlab.train's start and the run's StopRequest a Ctrl-C raises nowhere; the StopRequest takes it."""
-    class One(TwoRanks):
-        num_processes = 1
-
+def test_ctrl_c_during_the_imports_is_recorded_then_raised_once_they_are_done() -> None:
     with signal_handlers_kept():
         early = preemption.EarlyCtrlC.install()
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)  # a sweep's trainer gets each Ctrl-C twice
         assert early.pressed
         with pytest.raises(KeyboardInterrupt):
-            early.check()
-        with StopRequest(One(0.0), lambda message: None) as stop:  # type: ignore[arg-type]
-            assert stop.agreed(1) and stop.received == "SIGINT"
+            early.release()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C interrupts waits again
+        preemption.EarlyCtrlC.install().release()  # nothing pressed: nothing raised
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job: ignored, and it stays so
+        ignored = preemption.EarlyCtrlC.install()
+        signal.raise_signal(signal.SIGINT)
+        ignored.release()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_refusal_puts_back_the_callers_ctrl_c(capsys: pytest.CaptureFixture[str]) -> None:
+    from cifarlab import train
+
+    with signal_handlers_kept():
+        before = signal.getsignal(signal.SIGINT)
+        assert train.main(["optim.lrr=1"]) == 2 and train.main(["--print-config"]) == 0
+        assert signal.getsignal(signal.SIGINT) is before
 
 
 CTRL_C_IN_THE_IMPORTS = """

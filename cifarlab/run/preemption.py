@@ -58,31 +58,42 @@ def check_interval(step_seconds: float, within_s: float = CHECK_WITHIN_S) -> int
 
 
 class EarlyCtrlC:
-    """SIGINT from a trainer's start until its run's :class:`StopRequest` takes over: recorded, not raised.
+    """SIGINT while a trainer imports torch, numpy and Accelerate (its first seconds): recorded, not raised.
 
-    Python's own handler raises KeyboardInterrupt wherever the main thread is, and in the first seconds that is
-    inside the imports of torch, numpy and accelerate: an import cut short leaves a package half-initialised
-    (numpy's ``dtypes`` then looked itself up until a RecursionError, 40 lines in a sweep's trial log, exit 1). A
-    sweep's trainer gets each Ctrl-C twice (the terminal's, the sweep's copy), so a second one would also cut the
-    handling of the first. Recorded instead: :meth:`check` raises it where the trainer can stop cleanly (exit 130,
-    one line), and a StopRequest entered after an unchecked one stops the run at its first step."""
+    Python's own handler raises KeyboardInterrupt wherever the main thread is, and an import cut short leaves a
+    package half-initialised: numpy's ``dtypes`` then looked itself up until a RecursionError (40 lines in a sweep's
+    trial log, exit 1), or its core refused to load twice. A sweep's trainer gets each Ctrl-C twice (the terminal's,
+    the sweep's copy). :meth:`release`, once the imports are done, puts Python's handler back and raises a recorded
+    Ctrl-C there, where cifarlab.train stops cleanly (exit 130, one line). Only the imports: a wait that follows
+    (a process group forming) stays interruptible."""
 
     def __init__(self) -> None:
         self.pressed = False
+        self.previous: Any = signal.default_int_handler
 
     def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
         self.pressed = True
 
     @classmethod
     def install(cls) -> EarlyCtrlC:
+        """Record SIGINT from now on, unless it is ignored (a shell's background job): then it stays so."""
         handler = cls()
-        signal.signal(signal.SIGINT, handler)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            handler.previous = signal.signal(signal.SIGINT, handler)
         return handler
 
-    def check(self) -> None:
-        """Raise the Ctrl-C recorded so far, as Python would have (a KeyboardInterrupt)."""
+    def release(self) -> None:
+        """The handler from before again (:meth:`restore`); then the Ctrl-C recorded so far, as Python would have
+        raised it."""
+        self.restore()
         if self.pressed:
             raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """The SIGINT handler from before :meth:`install`, where this one is still installed (a refusal, the end)."""
+        previous = self.previous  # (read first: mypy narrows self to the handler types after the `is`)
+        if signal.getsignal(signal.SIGINT) is self:
+            signal.signal(signal.SIGINT, previous)
 
 
 class StopRequest:
@@ -108,8 +119,6 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
-        if isinstance(self._previous[signal.SIGINT], EarlyCtrlC) and self._previous[signal.SIGINT].pressed:
-            self._handle(signal.SIGINT, None)  # a Ctrl-C during the start: the run stops at its first step
         return self
 
     def __exit__(self, *exc: object) -> None:
