@@ -130,6 +130,7 @@ def test_a_stop_signal_after_the_run_has_finished_leaves_its_exit_code_0(tmp_pat
 
 def test_ctrl_c_during_the_imports_is_recorded_then_raised_once_they_are_done() -> None:
     with signal_handlers_kept():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (pytest may run in the background)
         early = preemption.EarlyCtrlC.install()
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)  # a sweep's trainer gets each Ctrl-C twice
@@ -156,6 +157,7 @@ def test_a_refusal_puts_back_the_callers_ctrl_c(capsys: pytest.CaptureFixture[st
 
 CTRL_C_IN_THE_IMPORTS = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, also where pytest runs in the background
 class CtrlC:  # Ctrl-C, twice as a sweep's trainer gets it, inside torch's and accelerate's imports
     def find_spec(self, name, path=None, target=None):
         if name == "numpy.dtypes":  # accelerate's import looks it up: a lazy import of numpy's, cut short
