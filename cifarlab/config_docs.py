@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 from cifarlab import config
 from cifarlab.config import Config, shown
@@ -39,10 +41,27 @@ def field_docs() -> list[tuple[str, str, str]]:
     return rows
 
 
+def allowed_values(cls: type = Config, prefix: str = "") -> dict[str, list[str]]:
+    """The values each enumerated key takes (its ``Literal`` type's, and null where it is Optional), by dotted key."""
+    allowed: dict[str, list[str]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            allowed |= allowed_values(typing.cast(type, hint), f"{prefix}{name}.")
+            continue
+        parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        choices = [shown(value) for part in parts if typing.get_origin(part) is Literal
+                   for value in typing.get_args(part)]
+        if choices:
+            allowed[prefix + name] = choices + (["null"] if type(None) in parts else [])
+    return allowed
+
+
 def reference_markdown() -> str:
     """The config reference table in docs/config.md, generated from the schema (a test keeps the two in sync)."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{key}` | `{default}` | {doc.replace('|', '/')} |" for key, default, doc in field_docs()]
+    allowed = allowed_values()
+    lines = ["| key | default | allowed values | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {', '.join(f'`{value}`' for value in allowed.get(key, []))} | "
+              f"{doc.replace('|', '/')} |" for key, default, doc in field_docs()]
     return "\n".join(lines)
 
 

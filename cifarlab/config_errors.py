@@ -5,8 +5,10 @@ scalar, an IOError). Works on the schema's dataclass, which the caller passes (c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf.errors import OmegaConfBaseException
@@ -45,6 +47,46 @@ def below_a_list(keys: list[str], schema: type) -> str:
         if lists:
             return f"{printable(key)}: {lists[0]} is a list, set whole (e.g. {lists[0]}=[...]), not item by item"
     return "a key is set below a list-valued key (such as data.mean); set the list whole"
+
+
+def refuse_config_flags(parser: argparse.ArgumentParser, argv: Sequence[str], schema: type,
+                        passed_on: Sequence[str] = ()) -> None:
+    """Exit 2 with one line where ``argv`` holds ``--flag``s that ``parser`` does not know but that name a config key
+    by its last part (``--epochs 5``, ``--batch-size=64``), suggesting the override (``train.epochs=5``); every other
+    word is left to the parser, and to the program it passes options on to (``passed_on``: the sweep's accelerate
+    launch options). Called before parsing, so the hint comes before any other complaint."""
+    # argparse has no public list of a parser's options; its actions' option_strings are the documented attribute.
+    known = [*(name for action in parser._actions for name in action.option_strings), *passed_on]
+    leaves = leaf_keys(schema)
+    unknown, hints = [], []
+    for index, word in enumerate(argv):
+        if word == "--":
+            break
+        flag, equals, value = word.partition("=")
+        if not flag.startswith("--") or any(name == flag or (parser.allow_abbrev and name.startswith(flag))
+                                            for name in known):
+            continue
+        keys = [key for key in leaves if key.rpartition(".")[2] == flag[2:].replace("-", "_")]
+        following = argv[index + 1] if index + 1 < len(argv) else "-"
+        if not equals and not following.startswith("-") and "=" not in following:
+            value = following
+        if keys:
+            unknown.append(flag)
+            hints.append(" or ".join(f"{key}={printable(value) or 'VALUE'}" for key in keys))
+    if unknown:
+        parser.exit(2, f"cifarlab: error: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                       f"config keys are set as key=value: {', '.join(hints)}\n")
+
+
+def leaf_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema that holds a value (not a section)."""
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            keys += leaf_keys(typing.cast(type, hint), f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
 
 
 def allowed_keys(schema: type, section: str) -> list[str]:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from cifarlab import data, models
+from cifarlab.config import Config
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import UsageError
 from cifarlab.report import console, figures, plots
 from cifarlab.report.metrics import EvalResult
@@ -65,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also draw the confusion matrix into this picture; the name's ending picks the format: "
                              f"{figures.endings()}")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
+    refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     args = parser.parse_intermixed_args(argv)
     try:
         if args.png is not None:

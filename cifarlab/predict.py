@@ -27,7 +27,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from cifarlab.config import DataConfig
+from cifarlab.config import Config, DataConfig
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.data.images import build_transform
 from cifarlab.errors import UsageError
 from cifarlab.report import console
@@ -117,6 +118,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", help="the YAML config the model was trained with (default: the run's config.yaml)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), any size or mode")
+    refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     return parser.parse_intermixed_args(argv)
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from cifarlab import models
 from cifarlab.config import CIFAR10_CLASSES, Config, load_config
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import UsageError
 from cifarlab.models.summary import BrokenAt, LayerRow, Totals, layer_summary, totals
 from cifarlab.report import console
@@ -94,6 +95,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset merged over the defaults, e.g. configs/tutorial.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.name=resnet18")
+    refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     return parser.parse_intermixed_args(argv)
 
 

@@ -49,8 +49,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from cifarlab.config import Config
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import UsageError
-from cifarlab.experiments import searching, sequential
+from cifarlab.experiments import launching, searching, sequential
 from cifarlab.experiments.runner import Runner, status, write_record
 from cifarlab.experiments.sequential import Plan
 from cifarlab.experiments.spec import TRAINER, read_sweep
@@ -64,6 +66,10 @@ USAGE = ("python -m cifarlab.sweep [-h] [--list [--png FILE] | --count | --dry-r
          "options]")
 VALUED = ("--trial", "--parallel", "--max-seeds", "--margin", "--png", "--trainer")
 """Our options that take a value."""
+LAUNCH_OPTIONS = tuple(spelt for name in (*launching.VALUED, *launching.FLAGS)
+                       for spelt in (name, name.replace("_", "-")))
+"""accelerate launch's options, either spelling: any other --flag that names a config key (--epochs) asks for an
+override."""
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -98,6 +104,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--trainer", type=program, default=TRAINER, help=argparse.SUPPRESS)
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
+    refuse_config_flags(parser, argv, Config, LAUNCH_OPTIONS)
     ours: list[str] = []
     launch: list[str] = []
     positional: list[str] = []

@@ -24,10 +24,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from cifarlab.config import load_config, to_yaml
+from cifarlab.config import Config, load_config, to_yaml
+from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import Aborted, CifarlabError, Interrupted, Preempted
 from cifarlab.report import console
-from cifarlab.run.preemption import stop_when_orphaned
+from cifarlab.run.preemption import EarlyCtrlC, stop_when_orphaned
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -37,6 +38,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors (logging.level=warning)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
+    refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     return parser.parse_intermixed_args(argv)
 
 
@@ -46,6 +48,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
     contract (arguments, refusals, signals, exit codes) by running this same code."""
     stop_when_orphaned()
     args = parse_args(argv)
+    ctrl_c = EarlyCtrlC.install()  # recorded, not raised, during the imports (its docstring)
     try:
         config = load_config(args.config, [*args.overrides, *(["logging.level=warning"] if args.quiet else [])])
         if args.print_config:
@@ -55,6 +58,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
             from cifarlab.run import loop  # torch and accelerate: only once the config is known to be good
 
             train = loop.train
+        ctrl_c.release()  # pressed during the imports: stop here, before anything is written
         train(config, preset=args.config)
     except Preempted as stopped:
         # Saved and stopping (the loop has said where): another stop signal (SLURM cancels the job it requeues,
@@ -76,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
         # An Aborted one (a second Ctrl-C during the run) says how to continue; another came before the run started.
         console.error(str(error) if isinstance(error, Aborted) and str(error) else "aborted by Ctrl-C")
         return Interrupted.exit_code
+    finally:
+        ctrl_c.restore()  # a refusal or --print-config: an in-process caller's Ctrl-C as it was
     # Finished and saved: a stop signal now (SLURM preempting a job as it ends, seen in CI) has nothing left to
     # save and must not turn exit 0 into death by that signal while the process exits.
     _ignore_stop_signals()

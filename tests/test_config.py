@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cifarlab.config import Config, ConfigError, load_config, to_dict, to_yaml
-from cifarlab.config_docs import field_docs, reference_markdown
+from cifarlab.config_docs import allowed_values, field_docs, reference_markdown
 from cifarlab.identity import run_changes
 
 from conftest import CONFIGS, error_lines, in_process, run_python
@@ -131,6 +131,18 @@ def test_config_reference_doc_matches_the_schema() -> None:
     assert all(doc for _, _, doc in field_docs()), "every config field needs a docstring"
 
 
+def test_the_reference_lists_what_each_enumerated_key_allows() -> None:
+    """The values the table shows are the ones the loader takes: any other is refused, naming the same list."""
+    allowed = allowed_values()
+    assert {"data.name", "data.augment", "data.loader", "optim.schedule", "train.tta"} <= set(allowed)
+    assert allowed["train.mixed_precision"] == ["no", "fp16", "bf16", "null"]
+    for key, values in allowed.items():
+        with pytest.raises(ConfigError, match=r"expected one of \[(.*)\]") as raised:
+            load_config(None, [f"{key}=bogus"])
+        listed = str(raised.value).partition("expected one of [")[2].rstrip("]")
+        assert [word.strip(" '") for word in listed.split(",")] == [v for v in values if v != "null"]
+
+
 def test_yaml_no_is_the_mixed_precision_choice_no(tmp_path: Path) -> None:
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     preset = tmp_path / "p.yaml"
@@ -181,3 +193,32 @@ def test_a_load_leaves_nothing_behind_for_the_next(tmp_path: Path) -> None:
     assert changed.model.name == "resnet18"
     assert load_config() == Config()
     assert load_config(None, ["optim.lr=0.25"]).train.epochs == Config().train.epochs
+
+
+@pytest.mark.parametrize(("module", "args", "hint"), [
+    ("cifarlab.train", ["--epochs", "5"], "unknown option --epochs; config keys are set as key=value: train.epochs=5"),
+    ("cifarlab.train", ["--config", "x.yaml", "--batch-size=64", "--lr", "0.1"],
+     "unknown options --batch-size, --lr; config keys are set as key=value: train.batch_size=64, optim.lr=0.1"),
+    ("cifarlab.evaluate", ["--epochs", "5"], "train.epochs=5"),  # before its missing --checkpoint
+    ("cifarlab.predict", ["--checkpoint", "runs/x", "--seed=1", "a.png"], "train.seed=1"),
+    ("cifarlab.summary", ["--name", "resnet18"], "data.name=resnet18 or model.name=resnet18 or "
+                                                 "logging.wandb.name=resnet18"),
+    ("cifarlab.sweep", ["--epochs", "5", "sweep.yaml"], "train.epochs=5"),
+    ("cifarlab.sweep", ["sweep.yaml", "--num_processes", "2", "--epochs", "5"], "train.epochs=5"),
+])
+def test_a_config_key_given_as_an_option_is_refused_with_its_override(module: str, args: list[str], hint: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    refused = in_process(args, capsys, module)
+    assert refused.returncode == 2 and error_lines(refused.stderr) == [refused.stderr.strip()]
+    assert refused.stderr.strip().endswith(hint)
+
+
+def test_options_a_command_knows_are_not_taken_for_config_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its own (abbreviated too) and, in a sweep, accelerate's (--mixed_precision is also train.mixed_precision)."""
+    shown = in_process(["--conf", str(CONFIGS / "smoke.yaml"), "--print-config"], capsys)
+    assert shown.returncode == 0
+    other = in_process(["--foo"], capsys)
+    assert other.returncode == 2 and "unrecognized arguments: --foo" in other.stderr
+    sweep = in_process([str(CONFIGS / "sweeps" / "nonexistent.yaml"), "--mixed_precision", "bf16"], capsys,
+                       "cifarlab.sweep")
+    assert "config keys are set as" not in sweep.stderr

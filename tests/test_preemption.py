@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +16,7 @@ import torch
 from cifarlab.run import preemption
 from cifarlab.run.preemption import CHECK_EVERY, CHECK_WITHIN_S, StopRequest, check_interval
 
-from conftest import CONFIGS, signal_handlers_kept
+from conftest import CONFIGS, cli_env, signal_handlers_kept, smoke
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +126,55 @@ def test_a_stop_signal_after_the_run_has_finished_leaves_its_exit_code_0(tmp_pat
         for signum in stopping:  # ignored: this process goes on
             os.kill(os.getpid(), signum)
     assert [signal.getsignal(signum) for signum in stopping] == before  # put back for pytest
+
+
+def test_ctrl_c_during_the_imports_is_recorded_then_raised_once_they_are_done() -> None:
+    with signal_handlers_kept():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (pytest may run in the background)
+        early = preemption.EarlyCtrlC.install()
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # a sweep's trainer gets each Ctrl-C twice
+        assert early.pressed
+        with pytest.raises(KeyboardInterrupt):
+            early.release()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C interrupts waits again
+        preemption.EarlyCtrlC.install().release()  # nothing pressed: nothing raised
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job: ignored, and it stays so
+        ignored = preemption.EarlyCtrlC.install()
+        signal.raise_signal(signal.SIGINT)
+        ignored.release()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_refusal_puts_back_the_callers_ctrl_c(capsys: pytest.CaptureFixture[str]) -> None:
+    from cifarlab import train
+
+    with signal_handlers_kept():
+        before = signal.getsignal(signal.SIGINT)
+        assert train.main(["optim.lrr=1"]) == 2 and train.main(["--print-config"]) == 0
+        assert signal.getsignal(signal.SIGINT) is before
+
+
+CTRL_C_IN_THE_IMPORTS = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, also where pytest runs in the background
+class CtrlC:  # Ctrl-C, twice as a sweep's trainer gets it, inside torch's and accelerate's imports
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy.dtypes":  # accelerate's import looks it up: a lazy import of numpy's, cut short
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+from cifarlab.train import cli
+cli()
+"""
+
+
+def test_ctrl_c_inside_the_trainers_imports_is_exit_130_and_one_line(tmp_path: Path) -> None:
+    """Python's KeyboardInterrupt there cut numpy's import short: the next look-up recursed (a 40-line RecursionError
+    in a sweep's trial log) or failed ('cannot load module more than once'), exit 1. A real process: signals and a
+    first import of torch and accelerate."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_IMPORTS, *smoke(tmp_path, "r")], cwd=tmp_path,
+                            env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "cifarlab: error: aborted by Ctrl-C\n", "")
+    assert not (tmp_path / "runs").exists()

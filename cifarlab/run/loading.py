@@ -24,6 +24,7 @@ from cifarlab.config import Config, load_config
 from cifarlab.data.classes import config_classes
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
+from cifarlab.run import versions
 from cifarlab.run.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
 
 
@@ -60,6 +61,7 @@ def evaluated_weights(folder: Path) -> Path:
 
 
 def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: Sequence[str] = ()) -> Trained:
+    versions.guard_torchvision()  # evaluate and predict read images with it: a mismatched pair in one line
     weights, run = _locate(checkpoint)
     if config_file is None:
         if not run.config.is_file():

@@ -30,7 +30,7 @@ from cifarlab.errors import UsageError
 from cifarlab.identity import BOOKKEEPING, FIXED, differences, run_changes
 from cifarlab.report import console
 from cifarlab.report.metrics import EpochStats, EvalResult
-from cifarlab.run import checkpoint, engine, environment, preemption, tracking
+from cifarlab.run import checkpoint, engine, environment, preemption, tracking, versions
 from cifarlab.run.epoch import train_epoch
 from cifarlab.run.pruning import Pruning
 from cifarlab.run.recorder import Recorder
@@ -44,6 +44,7 @@ T = TypeVar("T")
 def train(config: Config, preset: Optional[str] = None) -> Path:
     """Train as configured (``preset``: the --config file it came from, for the start-up line); return the
     run directory."""
+    versions.guard_torchvision()  # a mismatched torch/torchvision pair: one line, not a traceback mid-run
     accelerator = engine.build_accelerator(config, trackers=True)
     out = console.Console(accelerator.is_main_process, quiet=config.logging.level == "warning")
     config, new_wandb_id = resolve_run(config)

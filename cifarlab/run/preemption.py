@@ -57,6 +57,45 @@ def check_interval(step_seconds: float, within_s: float = CHECK_WITHIN_S) -> int
     return max(1, int(within_s / step_seconds))
 
 
+class EarlyCtrlC:
+    """SIGINT while a trainer imports torch, numpy and Accelerate (its first seconds): recorded, not raised.
+
+    Python's own handler raises KeyboardInterrupt wherever the main thread is, and an import cut short leaves a
+    package half-initialised: numpy's ``dtypes`` then looked itself up until a RecursionError (40 lines in a sweep's
+    trial log, exit 1), or its core refused to load twice. A sweep's trainer gets each Ctrl-C twice (the terminal's,
+    the sweep's copy). :meth:`release`, once the imports are done, puts Python's handler back and raises a recorded
+    Ctrl-C there, where cifarlab.train stops cleanly (exit 130, one line). Only the imports: a wait that follows
+    (a process group forming) stays interruptible."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous: Any = signal.default_int_handler
+
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.pressed = True
+
+    @classmethod
+    def install(cls) -> EarlyCtrlC:
+        """Record SIGINT from now on, unless it is ignored (a shell's background job): then it stays so."""
+        handler = cls()
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            handler.previous = signal.signal(signal.SIGINT, handler)
+        return handler
+
+    def release(self) -> None:
+        """The handler from before again (:meth:`restore`); then the Ctrl-C recorded so far, as Python would have
+        raised it."""
+        self.restore()
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """The SIGINT handler from before :meth:`install`, where this one is still installed (a refusal, the end)."""
+        previous = self.previous  # (read first: mypy narrows self to the handler types after the `is`)
+        if signal.getsignal(signal.SIGINT) is self:
+            signal.signal(signal.SIGINT, previous)
+
+
 class StopRequest:
     """Records SIGUSR1/SIGTERM while active (a context manager: the previous handlers come back on exit,
     so a run can be started in-process from tests or a notebook) and turns it into a stop all ranks agree on.
