@@ -41,6 +41,7 @@ from cifarlab.analysis.rendering import picture, render, to_json
 from cifarlab.analysis.results import read_runs
 from cifarlab.analysis.sweepdir import SweepDir
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 from cifarlab.report import console, figures
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _save(chart: Figure, path: Path) -> int:
     except UsageError as error:  # checked before: the folder refuses us (permissions, a full disk), a link since
         console.error(str(error))
         return error.exit_code
-    console.note(f"picture written to {path}")
+    console.note(f"picture written to {typed(path)}")
     return 0
 
 

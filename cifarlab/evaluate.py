@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from cifarlab import data, models
+from cifarlab import data, files, models
 from cifarlab.config import Config
 from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import UsageError
@@ -49,7 +49,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     out.confusion_table(result)
     if png is not None and accelerator.is_main_process:
         figures.save(plots.confusion_figure(result.confusion, datasets.classes), png)
-        out.log(f"confusion matrix written to {png}")
+        out.log(f"confusion matrix written to {files.typed(png)}")
     # Every rank leaves the process group together: once (in CI, 2 gloo processes) rank 1 aborted in its teardown
     # ("terminate called without an active exception") while rank 0 was still printing the tables.
     accelerator.wait_for_everyone()

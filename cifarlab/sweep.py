@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if sweep.search is not None and args.list:
             if args.png is not None:
                 for written in searching.search_pictures(sweep, args.png):
-                    console.note(f"picture written to {written}")
+                    console.note(f"picture written to {typed(written)}")
             searching.show_listing(sweep)
             return 0
         if sweep.search is not None and args.best:

@@ -201,8 +201,8 @@ def test_a_load_leaves_nothing_behind_for_the_next(tmp_path: Path) -> None:
      "unknown options --batch-size, --lr; config keys are set as key=value: train.batch_size=64, optim.lr=0.1"),
     ("cifarlab.evaluate", ["--epochs", "5"], "train.epochs=5"),  # before its missing --checkpoint
     ("cifarlab.predict", ["--checkpoint", "runs/x", "--seed=1", "a.png"], "train.seed=1"),
-    ("cifarlab.summary", ["--name", "resnet18"], "data.name=resnet18 or model.name=resnet18 or "
-                                                 "logging.wandb.name=resnet18"),
+    ("cifarlab.summary", ["--name", "resnet18"], "data.name=resnet18 or model.name=resnet18 or optim.name=resnet18 "
+                                                 "or logging.wandb.name=resnet18"),
     ("cifarlab.sweep", ["--epochs", "5", "sweep.yaml"], "train.epochs=5"),
     ("cifarlab.sweep", ["sweep.yaml", "--num_processes", "2", "--epochs", "5"], "train.epochs=5"),
 ])

@@ -23,6 +23,7 @@ from torch import nn
 from cifarlab.config import Config, load_config
 from cifarlab.data.classes import config_classes
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 from cifarlab.models import build_model
 from cifarlab.run import versions
 from cifarlab.run.rundir import EMA_WEIGHTS, WEIGHTS, RunDir, of_checkpoint
@@ -65,7 +66,7 @@ def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: 
     weights, run = _locate(checkpoint)
     if config_file is None:
         if not run.config.is_file():
-            raise UsageError(f"--checkpoint {checkpoint}: no {run.config.name} in its run directory {run.root}; "
+            raise UsageError(f"--checkpoint {checkpoint}: no {run.config.name} in its run directory {typed(run.root)}; "
                              f"pass --config FILE.yaml with the config it was trained with")
         config_file = str(run.config)
     config = load_config(config_file, list(overrides))

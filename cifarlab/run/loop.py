@@ -236,7 +236,7 @@ def restore(learner: engine.Learner, checkpointer: checkpoint.Checkpointer, resu
     state = checkpointer.load(resumed.checkpoint, learner.model)
     if any(key.startswith("optim.") or key == "train.epochs" for key in resumed.changes or {}):
         configured.restore(learner)
-    out.log(f"resumed from {resumed.checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
+    out.log(f"resumed from {files.typed(resumed.checkpoint)}: epoch {state.epoch + 1}, step {state.global_step}")
     return state
 
 
@@ -292,8 +292,8 @@ def resume_point(accelerator: Accelerator, config: Config, run_dir: RunDir, warn
             # Finished, its checkpoints removed: its final files say so; more epochs would need a checkpoint.
             old, new = changes.get("train.epochs", [0, 0])
             if new > old:
-                raise UsageError(f"run {run_dir.root} has finished and has no checkpoint to continue from to "
-                                 f"train.epochs={new}; start a new run (new train.run_name) to train longer")
+                raise UsageError(f"run {files.typed(run_dir.root)} has finished and has no checkpoint to continue "
+                                 f"from to train.epochs={new}; start a new run (new train.run_name) to train longer")
             return Resume(finished=True)
         position = json.loads((found / checkpoint.TRAINER_STATE).read_text())
         ended_early = position.get("target") is not None or position.get("pruned") is not None
@@ -315,14 +315,14 @@ def _identity_changes(config: Config, run_dir: RunDir) -> dict[str, tuple[Any, A
     try:
         saved = load_config(str(run_dir.config))
     except UsageError as error:
-        raise UsageError(f"run directory {run_dir.root}: its config.yaml does not load ({error}); move the run away "
-                         f"or start a new one (new train.run_name)") from None
+        raise UsageError(f"run directory {files.typed(run_dir.root)}: its config.yaml does not load ({error}); move "
+                         f"the run away or start a new one (new train.run_name)") from None
     compared = run_changes(saved, config)
     if compared.refused:
         anyway = ("" if compared.refused.keys() & set(FIXED)
                   else ", or pass train.allow_changes=true to record the changes and go on anyway")
-        raise UsageError(f"run directory {run_dir.root} holds a run of another configuration; its config.yaml "
-                         f"differs in: " + ", ".join(f"{key}={shown(new)} (was {shown(old)})"
+        raise UsageError(f"run directory {files.typed(run_dir.root)} holds a run of another configuration; its "
+                         f"config.yaml differs in: " + ", ".join(f"{key}={shown(new)} (was {shown(old)})"
                                                      for key, (old, new) in compared.refused.items())
                          + "; use the run's own settings, start a new run (new train.run_name)" + anyway)
     return compared.recorded
@@ -331,8 +331,8 @@ def _identity_changes(config: Config, run_dir: RunDir) -> dict[str, tuple[Any, A
 def _find_resume_point(resume: Optional[str], run_dir: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
     if resume is None:
         if run_dir.holds_a_run():
-            raise UsageError(f"run directory {run_dir.root} already holds a run; continue it with train.resume=auto "
-                             f"or start another with a new train.run_name")
+            raise UsageError(f"run directory {files.typed(run_dir.root)} already holds a run; continue it with "
+                             f"train.resume=auto or start another with a new train.run_name")
         return None
     if resume == "auto":
         return checkpoint.resumable_checkpoint(run_dir, warn)

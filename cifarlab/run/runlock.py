@@ -96,7 +96,7 @@ def make_run_directory(run: RunDir) -> None:
         raise UsageError(f"{what} {blocking} is a file, not a folder; choose another train.output_dir or "
                          f"train.run_name") from None
     except OSError as error:
-        raise UsageError(f"cannot create run directory {run.root} ({error.strerror}); choose a writable "
+        raise UsageError(f"cannot create run directory {files.typed(run.root)} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
     if not os.access(run.root, os.W_OK):
-        raise UsageError(f"run directory {run.root} is not writable; choose a writable train.output_dir")
+        raise UsageError(f"run directory {files.typed(run.root)} is not writable; choose a writable train.output_dir")
