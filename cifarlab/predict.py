@@ -43,6 +43,10 @@ class Picture:
     """Decoded, EXIF-rotated, in its original mode and size."""
 
 
+TOP_K = 3
+"""Classes shown per image unless --top-k says otherwise (fewer for a model of fewer classes)."""
+
+
 def read_images(paths: Sequence[str]) -> tuple[list[Picture], list[str]]:
     """Decode every image before anything slow (the model) is loaded: (the pictures, in the order given; one
     message per path that is not a readable image)."""
@@ -116,7 +120,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True,
                         help="a run directory, its model.safetensors, or a folder under <run>/checkpoints/")
     parser.add_argument("--config", help="the YAML config the model was trained with (default: the run's config.yaml)")
-    parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help=f"classes to show per image (default {TOP_K}, or every class of a model with fewer)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), any size or mode")
     refuse_config_flags(parser, sys.argv[1:] if argv is None else argv, Config)
     return parser.parse_intermixed_args(argv)
@@ -125,7 +130,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        if args.top_k < 1:  # the upper bound, the number of classes, is known once the run is loaded
+        if args.top_k is not None and args.top_k < 1:  # the class count, the upper bound, is known once loaded
             raise UsageError(f"--top-k {args.top_k}: pass --top-k 1 or more (at most the number of classes)")
         pictures, problems = read_images(args.images)
         for problem in problems:  # each bad image in one line, as it is found; the others are still predicted
@@ -133,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not pictures:
             return UsageError.exit_code
         trained = loading.load_trained(args.checkpoint, args.config)
-        if args.top_k > len(trained.classes):
+        shown = args.top_k if args.top_k is not None else min(TOP_K, len(trained.classes))  # a 2-class model: both
+        if shown > len(trained.classes):
             raise UsageError(f"--top-k {args.top_k}: the model has {len(trained.classes)} classes; pass "
                              f"--top-k between 1 and {len(trained.classes)}")
         prepared = [prepare(picture, trained.config.data) for picture in pictures]
@@ -143,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for picture, (_, notes) in zip(pictures, prepared):
         if notes:
             console.note(f"{picture.path}: {'; '.join(notes)}")  # flushed: before the predictions on a terminal
-    ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, args.top_k,
+    ranked = top_k(trained.model, torch.stack([tensor for tensor, _ in prepared]), trained.classes, shown,
                    trained.config.train.tta)
     for picture, row in zip(pictures, ranked):
         sys.stdout.write(format_line(picture.path, row) + "\n")

@@ -18,7 +18,7 @@ from cifarlab import predict
 from cifarlab.config import DataConfig, ModelConfig, load_config
 from cifarlab.models import build_model
 
-from conftest import check, cli_env, error_lines, in_process
+from conftest import check, cli_env, error_lines, in_process, smoke
 
 LINE = re.compile(r"^(?P<path>.+?): (?P<ranked>.+)$")
 
@@ -213,3 +213,14 @@ def test_top_k_applies_the_runs_test_time_augmentation() -> None:
     for row, probabilities in zip(ranked, expected):
         for name, percent in row:
             assert percent == pytest.approx(float(probabilities[int(name)]), abs=1e-4)
+
+
+@pytest.mark.integration
+def test_the_default_top_k_shows_every_class_of_a_model_with_fewer_than_three(
+        tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newcomer's two-class folder: no --top-k needed (the default was 3, refused for 2 classes)."""
+    check(in_process(smoke(tmp_path, "two", "data.num_classes=2", "train.epochs=1", "data.loader=tensor"), capsys))
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(tmp_path / "runs" / "two"), str(images / "rgb.png")]) == 0
+    (ranked,) = parse(capsys.readouterr().out).values()
+    assert len(ranked) == 2 and {name for name, _ in ranked} == set(classes(tmp_path / "runs" / "two"))
