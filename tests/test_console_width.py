@@ -110,6 +110,18 @@ def test_evaluate_numbers_the_confusion_matrix_columns(smoke_reference: Path) ->
                for line in lines) == len(CLASSES)
 
 
+@pytest.mark.integration
+def test_train_wraps_its_log_lines_at_spaces_and_fits_its_table(tmp_path: Path) -> None:
+    """The trainer's lines (config, run directory, each epoch, done) wrap at spaces under the message, a figure with
+    its unit; the per-class table at the end fits; piped, each message stays one line (test_console)."""
+    lines = in_terminal("cifarlab.train", "--config", str(CONFIGS / "smoke.yaml"), "train.output_dir=runs",
+                        "train.run_name=t", "train.epochs=1", "logging.wandb.mode=disabled", "data.loader=tensor",
+                        cwd=tmp_path)
+    fits(lines, [*CLASSES, "data.loader=tensor", "logging.wandb.mode=disabled", "runs/t/model.safetensors"])
+    continued = [line for line in lines if line.startswith(" " * 11) and line.strip()]
+    assert continued and not any(line.strip().startswith("%") for line in continued)
+
+
 @pytest.mark.unit
 def test_verdicts_wrap_at_spaces_and_keep_a_figure_with_its_name() -> None:
     text = "lr=0.05 vs lr=0.01: no significant difference (Welch t on runs, p = 0.684, holm-adjusted) at the 5 % level"

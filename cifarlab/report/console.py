@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
     from cifarlab.report.metrics import EvalResult
 
 
+_STAMP = len("[    0.0s] ")
+"""The width of a log line's time stamp: a wrapped line's continuation starts under its message."""
+
 class Console:
     """Rich output on the main process. ``quiet`` keeps only warnings (and errors, see :func:`error`).
 
@@ -40,8 +44,12 @@ class Console:
 
     def log(self, message: str) -> None:
         if self._rich is not None:
-            elapsed = time.perf_counter() - self._start
-            self._rich.print(f"[{elapsed:7.1f}s] {message}", markup=False)
+            line = f"[{time.perf_counter() - self._start:7.1f}s] {message}"
+            if self.interactive:  # a terminal wraps at its edge, inside words: wrap at spaces, under the message
+                glued = line.replace(" %", "\xa0%")  # a figure keeps its unit: textwrap breaks at ASCII spaces only
+                line = "\n".join(textwrap.wrap(glued, self._rich.width, subsequent_indent=" " * _STAMP,
+                                               break_long_words=False, break_on_hyphens=False)).replace("\xa0", " ")
+            self._rich.print(line, markup=False)  # logs and pipes: one line a message, for grep
 
     def progress_line(self, message: str) -> None:
         """Periodic training numbers: a log line, unless a live progress bar shows them already."""
