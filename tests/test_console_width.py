@@ -21,7 +21,7 @@ from test_sweep import fake_run, spec, write
 from cifarlab.analysis.rendering import wrapped
 from cifarlab.experiments.spec import read_sweep
 
-from conftest import CONFIGS, cli_env
+from conftest import CONFIGS, FAKE_TRAINER, cli_env
 
 COLUMNS = 80
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -120,6 +120,24 @@ def test_train_wraps_its_log_lines_at_spaces_and_fits_its_table(tmp_path: Path) 
     fits(lines, [*CLASSES, "data.loader=tensor", "logging.wandb.mode=disabled", "runs/t/model.safetensors"])
     continued = [line for line in lines if line.startswith(" " * 11) and line.strip()]
     assert continued and not any(line.strip().startswith("%") for line in continued)
+
+
+@pytest.mark.integration
+def test_a_sweep_wraps_its_progress_lines_at_spaces(tmp_path: Path) -> None:
+    """A sweep's own lines (trials started and finished, the tally) on a terminal: wrapped at spaces, indented."""
+    file = write(tmp_path, spec(grid={"optim.lr": [0.01, 0.05]}, seeds=[0]))
+    lines = in_terminal("cifarlab.sweep", str(file), "--trainer", FAKE_TRAINER, "train.output_dir=runs", cwd=tmp_path)
+    fits(lines, ["lr=0.01-seed=0", "lr=0.05-seed=0"])
+    assert any(line.startswith("    ") for line in lines)  # a long line went on under its prefix
+
+
+@pytest.mark.integration
+def test_predict_fits(smoke_reference: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "white.png")
+    lines = in_terminal("cifarlab.predict", "--checkpoint", str(smoke_reference), "white.png", cwd=tmp_path)
+    fits(lines, ["white.png"])
 
 
 @pytest.mark.unit

@@ -8,6 +8,7 @@ import codecs
 import errno
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,8 +28,11 @@ from cifarlab.config import load_config, shown
 from cifarlab.errors import Preempted, UsageError
 from cifarlab.experiments.record import Trial, absolute, changes, document, read_record
 from cifarlab.experiments.spec import Sweep
+from cifarlab.report import console
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
+_STAMP = re.compile(r"\[ *[0-9.]+s\] ")
+"""The time stamp a trainer's console line starts with (cifarlab.report.console.Console.log)."""
 STOPPED = (Preempted.exit_code, 130)
 """Exit codes of a trainer that was stopped (a signal, Ctrl-C) and resumes when run again."""
 
@@ -36,7 +40,7 @@ STOPPED = (Preempted.exit_code, 130)
 def say(sweep: Sweep, message: str) -> None:
     """A line of the sweep's progress on stdout (a single-process command: its output is the product, no rank
     policy needed)."""
-    print(f"sweep {sweep.name}: {message}", flush=True)
+    print(console.terminal_line(f"sweep {sweep.name}: {message}", indent=4), flush=True)
 
 
 # --- what is there already ------------------------------------------------------------------------------------
@@ -367,16 +371,32 @@ class Echo:
         self._thread.start()
 
     def _copy(self) -> None:
+        pending = ""  # on a terminal, the start of a line not yet whole: lines are wrapped whole
         while True:
             done = self._done.is_set()  # read before the file: what was written before the end is then read
             chunk = self._source.read()
             if chunk:
-                sys.stdout.write(self._decoder.decode(chunk))
-                sys.stdout.flush()
+                pending = self._write(pending + self._decoder.decode(chunk))
             elif done:
+                self._write(pending + "\n" if pending else "")
                 return
             else:
                 time.sleep(0.05)
+
+    @staticmethod
+    def _write(text: str) -> str:
+        """Write ``text`` out, on a terminal its whole lines wrapped at spaces (console.terminal_line: the trainer
+        logged into a file, one line a message); return what is left of a line not yet whole."""
+        if not sys.stdout.isatty():
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return ""
+        *lines, rest = text.split("\n")
+        for line in lines:
+            stamp = _STAMP.match(line)  # a trainer's log line goes on under its message
+            sys.stdout.write(console.terminal_line(line, indent=stamp.end() if stamp else 0) + "\n")
+        sys.stdout.flush()
+        return rest
 
     def finish(self) -> None:
         """The trainer has exited: copy the rest, then stop."""

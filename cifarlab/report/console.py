@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -45,11 +46,9 @@ class Console:
     def log(self, message: str) -> None:
         if self._rich is not None:
             line = f"[{time.perf_counter() - self._start:7.1f}s] {message}"
-            if self.interactive:  # a terminal wraps at its edge, inside words: wrap at spaces, under the message
-                glued = line.replace(" %", "\xa0%")  # a figure keeps its unit: textwrap breaks at ASCII spaces only
-                line = "\n".join(textwrap.wrap(glued, self._rich.width, subsequent_indent=" " * _STAMP,
-                                               break_long_words=False, break_on_hyphens=False)).replace("\xa0", " ")
-            self._rich.print(line, markup=False)  # logs and pipes: one line a message, for grep
+            if self.interactive:  # logs and pipes keep one line a message, for grep
+                line = at_spaces(line, self._rich.width, _STAMP)
+            self._rich.print(line, markup=False)
 
     def progress_line(self, message: str) -> None:
         """Periodic training numbers: a log line, unless a live progress bar shows them already."""
@@ -299,6 +298,23 @@ def is_rank_zero() -> bool:
 def error(message: str) -> None:
     """A user error: one line on stderr, from rank 0 only (the same bad input fails on every rank)."""
     _stderr_line("error", message)
+
+
+def at_spaces(line: str, width: int, indent: int) -> str:
+    """``line`` wrapped at spaces to ``width`` columns, its continuations indented by ``indent`` (under the message,
+    past its prefix), each figure kept with its unit ("61.20 %"): a terminal would wrap it at its edge, inside words.
+    A word longer than the width (a long path) stays whole."""
+    glued = line.replace(" %", "\xa0%")  # textwrap breaks at ASCII whitespace only
+    return "\n".join(textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_long_words=False,
+                                   break_on_hyphens=False)).replace("\xa0", " ")
+
+
+def terminal_line(line: str, indent: int) -> str:
+    """``line`` as stdout should get it: wrapped at spaces to a terminal's width (:func:`at_spaces`), or one line
+    where stdout is a file or a pipe (logs, grep)."""
+    if not sys.stdout.isatty():
+        return line
+    return at_spaces(line, shutil.get_terminal_size().columns, indent)
 
 
 def warning(message: str) -> None:
