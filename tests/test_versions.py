@@ -15,7 +15,6 @@ from typing import Optional
 import pytest
 import torch
 
-from cifarlab.run import versions
 from cifarlab.run.versions import matching, mismatch
 
 from conftest import cli_env, error_lines, in_process, smoke
@@ -75,14 +74,19 @@ def test_the_trainer_says_it_once_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_guard_lets_a_good_pair_load_and_then_steps_aside(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in sys.modules if name.split(".")[0] == "torchvision"]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
-    versions.guard_torchvision()
-    versions.guard_torchvision()  # once
-    finders = len(sys.meta_path)
-    from torchvision.ops import nms
-
-    assert nms(torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2.1]]), torch.tensor([0.9, 0.8]), 0.5).tolist() == [0]
-    assert len(sys.meta_path) == finders - 1
+def test_the_guard_lets_a_good_pair_load_and_then_steps_aside() -> None:
+    """In a fresh interpreter: torchvision's operators register once per process, so a second import of it in this one
+    (after another test's) fails as a mismatch would (torch 2.10: 'already a kernel registered')."""
+    script = """
+import sys, torch
+from cifarlab.run import versions
+assert not any(name.split(".")[0] == "torchvision" for name in sys.modules)
+versions.guard_torchvision()
+versions.guard_torchvision()  # once
+finders = len(sys.meta_path)
+from torchvision.ops import nms
+assert nms(torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2.1]]), torch.tensor([0.9, 0.8]), 0.5).tolist() == [0]
+assert len(sys.meta_path) == finders - 1, "the guard stays installed after the import"
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
