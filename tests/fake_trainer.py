@@ -298,7 +298,7 @@ def _train(config: Config, preset: Optional[str], run: RunDir, out: console.Cons
             + f"; resolved config in {run.config}")
     out.log(f"run directory {run.root}; 1 process(es) on cpu (tests/fake_trainer.py: nothing is trained)")
     if resume_from is not None:
-        out.log(f"resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}")
+        out.log(f"resumed from {files.typed(resume_from)}: epoch {state.epoch + 1}, step {state.global_step}")
 
     checkpointer = Checkpointer(run, config, resume_from)
     pruning = Pruning.from_environment(Solo())  # type: ignore[arg-type]

@@ -163,7 +163,8 @@ def _interrupt_and_finish(env: dict[str, str], tmp_path: Path, interrupt: Callab
                              f"{log.read_text()[-3000:]}") from None
     assert _state(env, job) == ("COMPLETED", 1)
     text = log.read_text()
-    assert "restart 1" in text and f"resumed from {tmp_path / 'runs' / f'slurm-{job}'}" in text
+    # The batch script runs in tmp_path (--chdir): the trainer names its checkpoint relative to it (files.typed).
+    assert "restart 1" in text and f"resumed from runs/slurm-{job}/checkpoints/" in text
     assert f"epoch 1, step {step}" in text or f"epoch 2, step {step}" in text
 
     check(run_python(smoke(tmp_path, "reference", *OVERRIDES), tmp_path))

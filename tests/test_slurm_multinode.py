@@ -166,7 +166,8 @@ def test_preempted_two_node_job_checkpoints_every_rank_requeues_and_resumes(
     _finish(cluster, job, log)
     assert _state(cluster, job) == ("COMPLETED", 1)
     text = log.read_text()
-    assert "restart 1" in text and f"resumed from {checkpoint}" in text, text[-4000:]
+    # relative to the job's folder (--chdir), where the trainer runs: files.typed
+    assert "restart 1" in text and f"resumed from {checkpoint.relative_to(tmp_path)}" in text, text[-4000:]
     _assert_on_both_nodes(text, _nodes(cluster), starts=2)
     difference = _assert_close(reference, tmp_path / "runs" / f"slurm-{job}" / "model.safetensors")
     print(f"preempted at step {step}, resumed on 2 nodes vs 1 process: largest weight difference {difference:.3g}")

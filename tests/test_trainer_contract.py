@@ -188,7 +188,9 @@ def stops_on_signals_and_goes_on_counting(trainer: str, tmp_path: Path, **_: Any
     for number, (signum, code) in enumerate([(signal.SIGINT, 130), (signal.SIGTERM, 75)]):
         started = Background(args, tmp_path, tmp_path / f"{number}.log")
         if last:
-            started.wait_for(rf"resumed from {re.escape(str(run.checkpoint(last)))}: epoch 1, step {last}")
+            # the trainer runs in tmp_path and names the checkpoint relative to it (files.typed)
+            started.wait_for(rf"resumed from {re.escape(str(run.checkpoint(last).relative_to(tmp_path)))}: epoch 1, "
+                             rf"step {last}")
         started.wait_for(rf"epoch 1 step {last + 2}/32")
         started.signal(signum)
         assert started.finish() == code, started.output()[-3000:]
@@ -199,7 +201,7 @@ def stops_on_signals_and_goes_on_counting(trainer: str, tmp_path: Path, **_: Any
         assert not run.finished()
         last = step
     finished = Background(args, tmp_path, tmp_path / "last.log")
-    assert finished.finish() == 0 and f"resumed from {run.checkpoint(last)}" in finished.output()
+    assert finished.finish() == 0 and f"resumed from {run.checkpoint(last).relative_to(tmp_path)}" in finished.output()
     assert [record["step"] for record in records(run.root) if "train/loss" in record] == list(range(1, 33))
     assert [record["step"] for record in records(run.root) if "test/acc" in record] == [32]
     assert run.finished()
