@@ -187,7 +187,11 @@ class Run:
         return _number(self.last("test"), "test/acc_top5")
 
     def best_accuracy(self) -> Optional[float]:
-        values = [v for v in (_number(r, "test/acc") for r in self.evaluations) if v is not None]
+        return self._best("test")
+
+    def _best(self, split: str) -> Optional[float]:
+        """The highest accuracy on ``split`` over the evaluations that scored it."""
+        values = [v for v in (_number(r, f"{split}/acc") for r in self.evaluations) if v is not None]
         return max(values) if values else None
 
     def test_images(self) -> Optional[int]:
@@ -208,8 +212,7 @@ class Run:
 
     def best_val_accuracy(self) -> Optional[float]:
         """The best validation accuracy over the evaluations: the one the best checkpoint was chosen by."""
-        values = [v for v in (_number(r, "val/acc") for r in self.evaluations) if v is not None]
-        return max(values) if values else None
+        return self._best("val")
 
     def final_val_loss(self) -> Optional[float]:
         return _number(self.last("val"), "val/loss")

@@ -8,7 +8,6 @@ import codecs
 import errno
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -31,8 +30,6 @@ from cifarlab.experiments.spec import Sweep
 from cifarlab.report import console
 from cifarlab.run.rundir import TRAINER_STATE, RunDir
 
-_STAMP = re.compile(r"\[ *[0-9.]+s\] ")
-"""The time stamp a trainer's console line starts with (cifarlab.report.console.Console.log)."""
 STOPPED = (Preempted.exit_code, 130)
 """Exit codes of a trainer that was stopped (a signal, Ctrl-C) and resumes when run again."""
 
@@ -393,7 +390,7 @@ class Echo:
             return ""
         *lines, rest = text.split("\n")
         for line in lines:
-            stamp = _STAMP.match(line)  # a trainer's log line goes on under its message
+            stamp = console.STAMPED.match(line)  # a trainer's log line goes on under its message
             sys.stdout.write(console.terminal_line(line, indent=stamp.end() if stamp else 0) + "\n")
         sys.stdout.flush()
         return rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # metrics imports torch; the CLI's error path must not
 
 _STAMP = len("[    0.0s] ")
 """The width of a log line's time stamp: a wrapped line's continuation starts under its message."""
+STAMPED = re.compile(r"\[ *[0-9.]+s\] ")
+"""The time stamp :meth:`Console.log` starts a line with (a sweep finds it in a trial's log: experiments.runner)."""
+
 
 class Console:
     """Rich output on the main process. ``quiet`` keeps only warnings (and errors, see :func:`error`).
