@@ -119,11 +119,11 @@ def search(folder: Path, args: argparse.Namespace) -> int:
     """A search's folder: its best trials with their settings (cifarlab.analysis.searchview)."""
     if args.by or args.baseline or args.plan is not None or args.per_class:
         raise UsageError(f"{folder} is a search: --by, --baseline, --plan and --per-class compare groups of runs; "
-                         f"use them on its confirmation, {SweepDir(folder).confirmation.root}")
+                         f"use them on its confirmation, {typed(SweepDir(folder).confirmation.root)}")
     goal = searchview.objective(folder, args.metric)
     if goal.keys is None and args.metric is None:
         console.note(f"{folder} does not say what its search optimizes (a search from before cifarlab wrote "
-                     f"{SweepDir(folder).description}): ranked by {goal.metric.name}; --metric picks another")
+                     f"{typed(SweepDir(folder).description)}): ranked by {goal.metric.name}; --metric picks another")
     chosen = selection.selection_note(goal.metric, [folder])
     if chosen is not None:
         console.note(chosen)

@@ -44,7 +44,8 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     model = accelerator.prepare(trained.model)
     result = engine.evaluate(model, datasets.test_batches(), accelerator, datasets.classes, config.train.tta)
 
-    out.log(f"{trained.weights} on {config.data.name} ({config.data.root}), {accelerator.num_processes} process(es)")
+    out.log(f"{files.typed(trained.weights)} on {config.data.name} ({config.data.root}), "
+            f"{accelerator.num_processes} process(es)")
     out.eval_table(console.accuracy_summary(result), result)
     out.confusion_table(result)
     if png is not None and accelerator.is_main_process:

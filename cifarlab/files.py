@@ -73,8 +73,8 @@ def link_refusal(path: PathLike) -> UsageError:
         target = os.readlink(path)
     except OSError:
         target = "?"
-    return UsageError(f"{path} is a symbolic link (to {target}); cifarlab does not write through links it did not "
-                      f"create: remove it (or put a copy of the file it points to in its place) and run again")
+    return UsageError(f"{typed(path)} is a symbolic link (to {target}); cifarlab does not write through links it "
+                      f"did not create: remove it (or put a copy of the file it points to in its place) and run again")
 
 
 def refuse_link(path: PathLike) -> None:

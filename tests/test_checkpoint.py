@@ -54,7 +54,8 @@ def test_saves_are_sealed_pruned_and_restored(tmp_path: Path) -> None:
     assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_damage_is_detected_and_auto_falls_back(tmp_path: Path) -> None:
+def test_damage_is_detected_and_auto_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the warning names the checkpoint relative to where the command ran
     saver, _ = checkpointer(tmp_path, keep_last=3)
     run, state = saver.run, TrainState()
     for step in (2, 4, 6):
@@ -66,7 +67,7 @@ def test_damage_is_detected_and_auto_falls_back(tmp_path: Path) -> None:
     assert problem(run.checkpoint(6)) == f"optimizer.bin has 100 bytes, expected {size}"
     warnings: list[str] = []
     assert resumable_checkpoint(run, warnings.append) == run.checkpoint(4)
-    assert warnings == [f"checkpoint {run.checkpoint(6)} is damaged (optimizer.bin has 100 bytes, expected {size}); "
+    assert warnings == [f"checkpoint {run.checkpoint(6).relative_to(tmp_path)} is damaged (optimizer.bin has 100 bytes, expected {size}); "
                         f"falling back to an older one"]
     (run.checkpoint(4) / "manifest.json").unlink()
     assert problem(run.checkpoint(4)) == "no manifest.json"

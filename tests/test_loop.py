@@ -256,15 +256,18 @@ def test_a_stopped_run_continues_with_the_command_it_prints_and_its_epoch_loss_i
     preset = str(CONFIGS / "smoke.yaml")
     whole = RunDir(loop.train(tiny_config(tmp_path / "whole", *overrides), preset=preset))
     stop_at(monkeypatch, 5)  # mid-epoch 2 (4 steps per epoch)
+    monkeypatch.chdir(tmp_path)  # the paths it prints are relative to where the command ran
     with pytest.raises(Preempted):
         loop.train(tiny_config(tmp_path / "stopped", *overrides), preset=preset)
     monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     run = RunDir(tmp_path / "stopped" / "tiny")
-    printed = re.search(r"stopped on SIGTERM at step 5: checkpoint \S+step_00000005 saved; continue with "
+    printed = re.search(r"stopped on SIGTERM at step 5: checkpoint (\S+) saved; continue with "
                         r"python -m cifarlab\.train (.*)$", capsys.readouterr().out, re.MULTILINE)
     assert printed is not None
-    arguments = shlex.split(printed.group(1))
-    assert arguments == ["--config", str(run.config), "train.resume=auto"]
+    assert printed.group(1) == str(run.checkpoint(5).relative_to(tmp_path))
+    arguments = shlex.split(printed.group(2))
+    assert arguments == ["--config", str(run.config.relative_to(tmp_path)), "train.resume=auto"]
     assert train_command.main(arguments) == 0  # the printed arguments through the trainer's own command line
     assert "resumed from" in capsys.readouterr().out
 

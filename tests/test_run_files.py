@@ -407,13 +407,15 @@ def test_a_trainer_started_in_a_run_folder_with_a_planted_lock_link_leaves_its_t
 
 @pytest.mark.unit
 def test_resuming_another_models_checkpoint_says_what_differs_writes_nothing_and_the_corrected_command_works(
-        stopped: Path, whole: RunDir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        stopped: Path, whole: RunDir, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     run = copy(stopped, tmp_path)
     before = snapshot(run.root)
+    monkeypatch.chdir(tmp_path)  # the refusal names the checkpoint relative to where the command ran
     changed = ("model.name=resnet18", "train.allow_changes=true")
     assert train_command.main(arguments(run.root.parent, "train.resume=auto", *changed)) == 2
     assert error_lines(capsys.readouterr().err) == [
-        f"cifarlab: error: checkpoint {run.checkpoint(5)} does not fit this run's model: it has no tensor "
+        f"cifarlab: error: checkpoint {run.checkpoint(5).relative_to(tmp_path)} does not fit this run's model: it has no tensor "
         f"stem.0.weight (saved by model.name=lenet); resume it with the settings it was saved with, or start a new "
         f"run (a new train.run_name, without train.resume)"]
     assert snapshot(run.root) == before

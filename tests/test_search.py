@@ -437,7 +437,7 @@ def confirmed_runs(sweep: Any, accuracies: dict[str, list[float]]) -> None:
 
 @pytest.mark.unit
 def test_two_winners_of_one_setting_and_a_winner_equal_to_the_base_are_each_confirmed_once(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The 3 best distinct settings: lr 0.05 (trials 0 and 1: once), the base's 0.02 (trial 2: the control), 0.1."""
     file, sweep, study = searched(tmp_path, 3, [(0.05, 0.30), (0.05, 0.29), (0.02, 0.25), (0.1, 0.20), (0.1, 0.1)])
     check = read_sweep(str(searching.confirm_file(sweep, study)))  # loads: no two trials of one configuration
@@ -445,10 +445,13 @@ def test_two_winners_of_one_setting_and_a_winner_equal_to_the_base_are_each_conf
         ["train.seed=1", "train.seed=2", "optim.lr=0.05", "optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.1"]
     # The confirmation's runs, finished by other workers: the confirmation reads them.
     confirmed_runs(sweep, {"base": [0.40, 0.42], "optim.lr=0.05": [0.30, 0.32], "optim.lr=0.1": [0.20, 0.22]})
+    monkeypatch.chdir(tmp_path)  # its folder is named relative to where the command ran (the spec holds it whole)
     assert searching.confirm(sweep, study, 1) == 0
     out = capsys.readouterr().out
     assert "trial 2 trial-0002 has the base configuration's settings: it is confirmed as the control" in out
-    assert "confirming the 2 best setting(s) and the base configuration on 2 fresh seeds each: 6 runs" in out
+    confirmation = sweep.dir.confirmation.root.relative_to(tmp_path)
+    assert f"confirming the 2 best setting(s) and the base configuration on 2 fresh seeds each: 6 runs in " \
+           f"{confirmation}\n" in out
     assert ("optim.lr=0.02: the base configuration (control); trial 2 scored 25.00 % with these settings in the "
             "search; confirmed 41.00 % (mean of 2 fresh seeds)") in out
     assert "optim.lr=0.05: trial 0 scored 30.00 % in the search; confirmed 31.00 %" in out

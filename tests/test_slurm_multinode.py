@@ -150,7 +150,8 @@ def test_preempted_two_node_job_checkpoints_every_rank_requeues_and_resumes(
     text = log.read_text()
     stopped = re.search(r"stopped on (.+?) at step (\d+): checkpoint (\S+) saved", text)
     assert stopped, text
-    step, checkpoint = int(stopped.group(2)), Path(stopped.group(3))
+    # relative to the job's folder (--chdir), where the trainer runs (files.typed)
+    step, checkpoint = int(stopped.group(2)), tmp_path / stopped.group(3)
     assert stopped.group(1) == "SIGUSR1" and 4 < step < STEPS and step % 8 == 0, stopped.group(0)
     assert checkpoint.name == f"step_{step:08d}"
     # Saved by every rank at that one step: both ranks' RNG states, and the trainer state at the stop step.

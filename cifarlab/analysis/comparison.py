@@ -21,6 +21,7 @@ from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.results import Predictions, Run
 from cifarlab.config import shown
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 from cifarlab.identity import VOLATILE
 
 IGNORED: tuple[str, ...] = ("train.seed", *VOLATILE)
@@ -252,7 +253,7 @@ class PairedTests:
             return None
         if second.test_set != first.test_set or not _same_labels(second, first):
             raise UsageError(
-                f"{run_b.path} and {run_a.path} were evaluated on different test sets "
+                f"{typed(run_b.path)} and {typed(run_a.path)} were evaluated on different test sets "
                 f"({second.test_set} vs {first.test_set}): a paired test needs the same test images; "
                 "compare the runs of each test set in a call of their own")
         a, b = first.correct(), second.correct()

@@ -222,7 +222,8 @@ def _save_cache(config: DataConfig, split: str, key: str, images: torch.Tensor, 
             if stale != cache:
                 stale.unlink()  # decoded from files that have changed since (a link: the link, not its target)
     except (OSError, UsageError) as error:
-        warn(f"could not cache decoded images in {cache.parent} ({error}); they will be decoded again next run")
+        warn(f"could not cache decoded images in {files.typed(cache.parent)} ({error}); they will be decoded again "
+             f"next run")
         return False
     return True
 

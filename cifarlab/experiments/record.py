@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from cifarlab.config import Config, flatten, load_config, shown, to_dict
 from cifarlab.errors import UsageError
+from cifarlab.files import typed
 from cifarlab.identity import run_changes
 
 VERSION_KEYS = ("base", "overrides", "trials")
@@ -61,7 +62,7 @@ def read_record(path: Path) -> Optional[Record]:
     one version, whose shared overrides are unknown."""
     if not path.is_file():
         return None
-    problem = f"{path}: not a sweep record; move it away or give the sweep another name"
+    problem = f"{typed(path)}: not a sweep record; move it away or give the sweep another name"
     try:
         document = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # PyYAML's errors (yaml is not imported here) and OmegaConf's
@@ -69,8 +70,8 @@ def read_record(path: Path) -> Optional[Record]:
     if not isinstance(document, dict) or not isinstance(document.get("trials"), list):
         raise UsageError(problem)
     if "digest" in document and document["digest"] != _digest(document["trials"], document.get("versions")):
-        raise UsageError(f"{path}: not the record as cifarlab wrote it (cut short, damaged or edited: its digest "
-                         f"differs); restore it, or remove it to name the trials afresh from the sweep file")
+        raise UsageError(f"{typed(path)}: not the record as cifarlab wrote it (cut short, damaged or edited: its "
+                         f"digest differs); restore it, or remove it to name the trials afresh from the sweep file")
     trials, commands = [], {}
     try:
         for entry in document["trials"]:
@@ -106,8 +107,8 @@ def check_same_sweep(record: Record, name: str, shared: Config, swept: Collectio
     keys = [key for key in changes if key not in swept]
     if keys:
         detail = ", ".join(f"{key}: {shown(changes[key][0])} there, {shown(changes[key][1])} here" for key in keys[:3])
-        raise UsageError(f"{record.path} records another sweep named '{name}' ({detail}); rename this one (name:) "
-                         f"or set another train.output_dir")
+        raise UsageError(f"{typed(record.path)} records another sweep named '{name}' ({detail}); rename this one "
+                         f"(name:) or set another train.output_dir")
 
 
 def changes(saved: Config, now: Config, swept: Collection[str]) -> dict[str, tuple[Any, Any]]:

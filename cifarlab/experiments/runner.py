@@ -263,7 +263,7 @@ class Runner:
         reason = conflict(self.sweep, trial)
         if reason is not None:
             self.tally.refused += 1
-            self._say(f"{label}: refused: {self.sweep.run_dir(trial).root} {reason}; move it away or give "
+            self._say(f"{label}: refused: {files.typed(self.sweep.run_dir(trial).root)} {reason}; move it away or give "
                       f"the sweep another name")
             self.feed.ended(trial, "refused")
             return
@@ -280,7 +280,8 @@ class Runner:
             if error.errno != errno.ELOOP:
                 raise
             self.tally.refused += 1
-            self._say(f"{label}: refused: its log {log_path} is a symbolic link, not a log cifarlab made; remove it")
+            self._say(f"{label}: refused: its log {files.typed(log_path)} is a symbolic link, not a log cifarlab "
+                      f"made; remove it")
             self.feed.ended(trial, "refused")
             return
         command = self.sweep.command(trial)
@@ -297,7 +298,7 @@ class Runner:
                                    env={**self._environment(), **self.feed.environment(trial)})
         self.running.append(Running(trial, process, time.monotonic(), log, echo))
         verb = "started" if step is None else f"resumed from its checkpoint at step {step}"
-        self._say(f"{label}: {verb}; log {log_path}")
+        self._say(f"{label}: {verb}; log {files.typed(log_path)}")
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run, line by line
@@ -341,7 +342,7 @@ class Runner:
         else:
             self.tally.failed += 1
             result = "failed"
-            self._say(f"{label}: failed ({how}) after {seconds:.1f}s; log {self.sweep.log(running.trial)}")
+            self._say(f"{label}: failed ({how}) after {seconds:.1f}s; log {files.typed(self.sweep.log(running.trial))}")
         self._record(running.trial, {"result": result, "how": how, "seconds": round(seconds, 1),
                                      "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
         self.feed.ended(running.trial, result)

@@ -96,8 +96,8 @@ def objective(sweep: Sweep) -> Objective:
     found = described(sweep.folder, "move it away: the search writes it again when it next runs")
     if found is not None and (found != ours or list(found["space"]) != list(ours["space"])):  # its keys' order too
         what = next((key for key in ours if found.get(key) != ours[key]), "space")
-        raise UsageError(f"{sweep.dir.description} gives the search another {what} than {sweep.source} (edited, or "
-                         f"another search's); move it away: the search writes it again when it next runs")
+        raise UsageError(f"{typed(sweep.dir.description)} gives the search another {what} than {sweep.source} "
+                         f"(edited, or another search's); move it away: the search writes it again when it next runs")
     found = found or ours
     return Objective(METRICS[found["metric"]], found["direction"] == "maximize", [str(key) for key in found["space"]],
                      found["space"])
@@ -219,7 +219,7 @@ def confirm(sweep: Sweep, study: Any, parallel: int) -> int:
                    f"it is confirmed as the control, not a second time")
     what = f"the {len(chosen)} best setting(s) and the base configuration" if chosen else "the base configuration"
     say(sweep, f"confirming {what} on {sweep.search.confirm.seeds} fresh seeds each: {len(check.trials)} runs in "
-               f"{check.folder}")
+               f"{typed(check.folder)}")
     code = Runner(check, min(parallel, len(check.trials))).run(ClaimFeed(list(check.trials), Claims(sweep.dir)))
     if code != 0:
         return code
@@ -288,7 +288,7 @@ def _best(sweep: Sweep, study: Optional[Any]) -> str:
 
     assert sweep.search is not None
     if study is None:
-        raise UsageError(f"--best: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
+        raise UsageError(f"--best: search {sweep.name} has not started ({typed(sweep.dir.journal)} does not exist)")
     goal = objective(sweep)
     keys = goal.keys or []
     if sweep.search.confirm is None:
@@ -342,7 +342,7 @@ def search_pictures(sweep: Sweep, path: Path) -> list[Path]:
     assert sweep.search is not None
     with reading(sweep) as study:
         if study is None:
-            raise UsageError(f"--png: search {sweep.name} has not started ({sweep.dir.journal} does not exist)")
+            raise UsageError(f"--png: search {sweep.name} has not started ({typed(sweep.dir.journal)} does not exist)")
         if not _count(study, "COMPLETE"):
             raise UsageError(f"--png: search {sweep.name} has no completed trial yet: nothing to draw")
         return _draw(sweep, study, objective(sweep), picture_files(path))

@@ -61,7 +61,7 @@ def open_study(sweep: Sweep) -> Any:
                                     direction=optuna.study.StudyDirection.MAXIMIZE if sweep.search.maximize
                                     else optuna.study.StudyDirection.MINIMIZE)
     except OSError as error:
-        raise UsageError(f"cannot write the study {path} ({error.strerror}); choose a writable "
+        raise UsageError(f"cannot write the study {files.typed(path)} ({error.strerror}); choose a writable "
                          f"train.output_dir") from None
     if not _same_search(sweep, study, path):
         study.set_user_attr("search", _ours(sweep))
@@ -79,7 +79,8 @@ def _describe(sweep: Sweep) -> None:
         if path.is_symlink() or not path.is_file() or path.read_text() != text:
             write_whole(path, text)
     except OSError as error:
-        raise UsageError(f"cannot write {path} ({error.strerror}); choose a writable train.output_dir") from None
+        raise UsageError(f"cannot write {files.typed(path)} ({error.strerror}); choose a writable "
+                         f"train.output_dir") from None
 
 
 @contextmanager
@@ -100,7 +101,8 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
         try:
             study = optuna.load_study(study_name=sweep.name, storage=_journal(path, copy))
         except KeyError:
-            raise UsageError(f"{path} holds no study named {sweep.name}; move {sweep.folder} away") from None
+            raise UsageError(f"{files.typed(path)} holds no study named {sweep.name}; move "
+                             f"{files.typed(sweep.folder)} away") from None
         _same_search(sweep, study, path)
         yield study
 
@@ -115,8 +117,9 @@ def _journal(path: Path, copy: Optional[Path] = None) -> Any:
         raise  # the callers say what they could not write or read
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else ""
-        raise UsageError(f"{path}: not a study journal Optuna can read ({type(error).__name__}: {reason}); it is "
-                         f"damaged: restore it, or move {path.parent} away to start the search again") from None
+        raise UsageError(f"{files.typed(path)}: not a study journal Optuna can read ({type(error).__name__}: "
+                         f"{reason}); it is damaged: restore it, or move {files.typed(path.parent)} away to start the "
+                         f"search again") from None
 
 
 def _ours(sweep: Sweep) -> dict[str, Any]:
@@ -134,8 +137,8 @@ def _same_search(sweep: Sweep, study: Any, path: Path) -> bool:
     changed += [f"{key} ({shown(base.get(key))} there, {shown(ours['base'].get(key))} here)"
                 for key in sorted(set(base) | set(ours["base"])) if base.get(key) != ours["base"].get(key)]
     if changed:
-        raise UsageError(f"{path} is the study of another search (its {changed[0]} differs from {sweep.source}'s); "
-                         f"give this search another name: or move {sweep.folder} away")
+        raise UsageError(f"{files.typed(path)} is the study of another search (its {changed[0]} differs from "
+                         f"{sweep.source}'s); give this search another name: or move {files.typed(sweep.folder)} away")
     return True
 
 
@@ -297,7 +300,8 @@ class Claims:
             except OSError as error:
                 if error.errno != errno.ELOOP:
                     raise
-                raise UsageError(f"{path} is a symbolic link, not a claim cifarlab made; remove it") from None
+                raise UsageError(f"{files.typed(path)} is a symbolic link, not a claim cifarlab made; remove "
+                                 f"it") from None
             try:
                 fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

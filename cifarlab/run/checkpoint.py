@@ -61,7 +61,7 @@ def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[P
         reason = problem(candidate)
         if reason is None:
             return candidate
-        warn(f"checkpoint {candidate} is damaged ({reason}); falling back to an older one")
+        warn(f"checkpoint {files.typed(candidate)} is damaged ({reason}); falling back to an older one")
     return None
 
 
@@ -217,31 +217,32 @@ class Checkpointer:
         self._failure = None
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a failed write_whole (latest) removes its own temporary file
-        raise RunFailed(f"could not save checkpoint {final} ({failure}); the earlier checkpoints and `latest` "
-                        f"are intact: free space, then continue with {resume_command(self.run)}")
+        raise RunFailed(f"could not save checkpoint {files.typed(final)} ({failure}); the earlier checkpoints and "
+                        f"`latest` are intact: free space, then continue with {resume_command(self.run)}")
 
     def load(self, path: Path, model: nn.Module) -> TrainState:
         """Restore ``model``, optimizer, scheduler, scaler, RNG and the extra modules from a verified checkpoint;
         return the trainer state. A checkpoint of another model is refused first, naming the first tensor that does
         not fit. Nothing pickled is ever executed (:mod:`cifarlab.run.pickles`): one line names the file."""
         require_safe_torch(path)
+        shown = files.typed(path)
         misfit = model_mismatch(path, model)
         if misfit is not None:
-            raise UsageError(f"checkpoint {path} does not fit this run's model: {misfit} (saved by "
+            raise UsageError(f"checkpoint {shown} does not fit this run's model: {misfit} (saved by "
                              f"{saved_model(path)}); resume it with the settings it was saved with, or start a new "
                              f"run (a new train.run_name, without train.resume)")
         # Accelerate skips an RNG file it cannot load with a note at INFO level: check the pickled files first
         # (safetensors files cannot hold code; they are read once, below).
         refused = unloadable(path, pickled_only=True)
         if refused is not None:
-            raise UsageError(f"checkpoint {path}: {refused} cannot be loaded safely; nothing in it was executed. "
+            raise UsageError(f"checkpoint {shown}: {refused} cannot be loaded safely; nothing in it was executed. "
                              f"Resume from another checkpoint (train.resume=<folder>) or start a new run")
         try:
             self.accelerator.load_state(str(path))
             for name, module in self.extra.items():
                 file = path / f"{name}.safetensors"
                 if not file.is_file():
-                    raise UsageError(f"checkpoint {path} has no {file.name} (saved by a run without it); resume "
+                    raise UsageError(f"checkpoint {shown} has no {file.name} (saved by a run without it); resume "
                                      f"with the config it was saved with, or start a new run")
                 # A rank's CPU device prints as "cpu:0", which safetensors refuses; load_state_dict copies the
                 # CPU tensors onto the module's own device.
@@ -253,10 +254,10 @@ class Checkpointer:
         except Exception as error:  # whatever refused to load, the user gets one line
             refused = unloadable(path)
             if refused is not None:  # a file torch's safe loader refuses (or that is no safetensors file)
-                raise UsageError(f"checkpoint {path}: {refused} cannot be loaded safely; nothing in it was "
+                raise UsageError(f"checkpoint {shown}: {refused} cannot be loaded safely; nothing in it was "
                                  f"executed. Resume from another checkpoint (train.resume=<folder>) or start a new "
                                  f"run") from None
-            raise UsageError(f"checkpoint {path} does not fit this run ({first_line(error)}); resume it with the "
+            raise UsageError(f"checkpoint {shown} does not fit this run ({first_line(error)}); resume it with the "
                              f"settings it was saved with, or start a new run") from None
         return state
 
@@ -265,9 +266,9 @@ def out_of_space(error: OSError, run: RunDir) -> RunFailed:
     """A run stopped by a full (or read-only) filesystem outside a checkpoint save (a metrics.jsonl record, a
     run file), in one line with the command that continues it."""
     if not run.config.is_file():  # the run had written nothing yet
-        return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; free space, then run the command "
+        return RunFailed(f"{error.strerror} writing {_filename(error)}; free space, then run the command "
                          f"again")
-    return RunFailed(f"{error.strerror} writing {error.filename or 'a file'}; the last complete checkpoint is intact: "
+    return RunFailed(f"{error.strerror} writing {_filename(error)}; the last complete checkpoint is intact: "
                      f"free space, then continue with {resume_command(run)}")
 
 
@@ -279,7 +280,12 @@ def _why(error: BaseException, folder: Path) -> str:
         free = None
     if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (free is not None
                                                                                        and free < 1 << 20):
-        return f"No space left on device: {free} bytes free in {folder}"
+        return f"No space left on device: {free} bytes free in {files.typed(folder)}"
     if isinstance(error, OSError):
-        return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+        return f"{error.strerror or error}" + (f": {_filename(error)}" if error.filename else "")
     return first_line(error)
+
+
+def _filename(error: OSError) -> str:
+    """The file a failed write named, as the user types it (an OSError's name may be absolute or relative)."""
+    return files.typed(error.filename) if isinstance(error.filename, (str, os.PathLike)) else "a file"

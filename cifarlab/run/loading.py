@@ -75,7 +75,8 @@ def load_trained(checkpoint: str, config_file: Optional[str] = None, overrides: 
     try:
         state = model_weights(weights)
     except (SafetensorError, OSError) as error:
-        raise UsageError(f"--checkpoint {checkpoint}: {weights} is not a readable safetensors file ({error})") from None
+        raise UsageError(f"--checkpoint {checkpoint}: {typed(weights)} is not a readable safetensors file ({error})"
+                         ) from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError:  # a tensor of the wrong shape

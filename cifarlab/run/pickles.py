@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.torch_version import TorchVersion
 
+from cifarlab import files
 from cifarlab.errors import UsageError
 
 SAFE_TORCH = "2.10"
@@ -26,6 +27,6 @@ code. setup.cfg's torch floor (a test keeps the two equal)."""
 def require_safe_torch(checkpoint: Path) -> None:
     """Refuse to load ``checkpoint``'s pickles with a torch older than :data:`SAFE_TORCH`."""
     if TorchVersion(torch.__version__) < SAFE_TORCH:
-        raise UsageError(f"checkpoint {checkpoint}: torch {torch.__version__} can run code stored in a checkpoint's "
-                         f"pickled files while loading them (CVE-2026-24747); upgrade torch to >= {SAFE_TORCH} to "
-                         f"resume, or start a new run")
+        raise UsageError(f"checkpoint {files.typed(checkpoint)}: torch {torch.__version__} can run code stored in a "
+                         f"checkpoint's pickled files while loading them (CVE-2026-24747); upgrade torch to >= "
+                         f"{SAFE_TORCH} to resume, or start a new run")

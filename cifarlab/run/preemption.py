@@ -28,6 +28,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Optional
 
+from cifarlab import files
 from cifarlab.errors import Aborted, Interrupted, Preempted
 from cifarlab.run.rundir import RunDir, resume_command
 
@@ -185,7 +186,7 @@ class StopRequest:
             return
         path = checkpointer.ensure_saved(state)
         self.log(f"stopped on {self.received or 'a signal to another process'} at step {state.global_step}: "
-                 f"checkpoint {path} saved; continue with {resume_command(checkpointer.run)}")
+                 f"checkpoint {files.typed(path)} saved; continue with {resume_command(checkpointer.run)}")
         if self.received == "SIGINT":
             raise Interrupted()
         if self.accelerator.is_main_process:

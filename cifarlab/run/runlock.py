@@ -46,10 +46,10 @@ class RunLock:
             holder = _holder(fd)
             os.close(fd)
             if error.errno not in (errno.EACCES, errno.EAGAIN):
-                raise UsageError(f"cannot lock run directory {self.run.root} ({error.strerror}); use a "
+                raise UsageError(f"cannot lock run directory {files.typed(self.run.root)} ({error.strerror}); use a "
                                  f"train.output_dir on a filesystem with file locks") from None
-            raise UsageError(f"run directory {self.run.root} is in use by another trainer ({holder}); wait for it "
-                             f"to finish or stop it, or pick another train.run_name") from None
+            raise UsageError(f"run directory {files.typed(self.run.root)} is in use by another trainer ({holder}); "
+                             f"wait for it to finish or stop it, or pick another train.run_name") from None
         link = planted_link(self.run)  # checked under the lock: nobody else adds files meanwhile
         if link is not None:
             os.close(fd)
