@@ -135,7 +135,7 @@ def search(folder: Path, args: argparse.Namespace) -> int:
     else:
         searchview.render(folder, trials, keys, goal, None if sys.stdout.isatty() else 200)
         if taught is not None:
-            print("\n".join(taught[1]))
+            print("\n".join(console.terminal_line(line, indent=4) for line in taught[1]))
     return _save(searchview.picture(trials, keys, goal), args.png) if args.png is not None else 0
 
 

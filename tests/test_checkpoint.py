@@ -67,8 +67,8 @@ def test_damage_is_detected_and_auto_falls_back(tmp_path: Path, monkeypatch: pyt
     assert problem(run.checkpoint(6)) == f"optimizer.bin has 100 bytes, expected {size}"
     warnings: list[str] = []
     assert resumable_checkpoint(run, warnings.append) == run.checkpoint(4)
-    assert warnings == [f"checkpoint {run.checkpoint(6).relative_to(tmp_path)} is damaged (optimizer.bin has 100 bytes, expected {size}); "
-                        f"falling back to an older one"]
+    assert warnings == [f"checkpoint {run.checkpoint(6).relative_to(tmp_path)} is damaged (optimizer.bin has 100 "
+                        f"bytes, expected {size}); falling back to an older one"]
     (run.checkpoint(4) / "manifest.json").unlink()
     assert problem(run.checkpoint(4)) == "no manifest.json"
     (run.checkpoint(2) / "ema.safetensors").write_bytes(b"x" * (run.checkpoint(2) / "ema.safetensors").stat().st_size)

@@ -15,11 +15,16 @@ import termios
 from pathlib import Path
 
 import pytest
+import yaml
 from test_compare import make_run
+from test_search import finished_run
 from test_sweep import fake_run, spec, write
 
 from cifarlab.analysis.rendering import wrapped
+from cifarlab.analysis.sweepdir import trial_name
+from cifarlab.config import load_config
 from cifarlab.experiments.spec import read_sweep
+from cifarlab.run.rundir import RunDir
 
 from conftest import CONFIGS, FAKE_TRAINER, cli_env
 
@@ -77,6 +82,21 @@ def test_compare_numbers_groups_that_do_not_fit_and_wraps_verdicts_at_spaces(tmp
 
 
 @pytest.mark.integration
+def test_compare_splits_a_per_class_table_of_many_groups_into_tables_that_fit(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for g in range(9):
+        for seed in range(2):
+            make_run(runs, f"g{g}-{seed}", [0.5, 0.6 + 0.01 * g + 0.013 * seed], f"optim.lr=0.0{g + 1}", seed=seed,
+                     per_class={name: 0.5 + 0.01 * g for name in CLASSES})
+    lines = in_terminal("cifarlab.compare", str(runs), "--per-class", cwd=tmp_path)
+    fits(lines, CLASSES + [f"optim.lr=0.0{g + 1}" for g in range(9)])
+    headers = [re.findall(r"#\d", line) for line in lines if line.startswith("┃ class ")]
+    assert len(headers) == 2 and all(header[0] == "#1" for header in headers)  # the baseline beside each part
+    assert sorted({number for header in headers for number in header}) == [f"#{g}" for g in range(1, 10)]
+    assert any(re.search(r"│ airplane +│ +50\.0 │ +51\.0 \(\+1\.0\) │", line) for line in lines), lines
+
+
+@pytest.mark.integration
 def test_summary_moves_the_formulas_to_a_table_of_their_own(tmp_path: Path) -> None:
     lines = in_terminal("cifarlab.summary", "--config", str(CONFIGS / "resnet18.yaml"), cwd=tmp_path)
     fits(lines, ["layers.6.shortcut.0", "AdaptiveAvgPool2d", "floor((32 - 3 + 2*1)/2) + 1 = 16"])
@@ -98,6 +118,53 @@ def test_sweep_list_prints_aligned_columns_on_a_terminal_and_tabs_to_a_pipe(tmp_
     piped = subprocess.run([sys.executable, "-m", "cifarlab.sweep", str(file), "--list", runs], cwd=tmp_path,
                            env=cli_env(), capture_output=True, text=True, check=True).stdout.splitlines()
     assert piped[0] == "index\tstate\tname\toverrides" and piped[1].startswith("0\tfinished\t")
+
+
+SEARCHED = {"optim.lr": {"log_uniform": [0.001, 0.5]}, "optim.weight_decay": {"log_uniform": [1e-6, 1e-2]},
+            "data.augment": {"choice": ["none", "flip_crop"]}, "optim.momentum": {"uniform": [0.5, 0.99]}}
+TRIALS = [(0.4224, 0.007579, "flip_crop", 0.5198, 0.61), (0.3096, 0.002506, "none", 0.652, 0.55),
+          (0.1588, 0.006405, "none", 0.9736, 0.48), (0.2435, 0.009182, "flip_crop", 0.9742, 0.36)]
+
+
+def search_folder(tmp_path: Path) -> Path:
+    """A search of four keys whose trials have finished (no Optuna needed: compare reads the run directories)."""
+    folder = tmp_path / "runs" / "s"
+    folder.mkdir(parents=True)
+    (folder / "search.journal").touch()
+    (folder / "search.yaml").write_text(yaml.safe_dump({"space": SEARCHED, "metric": "final_acc",
+                                                        "direction": "maximize"}, sort_keys=False))
+    for number, (*values, accuracy) in enumerate(TRIALS):
+        settings = [f"{key}={value}" for key, value in zip(SEARCHED, values)]
+        finished_run(RunDir(folder / trial_name(number)), load_config(str(CONFIGS / "smoke.yaml"), settings), accuracy)
+    return folder
+
+
+@pytest.mark.integration
+def test_a_search_numbers_its_searched_keys_where_they_do_not_fit_and_wraps_what_it_teaches(tmp_path: Path) -> None:
+    search_folder(tmp_path)
+    lines = in_terminal("cifarlab.compare", "runs/s", cwd=tmp_path)
+    fits(lines, [*SEARCHED, "trial-0000", "0.007579", "flip_crop", "importance"])
+    assert lines[:5] == ["searched keys by number:", "  k1 optim.lr", "  k2 optim.weight_decay", "  k3 data.augment",
+                         "  k4 optim.momentum"]
+    assert any(re.search(r"│ +1 │ trial-0000 │ +61\.00 │ +0\.4224 │ +0\.007579 │ +flip_crop │ +0\.5198 │", line)
+               for line in lines), lines
+
+
+@pytest.mark.unit
+def test_a_search_too_wide_for_numbered_columns_lists_a_line_a_trial(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from cifarlab.analysis import searchview
+
+    folder = search_folder(tmp_path)
+    goal = searchview.objective(folder, None)
+    trials, keys = searchview.read_trials(folder, goal)
+    searchview.render(folder, trials, keys, goal, 50)
+    lines = capsys.readouterr().out.splitlines()
+    trial_lines = lines[:lines.index(next(line for line in lines if line.startswith("search ")))]
+    assert all(len(line) <= 50 for line in trial_lines), lines
+    assert lines[:5] == ["final test accuracy (%): the best completed trials", "of 4 (highest first)",
+                         "  1. trial-0000 61.00: optim.lr=0.4224", "      optim.weight_decay=0.007579",
+                         "      data.augment=flip_crop optim.momentum=0.5198"]
 
 
 @pytest.mark.integration

@@ -415,9 +415,9 @@ def test_resuming_another_models_checkpoint_says_what_differs_writes_nothing_and
     changed = ("model.name=resnet18", "train.allow_changes=true")
     assert train_command.main(arguments(run.root.parent, "train.resume=auto", *changed)) == 2
     assert error_lines(capsys.readouterr().err) == [
-        f"cifarlab: error: checkpoint {run.checkpoint(5).relative_to(tmp_path)} does not fit this run's model: it has no tensor "
-        f"stem.0.weight (saved by model.name=lenet); resume it with the settings it was saved with, or start a new "
-        f"run (a new train.run_name, without train.resume)"]
+        f"cifarlab: error: checkpoint {run.checkpoint(5).relative_to(tmp_path)} does not fit this run's model: it "
+        f"has no tensor stem.0.weight (saved by model.name=lenet); resume it with the settings it was saved with, "
+        f"or start a new run (a new train.run_name, without train.resume)"]
     assert snapshot(run.root) == before
     assert train_command.main(arguments(run.root.parent, "train.resume=auto")) == 0
     assert same_weights(run, whole)

@@ -922,7 +922,8 @@ def test_a_sweep_stopped_killed_and_interrupted_five_times_resumes_its_trials_an
     first.signal(signal.SIGTERM)
     assert first.finish() == 75, first.output()
     out = lines(first.output())
-    assert f"sweep grid: trial 0 {names[0]}: started; log {folder / 'logs' / (names[0] + '.log')}" in out
+    log = (folder / "logs" / f"{names[0]}.log").relative_to(tmp_path)  # the sweep ran in tmp_path: paths from there
+    assert f"sweep grid: trial 0 {names[0]}: started; log {log}" in out
     assert re.search(r"trial 0 lr=0.01-seed=0: finished in [\d.]+s", first.output())
     assert re.search(r"trial 1 lr=0.01-seed=1: stopped \(exit 75\)", first.output())
     assert out[-1].endswith("1 finished, 0 skipped (finished before), 0 failed, 0 refused, 1 stopped; 4 not started")

@@ -76,7 +76,8 @@ def to_json(report: Report, plan: Optional[Plan] = None) -> dict[str, Any]:
     }
 
 
-def _number(metric: Metric, value: Optional[float], sign: bool = False) -> str:
+def number(metric: Metric, value: Optional[float], sign: bool = False) -> str:
+    """A figure in the metric's unit and digits ("61.20"); "-" for none."""
     if value is None or math.isnan(value):
         return "-"
     return f"{value * metric.scale:{'+' if sign else ''},.{metric.digits}f}"
@@ -86,7 +87,7 @@ def _span(metric: Metric, ci: Optional[tuple[float, float]], sign: bool = False,
     """An interval; ``runs``: the fewest runs of its groups, which say why one is missing."""
     if ci is None:
         return "no spread" if runs >= 2 else "n<2"
-    return f"[{_number(metric, ci[0], sign)}, {_number(metric, ci[1], sign)}]"
+    return f"[{number(metric, ci[0], sign)}, {number(metric, ci[1], sign)}]"
 
 
 def _sides(d: Difference) -> int:
@@ -98,17 +99,17 @@ def render(report: Report, per_class: bool, width: Optional[int], plan: Optional
     labels would not fit the console (80 columns: a label of two overrides), every table names each group by its
     number instead (``#2``), and one line a group above them gives each number's whole label."""
     from rich.console import Console
-    from rich.measure import Measurement
 
     out = Console(highlight=False, markup=False, width=width)
-    tables = _tables(report, per_class, _label)
-    if any(Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width for table in tables):
+    label: Label = _label
+    tables = _tables(report, per_class, label)
+    if not all(fits(out, table) for table in tables):
         out.print("groups by number:")
         for i, g in enumerate(report.groups, start=1):
             for line in wrapped(_label(report, g), out.width, f"  #{i} ", "      "):
                 out.print(line)
-        numbers = {id(g): f"#{i}" for i, g in enumerate(report.groups, start=1)}
-        tables = _tables(report, per_class, lambda _, g: numbers[id(g)])
+        label = _number_label
+        tables = _tables(report, per_class, label)
     for table in tables[:-1] if per_class else tables:
         out.print(table)
     if report.differences:
@@ -120,7 +121,15 @@ def render(report: Report, per_class: bool, width: Optional[int], plan: Optional
         for line in plan_lines(report, plan):
             out.print(line)
     if per_class:
-        out.print(tables[-1])
+        for table in _class_tables(report, label, out):
+            out.print(table)
+
+
+def fits(out: Any, table: Any) -> bool:
+    """Whether rich prints ``table`` on the console ``out`` whole: no cell cut with "…" or wrapped inside a name."""
+    from rich.measure import Measurement
+
+    return Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width
 
 
 Label = Callable[[Report, GroupResult], str]
@@ -128,6 +137,11 @@ Label = Callable[[Report, GroupResult], str]
 
 def _label(report: Report, g: GroupResult) -> str:
     return f"{g.group.label} (baseline)" if g is report.groups[report.baseline] else g.group.label
+
+
+def _number_label(report: Report, g: GroupResult) -> str:
+    """A group by its number (``#2``), for tables its label would not fit."""
+    return f"#{next(i for i, other in enumerate(report.groups, start=1) if other is g)}"
 
 
 def _tables(report: Report, per_class: bool, label: Label) -> list[Any]:
@@ -155,7 +169,7 @@ def _group_table(report: Report, label: Label) -> Any:
     from rich.table import Table
 
     metric = report.metric
-    numbered = label is not _label  # the group column holds the numbers then: no "#" column to repeat them
+    numbered = label is _number_label  # the group column holds the numbers then: no "#" column to repeat them
     table = Table(title=f"{metric.title} by group")
     if not numbered:
         table.add_column("#", justify="right")
@@ -163,9 +177,9 @@ def _group_table(report: Report, label: Label) -> Any:
     for name in ("n", "mean", "std", "95 % CI"):
         table.add_column(name, justify="right", no_wrap=True)
     for i, g in enumerate(report.groups, start=1):
-        std = "n<2" if g.summary.std is None else _number(metric, g.summary.std)
+        std = "n<2" if g.summary.std is None else number(metric, g.summary.std)
         table.add_row(*([] if numbered else [str(i)]), label(report, g), str(g.summary.n),
-                      _number(metric, g.summary.mean), std, _span(metric, g.summary.ci95, runs=g.summary.n))
+                      number(metric, g.summary.mean), std, _span(metric, g.summary.ci95, runs=g.summary.n))
     return table
 
 
@@ -178,8 +192,8 @@ def _spread_table(report: Report, label: Label) -> Any:
         table.add_column(name, justify="left" if name == "group" else "right", no_wrap=True)
     for g in report.groups:
         if g.spread is not None:
-            table.add_row(label(report, g), _number(metric, g.summary.std), _number(metric, g.spread.test_set_std),
-                          f"{100 * g.spread.explained:.0f} %", _number(metric, g.spread.seed_std))
+            table.add_row(label(report, g), number(metric, g.summary.std), number(metric, g.spread.test_set_std),
+                          f"{100 * g.spread.explained:.0f} %", number(metric, g.spread.seed_std))
     return table
 
 
@@ -191,7 +205,7 @@ def _difference_table(report: Report, label: Label) -> Any:
     points = " (points)" if metric.unit == "%" else ""
     tests = {"welch": "Welch t", "mcnemar": "McNemar", None: "-"}
     # Numbered groups mean a narrow console: no borders, and one test for every row named in the title.
-    numbered, used = label is not _label, {_test(d) for d in report.differences}
+    numbered, used = label is _number_label, {_test(d) for d in report.differences}
     one_test = f"; {tests[used.pop()]}" if numbered and len(used) == 1 else ""
     table = Table(title=f"difference from {label(report, base).removesuffix(' (baseline)')}{points}{one_test}",
                   box=box.SIMPLE_HEAD if numbered else box.HEAVY_HEAD, pad_edge=not numbered)
@@ -202,7 +216,7 @@ def _difference_table(report: Report, label: Label) -> Any:
                  *([f"CI ({report.adjust})"] if several else [])):
         table.add_column(name, justify="left" if name in ("group", "test") else "right", no_wrap=True)
     for d in report.differences:
-        cells = [label(report, d.group), _number(metric, d.diff, sign=True),
+        cells = [label(report, d.group), number(metric, d.diff, sign=True),
                  _span(metric, d.welch.ci95 if d.welch else None, sign=True, runs=_sides(d)),
                  *([] if one_test else [tests[_test(d)]]),
                  "-" if d.p is None else f"{d.p:.3g}", "-" if d.p_adjusted is None else f"{d.p_adjusted:.3g}"]
@@ -217,27 +231,42 @@ def plan_lines(report: Report, plan: Plan) -> list[str]:
     metric = report.metric
     unit = " points" if metric.unit == "%" else f" {metric.unit}" if metric.unit else ""
     seeds = "more than 10,000" if plan.seeds is None else str(plan.seeds)
-    lines = [f"plan: to find a difference of {_number(metric, plan.delta)}{unit} with {100 * stats.POWER:.0f} % power "
+    lines = [f"plan: to find a difference of {number(metric, plan.delta)}{unit} with {100 * stats.POWER:.0f} % power "
              f"(two-sided, {100 * plan.alpha:.3g} % level) at the pooled run-to-run spread "
-             f"{_number(metric, plan.std)}{unit}: {seeds} runs (seeds) per group"]
+             f"{number(metric, plan.std)}{unit}: {seeds} runs (seeds) per group"]
     for d, (label, smallest) in zip(report.differences, plan.detectable):
         missing = "no spread in the runs of either group" if _sides(d) >= 2 else "needs 2 or more runs in each group"
-        found = missing if smallest is None else f"{_number(metric, smallest)}{unit}"
+        found = missing if smallest is None else f"{number(metric, smallest)}{unit}"
         lines.append(f"  smallest difference the current runs find ({100 * stats.POWER:.0f} % power), {label}: {found}")
     return lines
 
 
-def _class_table(report: Report, label: Label) -> Any:
+def _class_tables(report: Report, label: Label, out: Any) -> list[Any]:
+    """The per-class table in as few tables as fit the console ``out``: each the classes, the baseline and as many
+    of the other groups as fit (nine groups take two tables at 80 columns); a cell is never cut."""
+    base = report.groups[report.baseline]
+    others = [g for g in report.groups if g is not base]
+    tables = [_class_table(report, label)]
+    for size in range(len(others), 0, -1):
+        tables = [_class_table(report, label, others[i:i + size]) for i in range(0, len(others), size)]
+        if all(fits(out, table) for table in tables):
+            break
+    return tables
+
+
+def _class_table(report: Report, label: Label, others: Optional[list[GroupResult]] = None) -> Any:
+    """The per-class table of the baseline and ``others`` (all groups where None), in the report's order."""
     from rich.table import Table
 
+    base = report.groups[report.baseline]
+    shown = [g for g in report.groups if g is base or others is None or any(g is o for o in others)]
     table = Table(title="final accuracy per class (%; change from the baseline in points)")
     table.add_column("class", no_wrap=True)
-    for g in report.groups:
+    for g in shown:
         table.add_column(label(report, g).removesuffix(" (baseline)"), justify="right", no_wrap=True)
-    base = report.groups[report.baseline]
     for name in base.per_class:
         cells = []
-        for g in report.groups:
+        for g in shown:
             value, ref = g.per_class.get(name), base.per_class.get(name)
             cell = "-" if value is None else f"{100 * value:.1f}"
             if g is not base and value is not None and ref is not None:
@@ -296,7 +325,7 @@ def _group_panel(ax: Any, report: Report) -> None:
                    edgecolors=figures.GREY, zorder=3)
         if g.summary.mean is not None:
             ax.scatter([g.summary.mean * scale], [i], s=45, color="black", zorder=4)
-            _right(ax, i, f"{_number(metric, g.summary.mean)} {metric.unit}".rstrip())
+            _right(ax, i, f"{number(metric, g.summary.mean)} {metric.unit}".rstrip())
     ax.set_xlabel("dots: runs; black: the group's mean; blue bar: its 95 % interval")
 
 
@@ -314,7 +343,7 @@ def _difference_panel(ax: Any, report: Report) -> None:
                       linewidth=5, alpha=0.6)
         if d.diff is not None:
             ax.scatter([d.diff * metric.scale], [i], s=45, color=colour, zorder=4)
-            _right(ax, i, _number(metric, d.diff, sign=True))
+            _right(ax, i, number(metric, d.diff, sign=True))
     ax.set_xlabel(f"{'points' if metric.unit == '%' else metric.unit or metric.name}: green better, red worse, grey no "
                   f"verdict")
 

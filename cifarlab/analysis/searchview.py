@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis.comparison import differing_keys
 from cifarlab.analysis.metric import DEFAULT, METRICS, Metric
-from cifarlab.analysis.rendering import _number
+from cifarlab.analysis.rendering import fits, number, wrapped
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
 from cifarlab.errors import UsageError
@@ -110,29 +110,57 @@ def summary(folder: Path, trials: list[SearchTrial], goal: Objective) -> list[st
     confirm = SweepDir(folder).confirmation.root
     lines.append("the best of many noisy trials overstates its score; the confirmation on fresh seeds: "
                  + (shlex.join(["python", "-m", "cifarlab.compare", typed(confirm)]) if confirm.is_dir()
-                    else "add search: confirm: to the file"))
+                    else "none yet (a search file's search: confirm: runs one when the trials are done)"))
     return lines
 
 
 def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objective, width: Optional[int]) -> None:
+    """The best completed trials as a table, then :func:`summary`. Where the searched keys as column names would not
+    fit the console (80 columns: four dotted keys), the columns are numbered (``k1``) under a line a key that names
+    them; where even that does not fit, each trial is a line of its own, its settings wrapped at spaces. Nothing is
+    cut: a value is the one the trial trained with (cifarlab.experiments.space.rounded: 4 significant digits)."""
     from rich.console import Console
-    from rich.table import Table
 
     best, metric = ranked(trials, goal), goal.metric
-    table = Table(title=f"{metric.title}: the best completed trials of {len(trials)} "
-                        f"({'highest' if goal.maximize else 'lowest'} first)")
-    for column in ("rank", "trial", metric.name, *keys):
-        table.add_column(column, justify="right" if column != "trial" else "left")
-    for rank, trial in enumerate(best[:SHOWN], 1):
-        # The values as the trial trained with them (cifarlab.experiments.space.rounded: inside the range).
-        table.add_row(str(rank), trial_name(trial.number), _number(metric, trial.value),
-                      *[str(trial.settings.get(key)) for key in keys])
     out = Console(highlight=False, markup=False, width=width)
-    out.print(table)
+    title = (f"{metric.title}: the best completed trials of {len(trials)} "
+             f"({'highest' if goal.maximize else 'lowest'} first)")
+    table = _table(title, best[:SHOWN], keys, keys, metric)
+    if not fits(out, table):
+        numbered = [f"k{i}" for i in range(1, len(keys) + 1)]
+        table = _table(title, best[:SHOWN], keys, numbered, metric)
+        if fits(out, table):
+            out.print("searched keys by number:")
+            for name, key in zip(numbered, keys):
+                out.print(f"  {name} {key}")
+        else:
+            table = None
+    if table is not None:
+        out.print(table)
+    else:
+        out.print(title)
+        for rank, trial in enumerate(best[:SHOWN], 1):
+            text = (f"{rank}. {trial_name(trial.number)} {number(metric, trial.value)}: "
+                    + " ".join(f"{key}={trial.settings.get(key)}" for key in keys))
+            for line in wrapped(text, out.width, "  ", "      "):
+                out.print(line)
     if len(best) > SHOWN:
         out.print(f"... and {len(best) - SHOWN} more completed trials")
-    for line in summary(folder, trials, goal):
-        out.print(line)
+    for line in summary(folder, trials, goal):  # wrapped at spaces on a terminal; a pipe gets one line a message
+        out.print(line) if out.is_terminal else print(line, flush=True)
+
+
+def _table(title: str, best: list[SearchTrial], keys: list[str], names: list[str], metric: Metric) -> Any:
+    """The ranked trials with their settings of ``keys``, whose columns are named ``names``."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("rank", "trial", metric.name, *names):
+        table.add_column(column, justify="right" if column != "trial" else "left", no_wrap=True)
+    for rank, trial in enumerate(best, 1):
+        table.add_row(str(rank), trial_name(trial.number), number(metric, trial.value),
+                      *[str(trial.settings.get(key)) for key in keys])
+    return table
 
 
 def to_json(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objective) -> dict[str, Any]:

@@ -128,7 +128,8 @@ def show_listing(sweep: Sweep) -> None:
         header, *rows = (line.split("\t") for line in _listing(sweep, study, goal))
         console.print_columns(header, rows)
         found = insight.of_study(study, goal, sweep.search) if study is not None else insight.importances(goal, [])
-        print("\n".join(insight.lines(found, goal)), file=sys.stderr)
+        print("\n".join(console.terminal_line(line, 4, sys.stderr) for line in insight.lines(found, goal)),
+              file=sys.stderr)
 
 
 def _listing(sweep: Sweep, study: Optional[Any], goal: Objective) -> list[str]:
@@ -284,7 +285,6 @@ def best(sweep: Sweep) -> str:
 
 
 def _best(sweep: Sweep, study: Optional[Any]) -> str:
-    from cifarlab.report import console
 
     assert sweep.search is not None
     if study is None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, TextIO
 
 from rich import box
 from rich.console import Console as RichConsole
@@ -313,10 +313,10 @@ def at_spaces(line: str, width: int, indent: int) -> str:
                                    break_on_hyphens=False)).replace("\xa0", " ")
 
 
-def terminal_line(line: str, indent: int) -> str:
-    """``line`` as stdout should get it: wrapped at spaces to a terminal's width (:func:`at_spaces`), or one line
-    where stdout is a file or a pipe (logs, grep)."""
-    if not sys.stdout.isatty():
+def terminal_line(line: str, indent: int, stream: Optional[TextIO] = None) -> str:
+    """``line`` as ``stream`` (stdout) should get it: wrapped at spaces to a terminal's width (:func:`at_spaces`), or
+    one line where it is a file or a pipe (logs, grep)."""
+    if not (stream or sys.stdout).isatty():
         return line
     return at_spaces(line, shutil.get_terminal_size().columns, indent)
 
