@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -220,9 +220,10 @@ def plant(run: RunDir, name: str, tmp_path: Path) -> Path:
     return target
 
 
-def refused(run: RunDir, name: str, target: Path, stderr: str) -> bool:
-    """One line, naming the link and where it points."""
-    return error_lines(stderr) == [f"cifarlab: error: {run.root / name} is a symbolic link (to {target}); cifarlab "
+def refused(run: RunDir, name: str, target: Path, stderr: str, cwd: Optional[Path] = None) -> bool:
+    """One line, naming the link (relative to ``cwd``, where the command ran, when given) and where it points."""
+    link = run.root / name if cwd is None else (run.root / name).relative_to(cwd)
+    return error_lines(stderr) == [f"cifarlab: error: {link} is a symbolic link (to {target}); cifarlab "
                                    f"does not write through links it did not create: remove it (or put a copy of the "
                                    f"file it points to in its place) and run again"]
 
@@ -399,7 +400,7 @@ def test_a_trainer_started_in_a_run_folder_with_a_planted_lock_link_leaves_its_t
     target = plant(run, ".lock", tmp_path)
     result = subprocess.run([sys.executable, "-m", "cifarlab.train", *arguments(run.root.parent, "train.resume=auto")],
                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and refused(run, ".lock", target, result.stderr)
+    assert result.returncode == 2 and refused(run, ".lock", target, result.stderr, cwd=tmp_path)
     assert target.read_text() == "someone's notes\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
