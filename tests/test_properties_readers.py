@@ -25,6 +25,7 @@ from cifarlab.experiments import searching, study
 from cifarlab.experiments.record import read_record
 from cifarlab.experiments.runner import write_record
 from cifarlab.experiments.spec import read_sweep
+from cifarlab.run import pruning
 from cifarlab.run.rundir import RunDir, read_records
 
 from conftest import CONFIGS
@@ -227,6 +228,35 @@ def test_a_damaged_search_journal_is_read_as_it_was_or_refused(cut: int, tail: b
     for trial in trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == values[trial.number]
+
+
+@given(st.integers(0, 4000), junk | st.sampled_from([b'{"op_code": 99}\n', b'{"a": 1}\n', b"[1]\n", b"\xff\xfe\n"]))
+@example(10**6, b'{"a": 1}\n')
+@example(10**6, b"\xff\xfe\n")
+@example(100, b"\n")
+def test_a_trainer_that_prunes_reads_a_damaged_journal_as_it_was_or_refuses_it_in_one_line(cut: int,
+                                                                                          tail: bytes) -> None:
+    """The trainer's side of the journal (a search's pruning): its trial as the sweep told it, or one line."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with search_folder() as (_, sweep, _values):
+        journal = SweepDir(sweep.folder).journal
+        journal.write_bytes(damaged(journal.read_bytes(), cut, tail))
+        try:
+            trial = pruning._attach({"journal": str(journal), "study": sweep.name, "trial": 2, "pruning": "median"})
+        except UsageError as error:
+            assert len(str(error).strip().splitlines()) == 1
+            return
+        assert trial.number == 2
+
+
+def test_a_trainer_whose_journal_was_replaced_by_another_search_refuses_in_one_line() -> None:
+    with search_folder() as (_, sweep, _values):
+        journal = SweepDir(sweep.folder).journal
+        order = {"journal": str(journal), "study": sweep.name, "trial": 7, "pruning": "median"}
+        with pytest.raises(UsageError, match=r"search\.journal holds no trial 7 of a study named s \(replaced or cut"):
+            pruning._attach(order)
+        with pytest.raises(UsageError, match=r"holds no trial 0 of a study named other"):
+            pruning._attach({**order, "study": "other", "trial": 0})
 
 
 @given(st.integers(0, 400), junk | st.sampled_from([b"metric: 3\n", b"space: []\n", b"direction: up\n"]),

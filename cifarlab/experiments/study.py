@@ -108,18 +108,9 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
 
 
 def _journal(path: Path, copy: Optional[Path] = None) -> Any:
-    """Optuna's storage of the journal ``path`` (read from ``copy`` where given), which replays the journal at once.
-    A damaged journal (a stray write, a line cut short before others) is one UsageError line, not whatever Optuna's
-    replay meets there (a JSONDecodeError, UnicodeDecodeError, KeyError, TypeError or AssertionError)."""
-    try:
-        return pruning.journal(str(copy or path))
-    except OSError:
-        raise  # the callers say what they could not write or read
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else ""
-        raise UsageError(f"{files.typed(path)}: not a study journal Optuna can read ({type(error).__name__}: "
-                         f"{reason}); it is damaged: restore it, or move {files.typed(path.parent)} away to start the "
-                         f"search again") from None
+    """Optuna's storage of the journal ``path`` (read from ``copy`` where given); a damaged one is one UsageError
+    line (cifarlab.run.pruning.journal)."""
+    return pruning.journal(str(path), str(copy) if copy is not None else None)
 
 
 def _ours(sweep: Sweep) -> dict[str, Any]:

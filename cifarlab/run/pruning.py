@@ -72,13 +72,19 @@ class Pruning:
 
 
 def _attach(order: dict[str, Any]) -> Any:
-    """The study's trial ``order["trial"]``, as Optuna's own ask() builds it, with the search's pruner."""
+    """The study's trial ``order["trial"]``, as Optuna's own ask() builds it, with the search's pruner. A journal
+    that no longer holds them (replaced or damaged since the sweep started the trial) is one UsageError line."""
     import optuna
 
-    storage = journal(str(order["journal"]))
-    study = optuna.load_study(study_name=str(order["study"]), storage=storage,
-                              sampler=optuna.samplers.RandomSampler(), pruner=pruner(str(order["pruning"])))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(order["trial"]))
+    path, name, number = str(order["journal"]), str(order["study"]), int(order["trial"])
+    storage = journal(path)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                                  pruner=pruner(str(order["pruning"])))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    except KeyError:  # Optuna's answer to a study or a trial number it does not hold
+        raise UsageError(f"{files.typed(path)} holds no trial {number} of a study named {name} (replaced or cut "
+                         f"short since the sweep started this trial); run the search again") from None
     return optuna.trial.Trial(study, trial_id)
 
 
@@ -91,15 +97,28 @@ def require() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def journal(path: str) -> optuna.storages.JournalStorage:
-    """Optuna's file journal at ``path``: every worker and trainer appends under its lock file, which works on
-    NFS; a lock left by a process killed while writing is broken after 30 s (Optuna >= 4.3)."""
+def journal(path: str, copy: Optional[str] = None) -> optuna.storages.JournalStorage:
+    """Optuna's file journal at ``path`` (read from ``copy``, a snapshot of it, where given): every worker and trainer
+    appends under its lock file, which works on NFS; a lock left by a process killed while writing is broken after
+    30 s (Optuna >= 4.3). Optuna replays the journal at once: a damaged one (a stray write, a line cut short before
+    others) is one UsageError line, not whatever its replay meets there (a JSONDecodeError, UnicodeDecodeError,
+    KeyError, TypeError or AssertionError), for the sweep and for a trainer that prunes alike."""
     require()
-    files.refuse_link(path)  # Optuna appends to the file it names: never through a link someone planted there
+    source = copy or path
+    files.refuse_link(source)  # Optuna appends to the file it names: never through a link someone planted there
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=30)))
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(source, lock_obj=JournalFileOpenLock(
+            source, grace_period=30)))
+    except OSError:
+        raise  # the callers say what they could not write or read
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise UsageError(f"{files.typed(path)}: not a study journal Optuna can read ({type(error).__name__}: "
+                         f"{reason}); it is damaged: restore it, or move {files.typed(os.path.dirname(path) or '.')} "
+                         f"away to start the search again") from None
 
 
 def pruner(name: str) -> optuna.pruners.BasePruner:
