@@ -47,6 +47,20 @@ def typed(path: PathLike) -> str:
         return str(absolute)
 
 
+def error_file(error: OSError) -> str:
+    """The file an OSError names, as the user types it (its name may be absolute or relative); "a file" for none."""
+    return typed(error.filename) if isinstance(error.filename, (str, os.PathLike)) else "a file"
+
+
+def failed_write(error: OSError) -> str:
+    """A write the filesystem refused, in a few words: why, and the file it named."""
+    return f"{error.strerror} writing {error_file(error)}"
+
+
+NO_SPACE_AGAIN = "free space, then run the command again"
+"""The remedy for a full disk before a run started or after it ended (nothing to continue from)."""
+
+
 def umask() -> int:
     """The process's umask, read without changing it where Linux tells it (``os.umask`` sets it to read it)."""
     try:

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Optional
 
+from cifarlab import files
 from cifarlab.config import Config, load_config, to_yaml
 from cifarlab.config_errors import refuse_config_flags
 from cifarlab.errors import Aborted, CifarlabError, Interrupted, Preempted
@@ -72,8 +73,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise
         # Before the run started, or after it ended (a full disk during a run is a RunFailed naming the command).
-        console.error(f"{error.strerror} writing {error.filename or 'a file'}; free space, then run the command "
-                      f"again")
+        console.error(f"{files.failed_write(error)}; {files.NO_SPACE_AGAIN}")
         return 1
     except KeyboardInterrupt as error:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

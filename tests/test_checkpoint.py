@@ -10,10 +10,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from cifarlab import train as train_command
 from cifarlab.config import CheckpointConfig
 from cifarlab.run.checkpoint import Checkpointer, out_of_space, problem, resumable_checkpoint
 from cifarlab.run.rundir import RunDir
 from cifarlab.run.state import TrainState
+
+from conftest import CONFIGS, error_lines
 
 pytestmark = pytest.mark.unit
 
@@ -118,6 +121,19 @@ def test_the_epoch_loss_is_carried_and_old_trainer_states_still_load() -> None:
     old.step_in_epoch += 1
     old.read_back_loss(lambda total: total)
     assert old.epoch_loss() == 2.5 and old.epoch_loss_batches == 1
+
+
+def test_a_full_disk_before_the_run_starts_is_the_train_commands_one_line_with_the_file_as_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "x" / "config.yaml"))
+
+    def train(config: object, preset: object) -> None:
+        raise full
+
+    assert train_command.main(["--config", str(CONFIGS / "smoke.yaml")], train=train) == 1
+    assert error_lines(capsys.readouterr().err) == [
+        "cifarlab: error: No space left on device writing runs/x/config.yaml; free space, then run the command again"]
 
 
 def test_a_full_disk_outside_a_save_names_the_command_that_continues_the_run(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def open_study(sweep: Sweep) -> Any:
     path = sweep.dir.journal
     try:
         sweep.dir.claims.mkdir(parents=True, exist_ok=True)
-        storage = _journal(path)
+        storage = pruning.journal(str(path))
         study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
                                     direction=optuna.study.StudyDirection.MAXIMIZE if sweep.search.maximize
                                     else optuna.study.StudyDirection.MINIMIZE)
@@ -99,18 +99,12 @@ def reading(sweep: Sweep) -> Iterator[Optional[Any]]:
         copy = Path(scratch) / sweep.dir.journal.name
         shutil.copyfile(path, copy)  # a line a worker is appending meanwhile is torn: Optuna's reader leaves it out
         try:
-            study = optuna.load_study(study_name=sweep.name, storage=_journal(path, copy))
+            study = optuna.load_study(study_name=sweep.name, storage=pruning.journal(str(path), str(copy)))
         except KeyError:
             raise UsageError(f"{files.typed(path)} holds no study named {sweep.name}; move "
                              f"{files.typed(sweep.folder)} away") from None
         _same_search(sweep, study, path)
         yield study
-
-
-def _journal(path: Path, copy: Optional[Path] = None) -> Any:
-    """Optuna's storage of the journal ``path`` (read from ``copy`` where given); a damaged one is one UsageError
-    line (cifarlab.run.pruning.journal)."""
-    return pruning.journal(str(path), str(copy) if copy is not None else None)
 
 
 def _ours(sweep: Sweep) -> dict[str, Any]:

@@ -266,10 +266,9 @@ def out_of_space(error: OSError, run: RunDir) -> RunFailed:
     """A run stopped by a full (or read-only) filesystem outside a checkpoint save (a metrics.jsonl record, a
     run file), in one line with the command that continues it."""
     if not run.config.is_file():  # the run had written nothing yet
-        return RunFailed(f"{error.strerror} writing {_filename(error)}; free space, then run the command "
-                         f"again")
-    return RunFailed(f"{error.strerror} writing {_filename(error)}; the last complete checkpoint is intact: "
-                     f"free space, then continue with {resume_command(run)}")
+        return RunFailed(f"{files.failed_write(error)}; {files.NO_SPACE_AGAIN}")
+    return RunFailed(f"{files.failed_write(error)}; the last complete checkpoint is intact: free space, then "
+                     f"continue with {resume_command(run)}")
 
 
 def _why(error: BaseException, folder: Path) -> str:
@@ -282,10 +281,6 @@ def _why(error: BaseException, folder: Path) -> str:
                                                                                        and free < 1 << 20):
         return f"No space left on device: {free} bytes free in {files.typed(folder)}"
     if isinstance(error, OSError):
-        return f"{error.strerror or error}" + (f": {_filename(error)}" if error.filename else "")
+        return f"{error.strerror or error}" + (f": {files.error_file(error)}" if error.filename else "")
     return first_line(error)
 
-
-def _filename(error: OSError) -> str:
-    """The file a failed write named, as the user types it (an OSError's name may be absolute or relative)."""
-    return files.typed(error.filename) if isinstance(error.filename, (str, os.PathLike)) else "a file"
