@@ -20,10 +20,10 @@ from test_compare import make_run
 from test_search import finished_run
 from test_sweep import fake_run, spec, write
 
-from cifarlab.analysis.rendering import wrapped
 from cifarlab.analysis.sweepdir import trial_name
 from cifarlab.config import load_config
 from cifarlab.experiments.spec import read_sweep
+from cifarlab.report.console import wrapped
 from cifarlab.run.rundir import RunDir
 
 from conftest import CONFIGS, FAKE_TRAINER, cli_env

@@ -5,8 +5,6 @@ per-class bars; matplotlib, cifarlab.report.figures)."""
 from __future__ import annotations
 
 import math
-import re
-import textwrap
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -14,7 +12,7 @@ from cifarlab.analysis import stats
 from cifarlab.analysis.comparison import Difference, GroupResult, Report
 from cifarlab.analysis.metric import Metric
 from cifarlab.analysis.planning import Plan
-from cifarlab.report import figures
+from cifarlab.report import console, figures
 
 # --- output ---------------------------------------------------------------------------------------------
 
@@ -106,7 +104,7 @@ def render(report: Report, per_class: bool, width: Optional[int], plan: Optional
     if not all(fits(out, table) for table in tables):
         out.print("groups by number:")
         for i, g in enumerate(report.groups, start=1):
-            for line in wrapped(_label(report, g), out.width, f"  #{i} ", "      "):
+            for line in console.wrapped(_label(report, g), out.width, f"  #{i} ", "      "):
                 out.print(line)
         label = _number_label
         tables = _tables(report, per_class, label)
@@ -115,7 +113,7 @@ def render(report: Report, per_class: bool, width: Optional[int], plan: Optional
     if report.differences:
         out.print("verdicts:")
         for d in report.differences:
-            for line in wrapped(d.verdict, out.width, "  ", "    "):
+            for line in console.wrapped(d.verdict, out.width, "  ", "    "):
                 out.print(line)
     if plan is not None:
         for line in plan_lines(report, plan):
@@ -151,18 +149,6 @@ def _tables(report: Report, per_class: bool, label: Label) -> list[Any]:
     tables += [_spread_table(report, label)] if any(g.spread for g in report.groups) else []
     tables += [_difference_table(report, label)] if report.differences else []
     return tables + ([_class_table(report, label)] if per_class else [])
-
-
-# A figure and its name or unit stay on one line: "p = 0.684", "5 % level".
-_GLUED = re.compile(r" (?==)|(?<==) | (?=%)")
-
-
-def wrapped(text: str, width: int, first: str, rest: str) -> list[str]:
-    """``text`` in lines of at most ``width`` columns, broken only at spaces and never inside a figure with its name
-    or unit (a word longer than a line stays whole)."""
-    lines = textwrap.wrap(_GLUED.sub("\u00a0", text), width, initial_indent=first, subsequent_indent=rest,
-                          break_long_words=False, break_on_hyphens=False)
-    return [line.replace("\u00a0", " ") for line in lines]
 
 
 def _group_table(report: Report, label: Label) -> Any:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from cifarlab.analysis.comparison import differing_keys
 from cifarlab.analysis.metric import DEFAULT, METRICS, Metric
-from cifarlab.analysis.rendering import fits, number, wrapped
+from cifarlab.analysis.rendering import fits, number
 from cifarlab.analysis.results import Run, read_run
 from cifarlab.analysis.sweepdir import SweepDir, read_yaml, trial_name
 from cifarlab.errors import UsageError
 from cifarlab.files import typed
-from cifarlab.report import figures
+from cifarlab.report import console, figures
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -142,12 +142,12 @@ def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objec
         for rank, trial in enumerate(best[:SHOWN], 1):
             text = (f"{rank}. {trial_name(trial.number)} {number(metric, trial.value)}: "
                     + " ".join(f"{key}={trial.settings.get(key)}" for key in keys))
-            for line in wrapped(text, out.width, "  ", "      "):
+            for line in console.wrapped(text, out.width, "  ", "      "):
                 out.print(line)
     if len(best) > SHOWN:
         out.print(f"... and {len(best) - SHOWN} more completed trials")
     for line in summary(folder, trials, goal):  # wrapped at spaces on a terminal; a pipe gets one line a message
-        out.print(line) if out.is_terminal else print(line, flush=True)
+        print(console.terminal_line(line, indent=0), flush=True)
 
 
 def _table(title: str, best: list[SearchTrial], keys: list[str], names: list[str], metric: Metric) -> Any:

@@ -304,13 +304,23 @@ def error(message: str) -> None:
     _stderr_line("error", message)
 
 
+# A figure and its name or unit stay on one line: "p = 0.684", "61.20 %", "5 % level".
+_GLUED = re.compile(r" (?==)|(?<==) | (?=%)")
+
+
+def wrapped(text: str, width: int, first: str, rest: str) -> list[str]:
+    """``text`` in lines of at most ``width`` columns, the first starting with ``first`` and the others with ``rest``,
+    broken only at spaces and never inside a figure with its name or unit (a terminal would wrap it at its edge,
+    inside words). A word longer than a line (a long path) stays whole."""
+    lines = textwrap.wrap(_GLUED.sub("\u00a0", text), width, initial_indent=first, subsequent_indent=rest,
+                          break_long_words=False, break_on_hyphens=False)  # textwrap breaks at ASCII spaces only
+    return [line.replace("\u00a0", " ") for line in lines]
+
+
 def at_spaces(line: str, width: int, indent: int) -> str:
-    """``line`` wrapped at spaces to ``width`` columns, its continuations indented by ``indent`` (under the message,
-    past its prefix), each figure kept with its unit ("61.20 %"): a terminal would wrap it at its edge, inside words.
-    A word longer than the width (a long path) stays whole."""
-    glued = line.replace(" %", "\xa0%")  # textwrap breaks at ASCII whitespace only
-    return "\n".join(textwrap.wrap(glued, width, subsequent_indent=" " * indent, break_long_words=False,
-                                   break_on_hyphens=False)).replace("\xa0", " ")
+    """``line`` :func:`wrapped` to ``width`` columns, its continuations indented by ``indent`` (under the message,
+    past its prefix)."""
+    return "\n".join(wrapped(line, width, "", " " * indent))
 
 
 def terminal_line(line: str, indent: int, stream: Optional[TextIO] = None) -> str:
