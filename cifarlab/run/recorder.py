@@ -162,8 +162,7 @@ class Recorder:
         self.record({**values, **stats.values()}, state.global_step)
         # One line, each figure once; the per-class table at the end of the run (final_table), or here on request.
         figures = "; ".join(console.accuracy_summary(result, split) for split, result in results.items())
-        self.out.log(f"epoch {state.epoch}/{self._epochs}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} "
-                     f"images/s over {stats.seconds:.1f}s; {figures}")
+        self._epoch_line(state, stats, figures)
         if self._per_class_every_epoch:
             split, shown = list(results.items())[-1]  # the table of the test set where it was evaluated
             self.out.eval_table(f"epoch {state.epoch}/{self._epochs}: {console.SPLITS[split]} accuracy per class",
@@ -184,8 +183,12 @@ class Recorder:
     def trained(self, state: TrainState, stats: EpochStats) -> None:
         """After an epoch that is not evaluated (``train.eval_every_epoch=false``; ``state`` already past it)."""
         self.record({"train/epoch": float(state.epoch), **stats.values()}, state.global_step)
+        self._epoch_line(state, stats, "not evaluated (train.eval_every_epoch=false)")
+
+    def _epoch_line(self, state: TrainState, stats: EpochStats, outcome: str) -> None:
+        """An epoch's one console line: how it trained, then ``outcome`` (its evaluation's figures, or why none)."""
         self.out.log(f"epoch {state.epoch}/{self._epochs}: train loss {stats.loss:.4f}, {stats.images_per_s:,.0f} "
-                     f"images/s over {stats.seconds:.1f}s; not evaluated (train.eval_every_epoch=false)")
+                     f"images/s over {stats.seconds:.1f}s; {outcome}")
 
     def target(self, state: TrainState) -> None:
         """``train.target_accuracy`` was reached at the evaluation just recorded (``state.target``)."""
