@@ -66,12 +66,13 @@ def mix(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, seed:
     keys = pair_keys(indices.to(images.device))
     _, _, height, width = images.shape
     span = 2 * (1 + 3 * _TRIES)
-    if mixup > 0 and cutmix > 0:
+    both = mixup > 0 and cutmix > 0  # then a coin per pair picks CutMix or MixUp
+    if both:
         boxed = _uniform(seed, epoch, keys, 0) < 0.5
     else:
         boxed = torch.full(keys.shape, cutmix > 0, device=images.device)
     weight = beta_sample(seed, epoch, keys, 1, mixup or cutmix)
-    if mixup > 0 and cutmix > 0:
+    if both:
         weight = torch.where(boxed, beta_sample(seed, epoch, keys, 1 + span, cutmix), weight)
     # CutMix's box (timm's rand_bbox): sides sqrt(1 - weight) of the image's, centred on a uniform pixel, clipped.
     side = torch.sqrt(1.0 - weight)
