@@ -167,6 +167,22 @@ def test_a_search_too_wide_for_numbered_columns_lists_a_line_a_trial(tmp_path: P
                          "      data.augment=flip_crop optim.momentum=0.5198"]
 
 
+@pytest.mark.unit
+def test_a_search_with_no_completed_trial_says_so_not_an_empty_table(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from cifarlab.analysis import searchview
+
+    folder = search_folder(tmp_path)
+    for number in range(len(TRIALS)):  # each trial still training: no weights yet
+        RunDir(folder / trial_name(number)).weights.unlink()
+    goal = searchview.objective(folder, None)
+    trials, keys = searchview.read_trials(folder, goal)
+    searchview.render(folder, trials, keys, goal, COLUMNS)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["final test accuracy (%): no trial has completed yet",
+                         f"search {folder}: 4 trials: 0 complete, 0 pruned, 4 unfinished"]
+
+
 @pytest.mark.integration
 def test_evaluate_numbers_the_confusion_matrix_columns(smoke_reference: Path) -> None:
     # Run where the run directory is, as people do: log lines name paths as given, and a path is not a table.

@@ -121,10 +121,21 @@ def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objec
     cut: a value is the one the trial trained with (cifarlab.experiments.space.rounded: 4 significant digits)."""
     from rich.console import Console
 
-    best, metric = ranked(trials, goal), goal.metric
+    best = ranked(trials, goal)
     out = Console(highlight=False, markup=False, width=width)
-    title = (f"{metric.title}: the best completed trials of {len(trials)} "
-             f"({'highest' if goal.maximize else 'lowest'} first)")
+    if best:
+        _print_best(out, best, keys, goal, len(trials))
+    else:  # not an empty table: the summary below counts the trials by state
+        out.print(f"{goal.metric.title}: no trial has completed yet")
+    for line in summary(folder, trials, goal):  # wrapped at spaces on a terminal; a pipe gets one line a message
+        print(console.terminal_line(line, indent=0), flush=True)
+
+
+def _print_best(out: Any, best: list[SearchTrial], keys: list[str], goal: Objective, of: int) -> None:
+    """The first SHOWN of ``best`` as a table that fits ``out``: keys as column names, else numbered, else a line a
+    trial."""
+    metric = goal.metric
+    title = f"{metric.title}: the best completed trials of {of} ({'highest' if goal.maximize else 'lowest'} first)"
     table = _table(title, best[:SHOWN], keys, keys, metric)
     if not fits(out, table):
         numbered = [f"k{i}" for i in range(1, len(keys) + 1)]
@@ -146,8 +157,6 @@ def render(folder: Path, trials: list[SearchTrial], keys: list[str], goal: Objec
                 out.print(line)
     if len(best) > SHOWN:
         out.print(f"... and {len(best) - SHOWN} more completed trials")
-    for line in summary(folder, trials, goal):  # wrapped at spaces on a terminal; a pipe gets one line a message
-        print(console.terminal_line(line, indent=0), flush=True)
 
 
 def _table(title: str, best: list[SearchTrial], keys: list[str], names: list[str], metric: Metric) -> Any:
