@@ -51,10 +51,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     if png is not None and accelerator.is_main_process:
         figures.save(plots.confusion_figure(result.confusion, datasets.classes), png)
         out.log(f"confusion matrix written to {files.typed(png)}")
-    # Every rank leaves the process group together: once (in CI, 2 gloo processes) rank 1 aborted in its teardown
-    # ("terminate called without an active exception") while rank 0 was still printing the tables.
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    engine.leave(accelerator)  # every rank together: one that left alone once aborted in its teardown (in CI)
     return result
 
 

@@ -21,8 +21,7 @@ def main() -> None:
         left = time.time()
     with open(sys.argv[1], "a") as log:
         log.write(json.dumps({"rank": rank, "local": local, "in": entered, "out": left}) + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    engine.leave(accelerator)
 
 
 if __name__ == "__main__":

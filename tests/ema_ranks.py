@@ -37,7 +37,7 @@ def main() -> None:
     torch.testing.assert_close(after[0], before.mean(dim=0))
     assert torch.equal(after[0], after[1])
     accelerator.print("EMA statistics averaged over ranks")
-    accelerator.end_training()
+    engine.leave(accelerator)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main() -> None:
     found = {loader: seen(accelerator, loader) for loader in LOADERS}
     if accelerator.is_main_process:
         print(json.dumps({"processes": accelerator.num_processes, "seen": found}))
-    accelerator.end_training()
+    engine.leave(accelerator)
 
 
 if __name__ == "__main__":
