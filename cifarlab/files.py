@@ -57,6 +57,9 @@ def failed_write(error: OSError) -> str:
     return f"{error.strerror} writing {error_file(error)}"
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""The errors of a write to a full (or read-only) filesystem."""
+
 NO_SPACE_AGAIN = "free space, then run the command again"
 """The remedy for a full disk before a run started or after it ended (nothing to continue from)."""
 

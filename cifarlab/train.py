@@ -18,7 +18,6 @@ before importing torch, so --help, --print-config and config errors answer at on
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -70,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None, train: Optional[Callable[..., obj
         console.error(str(error))
         return error.exit_code
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if error.errno not in files.OUT_OF_SPACE:
             raise
         # Before the run started, or after it ended (a full disk during a run is a RunFailed naming the command).
         console.error(f"{files.failed_write(error)}; {files.NO_SPACE_AGAIN}")

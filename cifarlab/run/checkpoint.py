@@ -45,9 +45,6 @@ from cifarlab.run.rundir import BEST, MANIFEST, TRAINER_STATE, WEIGHTS, RunDir, 
 from cifarlab.run.state import TrainState
 from cifarlab.run.verify import first_line, model_mismatch, problem, saved_model, sha256, unloadable
 
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-"""The errors of a write to a full (or read-only) filesystem."""
-
 
 def resumable_checkpoint(run: RunDir, warn: Callable[[str], None]) -> Optional[Path]:
     """The newest intact checkpoint of ``run`` (``latest`` first), warning about damaged ones."""

@@ -60,7 +60,7 @@ def train(config: Config, preset: Optional[str] = None) -> Path:
             except BaseException as error:
                 tracking.finish(accelerator, getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt)
                                                      else 1))  # W&B records the run as failed or stopped
-                if isinstance(error, OSError) and error.errno in checkpoint.OUT_OF_SPACE:
+                if isinstance(error, OSError) and error.errno in files.OUT_OF_SPACE:
                     raise checkpoint.out_of_space(error, run_dir) from error
                 raise
             finally:
