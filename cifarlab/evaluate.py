@@ -51,7 +51,7 @@ def evaluate_checkpoint(checkpoint: str, config_file: Optional[str], overrides: 
     if png is not None and accelerator.is_main_process:
         figures.save(plots.confusion_figure(result.confusion, datasets.classes), png)
         out.log(f"confusion matrix written to {files.typed(png)}")
-    engine.leave(accelerator)  # every rank together: one that left alone once aborted in its teardown (in CI)
+    engine.leave(accelerator)
     return result
 
 

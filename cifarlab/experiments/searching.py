@@ -285,7 +285,6 @@ def best(sweep: Sweep) -> str:
 
 
 def _best(sweep: Sweep, study: Optional[Any]) -> str:
-
     assert sweep.search is not None
     if study is None:
         raise UsageError(f"--best: search {sweep.name} has not started ({typed(sweep.dir.journal)} does not exist)")
